@@ -21,16 +21,21 @@ $(VENV)/.deps: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
-	$(PIP) install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(PIP) install --quiet -e '.[dev]'
 	$(PIP) install --quiet --no-deps $(WIKI)
 	touch $@
 
-# Strict editable installs link the files present at install time: relink when files come or go.
-$(VENV)/.linked: $(VENV)/.deps server cache client proto/gotd/v1
-	$(PIP) install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
-	touch $@
+install: $(VENV)/.deps
 
-install: $(VENV)/.linked
+# mypy cannot follow the editable finder of the package-dir mapping: give it the same namespace as a
+# tree of links (gotd/server -> server, ...), which also keeps the reported paths short.
+TYPECHECK_ROOT := build/typecheck
+$(TYPECHECK_ROOT)/gotd:
+	mkdir -p $@
+	ln -sfn ../../../server $@/server
+	ln -sfn ../../../cache $@/cache
+	ln -sfn ../../../client $@/client
+	ln -sfn ../../../proto/gotd/v1 $@/v1
 
 $(BUF):
 	mkdir -p .tools && cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
@@ -58,8 +63,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: install
-	$(VENV)/bin/mypy -p gotd.server -p gotd.cache -p gotd.client
+typecheck: install $(TYPECHECK_ROOT)/gotd
+	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p gotd.server -p gotd.cache -p gotd.client
 
 pytest: install redis
 	$(VENV)/bin/pytest -W error $(PYTEST_ARGS)
