@@ -1,0 +1,267 @@
+"""Typed Python client of the gotd service. Needs only grpc and the ``gotd.v1`` contract.
+
+Retries are declarative (gRPC service config): only UNAVAILABLE, with capped exponential backoff.
+That is safe for every RPC: selection is deterministic and ingest is an idempotent upsert.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gotd.client.types import (
+    IngestResult,
+    PoolInfo,
+    RankedCandidate,
+    ScoredCandidate,
+    SelectEvent,
+    SelectProgress,
+    SelectSummary,
+    TargetSetInfo,
+)
+from gotd.v1 import selection_pb2 as pb
+from gotd.v1 import selection_pb2_grpc as pb_grpc
+
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "gotd.v1.SelectionService"}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "3s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+_MODES = {
+    "auto": pb.SELECTION_MODE_AUTO,
+    "exact": pb.SELECTION_MODE_EXACT,
+    "global": pb.SELECTION_MODE_GLOBAL,
+    "paper": pb.SELECTION_MODE_PAPER,
+}
+Targets = str | Sequence[str] | Sequence[Mapping[str, Any]] | Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS for the channel: server CA bundle, and a client certificate for mTLS."""
+
+    ca_cert: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        read = lambda p: p.read_bytes() if p is not None else None  # noqa: E731
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_cert),
+            private_key=read(self.client_key),
+            certificate_chain=read(self.client_cert),
+        )
+
+
+def to_record(item: Mapping[str, Any] | str, default_id: str) -> pb.Record:
+    """A record mapping ``{"id", "text"?, "embedding"?, "domain"?, "meta"?}`` (or a bare text)."""
+    if isinstance(item, str):
+        return pb.Record(id=default_id, text=item)
+    meta = item.get("meta")
+    message = pb.Record(
+        id=str(item.get("id", default_id)),
+        domain=str(item.get("domain") or ""),
+        meta_json=json.dumps(meta) if meta is not None else "",
+    )
+    if item.get("text") is not None:
+        message.text = str(item["text"])
+    if item.get("embedding") is not None:
+        message.embedding.extend(float(v) for v in item["embedding"])
+    return message
+
+
+def target_spec(targets: Targets) -> pb.TargetSpec:
+    """A target set name, texts, record mappings or embedding vectors as a ``TargetSpec``."""
+    if isinstance(targets, str):
+        return pb.TargetSpec(target_set=targets)
+    out = []
+    for i, item in enumerate(targets):
+        if isinstance(item, str | Mapping):
+            out.append(to_record(item, f"t{i}"))
+        else:
+            out.append(pb.Record(id=f"t{i}", embedding=[float(v) for v in item]))
+    return pb.TargetSpec(records=pb.TargetRecords(records=out))
+
+
+def solver_options(
+    eps: float | None, tol: float | None, max_iter: int | None, summary_size: int | None
+) -> pb.SolverOptions:
+    options = pb.SolverOptions()
+    if eps is not None:
+        options.epsilon = eps
+    if tol is not None:
+        options.tolerance = tol
+    if max_iter is not None:
+        options.max_iterations = max_iter
+    if summary_size is not None:
+        options.summary_size = summary_size
+    return options
+
+
+class Client:
+    """Synchronous client. ``timeout`` (seconds) is the default deadline of every call."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: TlsConfig | None = None,
+        timeout: float = 600.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        options = [
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is not None and tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        if tls is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=options)
+        self._stub = pb_grpc.SelectionServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _kw(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+
+    def ingest(
+        self,
+        pool: str,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        batch_size: int = 256,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Upsert records into ``pool`` in batches (one atomic batch per message)."""
+
+        def batches() -> Iterator[pb.IngestRequest]:
+            batch: list[pb.Record] = []
+            for i, item in enumerate(records):
+                batch.append(to_record(item, str(i)))
+                if len(batch) >= batch_size:
+                    yield pb.IngestRequest(pool=pool, records=batch)
+                    batch = []
+            if batch:
+                yield pb.IngestRequest(pool=pool, records=batch)
+
+        response = self._stub.Ingest(batches(), **self._kw(timeout))
+        return IngestResult.from_pb(response)
+
+    def select_stream(
+        self,
+        pool: str,
+        targets: Targets,
+        *,
+        k: int,
+        mode: str = "auto",
+        eps: float | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        summary_size: int | None = None,
+        exclude_ids: Sequence[str] = (),
+        domains: Sequence[str] = (),
+        batch_size: int = 0,
+        include_metadata: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[SelectEvent]:
+        """Stream of progress, ranked candidates (one per item, in rank order) and the summary."""
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        request = pb.SelectRequest(
+            pool=pool,
+            target=target_spec(targets),
+            k=k,
+            mode=_MODES[mode],
+            solver=solver_options(eps, tol, max_iter, summary_size),
+            exclude_ids=list(exclude_ids),
+            domains=list(domains),
+            batch_size=batch_size,
+            include_metadata=include_metadata,
+        )
+        for message in self._stub.Select(request, **self._kw(timeout)):
+            which = message.WhichOneof("message")
+            if which == "progress":
+                yield SelectProgress.from_pb(message.progress)
+            elif which == "batch":
+                yield from (RankedCandidate.from_pb(c) for c in message.batch.candidates)
+            elif which == "summary":
+                yield SelectSummary.from_pb(message.summary)
+
+    def select(self, pool: str, targets: Targets, *, k: int, **kwargs: Any) -> tuple[list[RankedCandidate], SelectSummary]:
+        """The whole ranking and its summary (progress dropped)."""
+        ranked: list[RankedCandidate] = []
+        summary: SelectSummary | None = None
+        for event in self.select_stream(pool, targets, k=k, **kwargs):
+            if isinstance(event, RankedCandidate):
+                ranked.append(event)
+            elif isinstance(event, SelectSummary):
+                summary = event
+        if summary is None:
+            raise RuntimeError("the Select stream ended without a summary")
+        return ranked, summary
+
+    def score(
+        self, pool: str, targets: Targets, ids: Sequence[str], *, mode: str = "auto", eps: float | None = None,
+        timeout: float | None = None,
+    ) -> list[ScoredCandidate]:
+        """Scores of the given candidate ids, in order."""
+        request = pb.ScoreRequest(
+            pool=pool, target=target_spec(targets), ids=list(ids), mode=_MODES[mode],
+            solver=solver_options(eps, None, None, None),
+        )
+        response = self._stub.Score(request, **self._kw(timeout))
+        return [ScoredCandidate(s.id, s.score) for s in response.scores]
+
+    def put_target_set(self, name: str, targets: Targets, *, timeout: float | None = None) -> TargetSetInfo:
+        """Store a named target set (texts, record mappings or embeddings)."""
+        spec = target_spec(targets)
+        request = pb.PutTargetSetRequest(name=name, records=list(spec.records.records))
+        return TargetSetInfo.from_pb(self._stub.PutTargetSet(request, **self._kw(timeout)).info)
+
+    def get_target_set(self, name: str, *, timeout: float | None = None) -> tuple[TargetSetInfo, list[str]]:
+        response = self._stub.GetTargetSet(pb.GetTargetSetRequest(name=name), **self._kw(timeout))
+        return TargetSetInfo.from_pb(response.info), list(response.ids)
+
+    def delete_target_set(self, name: str, *, timeout: float | None = None) -> None:
+        self._stub.DeleteTargetSet(pb.DeleteTargetSetRequest(name=name), **self._kw(timeout))
+
+    def pools(self, *, timeout: float | None = None) -> list[PoolInfo]:
+        response = self._stub.ListPools(pb.ListPoolsRequest(), **self._kw(timeout))
+        return [PoolInfo.from_pb(p) for p in response.pools]
+
+    def pool(self, name: str, *, timeout: float | None = None) -> PoolInfo:
+        return PoolInfo.from_pb(self._stub.GetPool(pb.GetPoolRequest(name=name), **self._kw(timeout)).info)
+
+    def delete_pool(self, name: str, *, timeout: float | None = None) -> None:
+        self._stub.DeletePool(pb.DeletePoolRequest(name=name), **self._kw(timeout))

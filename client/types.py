@@ -1,0 +1,123 @@
+"""Typed results of the client: plain frozen dataclasses built from ``gotd.v1`` messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gotd.v1 import selection_pb2 as pb
+
+_MODE_NAMES = {
+    pb.SELECTION_MODE_AUTO: "auto",
+    pb.SELECTION_MODE_EXACT: "exact",
+    pb.SELECTION_MODE_GLOBAL: "global",
+    pb.SELECTION_MODE_PAPER: "paper",
+}
+_STAGE_NAMES = {pb.STAGE_EMBED: "embed", pb.STAGE_LOAD: "load", pb.STAGE_SOLVE: "solve", pb.STAGE_SCORE: "score"}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    name: str
+    count: int
+    version: int
+    model: str
+    dim: int
+
+    @classmethod
+    def from_pb(cls, m: pb.PoolInfo) -> PoolInfo:
+        return cls(m.name, m.count, m.version, m.model, m.dim)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSetInfo:
+    name: str
+    count: int
+    model: str
+    dim: int
+    content_hash: str
+
+    @classmethod
+    def from_pb(cls, m: pb.TargetSetInfo) -> TargetSetInfo:
+        return cls(m.name, m.count, m.model, m.dim, m.content_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    pool: str
+    inserted: int
+    updated: int
+    unchanged: int
+    batches: int
+    embedded: int
+    info: PoolInfo
+
+    @classmethod
+    def from_pb(cls, m: pb.IngestResponse) -> IngestResult:
+        return cls(m.pool, m.inserted, m.updated, m.unchanged, m.batches, m.embedded, PoolInfo.from_pb(m.info))
+
+
+@dataclass(frozen=True, slots=True)
+class SelectProgress:
+    stage: str
+    done: int
+    total: int
+
+    @classmethod
+    def from_pb(cls, m: pb.Progress) -> SelectProgress:
+        return cls(_STAGE_NAMES.get(m.stage, "unspecified"), m.done, m.total)
+
+
+@dataclass(frozen=True, slots=True)
+class RankedCandidate:
+    id: str
+    score: float
+    rank: int
+    domain: str = ""
+    meta_json: str = ""
+
+    @classmethod
+    def from_pb(cls, m: pb.RankedCandidate) -> RankedCandidate:
+        return cls(m.id, m.score, m.rank, m.domain, m.meta_json)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredCandidate:
+    id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SelectSummary:
+    pool_version: int
+    pool_size: int
+    eligible: int
+    returned: int
+    k_exceeds_pool: bool
+    mode: str
+    eps: float
+    ot_distance: float
+    iterations: int
+    marginal_error: float
+    converged: bool
+    cache_hit: bool
+    warm_started: bool
+    target_count: int
+    target_hash: str
+    embed_ms: float
+    load_ms: float
+    solve_ms: float
+    score_ms: float
+    total_ms: float
+
+    @classmethod
+    def from_pb(cls, m: pb.Summary) -> SelectSummary:
+        t = m.timings
+        return cls(
+            m.pool_version, m.pool_size, m.eligible, m.returned, m.k_exceeds_pool,
+            _MODE_NAMES.get(m.mode, "auto"), m.epsilon, m.ot_distance, m.iterations, m.marginal_error,
+            m.converged, m.cache_hit, m.warm_started, m.target_count, m.target_hash,
+            t.embed_ms, t.load_ms, t.solve_ms, t.score_ms, t.total_ms,
+        )  # fmt: skip
+
+
+SelectEvent = SelectProgress | RankedCandidate | SelectSummary

@@ -1,0 +1,418 @@
+"""The selection engine: joins the store, the embedder, the dual cache and the OT math. Proto-free.
+
+Every path ranks with the one rule of :mod:`gotd.server.selection`: scores are the calibrated
+gradient of the c-transform of the float32 target potential ``g``, whether ``g`` was just solved,
+read from the dual cache, or recomputed after a cache failure (Kang et al., 2024).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from importlib.metadata import version
+
+import numpy as np
+import torch
+import xxhash
+
+from gotd.cache.codec import PotentialEntry
+from gotd.cache.duals import DualCache, cache_key
+from gotd.cache.errors import InvalidArgument, NotFound
+from gotd.cache.store import PoolArrays, Store
+from gotd.server.config import Settings
+from gotd.server.metrics import Metrics
+from gotd.server.ot import c_transform, calibrated_gradient
+from gotd.server.requests import (
+    Progress,
+    Ranked,
+    RankedBatch,
+    ScoreParams,
+    ScoreResult,
+    SelectEvent,
+    SelectParams,
+    SelectSummary,
+    SolverParams,
+    Stage,
+)
+from gotd.server.selection import Mode, Potential, SelectionConfig, resolve_mode, solve, top_k
+from gotd.server.targets import Target, TargetResolver
+
+LOG = logging.getLogger(__name__)
+CODE_VERSION = version("gotd")
+Emit = Callable[[SelectEvent], None]
+StopCheck = Callable[[], None]
+
+
+class _PoolArraysCache:
+    """The last few pools read, keyed by (name, version): repeated selections skip the bulk read."""
+
+    def __init__(self, store: Store, entries: int) -> None:
+        self._store = store
+        self._entries = entries
+        self._items: OrderedDict[tuple[str, int], PoolArrays] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, pool: str) -> PoolArrays:
+        version_now = self._store.get_pool(pool).version
+        key = (pool, version_now)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        arrays = self._store.load_vectors(pool)
+        with self._lock:
+            self._items[(pool, arrays.version)] = arrays
+            while len(self._items) > self._entries:
+                self._items.popitem(last=False)
+        return arrays
+
+    def forget(self, pool: str) -> None:
+        with self._lock:
+            for key in [k for k in self._items if k[0] == pool]:
+                del self._items[key]
+
+
+class SelectionEngine:
+    """Ranks pools against targets; thread-safe, called from the servicer's worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        targets: TargetResolver,
+        duals: DualCache,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._targets = targets
+        self._duals = duals
+        self._metrics = metrics
+        self._pools = _PoolArraysCache(store, settings.pool_cache_entries)
+        self._scores: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._scores_lock = threading.Lock()
+
+    # -- configuration -------------------------------------------------------------------------
+    def config(self, params: SolverParams) -> SelectionConfig:
+        """The solver configuration of a request: its options over the server defaults."""
+        s = self._settings
+        try:
+            return SelectionConfig(
+                mode=params.mode or Mode(s.default_mode),
+                eps=params.eps if params.eps is not None else s.eps,
+                tol=params.tol if params.tol is not None else s.tol,
+                max_iter=params.max_iter if params.max_iter is not None else s.max_iter,
+                exact_max_pool=s.exact_max_pool,
+                summary_size=params.summary_size if params.summary_size is not None else s.summary_size,
+                paper_domains=params.paper_domains if params.paper_domains is not None else s.paper_domains,
+            )
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+
+    # -- selection -----------------------------------------------------------------------------
+    def select(self, params: SelectParams, emit: Emit, stop: StopCheck) -> None:
+        """Run one selection, emitting Progress, RankedBatch and finally one SelectSummary."""
+        if params.k < 1:
+            raise InvalidArgument(f"k must be >= 1, got {params.k}")
+        if params.k > self._settings.max_k:
+            raise InvalidArgument(f"k must be <= {self._settings.max_k}, got {params.k}")
+        if not 0 <= params.batch_size <= 100_000:
+            raise InvalidArgument(f"batch_size must be in [0, 100000], got {params.batch_size}")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        job = self._prepare(params.pool, params.target, params.solver, params.domains, emit, stop, timings)
+        with self._timed("score", timings):
+            scores = job.scores(emit, stop)
+        eligible = np.ones(len(job.rows), dtype=bool)
+        if params.exclude_ids:
+            excluded = np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
+            eligible &= ~excluded
+        n_eligible = int(eligible.sum())
+        order = top_k(scores, params.k, ids=list(job.ids), eligible=eligible)
+        self._emit_ranking(params, job, order, emit)
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        p = job.potential
+        emit(
+            SelectSummary(
+                pool_version=job.arrays.version,
+                pool_size=len(job.arrays.ids),
+                eligible=n_eligible,
+                returned=len(order),
+                k_exceeds_pool=params.k > n_eligible,
+                mode=p.mode,
+                eps=p.eps,
+                ot_distance=p.cost,
+                iterations=0 if job.cache_hit else p.n_iter,
+                marginal_error=p.marginal_error,
+                converged=p.converged,
+                cache_hit=job.cache_hit,
+                warm_started=job.warm_started,
+                target_count=job.target.count,
+                target_hash=job.target.content_hash,
+                timings_ms=timings,
+            )
+        )
+
+    def score(self, params: ScoreParams, stop: StopCheck) -> ScoreResult:
+        """Scores of given candidates (request order), with the same rule and potential as Select."""
+        if not params.ids:
+            raise InvalidArgument("ids must not be empty")
+        job = self._prepare(params.pool, params.target, params.solver, (), lambda _e: None, stop, {})
+        scores = job.scores(lambda _e: None, stop)
+        index = {cid: i for i, cid in enumerate(job.ids)}
+        missing = [cid for cid in params.ids if cid not in index]
+        if missing:
+            raise NotFound(f"ids not in pool {params.pool!r} (or outside the mode's domains): {missing[:5]}")
+        return ScoreResult(
+            scores=tuple((cid, float(scores[index[cid]])) for cid in params.ids),
+            pool_version=job.arrays.version,
+            cache_hit=job.cache_hit,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+    def _prepare(
+        self,
+        pool: str,
+        target_input: object,
+        solver: SolverParams,
+        domains: tuple[str, ...],
+        emit: Emit,
+        stop: StopCheck,
+        timings: dict[str, float],
+    ) -> _Job:
+        info = self._store.get_pool(pool)
+        with self._timed("embed", timings):
+            target = self._targets.resolve(target_input, info, emit)  # type: ignore[arg-type]
+        stop()
+        with self._timed("load", timings):
+            emit(Progress(Stage.LOAD, 0, info.count))
+            arrays = self._pools.get(pool)
+            emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
+        rows = np.arange(len(arrays.ids), dtype=np.int64)
+        if domains:
+            rows = np.flatnonzero(np.isin(np.asarray(arrays.domains, dtype=object), list(domains)))
+        if len(rows) == 0:
+            raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
+        config = self.config(solver)
+        config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
+        family = cache_key(
+            pool=pool,
+            pool_uid=str(getattr(info, "uid", "")),
+            target=target.content_hash,
+            mode=config.mode.value,
+            eps=config.eps,
+            tol=config.tol,
+            max_iter=config.max_iter,
+            summary=config.summary_size if config.mode is Mode.GLOBAL else 0,
+            paper=config.paper_domains if config.mode is Mode.PAPER else 0,
+            domains=xxhash.xxh3_64_hexdigest("\x1f".join(sorted(domains))),
+            model=info.model,
+            code=CODE_VERSION,
+        )
+        job = _Job(self, arrays, rows, target, config, family, timings)
+        with self._timed("solve", timings):
+            job.potential_for(emit, stop)
+        return job
+
+    def _emit_ranking(
+        self, params: SelectParams, job: _Job, order: list[tuple[int, float]], emit: Emit
+    ) -> None:
+        size = params.batch_size or 1000
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            pool_rows = [int(job.rows[i]) for i, _ in chunk]
+            meta = self._store.metadata(params.pool, pool_rows) if params.include_metadata else None
+            batch = []
+            for offset, (i, value) in enumerate(chunk):
+                domain, meta_json = (meta[offset][0], meta[offset][1]) if meta is not None else ("", "")
+                rank = start + offset + 1
+                batch.append(Ranked(str(job.ids[i]), float(value), rank, domain, meta_json))
+            emit(RankedBatch(tuple(batch)))
+
+    @contextmanager
+    def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            timings[stage] = timings.get(stage, 0.0) + elapsed * 1e3
+            self._metrics.stage_seconds.labels(stage).observe(elapsed)
+
+    def cached_scores(self, key: str) -> np.ndarray | None:
+        with self._scores_lock:
+            found = self._scores.get(key)
+            if found is not None:
+                self._scores.move_to_end(key)
+            return found
+
+    def remember_scores(self, key: str, scores: np.ndarray) -> None:
+        with self._scores_lock:
+            self._scores[key] = scores
+            while len(self._scores) > max(1, self._settings.cache_lru_entries // 8):
+                self._scores.popitem(last=False)
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop in-memory state of a pool (after deletion)."""
+        self._pools.forget(pool)
+        with self._scores_lock:
+            self._scores.clear()
+
+    @property
+    def duals(self) -> DualCache:
+        return self._duals
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+
+class _Job:
+    """One pool × target × configuration: finds or solves the potential, then scores."""
+
+    def __init__(
+        self,
+        engine: SelectionEngine,
+        arrays: PoolArrays,
+        rows: np.ndarray,
+        target: Target,
+        config: SelectionConfig,
+        family: str,
+        timings: dict[str, float],
+    ) -> None:
+        self.engine = engine
+        self.arrays = arrays
+        self.rows = rows
+        self.target = target
+        self.config = config
+        self.family = family
+        self.key = f"{family}:v{arrays.version}"
+        self.cache_hit = False
+        self.warm_started = False
+        self.timings = timings
+        self.potential: Potential
+        self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
+
+    def _x(self, rows: np.ndarray | None = None) -> torch.Tensor:
+        pick = self.rows if rows is None else rows
+        if len(pick) == len(self.arrays.ids):
+            return torch.from_numpy(self.arrays.vectors)
+        return torch.from_numpy(self.arrays.vectors[pick])
+
+    def potential_for(self, emit: Emit, stop: StopCheck) -> None:
+        duals = self.engine.duals
+        entry = duals.get(self.key)
+        if entry is not None and entry.g.shape == (self.target.count,):
+            self.cache_hit = True
+            self.potential = _potential_from_entry(entry)
+            self._apply_rows()
+            return
+        init_g = None
+        latest = duals.get_latest(self.family)
+        if latest is not None and latest != self.key:
+            previous = duals.get(latest)
+            if previous is not None and previous.g.shape == (self.target.count,):
+                init_g = torch.from_numpy(previous.g.copy())
+                self.warm_started = True
+        max_iter = self.config.max_iter
+
+        def on_iter(iteration: int, error: float) -> None:
+            stop()
+            emit(Progress(Stage.SOLVE, iteration, max_iter))
+
+        keys = np.asarray(self.arrays.keys)[self.rows]
+        domains = _domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
+        self.potential = solve(
+            self._x(),
+            self.target.vectors,
+            self.config,
+            keys=keys,
+            domains=domains,
+            init_g=init_g,
+            callback=on_iter,
+        )
+        self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
+        self._apply_rows()
+
+    def _apply_rows(self) -> None:
+        """PAPER mode ranks only the kept domains' rows."""
+        if self.potential.rows is not None:
+            self.rows = self.rows[self.potential.rows]
+            self.ids = np.asarray(self.arrays.ids, dtype=object)[self.rows]
+
+    def scores(self, emit: Emit, stop: StopCheck) -> np.ndarray:
+        """Scores of ``self.rows`` (calibrated gradient of the c-transform of the potential).
+
+        On a dual-cache hit the scores of the same key computed earlier in this process are reused:
+        they are what the c-transform would give again.
+        """
+        known = self.engine.cached_scores(self.key) if self.cache_hit else None
+        if known is not None and len(known) == len(self.rows):
+            return known
+        n = len(self.rows)
+
+        def on_block(done: int, total: int) -> None:
+            stop()
+            self.engine.metrics.blocks_scored.inc()
+            emit(Progress(Stage.SCORE, done, total))
+
+        g = self.potential.g.to(torch.float32)
+        f = c_transform(self._x(), self.target.vectors, g, eps=self.potential.eps, callback=on_block)
+        scores = calibrated_gradient(f).numpy().astype(np.float32, copy=False)
+        self.engine.remember_scores(self.key, scores)
+        if not self.cache_hit:
+            self._store_potential(float(f.double().sum()), n)
+        return scores
+
+    def _store_potential(self, f_sum: float, n: int) -> None:
+        p = self.potential
+        rows = None
+        if p.rows is not None:
+            rows = np.asarray(p.rows, dtype=np.int64)
+        entry = PotentialEntry(
+            g=p.g.detach().cpu().numpy().astype(np.float32),
+            rows=rows,
+            meta={
+                "mode": p.mode.value,
+                "eps": p.eps,
+                "n_iter": p.n_iter,
+                "marginal_error": p.marginal_error,
+                "converged": p.converged,
+                "cost": p.cost,
+                "pool_version": self.arrays.version,
+                "target_hash": self.target.content_hash,
+                "f_sum": f_sum,
+                "n": n,
+                "created_at": time.time(),
+            },
+        )
+        self.engine.duals.put(self.key, entry)
+        self.engine.duals.set_latest(self.family, self.key)
+
+
+def _potential_from_entry(entry: PotentialEntry) -> Potential:
+    meta = entry.meta
+    return Potential(
+        g=torch.from_numpy(np.array(entry.g, dtype=np.float32)),
+        mode=Mode(str(meta["mode"])),
+        eps=float(meta["eps"]),
+        n_iter=int(meta["n_iter"]),
+        marginal_error=float(meta["marginal_error"]),
+        converged=bool(meta["converged"]),
+        cost=float(meta["cost"]),
+        rows=None if entry.rows is None else np.asarray(entry.rows, dtype=np.int64),
+    )
+
+
+def _domain_labels(domains: list[str] | np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Integer domain labels of ``rows`` when every row has a domain; else None (cluster instead)."""
+    picked = np.asarray(domains, dtype=object)[rows]
+    if len(picked) == 0 or any(not d for d in picked):
+        return None
+    _, labels = np.unique(picked.astype(str), return_inverse=True)
+    return labels.astype(np.int64)

@@ -1,0 +1,155 @@
+"""The two server interceptors: the RPC boundary (errors → status codes, metrics) and bearer-token auth.
+
+:class:`BoundaryInterceptor` is the only place where exceptions become gRPC statuses: a
+:class:`~gotd.cache.errors.GotdError` maps to its code with its safe message; anything else is a bug,
+answered with INTERNAL, a generic message and an error id that is logged with the traceback. It wraps
+unary and streaming handlers alike, so streams cannot escape it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from gotd.cache.errors import GotdError, Unauthenticated
+from gotd.server.metrics import Metrics
+
+LOG = logging.getLogger(__name__)
+
+_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+_Around = Callable[[Any, aio.ServicerContext, str], Any]
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, unary: Any, stream: Any) -> grpc.RpcMethodHandler:
+    """Return ``handler`` with its behaviour replaced by ``unary`` or ``stream`` (same call shape)."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **kwargs)
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kwargs)
+
+
+class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps errors to status codes and records per-RPC metrics, for unary and streaming RPCs."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: _Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        return _rebuild(handler, self._unary(method), self._stream(method))
+
+    def _unary(self, method: str) -> Callable[[Any], Any]:
+        def wrap(behavior: Any) -> Any:
+            async def call(request: Any, context: aio.ServicerContext) -> Any:
+                started = self._start()
+                code = "OK"
+                try:
+                    return await behavior(request, context)
+                except BaseException as err:
+                    code = await self._fail(err, context, method)
+                    raise
+                finally:
+                    self._finish(method, code, started)
+
+            return call
+
+        return wrap
+
+    def _stream(self, method: str) -> Callable[[Any], Any]:
+        def wrap(behavior: Any) -> Any:
+            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                started = self._start()
+                code = "OK"
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as err:
+                    code = await self._fail(err, context, method)
+                    raise
+                finally:
+                    self._finish(method, code, started)
+
+            return call
+
+        return wrap
+
+    def _start(self) -> float:
+        self._metrics.in_flight.inc()
+        return time.perf_counter()
+
+    def _finish(self, method: str, code: str, started: float) -> None:
+        self._metrics.in_flight.dec()
+        self._metrics.rpcs.labels(method, code).inc()
+        self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+    async def _fail(self, err: BaseException, context: aio.ServicerContext, method: str) -> str:
+        """Abort the call with the status ``err`` maps to (re-raises the abort); returns the code name."""
+        if isinstance(err, GotdError):
+            LOG.info("%s failed: %s: %s", method, err.code, err.message)
+            await context.abort(grpc.StatusCode[err.code], err.message)
+        if isinstance(err, aio.AbortError):
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else "ABORTED"
+        if isinstance(err, asyncio.CancelledError | GeneratorExit):
+            return "CANCELLED"
+        if not isinstance(err, Exception):
+            return "CANCELLED"
+        error_id = uuid.uuid4().hex[:12]
+        LOG.error("%s: internal error %s", method, error_id, exc_info=err)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); see server logs")
+        return "INTERNAL"  # pragma: no cover - abort raises
+
+
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Requires ``authorization: Bearer <token>`` on every RPC except the health service."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self, continuation: _Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(HEALTH_PREFIX):
+            return handler
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else bytes(given)
+        if hmac.compare_digest(given_bytes, self._expected):
+            return handler
+        reason = "missing bearer token" if not given_bytes else "invalid bearer token"
+
+        def reject(_behavior: Any) -> Any:
+            async def call(_request: Any, _context: aio.ServicerContext) -> Any:
+                raise Unauthenticated(reason)
+
+            return call
+
+        def reject_stream(_behavior: Any) -> Any:
+            async def call(_request: Any, _context: aio.ServicerContext) -> AsyncIterator[Any]:
+                raise Unauthenticated(reason)
+                yield  # pragma: no cover - makes this an async generator
+
+            return call
+
+        return _rebuild(handler, reject, reject_stream)

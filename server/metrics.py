@@ -1,0 +1,44 @@
+"""Prometheus metrics of one server instance, on their own registry (several servers may share a process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class Metrics:
+    """Counters, gauges and histograms exported on ``--metrics-port``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.rpcs = Counter("gotd_rpcs", "RPCs finished, by method and status code", ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram(
+            "gotd_rpc_seconds", "RPC latency", ["method"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("gotd_rpcs_in_flight", "RPCs being served", registry=r)
+        self.stage_seconds = Histogram(
+            "gotd_stage_seconds", "Time per selection stage", ["stage"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.solve_iterations = Histogram(
+            "gotd_solve_iterations",
+            "Sinkhorn iterations per solve",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            registry=r,
+        )
+        self.cache_events = Counter("gotd_dual_cache_events", "Dual cache events", ["event"], registry=r)
+        self.cache_healthy = Gauge("gotd_dual_cache_healthy", "1 when the Redis dual cache answers", registry=r)
+        self.records = Counter("gotd_ingested_records", "Ingested records, by outcome", ["outcome"], registry=r)
+        self.embedded_texts = Counter("gotd_embedded_texts", "Texts sent to the encoder", registry=r)
+        self.pool_candidates = Gauge("gotd_pool_candidates", "Candidates per pool", ["pool"], registry=r)
+        self.blocks_scored = Counter("gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Start the HTTP exporter; returns the bound port (``0`` picks a free one)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
