@@ -78,7 +78,9 @@ def serve(
     listen: Annotated[str | None, typer.Option(help="host:port; port 0 picks a free port")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="directory of the store")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL of the dual cache")] = None,
-    auth_token: Annotated[str | None, typer.Option(envvar="GOTD_AUTH_TOKEN", help="required bearer token")] = None,
+    auth_token: Annotated[
+        str | None, typer.Option(envvar="GOTD_AUTH_TOKEN", help="required bearer token")
+    ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
@@ -91,7 +93,8 @@ def serve(
     """Run the gRPC server until SIGTERM (then stop gracefully)."""
     import asyncio
 
-    from gotd.server.app import configure_logging, serve as run
+    from gotd.server.app import configure_logging
+    from gotd.server.app import serve as run
     from gotd.server.config import ConfigError, load_settings
 
     try:
@@ -157,7 +160,9 @@ def select(
                 summary = None
                 for event in client.select_stream(pool, targets, k=k, mode=mode, eps=eps):
                     if isinstance(event, RankedCandidate):
-                        out.write(json.dumps({"id": event.id, "score": event.score, "rank": event.rank}) + "\n")
+                        out.write(
+                            json.dumps({"id": event.id, "score": event.score, "rank": event.rank}) + "\n"
+                        )
                     elif isinstance(event, SelectProgress):
                         typer.echo(f"\r{event.stage}: {event.done}/{event.total}", err=True, nl=False)
                     else:
@@ -188,14 +193,20 @@ def pools(
         listed = _rpc(client.pools)
     for p in listed:
         if as_json:
-            typer.echo(json.dumps({"name": p.name, "count": p.count, "version": p.version, "model": p.model, "dim": p.dim}))
+            typer.echo(
+                json.dumps(
+                    {"name": p.name, "count": p.count, "version": p.version, "model": p.model, "dim": p.dim}
+                )
+            )
         else:
             typer.echo(f"{p.name} {p.count} {p.version} {p.model} {p.dim}")
 
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="demo store (kept: a second run is fast)")] = Path(".gotd-demo"),
+    data_dir: Annotated[Path, typer.Option(help="demo store (kept: a second run is fast)")] = Path(
+        ".gotd-demo"
+    ),
     pool_size: Annotated[int, typer.Option(help="candidates in the demo pool")] = 1500,
     topic: Annotated[str, typer.Option(help="target topic")] = "Mathematics",
 ) -> None:

@@ -218,7 +218,9 @@ class Client:
             elif which == "summary":
                 yield SelectSummary.from_pb(message.summary)
 
-    def select(self, pool: str, targets: Targets, *, k: int, **kwargs: Any) -> tuple[list[RankedCandidate], SelectSummary]:
+    def select(
+        self, pool: str, targets: Targets, *, k: int, **kwargs: Any
+    ) -> tuple[list[RankedCandidate], SelectSummary]:
         """The whole ranking and its summary (progress dropped)."""
         ranked: list[RankedCandidate] = []
         summary: SelectSummary | None = None
@@ -232,12 +234,21 @@ class Client:
         return ranked, summary
 
     def score(
-        self, pool: str, targets: Targets, ids: Sequence[str], *, mode: str = "auto", eps: float | None = None,
+        self,
+        pool: str,
+        targets: Targets,
+        ids: Sequence[str],
+        *,
+        mode: str = "auto",
+        eps: float | None = None,
         timeout: float | None = None,
     ) -> list[ScoredCandidate]:
         """Scores of the given candidate ids, in order."""
         request = pb.ScoreRequest(
-            pool=pool, target=target_spec(targets), ids=list(ids), mode=_MODES[mode],
+            pool=pool,
+            target=target_spec(targets),
+            ids=list(ids),
+            mode=_MODES[mode],
             solver=solver_options(eps, None, None, None),
         )
         response = self._stub.Score(request, **self._kw(timeout))

@@ -12,7 +12,12 @@ _MODE_NAMES = {
     pb.SELECTION_MODE_GLOBAL: "global",
     pb.SELECTION_MODE_PAPER: "paper",
 }
-_STAGE_NAMES = {pb.STAGE_EMBED: "embed", pb.STAGE_LOAD: "load", pb.STAGE_SOLVE: "solve", pb.STAGE_SCORE: "score"}
+_STAGE_NAMES = {
+    pb.STAGE_EMBED: "embed",
+    pb.STAGE_LOAD: "load",
+    pb.STAGE_SOLVE: "solve",
+    pb.STAGE_SCORE: "score",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,9 @@ class IngestResult:
 
     @classmethod
     def from_pb(cls, m: pb.IngestResponse) -> IngestResult:
-        return cls(m.pool, m.inserted, m.updated, m.unchanged, m.batches, m.embedded, PoolInfo.from_pb(m.info))
+        return cls(
+            m.pool, m.inserted, m.updated, m.unchanged, m.batches, m.embedded, PoolInfo.from_pb(m.info)
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,7 +95,9 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     loop = asyncio.get_running_loop()
     metrics = Metrics()
     health = HealthServicer()
-    embedder = embedder or Embedder(settings.model_path, device=settings.device, batch_size=settings.embed_batch_size)
+    embedder = embedder or Embedder(
+        settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
+    )
     store = Store(settings.data_dir)
     embcache = EmbeddingCache(store)
 

@@ -118,7 +118,9 @@ def select_event(event: SelectEvent) -> pb.SelectResponse:
         return pb.SelectResponse(
             batch=pb.RankedBatch(
                 candidates=[
-                    pb.RankedCandidate(id=c.id, score=c.score, rank=c.rank, domain=c.domain, meta_json=c.meta_json)
+                    pb.RankedCandidate(
+                        id=c.id, score=c.score, rank=c.rank, domain=c.domain, meta_json=c.meta_json
+                    )
                     for c in event.candidates
                 ]
             )

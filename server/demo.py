@@ -59,7 +59,9 @@ class BackgroundServer:
         self.stop()
 
 
-def split_task(docs: tuple[Doc, ...], topic: str, pool_size: int, seed: int = 0) -> tuple[list[Doc], list[Doc]]:
+def split_task(
+    docs: tuple[Doc, ...], topic: str, pool_size: int, seed: int = 0
+) -> tuple[list[Doc], list[Doc]]:
     """Target = ``TARGET_SIZE`` texts of ``topic``; pool = a uniform sample of the rest."""
     rng = random.Random(seed)
     of_topic = [d for d in docs if d.topic == topic]
@@ -71,9 +73,9 @@ def split_task(docs: tuple[Doc, ...], topic: str, pool_size: int, seed: int = 0)
     return rng.sample(rest, min(pool_size, len(rest))), targets
 
 
-def _timed_select(client: Client, pool: str, target: str, k: int, say: Callable[[str], None]) -> tuple[
-    list[RankedCandidate], SelectSummary, float
-]:
+def _timed_select(
+    client: Client, pool: str, target: str, k: int, say: Callable[[str], None]
+) -> tuple[list[RankedCandidate], SelectSummary, float]:
     started = time.perf_counter()
     ranked: list[RankedCandidate] = []
     summary = None
@@ -88,7 +90,9 @@ def _timed_select(client: Client, pool: str, target: str, k: int, say: Callable[
     return ranked, summary, time.perf_counter() - started
 
 
-def run_demo(*, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics", k: int = 50) -> dict[str, Any]:
+def run_demo(
+    *, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics", k: int = 50
+) -> dict[str, Any]:
     """Run the demo and print its report; returns the figures."""
     configure_logging("WARNING", False)
     say = lambda s: print(s, flush=True)  # noqa: E731
@@ -99,7 +103,9 @@ def run_demo(*, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics
     say(f"pool: {len(pool_docs)} texts; target: {len(target_docs)} held-out texts of topic {topic!r}")
     import os
 
-    with BackgroundServer(listen="127.0.0.1:0", data_dir=data_dir, redis_url=os.environ.get("GOTD_REDIS_URL")) as srv:
+    with BackgroundServer(
+        listen="127.0.0.1:0", data_dir=data_dir, redis_url=os.environ.get("GOTD_REDIS_URL")
+    ) as srv:
         say(f"server on {srv.address} (data dir {data_dir})")
         with Client(srv.address, timeout=1800) as client:
             started = time.perf_counter()
@@ -118,7 +124,10 @@ def run_demo(*, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics
     say(f"\ntop {min(10, len(cold))} of {len(cold)} (mode {cold_summary.mode}, eps {cold_summary.eps}):")
     for c, t in list(zip(cold, topics, strict=True))[:10]:
         say(f"  {c.rank:>3}  {c.score:+.5f}  [{t}]  {c.id}")
-    say(f"\nprecision of {topic!r} in the top {len(cold)}: {precision:.2f} (base rate in the pool {base_rate:.3f})")
+    say(
+        f"\nprecision of {topic!r} in the top {len(cold)}: {precision:.2f} "
+        f"(base rate in the pool {base_rate:.3f})"
+    )
     say(f"topics in the top {len(cold)}: {dict(Counter(topics).most_common())}")
     say(
         f"cold Select: {cold_s * 1e3:.0f} ms ({cold_summary.iterations} iterations, converged "
@@ -126,7 +135,8 @@ def run_demo(*, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics
     )
     say(
         f"repeated Select: {warm_s * 1e3:.0f} ms (cache hit {warm_summary.cache_hit}); "
-        f"speed-up {cold_s / max(warm_s, 1e-9):.1f}x; same ranking: {[c.id for c in cold] == [c.id for c in warm]}"
+        f"speed-up {cold_s / max(warm_s, 1e-9):.1f}x; "
+        f"same ranking: {[c.id for c in cold] == [c.id for c in warm]}"
     )
     return {
         "precision": precision,

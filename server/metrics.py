@@ -17,7 +17,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.rpcs = Counter("gotd_rpcs", "RPCs finished, by method and status code", ["method", "code"], registry=r)
+        self.rpcs = Counter(
+            "gotd_rpcs", "RPCs finished, by method and status code", ["method", "code"], registry=r
+        )
         self.rpc_seconds = Histogram(
             "gotd_rpc_seconds", "RPC latency", ["method"], buckets=_LATENCY_BUCKETS, registry=r
         )
@@ -32,11 +34,17 @@ class Metrics:
             registry=r,
         )
         self.cache_events = Counter("gotd_dual_cache_events", "Dual cache events", ["event"], registry=r)
-        self.cache_healthy = Gauge("gotd_dual_cache_healthy", "1 when the Redis dual cache answers", registry=r)
-        self.records = Counter("gotd_ingested_records", "Ingested records, by outcome", ["outcome"], registry=r)
+        self.cache_healthy = Gauge(
+            "gotd_dual_cache_healthy", "1 when the Redis dual cache answers", registry=r
+        )
+        self.records = Counter(
+            "gotd_ingested_records", "Ingested records, by outcome", ["outcome"], registry=r
+        )
         self.embedded_texts = Counter("gotd_embedded_texts", "Texts sent to the encoder", registry=r)
         self.pool_candidates = Gauge("gotd_pool_candidates", "Candidates per pool", ["pool"], registry=r)
-        self.blocks_scored = Counter("gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r)
+        self.blocks_scored = Counter(
+            "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the HTTP exporter; returns the bound port (``0`` picks a free one)."""

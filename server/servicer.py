@@ -89,7 +89,9 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                 pool = request.pool
                 validate_name(pool)
             elif request.pool and request.pool != pool:
-                raise InvalidArgument(f"one Ingest stream takes one pool: got {request.pool!r} after {pool!r}")
+                raise InvalidArgument(
+                    f"one Ingest stream takes one pool: got {request.pool!r} after {pool!r}"
+                )
             records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
             if not records:
                 continue

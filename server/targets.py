@@ -57,7 +57,9 @@ class TargetResolver:
                     f"target set {spec.name!r} was embedded with {info.model} (dim {info.dim}) but pool "
                     f"{pool.name!r} uses {pool.model} (dim {pool.dim})"
                 )
-            return Target(tuple(ids), torch.from_numpy(np.asarray(vectors, dtype=np.float32)), info.content_hash)
+            return Target(
+                tuple(ids), torch.from_numpy(np.asarray(vectors, dtype=np.float32)), info.content_hash
+            )
         ids, vectors = self.embed_records(spec.records, model=pool.model, dim=pool.dim, emit=emit)
         return Target(ids, torch.from_numpy(vectors), content_hash(pool.model, vectors))
 

@@ -14,11 +14,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from gotd.client.client import Client  # noqa: E402
-from gotd.server.demo import BackgroundServer  # noqa: E402
-from gotd.server.embedder import Embedder  # noqa: E402
-
-from tests.redis_fixtures import delete_prefix, shared_redis_url  # noqa: E402
+from gotd.client.client import Client
+from gotd.server.demo import BackgroundServer
+from gotd.server.embedder import Embedder
+from tests.redis_fixtures import delete_prefix, shared_redis_url
 
 DIM = 384
 REDIS_DB = 9
@@ -48,11 +47,15 @@ def clustered(n: int, *, seed: int, centers: int = 8, dim: int = DIM, spread: fl
     rng = np.random.default_rng(seed)
     c = rng.standard_normal((centers, dim)).astype(np.float32)
     c /= np.linalg.norm(c, axis=1, keepdims=True)
-    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(dim)
+    x = c[rng.integers(0, centers, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32) / np.sqrt(
+        dim
+    )
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def vector_records(vectors: np.ndarray, *, prefix: str = "c", domains: list[str] | None = None) -> list[dict[str, Any]]:
+def vector_records(
+    vectors: np.ndarray, *, prefix: str = "c", domains: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Ingest records with precomputed embeddings."""
     return [
         {"id": f"{prefix}{i:05d}", "embedding": v.tolist(), "domain": domains[i] if domains else ""}

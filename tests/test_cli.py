@@ -39,7 +39,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _gotd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*GOTD, *args], capture_output=True, text=True, env=ENV, timeout=300)
+    result = subprocess.run([*GOTD, *args], capture_output=True, text=True, env=ENV, timeout=300, check=False)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -48,7 +48,9 @@ def _gotd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def test_cli_round_trip(served: str, tmp_path: Path) -> None:
     pool = tmp_path / "pool.jsonl"
     x = clustered(120, seed=1)
-    pool.write_text("".join(json.dumps({"id": f"c{i}", "embedding": v.tolist()}) + "\n" for i, v in enumerate(x)))
+    pool.write_text(
+        "".join(json.dumps({"id": f"c{i}", "embedding": v.tolist()}) + "\n" for i, v in enumerate(x))
+    )
     target = tmp_path / "target.jsonl"
     target.write_text(
         json.dumps({"id": "t0", "text": "linear algebra and matrices"}) + "\n"
@@ -66,7 +68,8 @@ def test_cli_round_trip(served: str, tmp_path: Path) -> None:
     stdout_run = _gotd("select", "--server", served, "--pool", "demo", "--target", str(target), "-k", "15")
     assert [json.loads(line)["id"] for line in stdout_run.stdout.splitlines()] == [r["id"] for r in rows]
     listing = _gotd("pools", "--server", served).stdout.split()
-    assert listing[:3] == ["demo", "120", "1"] and listing[4] == "384"
+    assert listing[:3] == ["demo", "120", "1"]
+    assert listing[4] == "384"
     as_json = json.loads(_gotd("pools", "--server", served, "--json").stdout)
     assert as_json["count"] == 120
 
@@ -74,17 +77,22 @@ def test_cli_round_trip(served: str, tmp_path: Path) -> None:
 def test_cli_errors_print_the_status_code(served: str, tmp_path: Path) -> None:
     target = tmp_path / "t.jsonl"
     target.write_text(json.dumps({"id": "t0", "embedding": clustered(1, seed=2)[0].tolist()}) + "\n")
-    missing = _gotd("select", "--server", served, "--pool", "missing", "--target", str(target), "-k", "3", check=False)
+    missing = _gotd(
+        "select", "--server", served, "--pool", "missing", "--target", str(target), "-k", "3", check=False
+    )
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1].startswith("error: NOT_FOUND: ")
     env = {**ENV, "GOTD_TOKEN": "bad"}
-    denied = subprocess.run([*GOTD, "pools", "--server", served], capture_output=True, text=True, env=env, timeout=60)
-    assert denied.returncode == 1 and denied.stderr.startswith("error: UNAUTHENTICATED: ")
+    denied = subprocess.run(
+        [*GOTD, "pools", "--server", served], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert denied.returncode == 1
+    assert denied.stderr.startswith("error: UNAUTHENTICATED: ")
 
 
 def test_console_script_is_installed() -> None:
     exe = shutil.which("gotd", path=str(Path(sys.executable).parent))
     assert exe is not None
-    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60).stdout
+    help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
     for command in ("serve", "ingest", "select", "pools", "demo", "bench"):
         assert command in help_text

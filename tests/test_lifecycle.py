@@ -37,11 +37,16 @@ def test_health_reflection_and_metrics(make_server: Any) -> None:
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         (response,) = list(stub.ServerReflectionInfo(iter([request]), timeout=10))
         names = {s.name for s in response.list_services_response.service}
-    assert "gotd.v1.SelectionService" in names and "grpc.health.v1.Health" in names
+    assert "gotd.v1.SelectionService" in names
+    assert "grpc.health.v1.Health" in names
     with Client(srv.address) as client:
         client.ingest("pool", vector_records(clustered(30, seed=1)))
         client.select("pool", clustered(3, seed=2).tolist(), k=5)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=10).read().decode()
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=10)
+        .read()
+        .decode()
+    )
     assert 'gotd_rpcs_total{code="OK",method="Select"} 1.0' in body
     assert 'gotd_pool_candidates{pool="pool"} 30.0' in body
     assert "gotd_solve_iterations_count 1.0" in body
@@ -74,7 +79,9 @@ def test_deadline_stops_the_work(make_server: Any) -> None:
         _big_pool(client)
         blocks_before = srv.running.metrics.blocks_scored._value.get()
         with pytest.raises(grpc.RpcError) as info:
-            client.select("big", clustered(400, seed=4).tolist(), k=10, eps=0.01, tol=1e-9, max_iter=100000, timeout=1.5)
+            client.select(
+                "big", clustered(400, seed=4).tolist(), k=10, eps=0.01, tol=1e-9, max_iter=100000, timeout=1.5
+            )
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The worker stops at its next block: no scoring pass ran for the abandoned solve.
         time.sleep(1.0)
@@ -116,6 +123,8 @@ def test_progress_is_streamed_before_the_ranking(make_server: Any) -> None:
         client.ingest("pool", vector_records(clustered(300, seed=1)))
         events = list(client.select_stream("pool", clustered(5, seed=2).tolist(), k=3))
     stages = [e.stage for e in events if isinstance(e, SelectProgress)]
-    assert "load" in stages and "solve" in stages and "score" in stages
+    assert "load" in stages
+    assert "solve" in stages
+    assert "score" in stages
     first_ranked = next(i for i, e in enumerate(events) if not isinstance(e, SelectProgress))
     assert all(isinstance(e, SelectProgress) for e in events[:first_ranked])

@@ -25,7 +25,9 @@ CALLS = {
     "Score": lambda s, md: s.Score(pb.ScoreRequest(pool="p"), metadata=md, timeout=10),
     "PutTargetSet": lambda s, md: s.PutTargetSet(pb.PutTargetSetRequest(name="t"), metadata=md, timeout=10),
     "GetTargetSet": lambda s, md: s.GetTargetSet(pb.GetTargetSetRequest(name="t"), metadata=md, timeout=10),
-    "DeleteTargetSet": lambda s, md: s.DeleteTargetSet(pb.DeleteTargetSetRequest(name="t"), metadata=md, timeout=10),
+    "DeleteTargetSet": lambda s, md: s.DeleteTargetSet(
+        pb.DeleteTargetSetRequest(name="t"), metadata=md, timeout=10
+    ),
     "GetPool": lambda s, md: s.GetPool(pb.GetPoolRequest(name="p"), metadata=md, timeout=10),
     "ListPools": lambda s, md: s.ListPools(pb.ListPoolsRequest(), metadata=md, timeout=10),
     "DeletePool": lambda s, md: s.DeletePool(pb.DeletePoolRequest(name="p"), metadata=md, timeout=10),
@@ -63,10 +65,10 @@ def test_right_token_passes_and_no_token_needed_without_auth(make_server: Any) -
         assert client.pools() == []
 
 
-def _cert(
-    name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *, ca: bool,
-) -> x509.Certificate:  # fmt: skip
+Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: Issuer | None, *, ca: bool) -> x509.Certificate:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
     builder = (
@@ -80,18 +82,24 @@ def _cert(
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
 
 
-def _write(tmp: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None) -> tuple[Path, Path | None]:
+def _write(
+    tmp: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None
+) -> tuple[Path, Path | None]:
     cert_path = tmp / f"{name}.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is None:
         return cert_path, None
     key_path = tmp / f"{name}.key"
     key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return cert_path, key_path
 
@@ -102,7 +110,9 @@ def _pki(tmp: Path, name: str) -> dict[str, Path]:
     out: dict[str, Path] = {"ca": _write(tmp, f"{name}-ca", ca, None)[0]}
     for role in ("server", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert_path, key_path = _write(tmp, f"{name}-{role}", _cert("localhost", key, (ca, ca_key), ca=False), key)
+        cert_path, key_path = _write(
+            tmp, f"{name}-{role}", _cert("localhost", key, (ca, ca_key), ca=False), key
+        )
         assert key_path is not None
         out[f"{role}_cert"], out[f"{role}_key"] = cert_path, key_path
     return out

@@ -9,7 +9,7 @@ import torch
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectProgress, SelectSummary
 from gotd.server.demo import BackgroundServer
-from gotd.server.selection import SelectionConfig, Mode, solve, score, top_k
+from gotd.server.selection import Mode, SelectionConfig, score, solve, top_k
 from tests.conftest import clustered, vector_records
 
 
@@ -67,7 +67,8 @@ def test_repeat_select_is_a_cache_hit_in_redis(client: Client, redis_url: str, r
         r.close()
     assert keys, "the potential was not written to Redis"
     second, s2 = client.select("pool", _targets(), k=20)
-    assert not s1.cache_hit and s2.cache_hit
+    assert not s1.cache_hit
+    assert s2.cache_hit
     assert s2.iterations == 0
     assert [c.id for c in second] == [c.id for c in first]
     assert [c.score for c in second] == [c.score for c in first]
@@ -79,8 +80,10 @@ def test_grown_pool_warm_starts_and_new_ids_are_scored(client: Client) -> None:
     extra = clustered(25, seed=9)
     client.ingest("pool", vector_records(extra, prefix="new"))
     ranked, summary = client.select("pool", _targets(), k=525)
-    assert summary.warm_started and not summary.cache_hit
-    assert summary.pool_size == 525 and summary.returned == 525
+    assert summary.warm_started
+    assert not summary.cache_hit
+    assert summary.pool_size == 525
+    assert summary.returned == 525
     scores = client.score("pool", _targets(), ["new00003", first[0].id])
     by_id = {c.id: c.score for c in ranked}
     assert abs(scores[0].score - by_id["new00003"]) < 1e-4
@@ -90,7 +93,8 @@ def test_grown_pool_warm_starts_and_new_ids_are_scored(client: Client) -> None:
 def test_k_above_pool_returns_everything_and_says_so(client: Client) -> None:
     _ingest_pool(client, n=100)
     ranked, summary = client.select("pool", _targets(), k=1000, exclude_ids=["c00001", "c00002"])
-    assert len(ranked) == 98 and summary.k_exceeds_pool
+    assert len(ranked) == 98
+    assert summary.k_exceeds_pool
     assert {"c00001", "c00002"}.isdisjoint(c.id for c in ranked)
 
 
@@ -99,7 +103,8 @@ def test_domain_filter_and_paper_mode(client: Client) -> None:
     domains = [f"d{i % 4}" for i in range(400)]
     client.ingest("pool", vector_records(x, domains=domains))
     ranked, _ = client.select("pool", _targets(), k=400, domains=["d1"], include_metadata=True)
-    assert len(ranked) == 100 and {c.domain for c in ranked} == {"d1"}
+    assert len(ranked) == 100
+    assert {c.domain for c in ranked} == {"d1"}
     paper, summary = client.select("pool", _targets(), k=400, mode="paper")
     assert summary.mode == "paper"
     assert 0 < len(paper) < 400
@@ -109,9 +114,11 @@ def test_text_targets_and_named_target_sets(client: Client) -> None:
     texts = ["The derivative of a function", "Prime numbers and factorisation", "A recipe for bread"]
     client.ingest("texts", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
     info = client.put_target_set("maths", ["Calculus and limits", "Number theory"])
-    assert info.count == 2 and info.dim == 384
+    assert info.count == 2
+    assert info.dim == 384
     got, ids = client.get_target_set("maths")
-    assert got.content_hash == info.content_hash and ids == ["t0", "t1"]
+    assert got.content_hash == info.content_hash
+    assert ids == ["t0", "t1"]
     ranked, summary = client.select("texts", "maths", k=3)
     assert ranked[-1].id == "t2", "the bread recipe should rank last for a maths target"
     assert summary.target_count == 2
@@ -122,7 +129,8 @@ def test_pools_listing_and_deletion(client: Client) -> None:
     (info,) = client.pools()
     assert (info.name, info.count, info.dim) == ("pool", 50, 384)
     again = client.ingest("pool", vector_records(clustered(50, seed=1)))
-    assert again.unchanged == 50 and again.info.version == info.version
+    assert again.unchanged == 50
+    assert again.info.version == info.version
     client.delete_pool("pool")
     assert client.pools() == []
 
@@ -142,7 +150,7 @@ def test_cache_fallback_gives_the_same_ranking(make_server: object) -> None:
             poisoned, s_poisoned = client.select("pool", _targets(), k=30)
             assert not s_poisoned.cache_hit
             private.stop()
-            down, s_down = client.select("pool", _targets(), k=30)
+            down, _s_down = client.select("pool", _targets(), k=30)
             assert [c.id for c in poisoned] == [c.id for c in healthy] == [c.id for c in down]
             assert [c.score for c in down] == [c.score for c in healthy]
             assert srv.running.duals.healthy is False

@@ -21,7 +21,9 @@ VEC = clustered(1, seed=5)[0].tolist()
 def _select(stub: pb_grpc.SelectionServiceStub, **fields: Any) -> None:
     fields.setdefault("pool", "pool")
     fields.setdefault("k", 5)
-    fields.setdefault("target", pb.TargetSpec(records=pb.TargetRecords(records=[pb.Record(id="t", embedding=VEC)])))
+    fields.setdefault(
+        "target", pb.TargetSpec(records=pb.TargetRecords(records=[pb.Record(id="t", embedding=VEC)]))
+    )
     list(stub.Select(pb.SelectRequest(**fields), timeout=60))
 
 
@@ -39,8 +41,16 @@ class Case:
 CASES = [
     Case("k = 0", lambda s: _select(s, k=0), grpc.StatusCode.INVALID_ARGUMENT),
     Case("k < 0", lambda s: _select(s, k=-3), grpc.StatusCode.INVALID_ARGUMENT),
-    Case("eps <= 0", lambda s: _select(s, solver=pb.SolverOptions(epsilon=0.0)), grpc.StatusCode.INVALID_ARGUMENT),
-    Case("eps NaN", lambda s: _select(s, solver=pb.SolverOptions(epsilon=math.nan)), grpc.StatusCode.INVALID_ARGUMENT),
+    Case(
+        "eps <= 0",
+        lambda s: _select(s, solver=pb.SolverOptions(epsilon=0.0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Case(
+        "eps NaN",
+        lambda s: _select(s, solver=pb.SolverOptions(epsilon=math.nan)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     Case("no target", lambda s: _select(s, target=pb.TargetSpec()), grpc.StatusCode.INVALID_ARGUMENT),
     Case("empty pool name", lambda s: _select(s, pool=""), grpc.StatusCode.INVALID_ARGUMENT),
     Case("unknown pool", lambda s: _select(s, pool="nope"), grpc.StatusCode.NOT_FOUND),
@@ -51,25 +61,36 @@ CASES = [
     ),
     Case(
         "target dimension mismatch",
-        lambda s: _select(s, target=pb.TargetSpec(records=pb.TargetRecords(records=[pb.Record(id="t", embedding=[1.0, 0.0])]))),
+        lambda s: _select(
+            s,
+            target=pb.TargetSpec(records=pb.TargetRecords(records=[pb.Record(id="t", embedding=[1.0, 0.0])])),
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Case(
         "NaN target embedding",
         lambda s: _select(
-            s, target=pb.TargetSpec(records=pb.TargetRecords(records=[pb.Record(id="t", embedding=[math.nan] * 384)]))
+            s,
+            target=pb.TargetSpec(
+                records=pb.TargetRecords(records=[pb.Record(id="t", embedding=[math.nan] * 384)])
+            ),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     Case(
         "ingest wrong dimension",
-        lambda s: _ingest(s, pb.IngestRequest(pool="pool", records=[pb.Record(id="x", embedding=[1.0, 2.0])])),
+        lambda s: _ingest(
+            s, pb.IngestRequest(pool="pool", records=[pb.Record(id="x", embedding=[1.0, 2.0])])
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     ),
     Case(
         "ingest duplicate ids in a batch",
         lambda s: _ingest(
-            s, pb.IngestRequest(pool="other", records=[pb.Record(id="x", embedding=VEC), pb.Record(id="x", embedding=VEC)])
+            s,
+            pb.IngestRequest(
+                pool="other", records=[pb.Record(id="x", embedding=VEC), pb.Record(id="x", embedding=VEC)]
+            ),
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
@@ -83,10 +104,22 @@ CASES = [
         lambda s: _ingest(s, pb.IngestRequest(pool="other", records=[pb.Record(id="x", text="   ")])),
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
-    Case("ingest of nothing", lambda s: _ingest(s), grpc.StatusCode.INVALID_ARGUMENT),
-    Case("score without ids", lambda s: s.Score(pb.ScoreRequest(pool="pool", target=pb.TargetSpec(target_set="x")), timeout=30), grpc.StatusCode.INVALID_ARGUMENT),
-    Case("get unknown pool", lambda s: s.GetPool(pb.GetPoolRequest(name="nope"), timeout=30), grpc.StatusCode.NOT_FOUND),
-    Case("delete unknown pool", lambda s: s.DeletePool(pb.DeletePoolRequest(name="nope"), timeout=30), grpc.StatusCode.NOT_FOUND),
+    Case("ingest of nothing", _ingest, grpc.StatusCode.INVALID_ARGUMENT),
+    Case(
+        "score without ids",
+        lambda s: s.Score(pb.ScoreRequest(pool="pool", target=pb.TargetSpec(target_set="x")), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    Case(
+        "get unknown pool",
+        lambda s: s.GetPool(pb.GetPoolRequest(name="nope"), timeout=30),
+        grpc.StatusCode.NOT_FOUND,
+    ),
+    Case(
+        "delete unknown pool",
+        lambda s: s.DeletePool(pb.DeletePoolRequest(name="nope"), timeout=30),
+        grpc.StatusCode.NOT_FOUND,
+    ),
     Case(
         "delete unknown target set",
         lambda s: s.DeleteTargetSet(pb.DeleteTargetSetRequest(name="nope"), timeout=30),
@@ -100,7 +133,9 @@ CASES = [
     Case(
         "too many inline targets",
         lambda s: s.PutTargetSet(
-            pb.PutTargetSetRequest(name="big", records=[pb.Record(id=str(i), embedding=VEC) for i in range(30)]),
+            pb.PutTargetSetRequest(
+                name="big", records=[pb.Record(id=str(i), embedding=VEC) for i in range(30)]
+            ),
             timeout=30,
         ),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -113,7 +148,10 @@ def stub_server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Any:
     from gotd.server.demo import BackgroundServer
 
     srv = BackgroundServer(
-        embedder=embedder, listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("codes"), max_inline_targets=20
+        embedder=embedder,
+        listen="127.0.0.1:0",
+        data_dir=tmp_path_factory.mktemp("codes"),
+        max_inline_targets=20,
     )
     with Client(srv.address) as client:
         client.ingest("pool", vector_records(clustered(40, seed=4)))
