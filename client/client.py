@@ -82,8 +82,9 @@ def to_record(item: Mapping[str, Any] | str, default_id: str) -> pb.Record:
     )
     if item.get("text") is not None:
         message.text = str(item["text"])
-    if item.get("embedding") is not None:
-        message.embedding.extend(float(v) for v in item["embedding"])
+    embedding = item.get("embedding")
+    if embedding is not None:
+        message.embedding.extend(embedding.tolist() if hasattr(embedding, "tolist") else embedding)
     return message
 
 

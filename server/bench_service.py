@@ -1,0 +1,206 @@
+"""``gotd bench service``: the service end to end — cold vs cached Select, a grown pool, first-batch
+latency and concurrent throughput — written to docs/benchmarks/service.md with a plot.
+
+Everything runs through a real server on 127.0.0.1 and the Python client, with precomputed
+embeddings (synthetic clustered unit vectors), so the numbers measure the service, not the encoder.
+Baselines are measured in the same run: the cold Select is the baseline of the cached and the
+grown-pool Select.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gotd.client.client import Client
+from gotd.client.types import RankedCandidate
+from gotd.server.demo import BackgroundServer
+
+
+def clustered_vectors(n: int, dim: int, *, seed: int, centers: int = 16, spread: float = 0.35) -> np.ndarray:
+    """Unit vectors scattered around ``centers`` random directions (float32)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
+    x = c[rng.integers(0, centers, n)] + noise
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def machine() -> str:
+    """One line naming the machine and the versions that matter."""
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+
+
+def _records(x: np.ndarray, prefix: str) -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i:07d}", "embedding": v.tolist()} for i, v in enumerate(x)]
+
+
+def _select(client: Client, pool: str, targets: list[list[float]], k: int, mode: str) -> dict[str, float]:
+    started = time.perf_counter()
+    first = None
+    summary = None
+    for event in client.select_stream(pool, targets, k=k, mode=mode):
+        if isinstance(event, RankedCandidate):
+            first = first or time.perf_counter() - started
+        elif not hasattr(event, "stage"):
+            summary = event
+    assert summary is not None
+    return {
+        "seconds": time.perf_counter() - started,
+        "first_batch_seconds": first or 0.0,
+        "iterations": float(summary.iterations),  # type: ignore[attr-defined]
+        "cache_hit": float(summary.cache_hit),  # type: ignore[attr-defined]
+        "warm_started": float(summary.warm_started),  # type: ignore[attr-defined]
+    }
+
+
+def _scenario(client: Client, name: str, n: int, m: int, mode: str, k: int) -> dict[str, Any]:
+    x = clustered_vectors(int(n * 1.05), 384, seed=1)
+    base, extra = x[:n], x[n:]
+    targets = clustered_vectors(m, 384, seed=2, centers=3).tolist()
+    client.ingest(name, _records(base, "c"), batch_size=2000)
+    cold = _select(client, name, targets, k, mode)
+    cached = [_select(client, name, targets, k, mode) for _ in range(3)]
+    client.ingest(name, _records(extra, "n"), batch_size=2000)
+    grown = _select(client, name, targets, k, mode)
+    best_cached = min(c["seconds"] for c in cached)
+    return {
+        "scenario": name,
+        "n": n,
+        "m": m,
+        "mode": mode,
+        "cold_s": cold["seconds"],
+        "cold_iterations": cold["iterations"],
+        "cold_first_batch_s": cold["first_batch_seconds"],
+        "cached_s": best_cached,
+        "cached_first_batch_s": min(c["first_batch_seconds"] for c in cached),
+        "cache_hit": all(c["cache_hit"] for c in cached),
+        "cached_speedup": cold["seconds"] / best_cached,
+        "grown_s": grown["seconds"],
+        "grown_iterations": grown["iterations"],
+        "grown_warm_started": bool(grown["warm_started"]),
+        "grown_speedup": cold["seconds"] / grown["seconds"],
+    }
+
+
+def _concurrency(client_address: str, pool: str, m: int, clients: int, requests: int) -> dict[str, Any]:
+    targets = [clustered_vectors(m, 384, seed=100 + i, centers=2).tolist() for i in range(4)]
+
+    def one(i: int) -> float:
+        with Client(client_address, timeout=600) as c:
+            started = time.perf_counter()
+            c.select(pool, targets[i % len(targets)], k=100, mode="auto")
+            return time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool_exec:
+        latencies = list(pool_exec.map(one, range(requests)))
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": requests,
+        "wall_s": wall,
+        "rps": requests / wall,
+        "p50_s": statistics.median(latencies),
+        "p99_s": float(np.quantile(latencies, 0.99)),
+    }
+
+
+def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
+    """Run the service benchmark and write ``service.md`` (+ ``service.png``) into ``out_dir``."""
+    scenarios = (
+        [("exact", 1500, 100, "exact")]
+        if quick
+        else [("exact", 20000, 500, "exact"), ("global", 100000, 1000, "global")]
+    )
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="gotd-bench-") as data:
+        with BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data)) as srv:
+            with Client(srv.address, timeout=3600) as client:
+                for name, n, m, mode in scenarios:
+                    results.append(_scenario(client, name, n, m, mode, k=max(1, n // 20)))
+                conc = _concurrency(
+                    srv.address, scenarios[0][0], 50 if quick else 200, 8, 16 if quick else 64
+                )
+    report = {"machine": machine(), "scenarios": results, "concurrency": conc}
+    _write(out_dir, report, quick)
+    return report
+
+
+def _write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "service-smoke" if quick else "service"
+    lines = [
+        "# Service benchmark: cold vs cached vs grown pool",
+        "",
+        f"Machine: {report['machine']}. Generated by `gotd bench service`"
+        + (" --quick (smoke run, not a measurement)." if quick else "."),
+        "Real server on 127.0.0.1, Python client, in-process dual cache, precomputed 384-d embeddings",
+        "(synthetic clustered unit vectors), k = 5% of the pool. The baseline of every ratio is the cold",
+        "Select measured in the same run (embedding of targets not involved: vectors are sent).",
+        "",
+        "| scenario | n × m | mode | cold s (iters) | cached s | cached speed-up (goal ≥20×) "
+        "| pool +5% s (iters) | grown speed-up (goal ≥10×) | first batch cold / cached s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["scenarios"]:
+        lines.append(
+            f"| {r['scenario']} | {r['n']:,} × {r['m']:,} | {r['mode']} | {r['cold_s']:.2f} ({r['cold_iterations']:.0f}) "
+            f"| {r['cached_s']:.3f} | {r['cached_speedup']:.1f}× | {r['grown_s']:.2f} ({r['grown_iterations']:.0f}, "
+            f"warm {r['grown_warm_started']}) | {r['grown_speedup']:.1f}× "
+            f"| {r['cold_first_batch_s']:.2f} / {r['cached_first_batch_s']:.3f} |"
+        )
+    c = report["concurrency"]
+    lines += [
+        "",
+        f"Concurrency: {c['clients']} clients, {c['requests']} Selects (4 target sets, cached after the first "
+        f"of each) on the first scenario's pool: {c['rps']:.1f} Selects/s, p50 {c['p50_s']:.3f} s, "
+        f"p99 {c['p99_s']:.3f} s, wall {c['wall_s']:.1f} s.",
+        "",
+        f"![cold vs cached]({name}.png)",
+        "",
+    ]
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [r["scenario"] for r in report["scenarios"]]
+    xs = np.arange(len(labels))
+    for offset, key, label in (
+        (-0.25, "cold_s", "cold"),
+        (0.0, "grown_s", "pool +5%"),
+        (0.25, "cached_s", "cached"),
+    ):
+        ax.bar(xs + offset, [r[key] for r in report["scenarios"]], width=0.25, label=label)
+    ax.set_xticks(xs, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel("Select wall time (s, log)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{name}.png", dpi=120)
+    plt.close(fig)
