@@ -167,16 +167,16 @@ def _write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
     ]
     for r in report["scenarios"]:
         lines.append(
-            f"| {r['scenario']} | {r['n']:,} × {r['m']:,} | {r['mode']} | {r['cold_s']:.2f} ({r['cold_iterations']:.0f}) "
-            f"| {r['cached_s']:.3f} | {r['cached_speedup']:.1f}× | {r['grown_s']:.2f} ({r['grown_iterations']:.0f}, "
-            f"warm {r['grown_warm_started']}) | {r['grown_speedup']:.1f}× "
-            f"| {r['cold_first_batch_s']:.2f} / {r['cached_first_batch_s']:.3f} |"
+            f"| {r['scenario']} | {r['n']:,} × {r['m']:,} | {r['mode']} "
+            f"| {r['cold_s']:.2f} ({r['cold_iterations']:.0f}) | {r['cached_s']:.3f} | {r['cached_speedup']:.1f}× "
+            f"| {r['grown_s']:.2f} ({r['grown_iterations']:.0f}, warm {r['grown_warm_started']}) "
+            f"| {r['grown_speedup']:.1f}× | {r['cold_first_batch_s']:.2f} / {r['cached_first_batch_s']:.3f} |"
         )
     c = report["concurrency"]
     lines += [
         "",
-        f"Concurrency: {c['clients']} clients, {c['requests']} Selects (4 target sets, cached after the first "
-        f"of each) on the first scenario's pool: {c['rps']:.1f} Selects/s, p50 {c['p50_s']:.3f} s, "
+        f"Concurrency: {c['clients']} clients, {c['requests']} Selects (4 target sets, cached after the "
+        f"first of each) on the first scenario's pool: {c['rps']:.1f} Selects/s, p50 {c['p50_s']:.3f} s, "
         f"p99 {c['p99_s']:.3f} s, wall {c['wall_s']:.1f} s.",
         "",
         f"![cold vs cached]({name}.png)",
