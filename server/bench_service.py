@@ -136,14 +136,15 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         else [("exact", 20000, 500, "exact"), ("global", 100000, 1000, "global")]
     )
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="gotd-bench-") as data:
-        with BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data)) as srv:
-            with Client(srv.address, timeout=3600) as client:
-                for name, n, m, mode in scenarios:
-                    results.append(_scenario(client, name, n, m, mode, k=max(1, n // 20)))
-                conc = _concurrency(
-                    srv.address, scenarios[0][0], 50 if quick else 200, 8, 16 if quick else 64
-                )
+    with (
+        tempfile.TemporaryDirectory(prefix="gotd-bench-") as data,
+        BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data)) as srv,
+        Client(srv.address, timeout=3600) as client,
+    ):
+        for name, n, m, mode in scenarios:
+            results.append(_scenario(client, name, n, m, mode, k=max(1, n // 20)))
+        m_conc, requests = (50, 16) if quick else (200, 64)
+        conc = _concurrency(srv.address, scenarios[0][0], m_conc, 8, requests)
     report = {"machine": machine(), "scenarios": results, "concurrency": conc}
     _write(out_dir, report, quick)
     return report
@@ -168,7 +169,8 @@ def _write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
     for r in report["scenarios"]:
         lines.append(
             f"| {r['scenario']} | {r['n']:,} × {r['m']:,} | {r['mode']} "
-            f"| {r['cold_s']:.2f} ({r['cold_iterations']:.0f}) | {r['cached_s']:.3f} | {r['cached_speedup']:.1f}× "
+            f"| {r['cold_s']:.2f} ({r['cold_iterations']:.0f}) | {r['cached_s']:.3f} "
+            f"| {r['cached_speedup']:.1f}× "
             f"| {r['grown_s']:.2f} ({r['grown_iterations']:.0f}, warm {r['grown_warm_started']}) "
             f"| {r['grown_speedup']:.1f}× | {r['cold_first_batch_s']:.2f} / {r['cached_first_batch_s']:.3f} |"
         )
