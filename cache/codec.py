@@ -127,7 +127,7 @@ def encode_entry(entry: PotentialEntry) -> bytes:
     return body + _CHECKSUM.pack(xxhash.xxh64_intdigest(body))
 
 
-def decode_entry(data: bytes) -> PotentialEntry:
+def decode_entry(data: bytes | bytearray | memoryview) -> PotentialEntry:
     """Decode a value written by :func:`encode_entry`, validating every field.
 
     Parameters
@@ -188,18 +188,20 @@ def _read_arrays(descriptors: list[Any], buf: bytes, start: int, end: int) -> di
             raise CorruptEntry("array descriptor must have exactly name, dtype, shape, offset, length")
         name, dtype, shape = desc["name"], desc["dtype"], desc["shape"]
         if not isinstance(name, str) or name not in _ARRAYS or name in arrays:
-            raise CorruptEntry(f"unknown or repeated array {name!r}")
+            raise CorruptEntry(f"unknown or repeated array {_short(name)}")
         if dtype != _ARRAYS[name][0]:
-            raise CorruptEntry(f"array {name!r} has dtype {dtype!r}, expected {_ARRAYS[name][0]!r}")
+            raise CorruptEntry(f"array {name!r} has dtype {_short(dtype)}, expected {_ARRAYS[name][0]!r}")
         if not isinstance(shape, list) or len(shape) != 1 or not _is_count(shape[0]):
-            raise CorruptEntry(f"array {name!r} must be 1-D with a non-negative length, got shape {shape!r}")
+            raise CorruptEntry(
+                f"array {name!r} must be 1-D with a non-negative length, got shape {_short(shape)}"
+            )
         if not _is_count(desc["offset"]) or not _is_count(desc["length"]):
             raise CorruptEntry(f"array {name!r} has a bad offset or length")
         itemsize = np.dtype(dtype).itemsize
         if desc["length"] != math.prod(shape) * itemsize:
-            raise CorruptEntry(f"array {name!r}: length does not match shape {shape!r}")
+            raise CorruptEntry(f"array {name!r}: length does not match shape {shape}")
         if desc["offset"] != offset:
-            raise CorruptEntry(f"array {name!r}: offset {desc['offset']} where {offset} was expected")
+            raise CorruptEntry(f"array {name!r}: offset {_short(desc['offset'])} where {offset} was expected")
         if start + offset + desc["length"] > end:
             raise CorruptEntry(f"array {name!r} is truncated")
         array = np.frombuffer(buf, dtype=dtype, count=shape[0], offset=start + offset)
@@ -217,3 +219,9 @@ def _read_arrays(descriptors: list[Any], buf: bytes, start: int, end: int) -> di
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _short(value: object) -> str:
+    """``repr`` capped for error messages (a crafted header may hold huge values)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
