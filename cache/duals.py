@@ -154,6 +154,7 @@ class DualCache:
         self._healthy = True
         self._retry_at = 0.0
         self._client: redis.Redis | None = None
+        self._backend: Literal["redis", "memory"] = "memory" if redis_url is None else "redis"
         if redis_url is not None:
             try:
                 self._client = redis.Redis.from_url(
@@ -171,7 +172,7 @@ class DualCache:
     @property
     def backend(self) -> Literal["redis", "memory"]:
         """The configured backend: ``"redis"`` when a URL was given (even while falling back)."""
-        return "memory" if self._client is None else "redis"
+        return self._backend
 
     @property
     def healthy(self) -> bool:
@@ -225,7 +226,7 @@ class DualCache:
                 return entry
         blob = self._lru.get(rkey)
         entry = None if blob is None else decode_entry(blob)  # written by this process: well formed
-        self._emit("miss" if entry is None else "hit" if self._client is None else "fallback_hit")
+        self._emit("miss" if entry is None else "hit" if self._backend == "memory" else "fallback_hit")
         return entry
 
     def put(self, key: str, entry: PotentialEntry) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import struct
 import threading
@@ -326,6 +327,21 @@ def test_redis_stopped_mid_run_falls_back_then_recovers(private: RedisServer, re
             assert raw.exists("t:pot:after") == 1
 
 
+def test_an_outage_logs_one_warning(private: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="gotd.cache.duals")
+    with DualCache(private.url, retry_interval_seconds=0.0) as cache:  # retry on every call
+        private.stop()
+        for i in range(10):
+            cache.put(f"k{i}", _entry())
+            cache.get(f"k{i}")
+        private.start()
+        cache.get("k0")
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [lvl for lvl, _ in levels] == [logging.WARNING, logging.INFO]
+    assert "in-process fallback" in levels[0][1]
+    assert "127.0.0.1" in levels[0][1]
+
+
 def test_unhealthy_cache_skips_redis_until_retry_or_check(private: RedisServer, rec: Recorder) -> None:
     with DualCache(private.url, retry_interval_seconds=3600, on_health_change=rec.health_change) as cache:
         private.stop()
@@ -399,5 +415,6 @@ def test_close_is_idempotent_and_leaves_the_lru(private: RedisServer) -> None:
     cache = DualCache(private.url)
     cache.close()
     cache.close()
+    assert cache.backend == "redis"
     cache.put("k", _entry())
     assert cache.get("k") is not None
