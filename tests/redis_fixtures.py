@@ -99,6 +99,31 @@ def delete_prefix(url: str, prefix: str) -> int:
     return removed
 
 
+def _server_pid(host: str, port: int, timeout: float = 0.2) -> int | None:
+    """``process_id`` from ``INFO server`` of the Redis at ``host:port``, or None if it does not answer."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"\r\n" not in reply or len(reply) < _bulk_end(reply):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
+    except (OSError, ValueError):
+        return None
+    found = re.search(rb"process_id:(\d+)", reply)
+    return int(found.group(1)) if found else None
+
+
+def _bulk_end(reply: bytes) -> int:
+    """Total length of a RESP bulk string reply ``$<n>\\r\\n<n bytes>\\r\\n`` (ValueError if not one)."""
+    head, _, _ = reply.partition(b"\r\n")
+    if not head.startswith(b"$"):
+        raise ValueError("not a bulk string")
+    return len(head) + 2 + int(head[1:]) + 2
+
+
 class RedisServer:
     """A private ``redis-server`` on 127.0.0.1 (``--save "" --appendonly no``) for one test.
 
@@ -129,6 +154,7 @@ class RedisServer:
         self._startup_timeout = startup_timeout
         self._dir = Path(tempfile.mkdtemp(prefix="gotd-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_once = False
 
     @property
     def host(self) -> str:
@@ -150,9 +176,11 @@ class RedisServer:
         """Start the server (on the same port as before) and wait until it answers PING."""
         if self.running:
             return
-        attempts = 1 if self._fixed_port else 3
+        # a restart keeps its port (clients hold the URL); only a first start may move to another one
+        attempts = 1 if self._fixed_port or self._started_once else 3
         for attempt in range(attempts):
             if self._spawn_and_wait():
+                self._started_once = True
                 return
             if attempt + 1 < attempts:  # the free port was taken meanwhile: pick another one
                 self.port = free_port()
@@ -212,7 +240,7 @@ class RedisServer:
             if proc.poll() is not None:  # exited: port in use, bad argument, ...
                 proc.wait()
                 return False
-            if ping(self.host, self.port, 0.2):
+            if _server_pid(self.host, self.port) == proc.pid:  # ours, not a squatter on the port
                 self._proc = proc
                 return True
             time.sleep(0.02)
