@@ -1,0 +1,394 @@
+"""Candidate records: the validated unit of ingest, and readers of JSONL and Parquet record files.
+
+A record file holds one object per record with the schema::
+
+    {"id": str, "text"?: str, "embedding"?: [float, ...], "domain"?: str, "meta"?: {...}}
+
+At least one of ``text`` and ``embedding`` is required. Every check raises
+:class:`~gotd.cache.errors.InvalidArgument` with a message that names the record (``record 'x': ...``)
+or, for files, the place in the file (``data.jsonl:17: ...``).
+
+This module stays light (json and numpy; pyarrow only when a Parquet file is read): the CLI client
+imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from gotd.cache.errors import FailedPrecondition, InvalidArgument
+
+__all__ = [
+    "DEFAULT_MAX_TEXT_BYTES",
+    "MAX_DOMAIN_BYTES",
+    "MAX_ID_BYTES",
+    "MAX_META_BYTES",
+    "MissingDependencyError",
+    "Record",
+    "canonical_meta",
+    "check_unique_ids",
+    "read_records",
+    "validate_id",
+    "validate_name",
+]
+
+LOG = logging.getLogger(__name__)
+
+MAX_ID_BYTES: Final = 512
+MAX_DOMAIN_BYTES: Final = 1024
+MAX_META_BYTES: Final = 64 * 1024
+DEFAULT_MAX_TEXT_BYTES: Final = 64 * 1024
+MAX_NAME_CHARS: Final = 128
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_FIELDS: Final = frozenset({"id", "text", "embedding", "domain", "meta"})
+
+
+class MissingDependencyError(FailedPrecondition, ImportError):
+    """An optional library needed for this input is not installed; the message names the package."""
+
+
+def validate_name(name: object, *, kind: str = "name") -> str:
+    """Check a pool or target-set name and return it.
+
+    Parameters
+    ----------
+    name : object
+        The candidate name: 1 to 128 characters of ``[A-Za-z0-9._-]``, not starting with ``.``
+        (so ``.``, ``..`` and hidden names are refused and a name is always a safe path component).
+    kind : str
+        What the name names, for the error message ("pool", "target set").
+
+    Raises
+    ------
+    InvalidArgument
+        When the name is not a valid name.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{kind} is required (1..{MAX_NAME_CHARS} characters of [A-Za-z0-9._-])")
+    if _NAME.fullmatch(name) is None or name.startswith("."):
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        raise InvalidArgument(
+            f"{kind} {shown!r} is not a valid name: use 1..{MAX_NAME_CHARS} characters of "
+            "[A-Za-z0-9._-], not starting with '.'"
+        )
+    return name
+
+
+def _utf8(value: str, what: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid UTF-8 (lone surrogate)") from None
+
+
+def validate_id(record_id: object) -> str:
+    """Check a record id (a string of 1..512 UTF-8 bytes) and return it.
+
+    Raises
+    ------
+    InvalidArgument
+        When the id is missing, empty, too long or not encodable as UTF-8.
+    """
+    if not isinstance(record_id, str):
+        raise InvalidArgument(f"record id must be a string, got {type(record_id).__name__}")
+    if not record_id:
+        raise InvalidArgument("record id must not be empty")
+    size = len(_utf8(record_id, f"record id {record_id[:64]!r}"))
+    if size > MAX_ID_BYTES:
+        raise InvalidArgument(f"record id {record_id[:64]!r}... is {size} bytes (max {MAX_ID_BYTES})")
+    return record_id
+
+
+def canonical_meta(meta: object, *, record_id: str = "?") -> tuple[dict[str, Any], str]:
+    """A metadata object and its canonical JSON (sorted keys, compact, no NaN).
+
+    Raises
+    ------
+    InvalidArgument
+        When ``meta`` is not a JSON object of at most ``MAX_META_BYTES`` bytes.
+    """
+    if meta is None:
+        return {}, "{}"
+    if not isinstance(meta, Mapping):
+        raise InvalidArgument(f"record {record_id!r}: meta must be a JSON object, got {type(meta).__name__}")
+    try:
+        text = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument(f"record {record_id!r}: meta is not valid JSON ({err})") from None
+    if len(_utf8(text, f"record {record_id!r}: meta")) > MAX_META_BYTES:
+        raise InvalidArgument(f"record {record_id!r}: meta is over {MAX_META_BYTES} bytes")
+    return dict(meta), text
+
+
+def _embedding(value: object, record_id: str) -> np.ndarray:
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"record {record_id!r}: embedding must be a list of numbers") from None
+    if raw.dtype.kind not in "fiu":
+        raise InvalidArgument(f"record {record_id!r}: embedding must be a list of numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        vector = raw.astype(np.float32)  # a private copy: records are immutable; overflow -> inf
+    if vector.ndim != 1 or vector.shape[0] == 0:
+        raise InvalidArgument(f"record {record_id!r}: embedding must be a non-empty 1-d list of numbers")
+    if not np.isfinite(vector).all():
+        raise InvalidArgument(f"record {record_id!r}: embedding has NaN or Inf (or values beyond float32)")
+    if not vector.any():
+        raise InvalidArgument(f"record {record_id!r}: embedding is the zero vector")
+    vector.flags.writeable = False
+    return vector
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Record:
+    """One candidate (or target) record, validated on construction.
+
+    Parameters
+    ----------
+    id : str
+        Unique id within its pool, 1..512 UTF-8 bytes.
+    text : str or None
+        The text; non-empty after stripping whitespace. Embedded when ``embedding`` is None.
+    embedding : numpy.ndarray or None
+        Precomputed embedding, shape ``(d,)``, float32, finite and non-zero (normalised on store).
+    domain : str
+        Optional domain label (PAPER mode groups candidates by it).
+    meta : dict
+        Free-form JSON object; ``meta_json`` is its canonical JSON text.
+    """
+
+    id: str
+    text: str | None = None
+    embedding: np.ndarray | None = None
+    domain: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    meta_json: str = field(init=False, default="{}")
+
+    def __post_init__(self) -> None:
+        rid = validate_id(self.id)
+        if self.text is not None:
+            if not isinstance(self.text, str):
+                raise InvalidArgument(f"record {rid!r}: text must be a string")
+            if not self.text.strip():
+                raise InvalidArgument(f"record {rid!r}: text is empty")
+            _utf8(self.text, f"record {rid!r}: text")
+        if self.embedding is not None:
+            object.__setattr__(self, "embedding", _embedding(self.embedding, rid))
+        elif self.text is None:
+            raise InvalidArgument(f"record {rid!r}: needs a text or an embedding")
+        if not isinstance(self.domain, str):
+            raise InvalidArgument(f"record {rid!r}: domain must be a string")
+        if len(_utf8(self.domain, f"record {rid!r}: domain")) > MAX_DOMAIN_BYTES:
+            raise InvalidArgument(f"record {rid!r}: domain is over {MAX_DOMAIN_BYTES} bytes")
+        meta, meta_json = canonical_meta(self.meta, record_id=rid)
+        object.__setattr__(self, "meta", meta)
+        object.__setattr__(self, "meta_json", meta_json)
+
+    @classmethod
+    def create(
+        cls,
+        id: str,
+        text: str | None = None,
+        embedding: object = None,
+        domain: str | None = "",
+        meta: Mapping[str, Any] | None = None,
+        *,
+        max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        dim: int | None = None,
+    ) -> Record:
+        """Build a record from loose input (lists, None), with the size and dimension limits.
+
+        Parameters
+        ----------
+        max_text_bytes : int
+            Largest accepted text, in UTF-8 bytes.
+        dim : int or None
+            When given, the embedding must have this dimension.
+
+        Raises
+        ------
+        InvalidArgument
+            Naming the record, for any invalid field.
+        """
+        record = cls(
+            id=id,
+            text=text,
+            embedding=embedding,  # type: ignore[arg-type]
+            domain="" if domain is None else domain,
+            meta={} if meta is None else meta,  # type: ignore[arg-type]
+        )
+        if record.text is not None and len(record.text.encode("utf-8")) > max_text_bytes:
+            raise InvalidArgument(f"record {record.id!r}: text is over {max_text_bytes} bytes")
+        if dim is not None and record.embedding is not None and record.embedding.shape[0] != dim:
+            raise InvalidArgument(
+                f"record {record.id!r}: embedding has dimension {record.embedding.shape[0]}, expected {dim}"
+            )
+        return record
+
+
+def check_unique_ids(records: Iterable[Record], *, where: str = "batch") -> None:
+    """Raise :class:`InvalidArgument` naming the first id that occurs twice in ``records``."""
+    seen: set[str] = set()
+    for record in records:
+        if record.id in seen:
+            raise InvalidArgument(f"record {record.id!r}: duplicate id in one {where}")
+        seen.add(record.id)
+
+
+# -- readers -------------------------------------------------------------------------------------
+
+
+def _from_mapping(item: object, where: str, max_text_bytes: int) -> Record:
+    if not isinstance(item, Mapping):
+        raise InvalidArgument(f"{where}: a record must be a JSON object")
+    unknown = set(item) - _FIELDS
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown field(s) {sorted(unknown)} (allowed: {sorted(_FIELDS)})")
+    if "id" not in item or item["id"] is None:
+        raise InvalidArgument(f"{where}: record has no id")
+    text = item.get("text")
+    if text is not None and not isinstance(text, str):
+        raise InvalidArgument(f"{where}: text must be a string")
+    embedding = item.get("embedding")
+    if embedding is not None and not isinstance(embedding, (list, tuple, np.ndarray)):
+        raise InvalidArgument(f"{where}: embedding must be a list of numbers")
+    domain = item.get("domain")
+    if domain is not None and not isinstance(domain, str):
+        raise InvalidArgument(f"{where}: domain must be a string")
+    meta = item.get("meta")
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(f"{where}: meta is not valid JSON ({err.msg})") from None
+    try:
+        return Record.create(item["id"], text, embedding, domain, meta, max_text_bytes=max_text_bytes)
+    except InvalidArgument as err:
+        raise InvalidArgument(f"{where}: {err.message}") from None
+
+
+def _jsonl(path: Path, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InvalidArgument(f"{where}: not valid UTF-8 (byte {err.start})") from None
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError as err:
+                raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
+            yield where, _from_mapping(item, where, max_text_bytes)
+
+
+def _parquet(path: Path, batch_size: int, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(
+            f"reading {path} needs pyarrow, which is not installed: pip install pyarrow"
+        ) from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise InvalidArgument(f"{path}: not a readable Parquet file ({err})") from None
+    names = set(parquet.schema_arrow.names)
+    if "id" not in names:
+        raise InvalidArgument(f"{path}: Parquet file has no 'id' column")
+    columns = [c for c in ("id", "text", "embedding", "domain", "meta") if c in names]
+    row = 0
+    try:
+        batches = parquet.iter_batches(batch_size=batch_size, columns=columns)
+        for batch in batches:
+            data = {name: batch.column(name).to_pylist() for name in columns}
+            for i in range(batch.num_rows):
+                where = f"{path}:row {row}"
+                item = {name: _text_value(data[name][i], where, name) for name in columns}
+                yield (
+                    where,
+                    _from_mapping({k: v for k, v in item.items() if v is not None}, where, max_text_bytes),
+                )
+                row += 1
+    except InvalidArgument:
+        raise
+    except Exception as err:  # pyarrow decoding errors (bad UTF-8 in a string column, ...)
+        raise InvalidArgument(f"{path}:row {row}: cannot decode ({err})") from None
+
+
+def _text_value(value: object, where: str, name: str) -> object:
+    """Binary columns are decoded as strict UTF-8; everything else passes through."""
+    if isinstance(value, bytes) and name != "embedding":
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidArgument(f"{where}: {name} is not valid UTF-8 (byte {err.start})") from None
+    return value
+
+
+def read_records(
+    path: Path | str, batch_size: int = 512, *, max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
+) -> Iterator[list[Record]]:
+    """Read a record file in batches of validated records.
+
+    Parameters
+    ----------
+    path : Path or str
+        A ``.jsonl``/``.ndjson`` file (one JSON object a line; blank lines skipped) or a
+        ``.parquet``/``.pq`` file with columns ``id`` and optionally ``text``, ``embedding``
+        (list of floats), ``domain`` and ``meta`` (JSON string or struct).
+    batch_size : int
+        Records per yielded list (the last one may be shorter).
+    max_text_bytes : int
+        Largest accepted text, in UTF-8 bytes.
+
+    Yields
+    ------
+    list of Record
+        Batches in file order. An id that occurs twice anywhere in the file is an error.
+
+    Raises
+    ------
+    InvalidArgument
+        For an unknown extension, an unreadable file, or a bad record, naming ``file:line``
+        (``file:row i`` for Parquet). Batches yielded before the bad record stay yielded.
+    MissingDependencyError
+        For a Parquet file when pyarrow is not installed.
+    """
+    if batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgument(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    items: Iterator[tuple[str, Record]]
+    if suffix in (".jsonl", ".ndjson"):
+        items = _jsonl(path, max_text_bytes)
+    elif suffix in (".parquet", ".pq"):
+        items = _parquet(path, batch_size, max_text_bytes)
+    else:
+        raise InvalidArgument(f"{path}: unknown record file type {suffix!r} (use .jsonl or .parquet)")
+    seen: dict[str, str] = {}
+    batch: list[Record] = []
+    for where, record in items:
+        first = seen.get(record.id)
+        if first is not None:
+            raise InvalidArgument(f"{where}: duplicate id {record.id!r} (first at {first})")
+        seen[record.id] = where
+        batch.append(record)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+    LOG.debug("read %d records from %s", len(seen), path)

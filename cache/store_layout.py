@@ -1,0 +1,375 @@
+"""On-disk layout of the LMDB candidate store: key encodings, value codecs and the public result types.
+
+One LMDB environment holds these named databases (all integers big-endian in keys so that a cursor
+walks a pool's chunks in order, little-endian in values)::
+
+    meta      b"format" -> u32 FORMAT_VERSION; b"next_pool" -> u64 next pool number
+    pools     pool name (UTF-8) -> JSON pool record (num, uid, count, version, model, dim, dtype, ...)
+    ids       P + xxh3_128(id) -> u64 row + id (UTF-8)          (the id is checked on every lookup)
+    vectors   P + u64 chunk -> rows x dim vector bytes (float32 or float16, little-endian)
+    rows      P + u64 chunk -> u32 n, u64[n] row versions, u64[n] xxh64(id), JSON [ids, domains]
+    content   P + u64 row -> u32 len(domain), u32 len(meta), u32 len(text) or 0xFFFFFFFF, bytes
+    targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors
+    embcache  u64 xxh3_64(model) + xxh3_128(text) -> float32 vector bytes
+
+``P`` is the pool's number (u64), allocated once and never reused, so a deleted and recreated pool
+never meets the rows of its predecessor. Rows are numbered 0..count-1 in insertion order and stored in
+chunks of ``chunk_rows`` rows: reading a whole pool is one memcpy per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import xxhash
+
+from gotd.cache.errors import InvalidArgument
+
+FORMAT_VERSION: Final = 1
+DATABASES: Final = ("meta", "pools", "ids", "vectors", "rows", "content", "targets", "embcache")
+VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
+UNIT_TOLERANCE: Final = 1e-6
+
+_U64 = struct.Struct(">Q")
+_ROW = struct.Struct("<Q")
+_CONTENT = struct.Struct("<III")
+_NO_TEXT: Final = 0xFFFFFFFF
+_U32 = struct.Struct("<I")
+
+
+# -- public result types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """A pool's description.
+
+    ``uid`` is random per pool incarnation (a deleted and recreated pool gets a new one), so caches
+    keyed by (name, uid, version) never confuse two pools of the same name.
+    """
+
+    name: str
+    count: int
+    version: int
+    model: str
+    dim: int
+    dtype: str = "float32"
+    uid: str = ""
+    created: float = 0.0
+    updated: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """Outcome of one upsert batch: per-record counts and the pool version after it.
+
+    ``embedded`` counts texts sent to the encoder (filled in by the ingest pipeline; 0 in the store).
+    """
+
+    inserted: int
+    updated: int
+    unchanged: int
+    version: int
+    embedded: int = 0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PoolArrays:
+    """A consistent snapshot of one pool, row-aligned.
+
+    Attributes
+    ----------
+    vectors : numpy.ndarray
+        Unit vectors, shape ``(n, d)``, float32, C-contiguous.
+    ids : list of str
+        Candidate id of each row.
+    keys : numpy.ndarray
+        ``xxh64(id)`` of each row, shape ``(n,)``, uint64: a stable, order-independent hash.
+    domains : list of str
+        Domain label of each row ("" when none).
+    row_versions : numpy.ndarray
+        Pool version that last wrote each row, shape ``(n,)``, uint64.
+    version : int
+        Pool version of the snapshot.
+    """
+
+    name: str
+    version: int
+    model: str
+    dim: int
+    vectors: np.ndarray
+    ids: list[str]
+    keys: np.ndarray
+    domains: list[str]
+    row_versions: np.ndarray
+    uid: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSetInfo:
+    """A stored target set: ``content_hash`` = xxh3_128 of the model id and the float32 vectors."""
+
+    name: str
+    count: int
+    model: str
+    dim: int
+    content_hash: str
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """What the store holds for one id."""
+
+    id: str
+    row: int
+    version: int
+    domain: str
+    meta_json: str
+    text: str | None
+    vector: np.ndarray
+
+
+# -- pool records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRecord:
+    """The stored state of a pool (the ``pools`` database value)."""
+
+    name: str
+    num: int
+    uid: str
+    count: int
+    version: int
+    model: str
+    dim: int
+    dtype: str
+    chunk_rows: int
+    created: float
+    updated: float
+
+    def encode(self) -> bytes:
+        body = {k: getattr(self, k) for k in self.__slots__ if k != "name"}
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, name: str, raw: bytes | memoryview) -> PoolRecord:
+        body: dict[str, Any] = json.loads(bytes(raw))
+        return cls(name=name, **body)
+
+    def info(self) -> PoolInfo:
+        return PoolInfo(
+            name=self.name,
+            count=self.count,
+            version=self.version,
+            model=self.model,
+            dim=self.dim,
+            dtype=self.dtype,
+            uid=self.uid,
+            created=self.created,
+            updated=self.updated,
+        )
+
+    @property
+    def prefix(self) -> bytes:
+        return _U64.pack(self.num)
+
+
+def chunk_rows_for(dim: int, dtype: str) -> int:
+    """Rows per chunk: a power of two giving chunks of about ``CHUNK_BYTES`` (at least 16 rows)."""
+    row_bytes = dim * VECTOR_DTYPES[dtype].itemsize
+    rows = 16
+    while rows * 2 * row_bytes <= CHUNK_BYTES:
+        rows *= 2
+    return rows
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+
+def u64_key(prefix: bytes, value: int) -> bytes:
+    return prefix + _U64.pack(value)
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def read_u64(raw: bytes | memoryview) -> int:
+    value: int = _U64.unpack(bytes(raw))[0]
+    return value
+
+
+def id_key(prefix: bytes, record_id: str) -> bytes:
+    return prefix + xxhash.xxh3_128_digest(record_id.encode("utf-8"))
+
+
+def id_value(row: int, record_id: str) -> bytes:
+    return _ROW.pack(row) + record_id.encode("utf-8")
+
+
+def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:
+    data = bytes(raw)
+    row: int = _ROW.unpack_from(data)[0]
+    return row, data[_ROW.size :].decode("utf-8")
+
+
+def id_hash(record_id: str) -> int:
+    """The stable 64-bit key of an id (``PoolArrays.keys``)."""
+    value: int = xxhash.xxh64_intdigest(record_id.encode("utf-8"))
+    return value
+
+
+# -- values ----------------------------------------------------------------------------------------
+
+
+def encode_content(domain: str, meta_json: str, text: str | None) -> bytes:
+    d = domain.encode("utf-8")
+    m = meta_json.encode("utf-8")
+    t = b"" if text is None else text.encode("utf-8")
+    return _CONTENT.pack(len(d), len(m), _NO_TEXT if text is None else len(t)) + d + m + t
+
+
+def decode_content(raw: bytes | memoryview) -> tuple[str, str, str | None]:
+    data = bytes(raw)
+    nd, nm, nt = _CONTENT.unpack_from(data)
+    at = _CONTENT.size
+    domain = data[at : at + nd].decode("utf-8")
+    at += nd
+    meta_json = data[at : at + nm].decode("utf-8")
+    at += nm
+    text = None if nt == _NO_TEXT else data[at : at + nt].decode("utf-8")
+    return domain, meta_json, text
+
+
+@dataclass(slots=True)
+class RowChunk:
+    """Per-row bookkeeping of one chunk (mutable while a write transaction edits it)."""
+
+    versions: np.ndarray  # (n,) uint64
+    keys: np.ndarray  # (n,) uint64
+    ids: list[str]
+    domains: list[str]
+
+    @classmethod
+    def empty(cls) -> RowChunk:
+        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64), [], [])
+
+    def encode(self) -> bytes:
+        n = len(self.ids)
+        names = json.dumps([self.ids, self.domains], ensure_ascii=False, separators=(",", ":"))
+        return (
+            _U32.pack(n)
+            + self.versions.astype("<u8", copy=False).tobytes()
+            + self.keys.astype("<u8", copy=False).tobytes()
+            + names.encode("utf-8")
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | memoryview) -> RowChunk:
+        data = memoryview(raw)
+        (n,) = _U32.unpack_from(data)
+        at = _U32.size
+        versions = np.frombuffer(data, dtype="<u8", count=n, offset=at).astype(np.uint64)
+        keys = np.frombuffer(data, dtype="<u8", count=n, offset=at + 8 * n).astype(np.uint64)
+        ids, domains = json.loads(bytes(data[at + 16 * n :]).decode("utf-8"))
+        return cls(versions, keys, ids, domains)
+
+    def grow(self, n: int) -> None:
+        """Extend to ``n`` rows (new rows get placeholder values that the caller overwrites)."""
+        extra = n - len(self.ids)
+        if extra <= 0:
+            return
+        self.versions = np.concatenate([self.versions, np.zeros(extra, np.uint64)])
+        self.keys = np.concatenate([self.keys, np.zeros(extra, np.uint64)])
+        self.ids.extend([""] * extra)
+        self.domains.extend([""] * extra)
+
+
+def encode_target_set(info: TargetSetInfo, ids: list[str], vectors: np.ndarray) -> bytes:
+    header = json.dumps(
+        {
+            "count": info.count,
+            "model": info.model,
+            "dim": info.dim,
+            "content_hash": info.content_hash,
+            "created": info.created,
+        }
+    ).encode()
+    id_blob = json.dumps(ids, ensure_ascii=False).encode("utf-8")
+    return (
+        _U32.pack(len(header))
+        + header
+        + _U32.pack(len(id_blob))
+        + id_blob
+        + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    )
+
+
+def decode_target_set(name: str, raw: bytes | memoryview) -> tuple[TargetSetInfo, list[str], np.ndarray]:
+    data = bytes(raw)
+    (nh,) = _U32.unpack_from(data)
+    at = _U32.size
+    header = json.loads(data[at : at + nh])
+    at += nh
+    (ni,) = _U32.unpack_from(data, at)
+    at += _U32.size
+    ids: list[str] = json.loads(data[at : at + ni].decode("utf-8"))
+    at += ni
+    count, dim = int(header["count"]), int(header["dim"])
+    vectors = (
+        np.frombuffer(data, dtype="<f4", count=count * dim, offset=at).reshape(count, dim).astype(np.float32)
+    )
+    info = TargetSetInfo(
+        name=name,
+        count=count,
+        model=str(header["model"]),
+        dim=dim,
+        content_hash=str(header["content_hash"]),
+        created=float(header.get("created", 0.0)),
+    )
+    return info, ids, vectors
+
+
+# -- vectors ---------------------------------------------------------------------------------------
+
+
+def unit_rows(vectors: np.ndarray, *, what: str, ids: list[str] | None = None) -> np.ndarray:
+    """Finite, non-zero rows scaled to unit L2 norm, as a new float32 C-contiguous array.
+
+    Rows already of unit norm (within ``UNIT_TOLERANCE``) are kept bit for bit, so normalising is
+    idempotent: storing vectors read back from the store changes nothing.
+
+    Raises
+    ------
+    InvalidArgument
+        Naming the first row (its id when ``ids`` is given) that is not finite or is zero.
+    """
+    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    if x.ndim != 2:
+        raise InvalidArgument(f"{what}: vectors must be a 2-d array, got shape {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    bad |= norms == 0
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        name = f"record {ids[i]!r}" if ids is not None else f"row {i}"
+        raise InvalidArgument(f"{what}: {name}: embedding is not finite or is the zero vector")
+    scale = np.abs(norms - 1.0) > UNIT_TOLERANCE
+    if scale.any():
+        x[scale] /= norms[scale, None].astype(np.float32)
+    return x
+
+
+def content_hash(model: str, vectors: np.ndarray) -> str:
+    """xxh3_128 of the model id and the little-endian float32 vectors (names a target set)."""
+    h = xxhash.xxh3_128()
+    h.update(model.encode())
+    h.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+    return h.hexdigest()
