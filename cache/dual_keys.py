@@ -7,7 +7,7 @@ import re
 import numpy as np
 import xxhash
 
-__all__ = ["cache_key", "render_part"]
+__all__ = ["cache_key", "glob_escape", "render_part"]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _LITERAL = re.compile(r"[A-Za-z0-9._+/@-]{0,48}")
@@ -62,3 +62,8 @@ def render_part(value: object) -> str:
     if _LITERAL.fullmatch(text):
         return text
     return "#" + xxhash.xxh3_64_hexdigest(text.encode("utf-8", "surrogatepass"))
+
+
+def glob_escape(text: str) -> str:
+    """Escape the glob characters of ``text`` for a Redis ``SCAN MATCH`` pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

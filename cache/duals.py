@@ -14,7 +14,6 @@ never pickle). Redis layout under ``prefix``: ``<prefix>pot:<key>`` holds an enc
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gotd.cache.codec import CorruptEntry, PotentialEntry, decode_entry, encode_entry
-from gotd.cache.dual_keys import cache_key, render_part
+from gotd.cache.dual_keys import cache_key, glob_escape, render_part
 from gotd.cache.dual_lru import TtlLru
 
 __all__ = ["EVENTS", "DualCache", "cache_key", "render_part"]
@@ -152,7 +151,18 @@ class DualCache:
 
     # ----------------------------------------------------------------- entries
     def get(self, key: str) -> PotentialEntry | None:
-        """Return the entry under ``key``, or None on a miss, a corrupt value or an unusable cache."""
+        """Look ``key`` up: Redis while healthy, else the in-process LRU.
+
+        Parameters
+        ----------
+        key : str
+            Full key, e.g. ``cache_key(...) + ":v<pool version>"``.
+
+        Returns
+        -------
+        PotentialEntry or None
+            None on a miss, a corrupt value (deleted) or a failing Redis without a fallback copy.
+        """
         rkey = self._entries_ns + _checked(key)
         client = self._client_for_call()
         if client is not None:
@@ -178,6 +188,13 @@ class DualCache:
     def put(self, key: str, entry: PotentialEntry) -> None:
         """Store ``entry`` under ``key`` for ``ttl_seconds`` (in Redis, or in the LRU while Redis fails).
 
+        Parameters
+        ----------
+        key : str
+            Full key of the entry.
+        entry : PotentialEntry
+            The potential and its solve metadata.
+
         Raises
         ------
         ValueError
@@ -191,7 +208,18 @@ class DualCache:
 
     # ----------------------------------------------------------------- latest pointers
     def get_latest(self, family: str) -> str | None:
-        """Return the key last stored with :meth:`set_latest` for ``family`` (no hit/miss events)."""
+        """The key last stored with :meth:`set_latest` for ``family``, or None (no hit/miss events).
+
+        Parameters
+        ----------
+        family : str
+            Pool + target + parameters without the pool version (a :func:`cache_key`).
+
+        Returns
+        -------
+        str or None
+            The newest full key of the family; its entry may have expired or be evicted.
+        """
         rkey = self._latest_ns + _checked(family)
         client = self._client_for_call()
         if client is not None:
@@ -210,7 +238,15 @@ class DualCache:
         return None if blob is None else blob.decode("utf-8")
 
     def set_latest(self, family: str, key: str) -> None:
-        """Point ``family`` (pool + target + params without pool version) at its newest ``key``."""
+        """Point ``family`` at its newest ``key`` (last writer wins), for ``ttl_seconds``.
+
+        Parameters
+        ----------
+        family : str
+            Pool + target + parameters without the pool version (a :func:`cache_key`).
+        key : str
+            The full key just stored with :meth:`put`.
+        """
         rkey = self._latest_ns + _checked(family)
         value = _checked(key).encode("utf-8")
         if not self._redis_set(rkey, value, "set_latest"):
@@ -244,7 +280,7 @@ class DualCache:
         try:
             batch: list[bytes] = []
             for ns in (self._entries_ns, self._latest_ns):
-                pattern = f"{_glob_escape(ns)}*{_glob_escape(segment)}*"
+                pattern = f"{glob_escape(ns)}*{glob_escape(segment)}*"
                 for raw in client.scan_iter(match=pattern, count=_SCAN_BATCH):
                     if matches(raw.decode("utf-8", "replace")):
                         batch.append(raw)
@@ -360,7 +396,3 @@ def _checked(key: str) -> str:
 def _wrong_type(err: BaseException) -> bool:
     """A WRONGTYPE reply: the key holds a non-string value, i.e. garbage, while Redis is fine."""
     return isinstance(err, redis.ResponseError) and str(err).startswith("WRONGTYPE")
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
