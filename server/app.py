@@ -59,6 +59,7 @@ class RunningServer:
     executor: ThreadPoolExecutor
     metrics: Metrics
     metrics_port: int | None = None
+    watcher: asyncio.Task[None] | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -72,6 +73,8 @@ class RunningServer:
             return
         self._stopped = True
         self.servicer.shutting_down = True
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_seconds if grace is None else grace)
         self.executor.shutdown(wait=True, cancel_futures=True)
@@ -152,9 +155,20 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     metrics.cache_healthy.set(1 if cache_ok else 0)
     await health.set(CACHE_HEALTH, _SERVING if cache_ok else _NOT_SERVING)
     LOG.info("gotd listening on port %d (model %s, dual cache %s)", port, embedder.model_id, duals.backend)
+    watcher = None
+    if settings.redis_url is not None:
+        watcher = asyncio.create_task(_watch_cache(duals, settings.cache_check_seconds))
     return RunningServer(
-        server, port, settings, health, servicer, engine, store, duals, executor, metrics, metrics_port
+        server, port, settings, health, servicer, engine, store, duals, executor, metrics, metrics_port, watcher
     )
+
+
+async def _watch_cache(duals: DualCache, interval: float) -> None:
+    """Ping Redis every ``interval`` seconds so its health follows it without traffic."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        await loop.run_in_executor(None, duals.check)
 
 
 class _JsonFormatter(logging.Formatter):

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL of the dual cache; absent: in-process")
     redis_prefix: str = "gotd:"
     redis_timeout_seconds: float = Field(0.25, gt=0)
+    cache_check_seconds: float = Field(5.0, gt=0, description="Redis health probe interval")
     cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
     cache_lru_entries: int = Field(256, ge=1)
     auth_token: SecretStr | None = Field(None, description="bearer token required on every RPC")

@@ -202,7 +202,7 @@ class SelectionEngine:
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
         family = cache_key(
             pool=pool,
-            pool_uid=str(getattr(info, "uid", "")),
+            pool_uid=info.uid,
             target=target.content_hash,
             mode=config.mode.value,
             eps=config.eps,

@@ -197,6 +197,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         validate_name(request.name)
         await self._run(self._store.delete_pool, request.name)
         self._engine.forget_pool(request.name)
+        await self._run(self._engine.duals.delete_prefix, request.name)
         with contextlib.suppress(KeyError):
             self._engine.metrics.pool_candidates.remove(request.name)
         return pb.DeletePoolResponse()
