@@ -229,6 +229,10 @@ class Store:
         """``(domain, meta_json, text or None)`` of each row, in the order given."""
         return self.env.read(lambda txn: store_read.metadata(txn, self._dbs, pool, rows))
 
+    def ids_for_rows(self, pool: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """Ids of ``rows``, in the order given."""
+        return self.env.read(lambda txn: store_read.ids_for_rows(txn, self._dbs, pool, rows))
+
     def get_records(self, pool: str, ids: Sequence[str]) -> dict[str, StoredRecord]:
         """What is stored for each of ``ids`` that exists (absent ids, or an absent pool: left out)."""
         validate_name(pool, kind="pool")

@@ -130,6 +130,23 @@ def metadata(
     return [decode_content(found[k]) for k in keys]
 
 
+def ids_for_rows(txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+    """Ids of ``rows`` in the order given (a row's id never changes within a pool)."""
+    rec = require_pool(txn, dbs, pool)
+    wanted = [int(r) for r in rows]
+    bad = [r for r in wanted if not 0 <= r < rec.count]
+    if bad:
+        raise InvalidArgument(f"pool {pool!r} has {rec.count} rows; no row {bad[:10]}")
+    chunks: dict[int, RowChunk] = {}
+    out = []
+    for row in wanted:
+        chunk, local = divmod(row, rec.chunk_rows)
+        if chunk not in chunks:
+            chunks[chunk] = RowChunk.decode(_must(txn, u64_key(rec.prefix, chunk), dbs["rows"], pool))
+        out.append(chunks[chunk].ids[local])
+    return out
+
+
 def get_records(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> dict[str, StoredRecord]:
     """What is stored for each of ``ids`` present in ``pool`` (an absent pool or id is left out)."""
     rec = read_pool(txn, dbs, pool)
