@@ -62,12 +62,15 @@ class TlsConfig:
     server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
-        read = lambda p: p.read_bytes() if p is not None else None  # noqa: E731
         return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_cert),
-            private_key=read(self.client_key),
-            certificate_chain=read(self.client_cert),
+            root_certificates=_read_optional(self.ca_cert),
+            private_key=_read_optional(self.client_key),
+            certificate_chain=_read_optional(self.client_cert),
         )
+
+
+def _read_optional(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
 
 
 def to_record(item: Mapping[str, Any] | str, default_id: str) -> pb.Record:
@@ -97,7 +100,7 @@ def target_spec(targets: Targets) -> pb.TargetSpec:
         if isinstance(item, str | Mapping):
             out.append(to_record(item, f"t{i}"))
         else:
-            out.append(pb.Record(id=f"t{i}", embedding=[float(v) for v in item]))
+            out.append(pb.Record(id=f"t{i}", embedding=[float(v) for v in item]))  # type: ignore[arg-type]
     return pb.TargetSpec(records=pb.TargetRecords(records=out))
 
 

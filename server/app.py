@@ -125,7 +125,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     servicer = SelectionServicer(
         engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes
     )
-    interceptors: list[aio.ServerInterceptor] = [BoundaryInterceptor(metrics)]
+    interceptors: list[aio.ServerInterceptor[Any, Any]] = [BoundaryInterceptor(metrics)]
     if settings.auth_token is not None:
         interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value()))
     server = aio.server(
@@ -159,7 +159,18 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     if settings.redis_url is not None:
         watcher = asyncio.create_task(_watch_cache(duals, settings.cache_check_seconds))
     return RunningServer(
-        server, port, settings, health, servicer, engine, store, duals, executor, metrics, metrics_port, watcher
+        server,
+        port,
+        settings,
+        health,
+        servicer,
+        engine,
+        store,
+        duals,
+        executor,
+        metrics,
+        metrics_port,
+        watcher,
     )
 
 

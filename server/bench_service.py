@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gotd.client.client import Client
-from gotd.client.types import RankedCandidate
+from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.server.demo import BackgroundServer
 
 
@@ -32,7 +32,8 @@ def clustered_vectors(n: int, dim: int, *, seed: int, centers: int = 16, spread:
     c /= np.linalg.norm(c, axis=1, keepdims=True)
     noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
     x = c[rng.integers(0, centers, n)] + noise
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
 
 
 def machine() -> str:
@@ -64,15 +65,15 @@ def _select(client: Client, pool: str, targets: list[list[float]], k: int, mode:
     for event in client.select_stream(pool, targets, k=k, mode=mode):
         if isinstance(event, RankedCandidate):
             first = first or time.perf_counter() - started
-        elif not hasattr(event, "stage"):
+        elif isinstance(event, SelectSummary):
             summary = event
     assert summary is not None
     return {
         "seconds": time.perf_counter() - started,
         "first_batch_seconds": first or 0.0,
-        "iterations": float(summary.iterations),  # type: ignore[attr-defined]
-        "cache_hit": float(summary.cache_hit),  # type: ignore[attr-defined]
-        "warm_started": float(summary.warm_started),  # type: ignore[attr-defined]
+        "iterations": float(summary.iterations),
+        "cache_hit": float(summary.cache_hit),
+        "warm_started": float(summary.warm_started),
     }
 
 

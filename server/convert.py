@@ -59,7 +59,7 @@ def solver(mode: int, options: pb.SolverOptions) -> SolverParams:
     if mode not in _MODES:
         raise InvalidArgument(f"unknown selection mode {mode}")
     return SolverParams(
-        mode=_MODES[mode],
+        mode=_MODES[mode],  # type: ignore[index]
         eps=options.epsilon if options.HasField("epsilon") else None,
         tol=options.tolerance if options.HasField("tolerance") else None,
         max_iter=options.max_iterations if options.HasField("max_iterations") else None,

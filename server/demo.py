@@ -90,12 +90,16 @@ def _timed_select(
     return ranked, summary, time.perf_counter() - started
 
 
+def say(line: str) -> None:
+    """Print a report line at once."""
+    print(line, flush=True)
+
+
 def run_demo(
     *, data_dir: Path, pool_size: int = 1500, topic: str = "Mathematics", k: int = 50
 ) -> dict[str, Any]:
     """Run the demo and print its report; returns the figures."""
     configure_logging("WARNING", False)
-    say = lambda s: print(s, flush=True)  # noqa: E731
     docs = load_wiki()
     pool_docs, target_docs = split_task(docs, topic, pool_size)
     base_rate = sum(d.topic == topic for d in pool_docs) / len(pool_docs)

@@ -23,13 +23,15 @@ from gotd.cache.errors import GotdError, Unauthenticated
 from gotd.server.metrics import Metrics
 
 LOG = logging.getLogger(__name__)
+Ctx = aio.ServicerContext[Any, Any]
 
-_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
-_Around = Callable[[Any, aio.ServicerContext, str], Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+_Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+_Around = Callable[[Any, Ctx, str], Any]
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, unary: Any, stream: Any) -> grpc.RpcMethodHandler:
+def _rebuild(handler: Handler, unary: Any, stream: Any) -> Handler:
     """Return ``handler`` with its behaviour replaced by ``unary`` or ``stream`` (same call shape)."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -44,7 +46,7 @@ def _rebuild(handler: grpc.RpcMethodHandler, unary: Any, stream: Any) -> grpc.Rp
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kwargs)
 
 
-class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Maps errors to status codes and records per-RPC metrics, for unary and streaming RPCs."""
 
     def __init__(self, metrics: Metrics) -> None:
@@ -52,16 +54,16 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self, continuation: _Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler:
         handler = await continuation(details)
-        if handler is None:
-            return None
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return handler
         method = details.method.rsplit("/", 1)[-1]
         return _rebuild(handler, self._unary(method), self._stream(method))
 
     def _unary(self, method: str) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
-            async def call(request: Any, context: aio.ServicerContext) -> Any:
+            async def call(request: Any, context: Ctx) -> Any:
                 started = self._start()
                 code = "OK"
                 try:
@@ -78,7 +80,7 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def _stream(self, method: str) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
-            async def call(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
                 started = self._start()
                 code = "OK"
                 try:
@@ -103,7 +105,7 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._metrics.rpcs.labels(method, code).inc()
         self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
-    async def _fail(self, err: BaseException, context: aio.ServicerContext, method: str) -> str:
+    async def _fail(self, err: BaseException, context: Ctx, method: str) -> str:
         """Abort the call with the status ``err`` maps to (re-raises the abort); returns the code name."""
         if isinstance(err, GotdError):
             LOG.info("%s failed: %s: %s", method, err.code, err.message)
@@ -121,7 +123,7 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         return "INTERNAL"  # pragma: no cover - abort raises
 
 
-class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     """Requires ``authorization: Bearer <token>`` on every RPC except the health service."""
 
     def __init__(self, token: str) -> None:
@@ -129,7 +131,7 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self, continuation: _Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> Handler:
         handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
@@ -140,13 +142,13 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         reason = "missing bearer token" if not given_bytes else "invalid bearer token"
 
         def reject(_behavior: Any) -> Any:
-            async def call(_request: Any, _context: aio.ServicerContext) -> Any:
+            async def call(_request: Any, _context: Ctx) -> Any:
                 raise Unauthenticated(reason)
 
             return call
 
         def reject_stream(_behavior: Any) -> Any:
-            async def call(_request: Any, _context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async def call(_request: Any, _context: Ctx) -> AsyncIterator[Any]:
                 raise Unauthenticated(reason)
                 yield  # pragma: no cover - makes this an async generator
 

@@ -30,6 +30,7 @@ from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 
 LOG = logging.getLogger(__name__)
+Ctx = aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 _DONE = object()
 
@@ -37,7 +38,7 @@ _DONE = object()
 class StopFlag:
     """Set when the call is cancelled or its deadline passes; ``check`` raises in the worker."""
 
-    def __init__(self, context: aio.ServicerContext) -> None:
+    def __init__(self, context: Ctx) -> None:
         self._event = threading.Event()
         remaining = context.time_remaining()
         self._deadline = None if remaining is None else time.monotonic() + remaining
@@ -79,7 +80,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def Ingest(  # noqa: N802
-        self, request_iterator: AsyncIterator[pb.IngestRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.IngestRequest], context: Ctx
     ) -> pb.IngestResponse:
         pool = ""
         totals = {"inserted": 0, "updated": 0, "unchanged": 0, "embedded": 0}
@@ -108,7 +109,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         return pb.IngestResponse(pool=pool, batches=batches, info=convert.pool_info(info), **totals)
 
     async def Select(  # noqa: N802
-        self, request: pb.SelectRequest, context: aio.ServicerContext
+        self, request: pb.SelectRequest, context: Ctx
     ) -> AsyncIterator[pb.SelectResponse]:
         params = convert.select_params(request, max_text_bytes=self._max_text_bytes)
         loop = asyncio.get_running_loop()
@@ -150,7 +151,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
             stop.set()
             await asyncio.shield(future)
 
-    async def Score(self, request: pb.ScoreRequest, context: aio.ServicerContext) -> pb.ScoreResponse:  # noqa: N802
+    async def Score(self, request: pb.ScoreRequest, context: Ctx) -> pb.ScoreResponse:  # noqa: N802
         params = convert.score_params(request, max_text_bytes=self._max_text_bytes)
         stop = StopFlag(context)
         try:
@@ -160,39 +161,39 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         return convert.score_result(result)
 
     async def PutTargetSet(  # noqa: N802
-        self, request: pb.PutTargetSetRequest, context: aio.ServicerContext
+        self, request: pb.PutTargetSetRequest, context: Ctx
     ) -> pb.PutTargetSetResponse:
         records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
         info = await self._run(self._targets.put, request.name, records)
         return pb.PutTargetSetResponse(info=convert.target_set_info(info))
 
     async def GetTargetSet(  # noqa: N802
-        self, request: pb.GetTargetSetRequest, context: aio.ServicerContext
+        self, request: pb.GetTargetSetRequest, context: Ctx
     ) -> pb.GetTargetSetResponse:
         validate_name(request.name)
         info, ids, _vectors = await self._run(self._store.get_target_set, request.name)
         return pb.GetTargetSetResponse(info=convert.target_set_info(info), ids=list(ids))
 
     async def DeleteTargetSet(  # noqa: N802
-        self, request: pb.DeleteTargetSetRequest, context: aio.ServicerContext
+        self, request: pb.DeleteTargetSetRequest, context: Ctx
     ) -> pb.DeleteTargetSetResponse:
         validate_name(request.name)
         await self._run(self._store.delete_target_set, request.name)
         return pb.DeleteTargetSetResponse()
 
-    async def GetPool(self, request: pb.GetPoolRequest, context: aio.ServicerContext) -> pb.GetPoolResponse:  # noqa: N802
+    async def GetPool(self, request: pb.GetPoolRequest, context: Ctx) -> pb.GetPoolResponse:  # noqa: N802
         validate_name(request.name)
         info = await self._run(self._store.get_pool, request.name)
         return pb.GetPoolResponse(info=convert.pool_info(info))
 
     async def ListPools(  # noqa: N802
-        self, request: pb.ListPoolsRequest, context: aio.ServicerContext
+        self, request: pb.ListPoolsRequest, context: Ctx
     ) -> pb.ListPoolsResponse:
         pools = await self._run(self._store.list_pools)
         return pb.ListPoolsResponse(pools=[convert.pool_info(p) for p in pools])
 
     async def DeletePool(  # noqa: N802
-        self, request: pb.DeletePoolRequest, context: aio.ServicerContext
+        self, request: pb.DeletePoolRequest, context: Ctx
     ) -> pb.DeletePoolResponse:
         validate_name(request.name)
         await self._run(self._store.delete_pool, request.name)

@@ -60,8 +60,8 @@ class TargetResolver:
             return Target(
                 tuple(ids), torch.from_numpy(np.asarray(vectors, dtype=np.float32)), info.content_hash
             )
-        ids, vectors = self.embed_records(spec.records, model=pool.model, dim=pool.dim, emit=emit)
-        return Target(ids, torch.from_numpy(vectors), content_hash(pool.model, vectors))
+        names, matrix = self.embed_records(spec.records, model=pool.model, dim=pool.dim, emit=emit)
+        return Target(names, torch.from_numpy(matrix), content_hash(pool.model, matrix))
 
     def embed_records(
         self,
