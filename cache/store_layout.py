@@ -229,7 +229,12 @@ def id_hash(record_id: str) -> int:
 # -- values ----------------------------------------------------------------------------------------
 
 
+_EMPTY_CONTENT: Final = _CONTENT.pack(0, 2, _NO_TEXT) + b"{}"
+
+
 def encode_content(domain: str, meta_json: str, text: str | None) -> bytes:
+    if text is None and not domain and meta_json == "{}":
+        return _EMPTY_CONTENT
     d = domain.encode("utf-8")
     m = meta_json.encode("utf-8")
     t = b"" if text is None else text.encode("utf-8")
@@ -341,7 +346,8 @@ def decode_target_set(name: str, raw: bytes | memoryview) -> tuple[TargetSetInfo
 
 
 def unit_rows(vectors: np.ndarray, *, what: str, ids: list[str] | None = None) -> np.ndarray:
-    """Finite, non-zero rows scaled to unit L2 norm, as a new float32 C-contiguous array.
+    """Finite, non-zero rows scaled to unit L2 norm, as a float32 C-contiguous array (the input is
+    never modified).
 
     Rows already of unit norm (within ``UNIT_TOLERANCE``) are kept bit for bit, so normalising is
     idempotent: storing vectors read back from the store changes nothing.
@@ -351,19 +357,20 @@ def unit_rows(vectors: np.ndarray, *, what: str, ids: list[str] | None = None) -
     InvalidArgument
         Naming the first row (its id when ``ids`` is given) that is not finite or is zero.
     """
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
     if x.ndim != 2:
         raise InvalidArgument(f"{what}: vectors must be a 2-d array, got shape {x.shape}")
-    bad = ~np.isfinite(x).all(axis=1)
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    bad |= norms == 0
+    # float64 squares cannot overflow for float32 input: a row's norm is finite iff all its entries are
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         name = f"record {ids[i]!r}" if ids is not None else f"row {i}"
         raise InvalidArgument(f"{what}: {name}: embedding is not finite or is the zero vector")
     scale = np.abs(norms - 1.0) > UNIT_TOLERANCE
-    if scale.any():
-        x[scale] /= norms[scale, None].astype(np.float32)
+    if scale.any():  # x / 1.0 is exact, so unit rows keep their bits
+        x = x / np.where(scale, norms, 1.0).astype(np.float32)[:, None]
     return x
 
 

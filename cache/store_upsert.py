@@ -72,13 +72,14 @@ class _Chunks:
         self.dbs = dbs
         self.pool = pool
         self.dtype = VECTOR_DTYPES[pool.dtype]
+        self.prefix = pool.prefix
         self.vectors: dict[int, np.ndarray] = {}
         self.rows: dict[int, RowChunk] = {}
 
     def vector_chunk(self, chunk: int) -> np.ndarray:
         found = self.vectors.get(chunk)
         if found is None:
-            raw = self.txn.get(u64_key(self.pool.prefix, chunk), db=self.dbs["vectors"])
+            raw = self.txn.get(u64_key(self.prefix, chunk), db=self.dbs["vectors"])
             if raw is None:
                 found = np.zeros((0, self.pool.dim), dtype=self.dtype)
             else:
@@ -89,7 +90,7 @@ class _Chunks:
     def row_chunk(self, chunk: int) -> RowChunk:
         found = self.rows.get(chunk)
         if found is None:
-            raw = self.txn.get(u64_key(self.pool.prefix, chunk), db=self.dbs["rows"])
+            raw = self.txn.get(u64_key(self.prefix, chunk), db=self.dbs["rows"])
             found = RowChunk.empty() if raw is None else RowChunk.decode(raw)
             self.rows[chunk] = found
         return found
@@ -104,6 +105,7 @@ class _Chunks:
     ) -> None:
         """Write ``vectors[i]`` etc. at pool row ``rows[i]`` (rows sorted ascending)."""
         size = self.pool.chunk_rows
+        hashes = np.fromiter((id_hash(i) for i in ids), dtype=np.uint64, count=len(ids))
         chunks = rows // size
         bounds = np.flatnonzero(np.diff(chunks)) + 1
         for part in np.split(np.arange(len(rows)), bounds):
@@ -122,11 +124,11 @@ class _Chunks:
             meta = self.row_chunk(chunk)
             meta.grow(need)
             meta.versions[local] = version
+            meta.keys[local] = hashes[part]
             for j, i in zip(local.tolist(), part.tolist(), strict=True):
                 meta.ids[j] = ids[i]
-                meta.keys[j] = id_hash(ids[i])
                 meta.domains[j] = domains[i]
-            key = u64_key(self.pool.prefix, chunk)
+            key = u64_key(self.prefix, chunk)
             self.txn.put(key, vec.tobytes(), db=self.dbs["vectors"])
             self.txn.put(key, meta.encode(), db=self.dbs["rows"])
 
@@ -165,7 +167,8 @@ def upsert_txn(
             )
     chunks = _Chunks(txn, dbs, pool)
     stored = vectors.astype(chunks.dtype, copy=False)
-    keys = [id_key(pool.prefix, i) for i in ids]
+    prefix = pool.prefix
+    keys = [id_key(prefix, i) for i in ids]
     found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys)) if not created else {}
     new_idx: list[int] = []
     old_idx: list[int] = []
@@ -184,7 +187,7 @@ def upsert_txn(
     changed_idx: list[int] = []
     changed_rows: list[int] = []
     if old_idx:
-        content_keys = [u64_key(pool.prefix, r) for r in old_rows]
+        content_keys = [u64_key(prefix, r) for r in old_rows]
         old_content = dict(txn.cursor(db=dbs["content"]).getmulti(content_keys))
         for i, row, ckey in zip(old_idx, old_rows, content_keys, strict=True):
             chunk, local = divmod(row, pool.chunk_rows)
@@ -215,7 +218,7 @@ def upsert_txn(
     with txn.cursor(db=dbs["content"]) as cur:
         cur.putmulti(
             [
-                (u64_key(pool.prefix, r), encoded[i])
+                (u64_key(prefix, r), encoded[i])
                 for i, r in zip(write_idx.tolist(), write_rows.tolist(), strict=True)
             ]
         )
