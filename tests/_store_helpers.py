@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gotd.cache.records import Record
 from gotd.cache.store import Store
+from gotd.server.embedder import Embedder
 
 
 def unit_vectors(n: int, dim: int = 32, *, seed: int = 0) -> np.ndarray:
@@ -59,3 +62,19 @@ print("done", flush=True)
 def batch_vectors(b: int, batch: int, dim: int) -> np.ndarray:
     """The vectors the crash child writes in batch ``b`` (before normalisation)."""
     return np.random.default_rng(b).standard_normal((batch, dim)).astype(np.float32)
+
+
+@functools.cache
+def shared_embedder() -> Embedder:
+    """The real default model, loaded once per process (used when conftest's fixture is absent)."""
+    return Embedder()
+
+
+@pytest.fixture
+def model(request: pytest.FixtureRequest) -> Embedder:
+    """conftest's session ``embedder`` when present, else one loaded here (same model)."""
+    try:
+        found: Embedder = request.getfixturevalue("embedder")
+    except pytest.FixtureLookupError:
+        return shared_embedder()
+    return found
