@@ -1,0 +1,265 @@
+"""The evaluation report: Markdown tables, auto-computed findings and PNG plots (matplotlib, Agg).
+
+Writes ``<out_dir>/evaluation.md`` and, beside it, ``<out_dir>/evaluation/`` with ``results.json``
+(every row, settings and environment), ``quality.png`` (metrics against k per method) and ``time.png``
+(selection time per method, embedding time separately).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from gotd.server.eval_findings import findings
+
+__all__ = ["METHOD_NOTES", "environment", "write_report"]
+
+#: One line per built-in method for the report; unknown (plugged-in) methods are listed by name.
+METHOD_NOTES = {
+    "gotd-global": "GOT-D, `global` mode: target potential from a pool summary, every candidate scored by "
+    "the c-transform (calibrated OT gradient).",
+    "gotd-exact": "GOT-D, `exact` mode: full Sinkhorn between the whole pool and the targets.",
+    "gotd-paper": "GOT-D, `paper` mode: OT to each k-means cluster of the pool (domains from clustering, "
+    "never labels), exact solve on the closest clusters.",
+    "dsir": "DSIR (data-selection package): hashed uni+bigram importance weights, importance resampling "
+    "(Gumbel top-k, seeded) as in the package's default `resample`; `min_example_length=1`, "
+    "`tokenizer='wordpunct'`, 10,000 buckets.",
+    "dsir-topk": "DSIR, same weights, deterministic top-k (`resample(top_k=True)`).",
+    "centroid": "Cosine similarity to the normalised mean target embedding.",
+    "random": "Uniform random permutation (seeded).",
+}
+PACKAGES = ("torch", "numpy", "pot", "data-selection", "sentence-transformers", "nltk", "matplotlib")
+METRICS = (
+    ("precision", "precision", "{:.3f}"),
+    ("ceiling", "ceiling", "{:.3f}"),
+    ("ppl", "ppl (size k)", "{:.0f}"),
+    ("ppl_budget", "ppl (equal tokens)", "{:.0f}"),
+    ("ot", "OT to held-out", "{:.4f}"),
+    ("tokens", "tokens", "{:.0f}"),
+    ("overlap_exact", "overlap w/ exact", "{:.3f}"),
+    ("seconds", "select s/task", "{:.2f}"),
+)
+
+
+def environment() -> dict[str, Any]:
+    """Machine, versions and code revision of this run."""
+    cpu = platform.processor() or platform.machine()
+    mem_gb = math.nan
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), cpu
+        )
+        meminfo = Path("/proc/meminfo").read_text(encoding="utf-8").split()
+        mem_gb = int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_gb, 1),
+        "python": platform.python_version(),
+        "packages": versions,
+        "commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_report(out_dir: Path, result: dict[str, Any], *, plots: bool = True) -> Path:
+    """Write ``evaluation.md``, ``evaluation/results.json`` and (with ``plots``) the PNGs; returns the .md."""
+    assets = out_dir / "evaluation"
+    assets.mkdir(parents=True, exist_ok=True)
+    (assets / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n", encoding="utf-8")
+    images = _plots(assets, result) if plots else []
+    path = out_dir / "evaluation.md"
+    path.write_text(_markdown(result, [p.relative_to(out_dir) for p in images]), encoding="utf-8")
+    return path
+
+
+# -- markdown -------------------------------------------------------------------------------------
+
+
+def _fmt(template: str, value: Any) -> str:
+    v = float(value)
+    return "–" if math.isnan(v) else template.format(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _pct(frac: float) -> str:
+    return f"{100 * frac:g}%"
+
+
+def _markdown(result: dict[str, Any], images: Sequence[Path]) -> str:
+    s, env, emb = result["settings"], result["environment"], result["embedding"]
+    summary, rows = result["summary"], result["rows"]
+    methods, ks = s["methods"], s["ks"]
+    out = [
+        "# Selection quality: GOT-D against DSIR and baselines",
+        "",
+        "Generated by `gotd.server.evaluation.run` (issue 7). Every number below comes from one run"
+        + (f", reproduced by `{s['command']}`." if s.get("command") else "."),
+        "Raw rows (per task, method and k) are in `evaluation/results.json`.",
+        "",
+        "## Setup",
+        "",
+        f"- **Tasks**: one per topic label ({len(s['topics'])}: {', '.join(s['topics'])}). Target set = "
+        f"{s['target_size']} texts of the label; held-out = {s['heldout_size']} other texts of the label; "
+        f"pool = {s['pool_size']} texts with {100 * s['pool_fraction']:g}% of the label where enough remain "
+        "(the rest drawn uniformly from the other labels), shuffled. Target, held-out and pool are "
+        f"disjoint. Seed {s['seed']} (each label's draw uses `[seed, xxh3_64(label)]`).",
+        "- **Label texts in the pool**: "
+        + ", ".join(f"{k} {v}" for k, v in s["positives"].items())
+        + ". `ceiling` = best reachable precision, min(1, positives / k).",
+        f"- **k** = {', '.join(_pct(k) for k in ks)} of the pool; ε = {s['eps']:g} for the OT methods and "
+        "for the OT-distance metric (squared Euclidean cost on unit embeddings).",
+        f"- **Embeddings**: {emb['model_id']}, "
+        + (
+            f"{emb['texts']} texts encoded once in {emb['encode_seconds']:.0f} s "
+            f"({emb['texts'] / max(emb['encode_seconds'], 1e-9):.1f} texts/s) and cached; "
+            if emb.get("texts")
+            else "supplied by the caller; "
+        )
+        + f"this run loaded them in {emb['load_seconds']:.2f} s. Selection times below exclude embedding.",
+        "- **Methods** (none sees a label; each gets pool and target texts and embeddings):",
+        *[f"  - `{m}`: {METHOD_NOTES.get(m, 'plugged-in method')}" for m in methods],
+        "- **Metrics**: `precision` = share of the top k with the target label; `OT to held-out` = entropic "
+        "OT cost ⟨a,f⟩+⟨b,g⟩ (gotd's Sinkhorn, tol 1e-4) between the selected and the held-out embeddings; "
+        "`ppl` = perplexity on the held-out texts of an interpolated Kneser-Ney bigram model (discount "
+        "0.75 at both orders, interpolated to a uniform distribution over the task vocabulary: words of "
+        "pool and held-out plus `</s>`; lower-cased word-punct tokens) trained on the selected texts; "
+        "`ppl (equal tokens)` = the same with every method's selection cut, in rank order, to the fewest "
+        "tokens any method selected at that k; `tokens` selected; `overlap w/ exact` = share of the top k "
+        "also in `gotd-exact`'s top k; `select s/task` = wall time of one ranking (embeddings cached).",
+        f"- **Machine**: {env['cpu']}, {env['cores']} cores (shared with other jobs: times are noisy), "
+        f"{env['memory_gb']} GB; {env['platform']}; Python {env['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        + f"; gotd commit {env['commit']}; {env['date']}; total wall time {result['seconds']:.0f} s.",
+        "",
+        "## Findings",
+        "",
+        *findings(summary, rows, methods, ks),
+        "",
+    ]
+    out += [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]
+    for k in ks:
+        out += [f"## k = {_pct(k)} of the pool", "", "Mean over tasks:", ""]
+        means = [e for e in summary if e["k_frac"] == k]
+        out += _table(
+            ["method", *[label for _, label, _ in METRICS]],
+            [[f"`{e['method']}`", *[_fmt(t, e[key]) for key, _, t in METRICS]] for e in means],
+        )
+        out += [""]
+        for key, label, template in (METRICS[0], METRICS[3], METRICS[2], METRICS[4]):
+            out += [f"<details><summary>Per topic: {label}, k = {_pct(k)}</summary>", ""]
+            out += _per_topic(rows, methods, s["topics"], k, key, template)
+            out += ["", "</details>", ""]
+    return "\n".join(out) + "\n"
+
+
+def _per_topic(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    topics: Sequence[str],
+    k: float,
+    key: str,
+    tpl: str,
+) -> list[str]:
+    cell = {(r["label"], r["method"]): r[key] for r in rows if r["k_frac"] == k}
+    body = [[t, *[_fmt(tpl, cell.get((t, m), math.nan)) for m in methods]] for t in topics]
+    means = [sum(float(cell[t, m]) for t in topics) / len(topics) for m in methods]
+    body.append(["**mean**", *[_fmt(tpl, v) for v in means]])
+    return _table(["topic", *[f"`{m}`" for m in methods]], body)
+
+
+# -- plots ----------------------------------------------------------------------------------------
+
+
+def _plots(assets: Path, result: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s, summary = result["settings"], result["summary"]
+    methods, ks = s["methods"], s["ks"]
+    panels = [
+        ("precision", "target-label precision"),
+        ("ppl", "held-out perplexity (size k)"),
+        ("ppl_budget", "held-out perplexity (equal tokens)"),
+        ("ot", "OT cost to held-out"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, title) in zip(axes.flat, panels, strict=True):
+        for m in methods:
+            pts = sorted((e["k_frac"], e[key]) for e in summary if e["method"] == m)
+            ax.plot([100 * k for k, _ in pts], [v for _, v in pts], marker="o", label=m)
+        ax.set_title(title)
+        ax.set_xlabel("k (% of pool)")
+        ax.set_xticks([100 * k for k in ks])
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"Selection quality, mean over {len(s['topics'])} tasks (pool {s['pool_size']})")
+    fig.tight_layout()
+    quality = assets / "quality.png"
+    fig.savefig(quality, dpi=90)
+    plt.close(fig)
+
+    per_task = {
+        m: [r["seconds"] for r in result["rows"] if r["method"] == m and r["k_frac"] == ks[0]]
+        for m in methods
+    }
+    names = list(methods)
+    values = [sum(v) / len(v) for v in per_task.values()]
+    emb = result["embedding"]
+    if emb.get("texts"):
+        rate = emb["encode_seconds"] / emb["texts"]
+        names.append("embed pool+target\n(estimated)")
+        values.append(rate * (s["pool_size"] + s["target_size"]))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    bars = ax.bar(
+        range(len(names)), values, color=["C0"] * len(methods) + ["C7"] * (len(names) - len(methods))
+    )
+    ax.bar_label(bars, labels=[f"{v:.2g}s" for v in values], fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds per task (log)")
+    ax.set_title("Selection wall time per task (embeddings cached); grey: embedding, for scale")
+    fig.tight_layout()
+    timing = assets / "time.png"
+    fig.savefig(timing, dpi=90)
+    plt.close(fig)
+    return [quality, timing]

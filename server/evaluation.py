@@ -1,0 +1,309 @@
+"""Selection quality of GOT-D against DSIR and simple baselines on a labelled corpus (issue 7).
+
+One call, :func:`run`, builds a task per label (see :mod:`gotd.server.eval_tasks`), lets every method
+rank the pool from texts and embeddings only (see :mod:`gotd.server.eval_methods`), scores the top
+``k`` for each ``k`` in ``ks`` (see :mod:`gotd.server.eval_metrics`) and writes a Markdown report with
+plots (see :mod:`gotd.server.eval_report`). Corpus embeddings are computed once and cached on disk
+(see :mod:`gotd.server.eval_embed`); selection times are measured with embeddings cached and the
+embedding time is reported separately.
+
+Metrics per task, method and ``k``: precision of the target label; entropic OT cost (same ``eps``)
+between the selected and the held-out target embeddings; perplexity on the held-out texts of an
+interpolated Kneser-Ney bigram model trained on the selection, at the selection size and at an equal
+token budget (every method's selection cut, in rank order, to the fewest tokens any method selected);
+tokens selected; top-``k`` overlap with ``gotd-exact``; selection wall time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gotd.cache.embcache import normalise_text
+from gotd.server.corpus import Doc, load_wiki
+from gotd.server.eval_embed import embed_corpus, embedding_cache_path
+from gotd.server.eval_methods import DEFAULT_METHODS, MethodOptions, Selector, make_method
+from gotd.server.eval_metrics import BigramKN, ot_distance, precision, tokenize, truncate_to_budget
+from gotd.server.eval_report import environment, write_report
+from gotd.server.eval_tasks import Task, TaskSpec, build_task, selection_input
+
+__all__ = ["DEFAULT_KS", "QUICK_SPEC", "evaluate_task", "run", "task_sizes"]
+
+LOG = logging.getLogger(__name__)
+
+#: Selection sizes as fractions of the pool.
+DEFAULT_KS: tuple[float, ...] = (0.02, 0.05, 0.10)
+#: The smoke version: two labels, small pools (seconds, not minutes).
+QUICK_SPEC = TaskSpec(pool_size=300, target_size=30, heldout_size=20, pool_fraction=0.1)
+QUICK_TOPICS = ("Mathematics", "Technology")
+EXACT = "gotd-exact"
+
+
+@dataclass(frozen=True, slots=True)
+class Corpus:
+    """Texts, labels, tokens and embeddings of an evaluation corpus (rows aligned)."""
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...]
+    tokens: tuple[tuple[str, ...], ...]
+    vectors: np.ndarray
+
+
+def task_sizes(pool_size: int, ks: Sequence[float]) -> list[int]:
+    """Selection sizes ``max(1, round(k * pool_size))`` for fractions ``ks`` in (0, 1]."""
+    if not ks or any(not 0 < k <= 1 for k in ks):
+        raise ValueError(f"ks must be fractions in (0, 1], got {list(ks)}")
+    return [max(1, round(k * pool_size)) for k in ks]
+
+
+def evaluate_task(
+    task: Task,
+    corpus: Corpus,
+    selectors: Mapping[str, Selector],
+    ks: Sequence[float],
+    *,
+    eps: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Rank the pool of ``task`` with every selector (by method name) and score each top-``k``.
+
+    Returns
+    -------
+    list of dict
+        One row per (method, k): ``label, method, k_frac, k, precision, ceiling, ot, ot_converged,
+        ppl, ppl_budget, budget, tokens, overlap_exact, seconds`` (``seconds`` is the method's
+        ranking time for the task, shared by its rows).
+    """
+    sizes = task_sizes(task.pool.size, ks)
+    inp = selection_input(task, corpus.texts, corpus.vectors, seed=seed)
+    heldout = [corpus.tokens[i] for i in task.heldout]
+    vocab = {w for i in np.concatenate([task.pool, task.heldout]) for w in corpus.tokens[i]}
+    vocab_size = len(vocab) + 1  # + </s>
+    y_held = corpus.vectors[task.heldout]
+    rankings: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for name, sel in selectors.items():
+        start = time.perf_counter()
+        ranking = np.asarray(sel.rank(inp, max(sizes)), dtype=np.int64)
+        seconds[name] = time.perf_counter() - start
+        _check_ranking(name, ranking, max(sizes), task.pool.size)
+        rankings[name] = ranking
+        LOG.info("%s / %s: ranked in %.2f s", task.label, name, seconds[name])
+    rows: list[dict[str, Any]] = []
+    for frac, k in zip(ks, sizes, strict=True):
+        docs = {name: [corpus.tokens[task.pool[r]] for r in rk[:k]] for name, rk in rankings.items()}
+        budget = min(sum(len(d) for d in ds) for ds in docs.values())
+        for name, ranking in rankings.items():
+            top = ranking[:k]
+            ot = ot_distance(corpus.vectors[task.pool[top]], y_held, eps=eps)
+            cut_docs, cut = truncate_to_budget(docs[name], budget)
+            exact = rankings.get(EXACT)
+            rows.append(
+                {
+                    "label": task.label,
+                    "method": name,
+                    "k_frac": frac,
+                    "k": k,
+                    "precision": precision(top, task.pool_is_target),
+                    "ceiling": task.ceiling(k),
+                    "ot": ot.value,
+                    "ot_converged": ot.converged,
+                    "ppl": BigramKN(vocab_size).fit(docs[name]).perplexity(heldout),
+                    "ppl_budget": BigramKN(vocab_size).fit(cut_docs, open_last=cut).perplexity(heldout),
+                    "budget": budget,
+                    "tokens": sum(len(d) for d in docs[name]),
+                    "overlap_exact": (
+                        len(np.intersect1d(top, exact[:k])) / k if exact is not None else float("nan")
+                    ),
+                    "seconds": seconds[name],
+                }
+            )
+    return rows
+
+
+def run(
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    topics: list[str] | None = None,
+    pool_size: int = 3000,
+    target_size: int = 100,
+    heldout_size: int = 50,
+    pool_fraction: float = 0.1,
+    ks: Sequence[float] = DEFAULT_KS,
+    methods: Sequence[str] | None = None,
+    eps: float = 0.1,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    model_path: str | None = None,
+    corpus: Sequence[Doc] | None = None,
+    embeddings: np.ndarray | None = None,
+    plots: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation and write ``out_dir/evaluation.md`` (plots and JSON in ``out_dir/evaluation/``).
+
+    Parameters
+    ----------
+    out_dir : Path
+        Report directory (``docs`` for the published report).
+    quick : bool
+        Smoke version: topics Mathematics and Technology (or the first two of ``topics``), pools of
+        300 with 30 targets and 20 held-out texts; only the texts it uses are embedded.
+    topics : list of str, optional
+        Labels to build tasks for; default every label of the corpus.
+    pool_size, target_size, heldout_size, pool_fraction : int, int, int, float
+        Task shape (see :class:`~gotd.server.eval_tasks.TaskSpec`); ignored when ``quick``.
+    ks : sequence of float
+        Selection sizes as fractions of the pool.
+    methods : sequence of str, optional
+        Registered method names; default :data:`~gotd.server.eval_methods.DEFAULT_METHODS`.
+    eps : float
+        Entropic regularisation of the OT methods and of the OT-distance metric.
+    seed : int
+        Base seed of tasks and randomised methods.
+    cache_dir : Path, optional
+        Embedding cache directory (default ``$GOTD_EVAL_CACHE`` or ``~/.cache/gotd-eval``).
+    model_path : str, optional
+        Local sentence-transformers model; default the packaged all-MiniLM-L6-v2.
+    corpus : sequence of Doc, optional
+        Labelled corpus; default the wiki summaries (:func:`gotd.server.corpus.load_wiki`).
+    embeddings : numpy.ndarray, optional
+        Precomputed unit embeddings of ``corpus``, shape ``(len(corpus), d)``; skips the encoder.
+    plots : bool
+        Write PNG plots (matplotlib, Agg).
+    command : str, optional
+        The command line that reproduces this run, quoted in the report.
+
+    Returns
+    -------
+    dict
+        ``settings``, ``environment``, ``embedding``, ``rows`` (per task, method and k),
+        ``summary`` (means per method and k) and ``seconds`` (total wall time).
+    """
+    began = time.perf_counter()
+    docs = tuple(corpus) if corpus is not None else load_wiki()
+    labels = tuple(d.topic for d in docs)
+    shape = QUICK_SPEC if quick else TaskSpec(pool_size, target_size, heldout_size, pool_fraction)
+    spec = replace(shape, seed=seed)
+    chosen = _choose_topics(labels, topics, quick)
+    tasks = [build_task(labels, t, spec) for t in chosen]
+    names = list(methods) if methods is not None else list(DEFAULT_METHODS)
+    options = MethodOptions(eps=eps)
+    selectors = {n: make_method(n, options) for n in names}
+    texts = tuple(normalise_text(d.text) for d in docs)
+    vectors, emb_info = _embeddings(docs, texts, tasks, embeddings, quick, cache_dir, model_path)
+    data = Corpus(texts, labels, tuple(tuple(tokenize(t)) for t in texts), vectors)
+    rows: list[dict[str, Any]] = []
+    for task in tasks:
+        LOG.info("task %s: pool %d (%d of the label)", task.label, task.pool.size, task.positives)
+        rows.extend(evaluate_task(task, data, selectors, ks, eps=eps, seed=seed))
+    settings = {
+        **asdict(spec),
+        "quick": quick,
+        "topics": chosen,
+        "ks": list(ks),
+        "methods": names,
+        "eps": eps,
+        "positives": {t.label: t.positives for t in tasks},
+        "command": command,
+    }
+    result: dict[str, Any] = {
+        "settings": settings,
+        "environment": environment(),
+        "embedding": emb_info,
+        "rows": rows,
+        "summary": summarise(rows),
+        "seconds": time.perf_counter() - began,
+    }
+    write_report(out_dir, result, plots=plots)
+    LOG.info("evaluation written to %s in %.0f s", out_dir, result["seconds"])
+    return result
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Means over tasks per (method, k_frac) of every numeric metric, in first-seen order."""
+    keys = ("precision", "ceiling", "ot", "ppl", "ppl_budget", "budget", "tokens", "overlap_exact", "seconds")
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["k_frac"]), []).append(row)
+    out = []
+    for (method, frac), group in groups.items():
+        entry: dict[str, Any] = {"method": method, "k_frac": frac, "tasks": len(group)}
+        for key in keys:
+            values = np.array([float(r[key]) for r in group])
+            entry[key] = float(values.mean()) if np.isfinite(values).any() else float("nan")
+        entry["ot_converged"] = all(bool(r["ot_converged"]) for r in group)
+        out.append(entry)
+    return out
+
+
+def _check_ranking(name: str, ranking: np.ndarray, k: int, n: int) -> None:
+    """A method's output must be ``k`` distinct pool rows."""
+    if (
+        ranking.shape != (k,)
+        or np.unique(ranking).size != k
+        or (k and (ranking.min() < 0 or ranking.max() >= n))
+    ):
+        raise RuntimeError(f"method {name!r} returned an invalid ranking (need {k} distinct rows of {n})")
+
+
+def _choose_topics(labels: Sequence[str], topics: list[str] | None, quick: bool) -> list[str]:
+    known = sorted(set(labels))
+    if topics is not None:
+        unknown = [t for t in topics if t not in known]
+        if unknown or not topics:
+            raise ValueError(f"unknown topics {unknown}; the corpus has {known}")
+        return list(topics)[:2] if quick else list(topics)
+    if quick:
+        preferred = [t for t in QUICK_TOPICS if t in known]
+        return preferred if len(preferred) == 2 else known[:2]
+    return known
+
+
+def _embeddings(
+    docs: Sequence[Doc],
+    texts: Sequence[str],
+    tasks: Sequence[Task],
+    given: np.ndarray | None,
+    quick: bool,
+    cache_dir: Path | None,
+    model_path: str | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Corpus embeddings: given, or the whole corpus from the cache (a quick run embeds only its rows)."""
+    if given is not None:
+        if given.shape[0] != len(docs) or given.ndim != 2:
+            raise ValueError(f"embeddings must have shape ({len(docs)}, d), got {given.shape}")
+        info = {"model_id": "given", "encode_seconds": 0.0, "load_seconds": 0.0, "cached": True, "texts": 0}
+        return np.ascontiguousarray(given, dtype=np.float32), info
+    from gotd.server.embedder import DEFAULT_MODEL_ID, Embedder
+
+    model_id = DEFAULT_MODEL_ID if model_path is None else Path(model_path).expanduser().resolve().name
+    ids = [d.id for d in docs]
+    rows = np.arange(len(docs))
+    if quick and not embedding_cache_path(ids, texts, model_id=model_id, cache_dir=cache_dir).is_file():
+        rows = np.unique(np.concatenate([np.concatenate([t.target, t.heldout, t.pool]) for t in tasks]))
+    emb = embed_corpus(
+        [ids[i] for i in rows.tolist()],
+        [texts[i] for i in rows.tolist()],
+        lambda: Embedder(model_path),
+        model_id=model_id,
+        cache_dir=cache_dir,
+    )
+    vectors = np.zeros((len(docs), emb.vectors.shape[1]), dtype=np.float32)
+    vectors[rows] = emb.vectors
+    info = {
+        "model_id": model_id,
+        "encode_seconds": emb.encode_seconds,
+        "load_seconds": emb.load_seconds,
+        "cached": emb.cached,
+        "texts": int(rows.size),
+        "path": str(emb.path),
+    }
+    return vectors, info
