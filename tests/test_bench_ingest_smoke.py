@@ -1,0 +1,22 @@
+"""Smoke test of ``gotd bench ingest --quick``: it runs and writes its report and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gotd.server.bench_ingest import run
+from gotd.server.embedder import Embedder
+from tests._store_helpers import model
+
+__all__ = ["model"]
+
+
+def test_quick_bench_writes_report(tmp_path: Path, model: Embedder) -> None:
+    result = run(tmp_path, quick=True, embedder=model)
+    report = (tmp_path / "ingest.md").read_text(encoding="utf-8")
+    assert "Text ingest vs bare" in report
+    assert "Bulk read" in report
+    assert (tmp_path / "ingest.png").stat().st_size > 1000
+    assert result["text"]["ratio"] > 0
+    assert result["vectors"]["ingest_vectors_per_s"] > 0
+    assert result["read"]["cold_gb_per_s"] > 0
