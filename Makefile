@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck buflint proto proto-check pytest redis bench reliability clean
+.PHONY: install demo test lint typecheck buflint proto proto-check package-check pytest redis bench reliability clean
 
 # torch first, from the local CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.deps: pyproject.toml
@@ -69,7 +69,14 @@ typecheck: install $(TYPECHECK_ROOT)/gotd
 pytest: install redis
 	$(VENV)/bin/pytest -W error $(PYTEST_ARGS)
 
-test: lint typecheck buflint proto-check pytest
+# A regular (non-editable) install must import every package of the namespace.
+package-check: install
+	rm -rf build/package-check
+	$(PIP) install --quiet --no-deps --no-build-isolation --target build/package-check .
+	cd / && PYTHONPATH=$(CURDIR)/build/package-check $(CURDIR)/$(PY) -c \
+	  "import gotd.server, gotd.cache, gotd.client, gotd.v1.selection_pb2_grpc as g; assert '/build/package-check/' in g.__file__"
+
+test: lint typecheck buflint proto-check package-check pytest
 
 demo: install redis
 	$(VENV)/bin/gotd demo
