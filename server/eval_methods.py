@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -125,6 +125,9 @@ class GotdSelector:
     mode: str
     eps: float
 
+    def __post_init__(self) -> None:
+        import gotd.server.selection  # noqa: F401  (import cost is not selection time)
+
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
         from gotd.server.selection import Mode
         from gotd.server.selection import rank as gotd_rank
@@ -176,6 +179,9 @@ class DsirSelector:
     ngrams: int = 2
     num_buckets: int = 10000
 
+    def __post_init__(self) -> None:
+        _import_dsir()  # fail at construction, and keep import time out of selection time
+
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
         weights, eligible = dsir_log_weights(
             inp.pool_texts,
@@ -211,17 +217,14 @@ def dsir_log_weights(
     eligible : numpy.ndarray of bool, shape (n,)
         The package's length filter (``min_example_length=1``): False only for texts without tokens.
     """
-    try:
-        from data_selection import HashedNgramDSIR
-    except ImportError:
-        raise ImportError("DSIR needs the eval extra: pip install 'gotd[eval]' (data-selection)") from None
+    dsir_class = _import_dsir()
     with tempfile.TemporaryDirectory(dir=workdir, prefix="gotd-dsir-") as tmp:
         root = Path(tmp)
         raw, target = root / "pool.jsonl", root / "target.jsonl"
         for path, texts in ((raw, pool_texts), (target, target_texts)):
             with path.open("w", encoding="utf-8") as f:
                 f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
-        dsir = HashedNgramDSIR(
+        dsir = dsir_class(
             raw_datasets=[str(raw)],
             target_datasets=[str(target)],
             cache_dir=str(root / "cache"),
@@ -239,6 +242,14 @@ def dsir_log_weights(
     if weights.shape != (len(pool_texts),):
         raise RuntimeError(f"DSIR returned {weights.shape[0]} weights for {len(pool_texts)} texts")
     return weights.astype(np.float64), np.asarray(dsir.perexample_metadata_filter(lengths), dtype=bool)
+
+
+def _import_dsir() -> Any:
+    try:
+        from data_selection import HashedNgramDSIR
+    except ImportError:
+        raise ImportError("DSIR needs the eval extra: pip install 'gotd[eval]' (data-selection)") from None
+    return HashedNgramDSIR
 
 
 register_method("gotd-global", lambda n, o: GotdSelector(n, "global", o.eps))

@@ -151,7 +151,7 @@ def _markdown(result: dict[str, Any], images: Sequence[Path]) -> str:
             f"{emb['texts']} texts encoded once in {emb['encode_seconds']:.0f} s "
             f"({emb['texts'] / max(emb['encode_seconds'], 1e-9):.1f} texts/s) and cached; "
             if emb.get("texts")
-            else "supplied by the caller; "
+            else "given with the corpus; "
         )
         + f"this run loaded them in {emb['load_seconds']:.2f} s. Selection times below exclude embedding.",
         "- **Methods** (none sees a label; each gets pool and target texts and embeddings):",

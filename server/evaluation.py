@@ -280,7 +280,13 @@ def _embeddings(
     if given is not None:
         if given.shape[0] != len(docs) or given.ndim != 2:
             raise ValueError(f"embeddings must have shape ({len(docs)}, d), got {given.shape}")
-        info = {"model_id": "given", "encode_seconds": 0.0, "load_seconds": 0.0, "cached": True, "texts": 0}
+        info = {
+            "model_id": "caller-supplied vectors",
+            "encode_seconds": 0.0,
+            "load_seconds": 0.0,
+            "cached": True,
+            "texts": 0,
+        }
         return np.ascontiguousarray(given, dtype=np.float32), info
     from gotd.server.embedder import DEFAULT_MODEL_ID, Embedder
 
