@@ -133,6 +133,21 @@ class _Chunks:
             self.txn.put(key, meta.encode(), db=self.dbs["rows"])
 
 
+def _encode_contents(contents: Sequence[Content]) -> list[bytes]:
+    """Encoded contents; the text-less ones (often one value per domain) are encoded once each."""
+    memo: dict[tuple[str, str], bytes] = {}
+    out = []
+    for domain, meta_json, text in contents:
+        if text is None:
+            value = memo.get((domain, meta_json))
+            if value is None:
+                value = memo[domain, meta_json] = encode_content(domain, meta_json, None)
+            out.append(value)
+        else:
+            out.append(encode_content(domain, meta_json, text))
+    return out
+
+
 def upsert_txn(
     txn: lmdb.Transaction,
     dbs: dict[str, lmdb._Database],
@@ -183,7 +198,7 @@ def upsert_txn(
             raise FailedPrecondition(f"pool {name!r}: ids {ids[i]!r} and {stored_id!r} share a hash")
         old_idx.append(i)
         old_rows.append(row)
-    encoded = [encode_content(*c) for c in contents]
+    encoded = _encode_contents(contents)
     changed_idx: list[int] = []
     changed_rows: list[int] = []
     if old_idx:
