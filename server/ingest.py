@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gotd.cache.embcache import EmbeddingCache
-from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
+from gotd.cache.errors import FailedPrecondition, GotdError, InvalidArgument, NotFound
 from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, check_unique_ids, read_records, validate_name
 from gotd.cache.store import PoolInfo, Store, UpsertResult
 from gotd.server.embedder import Embedder, embed_counting
@@ -141,6 +141,31 @@ class Ingestor:
                 rest.append(i)
         return rest
 
+    def prefetch(self, pool: str, records: Sequence[Record]) -> int:
+        """Embed, into the cache, the texts of ``records`` that a later ingest would encode.
+
+        One encoder call over a window of several batches sorts all their texts by length (less
+        padding than batch by batch); the batches then find their texts in the cache. Texts the store
+        already holds for the same id, or the cache knows, are skipped. Returns the texts encoded.
+        """
+        if self.embcache is None:
+            return 0
+        try:
+            info: PoolInfo | None = self.store.get_pool(pool)
+        except NotFound:
+            info = None
+        if info is not None and (info.model, info.dim) != (self.embedder.model_id, self.embedder.dim):
+            return 0
+        todo = [i for i, r in enumerate(records) if r.embedding is None and r.text is not None]
+        if info is not None and todo:
+            stored = self.store.get_records(pool, [records[i].id for i in todo])
+            todo = [
+                i for i in todo if (old := stored.get(records[i].id)) is None or old.text != records[i].text
+            ]
+        if not todo:
+            return 0
+        return embed_counting(self.embedder, self.embcache, [str(records[i].text) for i in todo])[1]
+
     def ingest_file(
         self,
         pool: str,
@@ -149,11 +174,13 @@ class Ingestor:
         progress: bool = True,
         *,
         max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+        embed_window: int = 2048,
     ) -> IngestSummary:
         """Ingest a JSONL or Parquet record file in atomic batches, with a progress bar on stderr.
 
-        Batches committed before a bad record stay committed (each batch is atomic; re-running the
-        file after fixing it is idempotent).
+        Texts are embedded a window of about ``embed_window`` records ahead (see :meth:`prefetch`);
+        each batch of ``batch_size`` records is still one transaction. A bad record stops the ingest
+        with the batches before it committed (re-running the file after fixing it is idempotent).
         """
         from tqdm import tqdm
 
@@ -162,14 +189,31 @@ class Ingestor:
         totals = {"inserted": 0, "updated": 0, "unchanged": 0, "embedded": 0}
         batches = 0
         version = 0
-        with tqdm(desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=not progress) as bar:
-            for batch in read_records(path, batch_size, max_text_bytes=max_text_bytes):
+        window: list[list[Record]] = []
+
+        def flush() -> None:
+            nonlocal batches, version
+            if len(window) > 1:
+                totals["embedded"] += self.prefetch(pool, [r for batch in window for r in batch])
+            for batch in window:
                 result = self.ingest_batch(pool, batch)
                 batches += 1
                 version = result.version
                 for name in totals:
                     totals[name] += getattr(result, name)
                 bar.update(len(batch))
+            window.clear()
+
+        with tqdm(desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=not progress) as bar:
+            try:
+                for batch in read_records(path, batch_size, max_text_bytes=max_text_bytes):
+                    window.append(batch)
+                    if sum(len(b) for b in window) >= embed_window:
+                        flush()
+            except GotdError:
+                flush()  # the good batches read before the bad record are committed first
+                raise
+            flush()
         if batches == 0:
             raise InvalidArgument(f"{path}: holds no records")
         summary = IngestSummary(

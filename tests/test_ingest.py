@@ -133,3 +133,29 @@ def test_ingest_file_commits_batches_before_a_bad_line(ingestor: Ingestor, tmp_p
     with pytest.raises(InvalidArgument, match=r"bad\.jsonl:2"):
         ingestor.ingest_file("other", path, batch_size=10, progress=False)
     assert [p.name for p in ingestor.store.list_pools()] == ["files"]
+
+
+def test_ingest_file_embeds_a_window_in_one_encoder_call(
+    ingestor: Ingestor, model: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    encode = model.encode
+
+    def counting(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return encode(texts)
+
+    monkeypatch.setattr(model, "encode", counting)
+    texts = [f"window text number {i}" for i in range(7)]
+    path = tmp_path / "w.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"w{i}", "text": t}) for i, t in enumerate(texts)) + "\n")
+    summary = ingestor.ingest_file("win", path, batch_size=2, progress=False, embed_window=8)
+    assert (summary.batches, summary.inserted, summary.embedded) == (4, 7, 7)
+    assert calls == [7]
+    again = ingestor.ingest_file("win", path, batch_size=2, progress=False, embed_window=8)
+    assert (again.unchanged, again.embedded) == (7, 0)
+    assert calls == [7]
+    path.write_bytes(path.read_bytes() + b'{"id": "bad", "text": "\xff"}\n')
+    with pytest.raises(InvalidArgument, match=r"w\.jsonl:8"):
+        ingestor.ingest_file("win2", path, batch_size=2, progress=False, embed_window=100)
+    assert ingestor.store.get_pool("win2").count == 6, "the three whole batches before the bad one"
