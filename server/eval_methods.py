@@ -25,7 +25,7 @@ import io
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -119,7 +119,12 @@ def order_by_score(scores: np.ndarray, k: int, *, descending: bool = True) -> np
 
 @dataclass(slots=True)
 class GotdSelector:
-    """GOT-D through :func:`gotd.server.selection.rank` in one mode (``global``, ``exact``, ``paper``)."""
+    """GOT-D through :func:`gotd.server.selection.rank` in one mode (``global``, ``exact``, ``paper``).
+
+    ``paper`` keeps the ``paper_domains`` (2, as in the paper) k-means clusters of the pool closest
+    to the targets in OT cost and ranks only their rows; when those hold fewer than ``k`` rows, the
+    selector retries with one more domain until they do (the selection must have ``k`` rows).
+    """
 
     name: str
     mode: str
@@ -129,15 +134,23 @@ class GotdSelector:
         import gotd.server.selection  # noqa: F401  (import cost is not selection time)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
-        from gotd.server.selection import Mode
+        from gotd.server.selection import Mode, SelectionConfig
         from gotd.server.selection import rank as gotd_rank
 
         x = torch.from_numpy(inp.pool_vectors)
         y = torch.from_numpy(inp.target_vectors)
-        rows: list[int] = []
-        for batch in gotd_rank(x, y, mode=Mode(self.mode), eps=self.eps, k=k, seed=inp.seed):
-            rows.extend(int(row) for row, _ in batch)
-        return np.asarray(rows[:k], dtype=np.int64)
+        config = SelectionConfig()
+        while True:
+            rows = [
+                int(row)
+                for batch in gotd_rank(
+                    x, y, mode=Mode(self.mode), eps=self.eps, k=k, seed=inp.seed, config=config
+                )
+                for row, _ in batch
+            ]
+            if len(rows) >= k or config.paper_domains >= config.paper_clusters:
+                return np.asarray(rows[:k], dtype=np.int64)
+            config = replace(config, paper_domains=config.paper_domains + 1)
 
 
 @dataclass(slots=True)

@@ -184,7 +184,7 @@ def run(
     Returns
     -------
     dict
-        ``settings``, ``environment``, ``embedding``, ``rows`` (per task, method and k),
+        ``settings``, ``tasks`` (labels), ``environment``, ``embedding``, ``rows`` (per task, method and k),
         ``summary`` (means per method and k) and ``seconds`` (total wall time).
     """
     began = time.perf_counter()
@@ -216,6 +216,7 @@ def run(
     }
     result: dict[str, Any] = {
         "settings": settings,
+        "tasks": chosen,
         "environment": environment(),
         "embedding": emb_info,
         "rows": rows,
