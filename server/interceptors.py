@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc import aio
@@ -25,7 +25,7 @@ from gotd.server.metrics import Metrics
 LOG = logging.getLogger(__name__)
 Ctx = aio.ServicerContext[Any, Any]
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 _Around = Callable[[Any, Ctx, str], Any]
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
