@@ -64,11 +64,19 @@ def findings(
                 mine, theirs = _per_topic(rows, g, k, key), _per_topic(rows, b, k, key)
                 topics = sorted(set(mine) & set(theirs))
                 wins = sum((mine[t] > theirs[t]) if higher else (mine[t] < theirs[t]) for t in topics)
+                ties = sum(mine[t] == theirs[t] for t in topics)
                 diff = _mean(summary, g, k, key) - _mean(summary, b, k, key)
-                verdict = "ahead" if (diff > 0) == higher and diff != 0 else "behind"
-                parts.append(f"{NAMES[key]} {diff:+.3g} ({verdict}; better on {wins}/{len(topics)} topics)")
+                verdict = "tied" if diff == 0 else "ahead" if (diff > 0) == higher else "behind"
+                parts.append(
+                    f"{NAMES[key]} {diff:+.3g} ({verdict}; topics better/tied/worse "
+                    f"{wins}/{ties}/{len(topics) - wins - ties})"
+                )
             out.append(f"- k = {100 * k:g}%, `{g}` vs `{b}`: " + "; ".join(parts) + ".")
-    out += _losses(rows, gotd, bases, k)
+    for g in gotd:
+        out += _losses(rows, g, bases, k)
+    out += _solver(rows, gotd, k)
+    out += _identical(rows, gotd, k)
+    out += _budget_setter(rows, k)
     out += _timing(rows, methods, ks)
     unconverged = [r for r in rows if not r["ot_converged"]]
     if unconverged:
@@ -78,11 +86,8 @@ def findings(
     return out
 
 
-def _losses(rows: Sequence[dict[str, Any]], gotd: Sequence[str], bases: Sequence[str], k: float) -> list[str]:
-    """Topics where the first GOT-D mode is beaten by the strongest baselines, by metric."""
-    if not gotd:
-        return []
-    g = gotd[0]
+def _losses(rows: Sequence[dict[str, Any]], g: str, bases: Sequence[str], k: float) -> list[str]:
+    """Topics where GOT-D mode ``g`` is beaten by a (non-random) baseline, by metric."""
     out = []
     for key, higher in COMPARED[:3]:
         mine = _per_topic(rows, g, k, key)
@@ -99,6 +104,67 @@ def _losses(rows: Sequence[dict[str, Any]], gotd: Sequence[str], bases: Sequence
         if lost:
             out.append(f"- `{g}` loses on {NAMES[key]} at k = {100 * k:g}% to " + "; to ".join(lost) + ".")
     return out
+
+
+def _solver(rows: Sequence[dict[str, Any]], gotd: Sequence[str], k: float) -> list[str]:
+    """Convergence of the GOT-D solves (as each selector reported it), one line per mode."""
+    out = []
+    for g in gotd:
+        diag = [r.get("diagnostics") or {} for r in rows if r["method"] == g and r["k_frac"] == k]
+        diag = [d for d in diag if "converged" in d]
+        if not diag:
+            continue
+        iters = sorted(int(d["n_iter"]) for d in diag)
+        line = (
+            f"- `{g}` solves: {sum(bool(d['converged']) for d in diag)}/{len(diag)} converged, "
+            f"max marginal error {max(float(d['marginal_error']) for d in diag):.2g}, "
+            f"median {iters[len(iters) // 2]} Sinkhorn passes"
+        )
+        domains = [int(d["domains"]) for d in diag if "domains" in d]
+        if domains:
+            line += f"; closest domains kept per task: {', '.join(map(str, domains))}"
+        out.append(line + ".")
+    return out
+
+
+def _identical(rows: Sequence[dict[str, Any]], gotd: Sequence[str], k: float) -> list[str]:
+    """Note GOT-D modes whose top k equals ``gotd-exact``'s on every task."""
+    same = [
+        g
+        for g in gotd
+        if g != "gotd-exact"
+        and (vals := [float(r["overlap_exact"]) for r in rows if r["method"] == g and r["k_frac"] == k])
+        and all(v == 1.0 for v in vals)
+    ]
+    if not same:
+        return []
+    return [
+        f"- {', '.join(f'`{g}`' for g in same)} selected exactly `gotd-exact`'s top k on every task at "
+        f"k = {100 * k:g}% (with a pool no larger than the `global` summary size, the summary is the whole "
+        "pool, so both modes solve the same problem)."
+    ]
+
+
+def _budget_setter(rows: Sequence[dict[str, Any]], k: float) -> list[str]:
+    """Which method's selection set the equal-token budget (the fewest tokens), and how small it is."""
+    at_k = [r for r in rows if r["k_frac"] == k]
+    setters: dict[str, int] = {}
+    for r in at_k:
+        if r["tokens"] == r["budget"]:
+            setters[r["method"]] = setters.get(r["method"], 0) + 1
+    if not setters:
+        return []
+    labels = {r["label"] for r in at_k}
+    per_text = {
+        m: sum(r["tokens"] for r in at_k if r["method"] == m) / sum(r["k"] for r in at_k if r["method"] == m)
+        for m in {r["method"] for r in at_k}
+    }
+    who = ", ".join(f"`{m}` on {n}/{len(labels)} tasks" for m, n in sorted(setters.items()))
+    sizes = ", ".join(f"`{m}` {v:.0f}" for m, v in sorted(per_text.items(), key=lambda kv: kv[1]))
+    return [
+        f"- The equal-token budget at k = {100 * k:g}% was set by {who} (fewest tokens selected). "
+        f"Mean tokens per selected text: {sizes}."
+    ]
 
 
 def _timing(rows: Sequence[dict[str, Any]], methods: Sequence[str], ks: Sequence[float]) -> list[str]:

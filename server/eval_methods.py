@@ -9,6 +9,8 @@ Built in:
 
 - ``gotd-global``, ``gotd-exact``, ``gotd-paper``: :func:`gotd.server.selection.rank` in that mode
   (paper mode's domains are k-means clusters of the pool embeddings, never labels);
+- ``gotd-global-1k``: ``global`` with a 1,000-row summary, the path of pools larger than the summary
+  (with the default 4,096-row summary a 3,000-row pool is its own summary and ``global`` is ``exact``);
 - ``dsir``: DSIR (Xie et al., 2023) through the ``data-selection`` package, hashed uni+bigram features,
   importance *resampling* (Gumbel top-k, the package's default ``resample``), seeded;
 - ``dsir-topk``: the same importance weights, deterministic top-k (``resample(top_k=True)``); not in
@@ -25,7 +27,7 @@ import io
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,6 +80,7 @@ _REGISTRY: dict[str, MethodFactory] = {}
 #: Methods of a default run, in report order.
 DEFAULT_METHODS: tuple[str, ...] = (
     "gotd-global",
+    "gotd-global-1k",
     "gotd-exact",
     "gotd-paper",
     "dsir",
@@ -119,38 +122,59 @@ def order_by_score(scores: np.ndarray, k: int, *, descending: bool = True) -> np
 
 @dataclass(slots=True)
 class GotdSelector:
-    """GOT-D through :func:`gotd.server.selection.rank` in one mode (``global``, ``exact``, ``paper``).
+    """GOT-D in one mode of :mod:`gotd.server.selection` (``global``, ``exact``, ``paper``).
 
-    ``paper`` keeps the ``paper_domains`` (2, as in the paper) k-means clusters of the pool closest
-    to the targets in OT cost and ranks only their rows; when those hold fewer than ``k`` rows, the
-    selector retries with one more domain until they do (the selection must have ``k`` rows).
+    The same steps as :func:`gotd.server.selection.rank` (``solve``, then ``score``, then ``top_k``),
+    taken one by one so the solve's convergence is reported in :attr:`diagnostics`. ``paper`` keeps
+    the ``paper_domains`` (2, as in the paper) k-means clusters of the pool closest to the targets in
+    OT cost and ranks only their rows; when those hold fewer than ``k`` rows, the selector solves
+    again with one more domain until they do (a selection must have ``k`` rows).
+
+    Attributes
+    ----------
+    diagnostics : dict
+        Of the last ranking: ``converged``, ``n_iter``, ``marginal_error`` and (``paper``) ``domains``.
     """
 
     name: str
     mode: str
     eps: float
+    summary_size: int | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import gotd.server.selection  # noqa: F401  (import cost is not selection time)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
-        from gotd.server.selection import Mode, SelectionConfig
-        from gotd.server.selection import rank as gotd_rank
+        from gotd.server.selection import Mode, SelectionConfig, score, solve, top_k
 
         x = torch.from_numpy(inp.pool_vectors)
         y = torch.from_numpy(inp.target_vectors)
-        config = SelectionConfig()
-        while True:
-            rows = [
-                int(row)
-                for batch in gotd_rank(
-                    x, y, mode=Mode(self.mode), eps=self.eps, k=k, seed=inp.seed, config=config
-                )
-                for row, _ in batch
-            ]
-            if len(rows) >= k or config.paper_domains >= config.paper_clusters:
-                return np.asarray(rows[:k], dtype=np.int64)
+        config = SelectionConfig(mode=Mode(self.mode), eps=self.eps, seed=inp.seed)
+        if self.summary_size is not None:
+            config = replace(config, summary_size=self.summary_size)
+        potential = solve(x, y, config)
+        while (
+            potential.rows is not None
+            and potential.rows.size < k
+            and config.paper_domains < config.paper_clusters
+        ):
             config = replace(config, paper_domains=config.paper_domains + 1)
+            potential = solve(x, y, config)
+        rows = potential.rows
+        if rows is None:
+            ranked = [r for r, _ in top_k(score(x, y, potential).numpy(), k)]
+        else:
+            sub = top_k(score(x[torch.from_numpy(rows)], y, potential).numpy(), k)
+            ranked = [int(rows[i]) for i, _ in sub]
+        self.diagnostics = {
+            "converged": potential.converged,
+            "n_iter": potential.n_iter,
+            "marginal_error": potential.marginal_error,
+        }
+        if rows is not None:
+            self.diagnostics["domains"] = config.paper_domains
+        return np.asarray(ranked, dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -266,6 +290,7 @@ def _import_dsir() -> Any:
 
 
 register_method("gotd-global", lambda n, o: GotdSelector(n, "global", o.eps))
+register_method("gotd-global-1k", lambda n, o: GotdSelector(n, "global", o.eps, summary_size=1000))
 register_method("gotd-exact", lambda n, o: GotdSelector(n, "exact", o.eps))
 register_method("gotd-paper", lambda n, o: GotdSelector(n, "paper", o.eps))
 register_method("dsir", lambda n, o: DsirSelector(n, resample=True, workdir=o.workdir))

@@ -26,12 +26,16 @@ __all__ = ["METHOD_NOTES", "environment", "write_report"]
 METHOD_NOTES = {
     "gotd-global": "GOT-D, `global` mode: target potential from a pool summary, every candidate scored by "
     "the c-transform (calibrated OT gradient).",
+    "gotd-global-1k": "GOT-D, `global` mode with a 1,000-row summary (the hash subsample used when the "
+    "pool is larger than the summary; the default summary of 4,096 rows covers a 3,000-row pool whole).",
     "gotd-exact": "GOT-D, `exact` mode: full Sinkhorn between the whole pool and the targets.",
     "gotd-paper": "GOT-D, `paper` mode: OT to each k-means cluster of the pool (domains from clustering, "
-    "never labels), exact solve on the closest clusters.",
+    "never labels), exact solve on the 2 closest clusters, ranking only their rows; when those hold "
+    "fewer than k rows, solved again with one more cluster until they do.",
     "dsir": "DSIR (data-selection package): hashed uni+bigram importance weights, importance resampling "
     "(Gumbel top-k, seeded) as in the package's default `resample`; `min_example_length=1`, "
-    "`tokenizer='wordpunct'`, 10,000 buckets.",
+    "`tokenizer='wordpunct'` (a regex: no nltk data), 10,000 buckets, weights fitted on all tokens. "
+    "Log weights are sums over a text's n-grams, so DSIR favours short texts.",
     "dsir-topk": "DSIR, same weights, deterministic top-k (`resample(top_k=True)`).",
     "centroid": "Cosine similarity to the normalised mean target embedding.",
     "random": "Uniform random permutation (seeded).",
@@ -45,7 +49,7 @@ METRICS = (
     ("ot", "OT to held-out", "{:.4f}"),
     ("tokens", "tokens", "{:.0f}"),
     ("overlap_exact", "overlap w/ exact", "{:.3f}"),
-    ("seconds", "select s/task", "{:.2f}"),
+    ("seconds", "select s/task (mean)", "{:.2f}"),
 )
 
 
@@ -146,6 +150,15 @@ def _markdown(result: dict[str, Any], images: Sequence[Path]) -> str:
         + ". `ceiling` = best reachable precision, min(1, positives / k).",
         f"- **k** = {', '.join(_pct(k) for k in ks)} of the pool; ε = {s['eps']:g} for the OT methods and "
         "for the OT-distance metric (squared Euclidean cost on unit embeddings).",
+        *(
+            [
+                "- **GOT-D solver settings** (`SelectionConfig` defaults; seed = run seed): "
+                + ", ".join(f"`{k}={v}`" for k, v in s["selection_config"].items())
+                + "."
+            ]
+            if s.get("selection_config")
+            else []
+        ),
         f"- **Embeddings**: {emb['model_id']}, "
         + (
             f"{emb['texts']} texts encoded once in {emb['encode_seconds']:.0f} s "

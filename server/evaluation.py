@@ -78,7 +78,8 @@ def evaluate_task(
     list of dict
         One row per (method, k): ``label, method, k_frac, k, precision, ceiling, ot, ot_converged,
         ppl, ppl_budget, budget, tokens, overlap_exact, seconds`` (``seconds`` is the method's
-        ranking time for the task, shared by its rows).
+        ranking time for the task, shared by its rows), ``diagnostics`` (what the selector reports
+        in its optional ``diagnostics`` attribute after ranking, e.g. solver convergence).
     """
     sizes = task_sizes(task.pool.size, ks)
     inp = selection_input(task, corpus.texts, corpus.vectors, seed=seed)
@@ -88,12 +89,14 @@ def evaluate_task(
     y_held = corpus.vectors[task.heldout]
     rankings: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
+    diagnostics: dict[str, dict[str, Any]] = {}
     for name, sel in selectors.items():
         start = time.perf_counter()
         ranking = np.asarray(sel.rank(inp, max(sizes)), dtype=np.int64)
         seconds[name] = time.perf_counter() - start
         _check_ranking(name, ranking, max(sizes), task.pool.size)
         rankings[name] = ranking
+        diagnostics[name] = dict(getattr(sel, "diagnostics", None) or {})
         LOG.info("%s / %s: ranked in %.2f s", task.label, name, seconds[name])
     rows: list[dict[str, Any]] = []
     for frac, k in zip(ks, sizes, strict=True):
@@ -122,6 +125,7 @@ def evaluate_task(
                         len(np.intersect1d(top, exact[:k])) / k if exact is not None else float("nan")
                     ),
                     "seconds": seconds[name],
+                    "diagnostics": diagnostics[name],
                 }
             )
     return rows
@@ -212,6 +216,7 @@ def run(
         "methods": names,
         "eps": eps,
         "positives": {t.label: t.positives for t in tasks},
+        "selection_config": _selection_defaults(names),
         "command": command,
     }
     result: dict[str, Any] = {
@@ -243,6 +248,15 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry["ot_converged"] = all(bool(r["ot_converged"]) for r in group)
         out.append(entry)
     return out
+
+
+def _selection_defaults(names: Sequence[str]) -> dict[str, Any] | None:
+    """The solver settings GOT-D methods run with (``SelectionConfig`` defaults), if any runs."""
+    if not any(n.startswith("gotd-") for n in names):
+        return None
+    from gotd.server.selection import SelectionConfig
+
+    return {k: v for k, v in asdict(SelectionConfig()).items() if k not in ("mode", "eps", "seed")}
 
 
 def _check_ranking(name: str, ranking: np.ndarray, k: int, n: int) -> None:

@@ -280,6 +280,10 @@ def test_smoke_run_writes_a_report(tmp_path: Path) -> None:
         assert r["tokens"] >= r["budget"]
     budgets = {(r["label"], r["k"]): r["budget"] for r in rows}
     assert all(r["budget"] == budgets[r["label"], r["k"]] for r in rows)  # one budget per task and k
+    for r in rows:
+        if r["method"].startswith("gotd-"):
+            assert r["diagnostics"]["converged"] is True
+            assert r["diagnostics"]["n_iter"] >= 1
     report = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
     assert "## k = 5% of the pool" in report
     assert "`centroid`" in report
