@@ -1,0 +1,156 @@
+"""Selection settings and results: :class:`Mode`, :class:`SelectionConfig`, :class:`Potential`.
+
+Also the two pure rules that pick what a solve runs on: :func:`resolve_mode` and :func:`summary_rows`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import torch
+
+__all__ = ["Mode", "Potential", "SelectionConfig", "resolve_mode", "summary_rows"]
+
+
+class Mode(StrEnum):
+    """Selection mode; ``AUTO`` resolves to ``EXACT`` or ``GLOBAL`` by pool size."""
+
+    AUTO = "auto"
+    EXACT = "exact"
+    GLOBAL = "global"
+    PAPER = "paper"
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionConfig:
+    """Solver and mode settings of one selection (validated on construction).
+
+    Attributes
+    ----------
+    mode : Mode
+        Selection mode.
+    eps : float
+        Entropic regularisation on the squared Euclidean cost (paper: 0.1).
+    tol : float
+        L1 marginal error at which a solve counts as converged. 1e-4 (the paper's code stops at
+        0.1): tighter tolerances change no top-5% ranking in docs/benchmarks/ot.md, and float32
+        reaches it down to eps = 0.01.
+    max_iter : int
+        Sinkhorn passes at most.
+    exact_max_pool : int
+        ``auto``: exact up to this many candidates, global above.
+    summary_size : int
+        ``global``: rows of the hash-chosen subsample (4096: top-5% overlap with exact >= 0.99 on
+        the benchmark's clustered data with ``summary_cells``; see docs/benchmarks/ot.md).
+    summary_cells : int
+        ``global``: k-means cells of the subsample used to post-stratify it (each cell weighted to
+        its exact share of the pool; one extra GEMM pass with this many columns). 0: plain uniform
+        subsample, whose random cell masses cost about 1% of top-5% overlap at 4096 rows.
+    paper_domains : int
+        ``paper``: closest domains kept.
+    paper_clusters : int
+        ``paper`` without domain labels: k of the k-means that stands in for domains.
+    block_size : int or None
+        Rows per block of the OT passes (None: a block of cost is about 64 MB).
+    seed : int
+        Seeds the k-means of ``paper`` mode.
+    eps_scaling : bool
+        Anneal epsilon on cold solves. Off by default: at eps = 0.1 on unit-norm embeddings it
+        costs passes instead of saving them (docs/benchmarks/ot.md, "iterations vs eps").
+    """
+
+    mode: Mode = Mode.AUTO
+    eps: float = 0.1
+    tol: float = 1e-4
+    max_iter: int = 1000
+    exact_max_pool: int = 20000
+    summary_size: int = 4096
+    summary_cells: int = 64
+    paper_domains: int = 2
+    paper_clusters: int = 16
+    block_size: int | None = None
+    seed: int = 0
+    eps_scaling: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", Mode(self.mode))
+        except ValueError:
+            raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {self.mode!r}") from None
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+        if not (math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"tol must be a positive finite number, got {self.tol!r}")
+        for name in ("max_iter", "summary_size", "paper_domains", "paper_clusters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("exact_max_pool", "summary_cells"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1 or None, got {self.block_size!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Potential:
+    """A target potential and how it was obtained: all a dual cache needs to score without a solve.
+
+    Attributes
+    ----------
+    g : torch.Tensor, shape (m,)
+        Target potential, float32 on the CPU.
+    mode : Mode
+        Resolved mode (never ``AUTO``).
+    eps, n_iter, marginal_error, converged, cost
+        Of the solve that produced ``g`` (``paper``: the final solve on the kept domains).
+    rows : numpy.ndarray of int64 or None
+        ``paper``: sorted pool rows of the kept domains; None when every row is eligible.
+    """
+
+    g: torch.Tensor
+    mode: Mode
+    eps: float
+    n_iter: int
+    marginal_error: float
+    converged: bool
+    cost: float
+    rows: np.ndarray | None = None
+
+
+def resolve_mode(mode: Mode, n: int, config: SelectionConfig) -> Mode:
+    """``AUTO`` becomes ``EXACT`` for ``n <= config.exact_max_pool`` and ``GLOBAL`` above; others stay."""
+    mode = Mode(mode)
+    if mode is Mode.AUTO:
+        return Mode.EXACT if n <= config.exact_max_pool else Mode.GLOBAL
+    return mode
+
+
+def summary_rows(keys: np.ndarray, size: int) -> np.ndarray:
+    """Rows of the ``size`` smallest keys (ties by row), sorted: a subsample independent of row order.
+
+    Parameters
+    ----------
+    keys : numpy.ndarray, shape (n,), uint64
+        64-bit hashes of the candidate ids.
+    size : int
+        Subsample size (all rows when ``size >= n``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (min(size, n),), int64
+    """
+    keys = np.asarray(keys)
+    if keys.ndim != 1:
+        raise ValueError(f"keys must be 1-D, got shape {keys.shape}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size!r}")
+    n = keys.shape[0]
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    cut = keys[np.argpartition(keys, size - 1)[:size]].max()
+    below = np.flatnonzero(keys < cut)
+    at = np.flatnonzero(keys == cut)[: size - len(below)]
+    return np.sort(np.concatenate([below, at])).astype(np.int64)
