@@ -11,41 +11,36 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from importlib.metadata import version
 
 import numpy as np
-import torch
 import xxhash
 
-from gotd.cache.codec import PotentialEntry
 from gotd.cache.duals import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument, NotFound
 from gotd.cache.store import PoolArrays, Store
 from gotd.server.config import Settings
+from gotd.server.job import Emit, Job, Scorer, StopCheck, local_scorer
 from gotd.server.metrics import Metrics
-from gotd.server.ot import c_transform, calibrated_gradient
 from gotd.server.requests import (
     Progress,
     Ranked,
     RankedBatch,
     ScoreParams,
     ScoreResult,
-    SelectEvent,
     SelectParams,
     SelectSummary,
     SolverParams,
     Stage,
 )
-from gotd.server.selection import Mode, Potential, SelectionConfig, resolve_mode, solve, top_k
-from gotd.server.targets import Target, TargetResolver
+from gotd.server.selection import Mode, SelectionConfig, resolve_mode, top_k
+from gotd.server.targets import TargetResolver
 
 LOG = logging.getLogger(__name__)
 CODE_VERSION = version("gotd")
-Emit = Callable[[SelectEvent], None]
-StopCheck = Callable[[], None]
 
 
 class _PoolArraysCache:
@@ -87,7 +82,9 @@ class SelectionEngine:
         targets: TargetResolver,
         duals: DualCache,
         metrics: Metrics,
+        scorer: Scorer = local_scorer,
     ) -> None:
+        self.scorer = scorer
         self._settings = settings
         self._store = store
         self._targets = targets
@@ -184,7 +181,7 @@ class SelectionEngine:
         emit: Emit,
         stop: StopCheck,
         timings: dict[str, float],
-    ) -> _Job:
+    ) -> Job:
         info = self._store.get_pool(pool)
         with self._timed("embed", timings):
             target = self._targets.resolve(target_input, info, emit)  # type: ignore[arg-type]
@@ -214,13 +211,13 @@ class SelectionEngine:
             model=info.model,
             code=CODE_VERSION,
         )
-        job = _Job(self, arrays, rows, target, config, family, timings)
+        job = Job(self, arrays, rows, target, config, family, timings)
         with self._timed("solve", timings):
             job.potential_for(emit, stop)
         return job
 
     def _emit_ranking(
-        self, params: SelectParams, job: _Job, order: list[tuple[int, float]], emit: Emit
+        self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
     ) -> None:
         size = params.batch_size or 1000
         for start in range(0, len(order), size):
@@ -270,149 +267,3 @@ class SelectionEngine:
     @property
     def metrics(self) -> Metrics:
         return self._metrics
-
-
-class _Job:
-    """One pool × target × configuration: finds or solves the potential, then scores."""
-
-    def __init__(
-        self,
-        engine: SelectionEngine,
-        arrays: PoolArrays,
-        rows: np.ndarray,
-        target: Target,
-        config: SelectionConfig,
-        family: str,
-        timings: dict[str, float],
-    ) -> None:
-        self.engine = engine
-        self.arrays = arrays
-        self.rows = rows
-        self.target = target
-        self.config = config
-        self.family = family
-        self.key = f"{family}:v{arrays.version}"
-        self.cache_hit = False
-        self.warm_started = False
-        self.timings = timings
-        self.potential: Potential
-        self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
-
-    def _x(self, rows: np.ndarray | None = None) -> torch.Tensor:
-        pick = self.rows if rows is None else rows
-        if len(pick) == len(self.arrays.ids):
-            return torch.from_numpy(self.arrays.vectors)
-        return torch.from_numpy(self.arrays.vectors[pick])
-
-    def potential_for(self, emit: Emit, stop: StopCheck) -> None:
-        duals = self.engine.duals
-        entry = duals.get(self.key)
-        if entry is not None and entry.g.shape == (self.target.count,):
-            self.cache_hit = True
-            self.potential = _potential_from_entry(entry)
-            self._apply_rows()
-            return
-        init_g = None
-        latest = duals.get_latest(self.family)
-        if latest is not None and latest != self.key:
-            previous = duals.get(latest)
-            if previous is not None and previous.g.shape == (self.target.count,):
-                init_g = torch.from_numpy(previous.g.copy())
-                self.warm_started = True
-        max_iter = self.config.max_iter
-
-        def on_iter(iteration: int, error: float) -> None:
-            stop()
-            emit(Progress(Stage.SOLVE, iteration, max_iter))
-
-        keys = np.asarray(self.arrays.keys)[self.rows]
-        domains = _domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
-        self.potential = solve(
-            self._x(),
-            self.target.vectors,
-            self.config,
-            keys=keys,
-            domains=domains,
-            init_g=init_g,
-            callback=on_iter,
-        )
-        self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
-        self._apply_rows()
-
-    def _apply_rows(self) -> None:
-        """PAPER mode ranks only the kept domains' rows."""
-        if self.potential.rows is not None:
-            self.rows = self.rows[self.potential.rows]
-            self.ids = np.asarray(self.arrays.ids, dtype=object)[self.rows]
-
-    def scores(self, emit: Emit, stop: StopCheck) -> np.ndarray:
-        """Scores of ``self.rows`` (calibrated gradient of the c-transform of the potential).
-
-        On a dual-cache hit the scores of the same key computed earlier in this process are reused:
-        they are what the c-transform would give again.
-        """
-        known = self.engine.cached_scores(self.key) if self.cache_hit else None
-        if known is not None and len(known) == len(self.rows):
-            return known
-        n = len(self.rows)
-
-        def on_block(done: int, total: int) -> None:
-            stop()
-            self.engine.metrics.blocks_scored.inc()
-            emit(Progress(Stage.SCORE, done, total))
-
-        g = self.potential.g.to(torch.float32)
-        f = c_transform(self._x(), self.target.vectors, g, eps=self.potential.eps, callback=on_block)
-        scores = calibrated_gradient(f).numpy().astype(np.float32, copy=False)
-        self.engine.remember_scores(self.key, scores)
-        if not self.cache_hit:
-            self._store_potential(float(f.double().sum()), n)
-        return scores
-
-    def _store_potential(self, f_sum: float, n: int) -> None:
-        p = self.potential
-        rows = None
-        if p.rows is not None:
-            rows = np.asarray(p.rows, dtype=np.int64)
-        entry = PotentialEntry(
-            g=p.g.detach().cpu().numpy().astype(np.float32),
-            rows=rows,
-            meta={
-                "mode": p.mode.value,
-                "eps": p.eps,
-                "n_iter": p.n_iter,
-                "marginal_error": p.marginal_error,
-                "converged": p.converged,
-                "cost": p.cost,
-                "pool_version": self.arrays.version,
-                "target_hash": self.target.content_hash,
-                "f_sum": f_sum,
-                "n": n,
-                "created_at": time.time(),
-            },
-        )
-        self.engine.duals.put(self.key, entry)
-        self.engine.duals.set_latest(self.family, self.key)
-
-
-def _potential_from_entry(entry: PotentialEntry) -> Potential:
-    meta = entry.meta
-    return Potential(
-        g=torch.from_numpy(np.array(entry.g, dtype=np.float32)),
-        mode=Mode(str(meta["mode"])),
-        eps=float(meta["eps"]),
-        n_iter=int(meta["n_iter"]),
-        marginal_error=float(meta["marginal_error"]),
-        converged=bool(meta["converged"]),
-        cost=float(meta["cost"]),
-        rows=None if entry.rows is None else np.asarray(entry.rows, dtype=np.int64),
-    )
-
-
-def _domain_labels(domains: list[str] | np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """Integer domain labels of ``rows`` when every row has a domain; else None (cluster instead)."""
-    picked = np.asarray(domains, dtype=object)[rows]
-    if len(picked) == 0 or any(not d for d in picked):
-        return None
-    _, labels = np.unique(picked.astype(str), return_inverse=True)
-    return labels.astype(np.int64)
