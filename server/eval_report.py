@@ -176,7 +176,8 @@ def _markdown(result: dict[str, Any], images: Sequence[Path]) -> str:
         "pool and held-out plus `</s>`; lower-cased word-punct tokens) trained on the selected texts; "
         "`ppl (equal tokens)` = the same with every method's selection cut, in rank order, to the fewest "
         "tokens any method selected at that k; `tokens` selected; `overlap w/ exact` = share of the top k "
-        "also in `gotd-exact`'s top k; `select s/task` = wall time of one ranking (embeddings cached).",
+        "also in `gotd-exact`'s top k; `select s/task` = wall time of one ranking (embeddings cached; "
+        f"fastest of {s.get('repeats', 1)} runs per task, which all returned the same ranking).",
         f"- **Machine**: {env['cpu']}, {env['cores']} cores (shared with other jobs: times are noisy), "
         f"{env['memory_gb']} GB; {env['platform']}; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
