@@ -20,7 +20,7 @@ import numpy as np
 import xxhash
 
 from gotd.cache.duals import DualCache, cache_key
-from gotd.cache.errors import InvalidArgument, NotFound
+from gotd.cache.errors import InvalidArgument
 from gotd.cache.store import PoolArrays, Store
 from gotd.server.config import Settings
 from gotd.server.job import Emit, Job, Scorer, StopCheck, local_scorer
@@ -156,17 +156,31 @@ class SelectionEngine:
         )
 
     def score(self, params: ScoreParams, stop: StopCheck) -> ScoreResult:
-        """Scores of given candidates (request order), with the same rule and potential as Select."""
+        """Scores of given candidates (request order), with the same rule as Select.
+
+        The cached potential of this pool version is used when there is one; else the newest cached
+        potential of an earlier version, without a solve (candidates added since are scored with
+        it); else the potential is solved as for Select.
+        """
         if not params.ids:
             raise InvalidArgument("ids must not be empty")
-        job = self._prepare(params.pool, params.target, params.solver, (), lambda _e: None, stop, {})
-        scores = job.scores(lambda _e: None, stop)
-        index = {cid: i for i, cid in enumerate(job.ids)}
-        missing = [cid for cid in params.ids if cid not in index]
-        if missing:
-            raise NotFound(f"ids not in pool {params.pool!r} (or outside the mode's domains): {missing[:5]}")
+        noop: Emit = lambda _event: None  # noqa: E731
+        job = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {}, reuse_latest=True)
+        pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
+        positions = np.searchsorted(job.rows, pool_rows)
+        inside = (positions < len(job.rows)) & (
+            job.rows[np.minimum(positions, len(job.rows) - 1)] == pool_rows
+        )
+        if not inside.all():
+            outside = [cid for cid, ok in zip(params.ids, inside, strict=True) if not ok]
+            raise InvalidArgument(
+                f"ids outside the domains kept by the {job.potential.mode} mode: {outside[:5]}"
+            )
+        values = job.scores_of(positions)
+        if values is None:
+            values = job.scores(noop, stop)[positions]
         return ScoreResult(
-            scores=tuple((cid, float(scores[index[cid]])) for cid in params.ids),
+            scores=tuple((cid, float(v)) for cid, v in zip(params.ids, values, strict=True)),
             pool_version=job.arrays.version,
             cache_hit=job.cache_hit,
         )
@@ -181,6 +195,8 @@ class SelectionEngine:
         emit: Emit,
         stop: StopCheck,
         timings: dict[str, float],
+        *,
+        reuse_latest: bool = False,
     ) -> Job:
         info = self._store.get_pool(pool)
         with self._timed("embed", timings):
@@ -213,7 +229,7 @@ class SelectionEngine:
         )
         job = Job(self, arrays, rows, target, config, family, timings)
         with self._timed("solve", timings):
-            job.potential_for(emit, stop)
+            job.potential_for(emit, stop, reuse_latest=reuse_latest)
         return job
 
     def _emit_ranking(

@@ -7,8 +7,8 @@ ranking rule), whichever way the potential was obtained.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -83,6 +83,7 @@ class Job:
         self.key = f"{family}:v{arrays.version}"
         self.cache_hit = False
         self.warm_started = False
+        self.entry_meta: Mapping[str, Any] | None = None
         self.timings = timings
         self.potential: Potential
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
@@ -93,19 +94,24 @@ class Job:
             return torch.from_numpy(self.arrays.vectors)
         return torch.from_numpy(self.arrays.vectors[pick])
 
-    def potential_for(self, emit: Emit, stop: StopCheck) -> None:
+    def potential_for(self, emit: Emit, stop: StopCheck, *, reuse_latest: bool = False) -> None:
+        """Find the potential: this pool version's cached one, else solve (warm-started from the newest
+        cached potential of an earlier version). With ``reuse_latest`` (Score), that newest cached
+        potential is used as it is, without a solve, so candidates added since are scored cheaply.
+        """
         duals = self.engine.duals
         entry = duals.get(self.key)
         if entry is not None and entry.g.shape == (self.target.count,):
-            self.cache_hit = True
-            self.potential = _potential_from_entry(entry)
-            self._apply_rows()
+            self._use_entry(entry)
             return
         init_g = None
         latest = duals.get_latest(self.family)
         if latest is not None and latest != self.key:
             previous = duals.get(latest)
             if previous is not None and previous.g.shape == (self.target.count,):
+                if reuse_latest and previous.rows is None:
+                    self._use_entry(previous)
+                    return
                 init_g = torch.from_numpy(previous.g.copy())
                 self.warm_started = True
         max_iter = self.config.max_iter
@@ -127,6 +133,31 @@ class Job:
         )
         self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
         self._apply_rows()
+
+    def _use_entry(self, entry: PotentialEntry) -> None:
+        self.cache_hit = True
+        self.entry_meta = entry.meta
+        self.potential = _potential_from_entry(entry)
+        self._apply_rows()
+
+    def scores_of(self, positions: np.ndarray) -> np.ndarray | None:
+        """Scores of some of ``self.rows`` without a pass over the pool, or None when unknown.
+
+        Uses the sum of ``f`` over the pool recorded with a cached potential: a candidate that was
+        in the pool at that version gets :math:`f_i - (F - f_i)/(n-1)` (what Select gave it); one
+        added or changed since gets :math:`f_i - F/n` (the same rule, with the n others).
+        """
+        meta = self.entry_meta
+        if meta is None or "f_sum" not in meta or int(meta.get("n", 0)) < 2:
+            return None
+        rows = self.rows[positions]
+        x = torch.from_numpy(self.arrays.vectors[rows])
+        g = self.potential.g.to(torch.float32)
+        f = c_transform(x, self.target.vectors, g, eps=self.potential.eps).double().numpy()
+        total, n = float(meta["f_sum"]), int(meta["n"])
+        known = np.asarray(self.arrays.row_versions)[rows] <= int(meta["pool_version"])
+        out: np.ndarray = np.where(known, f - (total - f) / (n - 1), f - total / n)
+        return out
 
     def _apply_rows(self) -> None:
         """PAPER mode ranks only the kept domains' rows."""

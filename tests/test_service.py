@@ -154,3 +154,25 @@ def test_cache_fallback_gives_the_same_ranking(make_server: object) -> None:
             assert [c.id for c in poisoned] == [c.id for c in healthy] == [c.id for c in down]
             assert [c.score for c in down] == [c.score for c in healthy]
             assert srv.running.duals.healthy is False
+
+
+def test_score_new_ids_with_the_cached_potential_without_a_solve(client: Client) -> None:
+    _ingest_pool(client, n=400)
+    before, _ = client.select("pool", _targets(), k=400)
+    client.ingest("pool", vector_records(clustered(10, seed=11), prefix="late"))
+    scored = client.score("pool", _targets(), ["late00004", before[0].id, before[-1].id])
+    old = {c.id: c.score for c in before}
+    # Old candidates keep the score Select gave them; the new one is scored by the same potential.
+    assert abs(scored[1].score - old[before[0].id]) < 1e-4
+    assert abs(scored[2].score - old[before[-1].id]) < 1e-4
+    assert old[before[0].id] - 1.0 < scored[0].score < old[before[-1].id] + 1.0
+    assert client.pool("pool").count == 410
+
+
+def test_score_is_a_cache_hit_after_growth(server: BackgroundServer, client: Client) -> None:
+    _ingest_pool(client, n=300)
+    client.select("pool", _targets(), k=5)
+    client.ingest("pool", vector_records(clustered(5, seed=12), prefix="late"))
+    iterations_before = server.running.metrics.solve_iterations._sum.get()
+    client.score("pool", _targets(), ["late00001"])
+    assert server.running.metrics.solve_iterations._sum.get() == iterations_before, "Score re-solved"
