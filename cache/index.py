@@ -272,6 +272,13 @@ def ensure_index(store: Store, pool: str, *, factory: str = DEFAULT_FACTORY) -> 
     return IndexManager(store, factory=factory).ensure(pool)
 
 
+def search(
+    store: Store, pool: str, queries: np.ndarray, k: int, *, factory: str = DEFAULT_FACTORY
+) -> SearchResult:
+    """The ``k`` nearest rows of each query in ``pool`` (one-off; keep an :class:`IndexManager` to reuse)."""
+    return IndexManager(store, factory=factory).search(pool, queries, k)
+
+
 def kmeans_summary(
     vectors: np.ndarray, k: int, seed: int, *, niter: int = 20
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

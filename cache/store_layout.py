@@ -197,6 +197,15 @@ def u64_key(prefix: bytes, value: int) -> bytes:
     return prefix + _U64.pack(value)
 
 
+def u64_keys(prefix: bytes, values: np.ndarray) -> list[bytes]:
+    """``[u64_key(prefix, v) for v in values]`` in one vectorised pass."""
+    packed = np.empty(len(values), dtype=[("p", "V8"), ("v", ">u8")])
+    packed["p"] = np.void(prefix)
+    packed["v"] = values
+    keys: list[bytes] = np.frombuffer(packed.tobytes(), dtype="V16").tolist()
+    return keys
+
+
 def u64(value: int) -> bytes:
     return _U64.pack(value)
 
@@ -212,6 +221,14 @@ def id_key(prefix: bytes, record_id: str) -> bytes:
 
 def id_value(row: int, record_id: str) -> bytes:
     return _ROW.pack(row) + record_id.encode("utf-8")
+
+
+def raw_id_key(prefix: bytes, raw_id: bytes) -> bytes:
+    return prefix + xxhash.xxh3_128_digest(raw_id)
+
+
+def raw_id_value(row: int, raw_id: bytes) -> bytes:
+    return _ROW.pack(row) + raw_id
 
 
 def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:

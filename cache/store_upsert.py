@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import lmdb
 import numpy as np
+import xxhash
 
 from gotd.cache.errors import FailedPrecondition
 from gotd.cache.store_env import Abort
@@ -26,12 +27,12 @@ from gotd.cache.store_layout import (
     chunk_rows_for,
     decode_id_value,
     encode_content,
-    id_hash,
-    id_key,
-    id_value,
+    raw_id_key,
+    raw_id_value,
     read_u64,
     u64,
     u64_key,
+    u64_keys,
 )
 
 Content = tuple[str, str, str | None]  # domain, canonical meta JSON, text
@@ -101,11 +102,14 @@ class _Chunks:
         vectors: np.ndarray,
         ids: list[str],
         domains: list[str],
+        hashes: np.ndarray,
         version: int,
     ) -> None:
-        """Write ``vectors[i]`` etc. at pool row ``rows[i]`` (rows sorted ascending)."""
+        """Write ``vectors[i]``, ``ids[i]`` (``hashes[i]`` = its xxh64) etc. at pool row ``rows[i]``.
+
+        ``rows`` are sorted ascending.
+        """
         size = self.pool.chunk_rows
-        hashes = np.fromiter((id_hash(i) for i in ids), dtype=np.uint64, count=len(ids))
         chunks = rows // size
         bounds = np.flatnonzero(np.diff(chunks)) + 1
         for part in np.split(np.arange(len(rows)), bounds):
@@ -183,7 +187,8 @@ def upsert_txn(
     chunks = _Chunks(txn, dbs, pool)
     stored = vectors.astype(chunks.dtype, copy=False)
     prefix = pool.prefix
-    keys = [id_key(prefix, i) for i in ids]
+    raw_ids = [i.encode("utf-8") for i in ids]
+    keys = [raw_id_key(prefix, b) for b in raw_ids]
     found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys)) if not created else {}
     new_idx: list[int] = []
     old_idx: list[int] = []
@@ -202,7 +207,7 @@ def upsert_txn(
     changed_idx: list[int] = []
     changed_rows: list[int] = []
     if old_idx:
-        content_keys = [u64_key(prefix, r) for r in old_rows]
+        content_keys = u64_keys(prefix, np.asarray(old_rows, dtype=np.uint64))
         old_content = dict(txn.cursor(db=dbs["content"]).getmulti(content_keys))
         for i, row, ckey in zip(old_idx, old_rows, content_keys, strict=True):
             chunk, local = divmod(row, pool.chunk_rows)
@@ -223,23 +228,23 @@ def upsert_txn(
     write_rows = np.asarray(changed_rows + new_rows, dtype=np.int64)
     order = np.argsort(write_rows, kind="stable")
     write_idx, write_rows = write_idx[order], write_rows[order]
+    picked = write_idx.tolist()
     chunks.write_rows(
         write_rows,
         stored[write_idx],
-        [ids[i] for i in write_idx.tolist()],
-        [contents[i][0] for i in write_idx.tolist()],
+        [ids[i] for i in picked],
+        [contents[i][0] for i in picked],
+        np.fromiter((xxhash.xxh64_intdigest(raw_ids[i]) for i in picked), dtype=np.uint64, count=len(picked)),
         version,
     )
+    content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
-        cur.putmulti(
-            [
-                (u64_key(prefix, r), encoded[i])
-                for i, r in zip(write_idx.tolist(), write_rows.tolist(), strict=True)
-            ]
-        )
+        cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))
     if new_idx:
         with txn.cursor(db=dbs["ids"]) as cur:
-            cur.putmulti([(keys[i], id_value(r, ids[i])) for i, r in zip(new_idx, new_rows, strict=True)])
+            cur.putmulti(
+                [(keys[i], raw_id_value(r, raw_ids[i])) for i, r in zip(new_idx, new_rows, strict=True)]
+            )
     pool = replace(pool, count=pool.count + len(new_idx), version=version, updated=time.time())
     txn.put(name.encode("utf-8"), pool.encode(), db=dbs["pools"])
     return UpsertResult(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gotd.cache.errors import InvalidArgument, NotFound
-from gotd.cache.index import INDEX_FILE, MANIFEST_FILE, IndexManager, ensure_index, kmeans_summary
+from gotd.cache.index import INDEX_FILE, MANIFEST_FILE, IndexManager, ensure_index, kmeans_summary, search
 from gotd.cache.records import Record
 from gotd.cache.store import Store
 from tests._store_helpers import unit_vectors, vector_records
@@ -50,6 +50,7 @@ def test_search_finds_each_vector_first(store: Store) -> None:
 
 def test_index_on_disk_is_reused_by_a_new_manager(store: Store) -> None:
     IndexManager(store).ensure("p")
+    assert search(store, "p", unit_vectors(400, DIM)[[3]], 1).ids == [["r3"]]
     again = IndexManager(store)
     assert again.ensure("p").ntotal == 400
     assert again.builds == 0
