@@ -141,8 +141,10 @@ class Env:
         self._check_open()
         for _attempt in range(8):
             try:
-                with self._map_lock.shared(), self._begin_read(buffers) as txn:
-                    return fn(txn)
+                with self._map_lock.shared():
+                    self._check_open()
+                    with self._begin_read(buffers) as txn:
+                        return fn(txn)
             except lmdb.MapResizedError:  # another process grew the map
                 self._adopt_map_size()
         raise FailedPrecondition(f"store {self.path}: the map keeps being resized by another process")
@@ -164,8 +166,10 @@ class Env:
         with self._write_lock:
             for _attempt in range(64):
                 try:
-                    with self._map_lock.shared(), self.env.begin(write=True) as txn:
-                        return fn(txn)
+                    with self._map_lock.shared():
+                        self._check_open()
+                        with self.env.begin(write=True) as txn:
+                            return fn(txn)
                 except Abort as abort:  # the transaction was aborted on the way out
                     return cast(T, abort.value)
                 except lmdb.MapFullError:
