@@ -219,10 +219,6 @@ def id_key(prefix: bytes, record_id: str) -> bytes:
     return prefix + xxhash.xxh3_128_digest(record_id.encode("utf-8"))
 
 
-def id_value(row: int, record_id: str) -> bytes:
-    return _ROW.pack(row) + record_id.encode("utf-8")
-
-
 def raw_id_key(prefix: bytes, raw_id: bytes) -> bytes:
     return prefix + xxhash.xxh3_128_digest(raw_id)
 
@@ -235,12 +231,6 @@ def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:
     data = bytes(raw)
     row: int = _ROW.unpack_from(data)[0]
     return row, data[_ROW.size :].decode("utf-8")
-
-
-def id_hash(record_id: str) -> int:
-    """The stable 64-bit key of an id (``PoolArrays.keys``)."""
-    value: int = xxhash.xxh64_intdigest(record_id.encode("utf-8"))
-    return value
 
 
 # -- values ----------------------------------------------------------------------------------------
