@@ -46,6 +46,8 @@ def record(message: pb.Record, *, max_text_bytes: int) -> Record:
             meta = json.loads(message.meta_json)
         except json.JSONDecodeError as err:
             raise InvalidArgument(f"record {message.id!r}: meta_json is not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise InvalidArgument(f"record {message.id!r}: meta_json is nested too deeply") from None
     return Record.create(id=message.id, text=text, embedding=embedding, domain=message.domain, meta=meta)
 
 
