@@ -40,6 +40,17 @@ METHOD_NOTES = {
     "centroid": "Cosine similarity to the normalised mean target embedding.",
     "random": "Uniform random permutation (seeded).",
 }
+CAVEATS = (
+    "- One task per label and one seed: a difference of a hundredth in mean precision is within the "
+    "noise of the task draw; the per-topic better/tied/worse counts say more than the means.",
+    "- The bigram perplexity is a cheap proxy for warming up fine-tuning, not a fine-tuning run; it "
+    "rewards vocabulary overlap with the held-out texts and falls with the number of tokens selected, "
+    "hence the equal-token column (whose budget is the smallest selection, usually DSIR's).",
+    "- Labels are wiki topics: a target defined by topic suits sentence embeddings. A style- or "
+    "source-defined target (issue 10) may favour n-gram features (DSIR).",
+    "- Selection times come from a 2-core machine shared with other jobs; each is the fastest of the "
+    "repeats, still noisy at the tenth-of-a-second scale. Embedding time is separate and dominates.",
+)
 PACKAGES = ("torch", "numpy", "pot", "data-selection", "sentence-transformers", "nltk", "matplotlib")
 METRICS = (
     ("precision", "precision", "{:.3f}"),
@@ -187,6 +198,10 @@ def _markdown(result: dict[str, Any], images: Sequence[Path]) -> str:
         "",
         *findings(summary, rows, methods, ks),
         "",
+        "## Caveats",
+        "",
+        *CAVEATS,
+        "",
     ]
     out += [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]
     for k in ks:
@@ -238,16 +253,18 @@ def _plots(assets: Path, result: dict[str, Any]) -> list[Path]:
     ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
-        for m in methods:
+        for i, m in enumerate(methods):
             pts = sorted((e["k_frac"], e[key]) for e in summary if e["method"] == m)
-            ax.plot([100 * k for k, _ in pts], [v for _, v in pts], marker="o", label=m)
+            style = {"marker": "osD^vPX*"[i % 8], "linestyle": ("-", "--", ":", "-.")[i % 4], "alpha": 0.85}
+            ax.plot([100 * k for k, _ in pts], [v for _, v in pts], label=m, **style)
         ax.set_title(title)
         ax.set_xlabel("k (% of pool)")
         ax.set_xticks([100 * k for k in ks])
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 7), fontsize=8)
     fig.suptitle(f"Selection quality, mean over {len(s['topics'])} tasks (pool {s['pool_size']})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     quality = assets / "quality.png"
     fig.savefig(quality, dpi=90)
     plt.close(fig)
@@ -267,10 +284,10 @@ def _plots(assets: Path, result: dict[str, Any]) -> list[Path]:
     bars = ax.bar(
         range(len(names)), values, color=["C0"] * len(methods) + ["C7"] * (len(names) - len(methods))
     )
-    ax.bar_label(bars, labels=[f"{v:.2g}s" for v in values], fontsize=8)
+    ax.bar_label(bars, labels=[f"{v:.3g} s" for v in values], fontsize=8)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("seconds per task (log)")
+    ax.set_ylabel("seconds per task (mean, log)")
     ax.set_title("Selection wall time per task (embeddings cached); grey: embedding, for scale")
     fig.tight_layout()
     timing = assets / "time.png"
