@@ -80,8 +80,9 @@ class SelectionConfig:
             object.__setattr__(self, "mode", Mode(self.mode))
         except ValueError:
             raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {self.mode!r}") from None
-        if not (math.isfinite(self.eps) and self.eps > 0):
-            raise ValueError(f"eps must be a positive finite number, got {self.eps!r}")
+        if not (math.isfinite(self.eps) and 1e-38 <= self.eps <= 1e38):
+            # float32 kernels scale by 2/eps: outside this range they overflow
+            raise ValueError(f"eps must be a positive number in [1e-38, 1e38], got {self.eps!r}")
         if not (math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol must be a positive finite number, got {self.tol!r}")
         for name in ("max_iter", "summary_size", "paper_domains", "paper_clusters"):
