@@ -6,6 +6,7 @@ ranking rule), whichever way the potential was obtained.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,6 +25,7 @@ from gotd.server.targets import Target
 if TYPE_CHECKING:
     from gotd.server.engine import SelectionEngine
 
+LOG = logging.getLogger(__name__)
 Emit = Callable[[SelectEvent], None]
 StopCheck = Callable[[], None]
 
@@ -101,14 +103,14 @@ class Job:
         """
         duals = self.engine.duals
         entry = duals.get(self.key)
-        if entry is not None and entry.g.shape == (self.target.count,):
+        if entry is not None and self._usable(entry):
             self._use_entry(entry)
             return
         init_g = None
         latest = duals.get_latest(self.family)
         if latest is not None and latest != self.key:
             previous = duals.get(latest)
-            if previous is not None and previous.g.shape == (self.target.count,):
+            if previous is not None and self._usable(previous):
                 if reuse_latest and previous.rows is None:
                     self._use_entry(previous)
                     return
@@ -133,6 +135,28 @@ class Job:
         )
         self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
         self._apply_rows()
+
+    def _usable(self, entry: PotentialEntry) -> bool:
+        """Whether a cached entry is a finite potential of this job's family; anything else (garbage a
+        checksum cannot catch: wrong shape, NaN, foreign or malformed metadata) is a miss."""
+        try:
+            p = _potential_from_entry(entry)
+            for name, kind in (("f_sum", float), ("n", int), ("pool_version", int)):
+                kind(entry.meta.get(name, 0))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            p = None
+        rows = None if p is None else p.rows
+        ok = (
+            p is not None
+            and p.g.shape == (self.target.count,)
+            and bool(torch.isfinite(p.g).all())
+            and (p.mode, p.eps) == (self.config.mode, self.config.eps)
+            and (rows is None or not len(rows) or (rows.min() >= 0 and rows.max() < len(self.rows)))
+        )
+        if not ok:
+            LOG.warning("dual cache: unusable potential for %s; treated as a miss", self.key)
+            self.engine.metrics.cache_events.labels("corrupt").inc()
+        return ok
 
     def _use_entry(self, entry: PotentialEntry) -> None:
         self.cache_hit = True
