@@ -224,17 +224,26 @@ def evaluate(
         list[str] | None, typer.Option("--topic", help="task topic (repeat); default all")
     ] = None,
     pool_size: Annotated[int, typer.Option(help="candidates per task")] = 3000,
+    target_size: Annotated[int, typer.Option(help="target texts per task")] = 100,
+    heldout_size: Annotated[int, typer.Option(help="held-out texts of the target label per task")] = 50,
+    pool_fraction: Annotated[float, typer.Option(help="share of the target label in the pool")] = 0.1,
+    k: Annotated[list[float] | None, typer.Option("--k", help="k as a fraction of the pool (repeat)")] = None,
     method: Annotated[list[str] | None, typer.Option("--method", help="method (repeat); default all")] = None,
     eps: Annotated[float, typer.Option(help="entropic regularisation")] = 0.1,
     seed: Annotated[int, typer.Option(help="task sampling seed")] = 0,
+    repeats: Annotated[int | None, typer.Option(help="timed repeats per method (fastest kept)")] = None,
+    model_path: Annotated[str | None, typer.Option(help="local sentence-transformers model")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="where corpus embeddings are cached")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")] = False,
 ) -> None:
     """Selection quality on the labelled wiki corpus: GOT-D modes vs DSIR, centroid cosine, random."""
-    from gotd.server.evaluation import run
+    from gotd.server.evaluation import DEFAULT_KS, run
 
     result = run(
-        out, quick=quick, topics=topic or None, pool_size=pool_size, methods=method or None, eps=eps,
-        seed=seed, cache_dir=cache_dir, command=" ".join(["gotd", *sys.argv[1:]]),
+        out, quick=quick, topics=topic or None, pool_size=pool_size, target_size=target_size,
+        heldout_size=heldout_size, pool_fraction=pool_fraction, ks=tuple(k) if k else DEFAULT_KS,
+        methods=method or None, eps=eps, seed=seed, repeats=repeats, model_path=model_path,
+        cache_dir=cache_dir, plots=not no_plots, command=" ".join(["gotd", *sys.argv[1:]]),
     )  # fmt: skip
     typer.echo(f"evaluation written to {out}: {len(result.get('tasks', []))} tasks")
 
