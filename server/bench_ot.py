@@ -1,17 +1,10 @@
 """``gotd bench ot``: the OT engine against its baselines, written to docs/benchmarks/ot.md (+ PNGs).
 
-All measurements run in one process (the 1M-candidate rank in a fresh child, for its peak RSS) on
-synthetic clustered unit-norm embeddings (seeded; no model needed), float32, d = 384, eps = 0.1:
-
-- rank 100k × 1k in global mode, everything included, against POT's ``sinkhorn_knopp`` with
-  ``ot.dist`` and ``sinkhorn_log`` solving the full problem to at most the same L1 marginal error;
-  top-5% overlap with POT's ranking;
-- one c-transform pass over 1M × 1k against the GEMM+logsumexp floor (logsumexp of a scaled
-  ``addmm`` in 16k-row blocks) and a naive ``cdist`` pass, alternated, best of the rounds;
-- rank 1M × 1k end to end with the child's peak RSS against the pool's bytes;
-- global-vs-exact top-5% overlap against the subsample size; Sinkhorn passes against eps.
-
-The cores are shared with other work: every ratio pairs numbers measured minutes apart in this run.
+One run, synthetic clustered unit-norm embeddings (seeded; no model), float32, d = 384, eps = 0.1:
+global-mode rank of 100k × 1k against POT (``sinkhorn_knopp`` and ``sinkhorn_log`` with ``ot.dist``)
+at no looser a marginal error; one c-transform pass over 1M × 1k against the GEMM+logsumexp floor;
+1M × 1k rank end to end with its peak RSS (fresh child process); global-vs-exact overlap against the
+subsample size; ranking against tol; Sinkhorn passes against eps.
 """
 
 from __future__ import annotations
@@ -33,6 +26,7 @@ import torch
 
 from gotd.server.ot import c_transform, calibrated_gradient, sinkhorn
 from gotd.server.selection import Mode, SelectionConfig, rank, score, solve, top_k
+from gotd.server.selection_kmeans import splitmix64
 
 NAME = "ot"
 T = TypeVar("T")
@@ -47,26 +41,9 @@ PAPER_1M_SECONDS = 157.0  # ott-jax online PointCloud, 10 iterations at ~15 s (d
 def clustered(
     n: int, *, d: int = DIM, seed: int = 0, pick: tuple[int, ...] | None = None, block: int = 65536
 ) -> torch.Tensor:
-    """``n`` unit-norm points around ``CLUSTERS`` fixed centres (``pick``: only those clusters).
+    """``n`` unit-norm points, shape (n, d) float32, around ``CLUSTERS`` fixed centres (``pick``: only those).
 
-    Built in place block by block, so the peak memory is the result plus one block.
-
-    Parameters
-    ----------
-    n : int
-        Points.
-    d : int
-        Dimension.
-    seed : int
-        Seeds the cluster labels and noise (the centres are shared by every call).
-    pick : tuple of int, optional
-        Clusters to draw from; all when None.
-    block : int
-        Rows per generation block.
-
-    Returns
-    -------
-    torch.Tensor, shape (n, d), float32
+    Built in place block by block (peak memory: the result plus one block); ``seed`` seeds labels and noise.
     """
     centres = torch.randn(CLUSTERS, d, generator=torch.Generator().manual_seed(12345))
     centres /= centres.norm(dim=1, keepdim=True)
@@ -85,11 +62,7 @@ def clustered(
 
 def hashed_keys(n: int) -> np.ndarray:
     """Stand-ins for the store's 64-bit id hashes: a splitmix64 of the row index, shape (n,), uint64."""
-    z = np.arange(n, dtype=np.uint64) + np.array([0x9E3779B97F4A7C15], dtype=np.uint64)
-    z = (z ^ (z >> np.uint64(30))) * np.array([0xBF58476D1CE4E5B9], dtype=np.uint64)
-    z = (z ^ (z >> np.uint64(27))) * np.array([0x94D049BB133111EB], dtype=np.uint64)
-    out: np.ndarray = z ^ (z >> np.uint64(31))
-    return out
+    return splitmix64(np.arange(n, dtype=np.uint64))
 
 
 def _best(fn: Callable[[], T], rounds: int) -> tuple[float, T]:
@@ -124,13 +97,18 @@ def bench_pot(n: int, m: int, rounds: int) -> dict[str, Any]:
     def ours() -> list[int]:
         return _rows([p for batch in rank(x, y, mode=Mode.GLOBAL, eps=EPS, k=k, keys=keys) for p in batch])
 
+    def ours_exact() -> list[int]:
+        return _rows([p for batch in rank(x, y, mode=Mode.EXACT, eps=EPS, k=k, keys=keys) for p in batch])
+
     t_ours, rows_ours = _best(ours, rounds)
+    t_exact, rows_exact = _best(ours_exact, 1)
     err_ours = solve(x, y, SelectionConfig(mode=Mode.GLOBAL, eps=EPS), keys=keys).marginal_error
     xn, yn = x.numpy(), y.numpy()
     a, b = np.full(n, 1.0 / n, dtype=np.float32), np.full(m, 1.0 / m, dtype=np.float32)
     # POT stops on the L2 norm of the column marginal: L1 <= sqrt(m) * L2 makes its L1 error <= ours.
     thr = err_ours / math.sqrt(m)
     out: dict[str, Any] = {"n": n, "m": m, "k": k, "ours_s": t_ours, "ours_marginal_error": err_ours}
+    out["exact_s"], out["exact_vs_global"] = t_exact, _overlap(rows_exact, rows_ours)
     for name, solver in (("knopp", ot.bregman.sinkhorn_knopp), ("log", ot.bregman.sinkhorn_log)):
 
         def pot(solver: Any = solver) -> tuple[np.ndarray, np.ndarray, int]:
@@ -144,6 +122,8 @@ def bench_pot(n: int, m: int, rounds: int) -> dict[str, Any]:
         err = _pot_error(xn, yn, f, g)
         out[name] = {"s": t_pot, "iters": iters, "marginal_error": err, "ratio": t_pot / t_ours}
         out[name]["overlap"] = _overlap(rows_ours, _pot_rank(f, k))
+        out[name]["overlap_exact"] = _overlap(rows_exact, _pot_rank(f, k))
+        out[name]["exact_ratio"] = t_pot / t_exact
     return out
 
 
@@ -187,7 +167,9 @@ def bench_ctransform(n: int, m: int, rounds: int) -> dict[str, Any]:
             b: _best(partial(c_transform, x[: n // 4], y, g, eps=EPS, block_size=b), 1)[0]
             for b in (2048, 8192, 16384, 32768)
         }
-    return {"n": n, "m": m, **times, "ratio": times["ours"] / times["floor"], "blocks_quarter_pool": blocks}
+    blocks_text = ", ".join(f"{b:,} rows {t:.2f} s" for b, t in blocks.items())
+    return {"n": n, "m": m, **times, "ratio": times["ours"] / times["floor"],
+            "naive_ratio": times["naive"] / times["floor"], "blocks": blocks_text}  # fmt: skip
 
 
 def _child_rank(n: int, m: int) -> None:
@@ -196,21 +178,15 @@ def _child_rank(n: int, m: int) -> None:
 
     x, y = clustered(n, seed=4), clustered(m, seed=2, pick=TARGET_CLUSTERS)
     keys = hashed_keys(n)
-    rss_pool = _rss_now()
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss_pool = next(int(ln.split()[1]) * 1024 for ln in status if ln.startswith("VmRSS:"))
     started = time.perf_counter()
     got = sum(len(b) for b in rank(x, y, mode=Mode.GLOBAL, eps=EPS, k=n // 20, keys=keys))
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     pool = x.numel() * x.element_size()
-    print(json.dumps({"n": n, "m": m, "s": seconds, "ranked": got, "peak_rss": peak, "pool_bytes": pool,
-                      "rss_after_pool": rss_pool}))  # fmt: skip
-
-
-def _rss_now() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    gib = {"peak_gib": peak / 2**30, "pool_gib": pool / 2**30, "rss_pool_gib": rss_pool / 2**30}
+    print(json.dumps({"n": n, "m": m, "s": seconds, "ranked": got, "rss_ratio": peak / pool, **gib}))
 
 
 def bench_rank_large(n: int, m: int) -> dict[str, Any]:
@@ -218,24 +194,40 @@ def bench_rank_large(n: int, m: int) -> dict[str, Any]:
     code = f"from gotd.server.bench_ot import _child_rank; _child_rank({n}, {m})"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    out["rss_ratio"] = out["peak_rss"] / out["pool_bytes"]
-    out["paper_s"] = PAPER_1M_SECONDS
-    return out
+    return out | {"paper_s": PAPER_1M_SECONDS, "paper_ratio": PAPER_1M_SECONDS / out["s"]}
 
 
-def bench_subsample(n: int, m: int, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Global-vs-exact top-5% overlap and solve time per subsample size, uniform and post-stratified."""
-    x, y = clustered(n, seed=5), clustered(m, seed=2, pick=TARGET_CLUSTERS)
-    keys, k = hashed_keys(n), max(1, n // 20)
-    exact = solve(x, y, SelectionConfig(mode=Mode.EXACT, eps=EPS), keys=keys)
-    ref = _rows(top_k(score(x, y, exact).numpy(), k))
-    rows = []
-    for size in sizes:
-        for cells in (0, 64):
+def bench_subsample(n: int, m: int, sizes: tuple[int, ...], seeds: int) -> list[dict[str, Any]]:
+    """Global-vs-exact top-5% overlap (mean and min over pools) and solve time per subsample size."""
+    runs: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for seed in range(seeds):
+        x, y = clustered(n, seed=10 + seed), clustered(m, seed=20 + seed, pick=TARGET_CLUSTERS)
+        keys, k = hashed_keys(n), max(1, n // 20)
+        exact = solve(x, y, SelectionConfig(mode=Mode.EXACT, eps=EPS), keys=keys)
+        ref = _rows(top_k(score(x, y, exact).numpy(), k))
+        for size, cells in ((size, cells) for size in sizes for cells in (0, 64)):
             cfg = SelectionConfig(mode=Mode.GLOBAL, eps=EPS, summary_size=size, summary_cells=cells)
             t, pot = _best(partial(solve, x, y, cfg, keys=keys), 1)
             got = _rows(top_k(score(x, y, pot).numpy(), k))
-            rows.append({"size": size, "cells": cells, "overlap": _overlap(ref, got), "solve_s": t})
+            runs.setdefault((size, cells), []).append((_overlap(ref, got), t))
+    return [
+        {"size": size, "cells": cells, "overlap": float(np.mean([o for o, _ in v])),
+         "min": min(o for o, _ in v), "solve_s": float(np.median([t for _, t in v]))}
+        for (size, cells), v in runs.items()
+    ]  # fmt: skip
+
+
+def bench_tol(n: int, m: int, tols: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Top-5% overlap of exact rankings at each ``tol`` (float32) with a float64 solve to 1e-9."""
+    x, y = clustered(n, seed=7), clustered(m, seed=2, pick=TARGET_CLUSTERS)
+    k = max(1, n // 20)
+    tight = sinkhorn(x.double(), y.double(), eps=EPS, tol=1e-9, max_iter=5000, eps_scaling=False)
+    ref = _rows(top_k(calibrated_gradient(tight.f).numpy(), k))
+    rows = []
+    for tol in tols:
+        res = sinkhorn(x, y, eps=EPS, tol=tol, eps_scaling=False)
+        got = _rows(top_k(score(x, y, res.g, eps=EPS).numpy(), k))
+        rows.append({"tol": tol, "iters": res.n_iter, "overlap": _overlap(ref, got)})
     return rows
 
 
@@ -253,8 +245,7 @@ def bench_eps(n: int, m: int, eps_list: tuple[float, ...]) -> list[dict[str, Any
                 "error": res.marginal_error,
                 "s": t,
             }
-        warm = sinkhorn(x, y, eps=eps, tol=1e-4, init_g=res.g)
-        row["warm_iters"] = warm.n_iter
+        row["warm"] = {"iters": sinkhorn(x, y, eps=eps, tol=1e-4, init_g=res.g).n_iter}
         rows.append(row)
     return rows
 
@@ -265,181 +256,176 @@ def _plots(out_dir: Path, subsample: list[dict[str, Any]], eps_rows: list[dict[s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cells, label in ((0, "uniform hash subsample"), (64, "post-stratified (64 cells)")):
-        pts = [(r["size"], r["overlap"]) for r in subsample if r["cells"] == cells]
-        ax.plot(*zip(*pts, strict=True), marker="o", label=label)
-    ax.axhline(0.99, color="grey", linestyle="--", linewidth=1, label="goal 0.99")
-    ax.set(xscale="log", xlabel="subsample size", ylabel="top-5% overlap with exact", title="global vs exact")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "ot_overlap_vs_subsample.png", dpi=110)
-    names.append("ot_overlap_vs_subsample.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    eps = [r["eps"] for r in eps_rows]
-    ax.plot(eps, [r["plain"]["iters"] for r in eps_rows], marker="o", label="cold")
-    ax.plot(eps, [r["scaled"]["iters"] for r in eps_rows], marker="s", label="cold, eps scaling")
-    ax.plot(eps, [r["warm_iters"] for r in eps_rows], marker="^", label="warm start (converged g)")
-    ax.set(
-        xscale="log", yscale="log", xlabel="eps", ylabel="Sinkhorn passes to tol 1e-4", title="passes vs eps"
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "ot_iterations_vs_eps.png", dpi=110)
+    sub = [
+        (
+            f"{'uniform' if c == 0 else 'post-stratified'} subsample",
+            [
+                (r["size"], r["overlap"])
+                for r in sorted(subsample, key=lambda r: r["size"])
+                if r["cells"] == c
+            ],
+        )
+        for c in (0, 64)
+    ]
+    eps = [
+        (label, [(r["eps"], r[key]["iters"]) for r in eps_rows])
+        for key, label in (("plain", "cold"), ("scaled", "cold, eps scaling"), ("warm", "warm start"))
+    ]
+    figures = (("ot_overlap_vs_subsample.png", sub, "subsample size", "top-5% overlap with exact", "linear"),
+               ("ot_iterations_vs_eps.png", eps, "eps", "Sinkhorn passes to tol 1e-4", "log"))  # fmt: skip
+    for name, lines, xlabel, ylabel, yscale in figures:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, pts in lines:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+        ax.set(xscale="log", yscale=yscale, xlabel=xlabel, ylabel=ylabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
     plt.close("all")
-    names.append("ot_iterations_vs_eps.png")
-    return names
+    return [name for name, *_ in figures]
 
 
 def _machine() -> dict[str, str]:
     import ot
 
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "unknown")
     return {
-        "cpu": f"{os.cpu_count()} cores, {cpu}, torch threads {torch.get_num_threads()}",
+        "cpu": f"{os.cpu_count()} cores ({cpu}), torch threads {torch.get_num_threads()}",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, POT {ot.__version__}, "
         f"numpy {np.__version__}",
-        "load": " / ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "load": _load(),
     }
 
 
+def _load() -> str:
+    return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+_REPORT = """# OT engine benchmark (`gotd bench ot`)
+
+Machine: {machine_cpu}; {machine_versions}. Load average (1/5/15 min) {machine_load} at start, {load_end}
+at end: the cores were shared with other work, so each ratio pairs numbers from this run and absolute
+times are noisy. Total {seconds:.0f} s{quick_note}.
+
+Data: synthetic unit-norm embeddings (d = {dim}, {clusters} clusters, within-cluster cosine about 0.5),
+targets from 3 clusters; float32, eps = {eps}, `SelectionConfig` defaults (tol 1e-4).
+
+| measure | gotd | baseline (same run) | ratio | goal |
+|---|---|---|---|---|
+| rank {pot_n:,} × {pot_m:,}, global mode, all included | {pot_ours_s:.2f} s | POT `sinkhorn_knopp` + \
+`ot.dist` {pot_knopp_s:.2f} s | {pot_knopp_ratio:.1f}× faster | ≥5× |
+| same | {pot_ours_s:.2f} s | POT `sinkhorn_log` + `ot.dist` {pot_log_s:.2f} s | {pot_log_ratio:.1f}× \
+faster | ≥20× |
+| top-5% overlap with POT's full solve | global {pot_knopp_overlap:.3f} (knopp), {pot_log_overlap:.3f} \
+(log); exact mode {pot_knopp_overlap_exact:.3f} | — | — | ≥0.98 |
+| rank {pot_n:,} × {pot_m:,}, exact mode (full blockwise Sinkhorn) | {pot_exact_s:.2f} s | knopp \
+{pot_knopp_s:.2f} s | {pot_knopp_exact_ratio:.1f}× faster | — |
+| one c-transform pass {ctransform_n:,} × {ctransform_m:,} | {ctransform_ours:.2f} s | GEMM+logsumexp \
+floor {ctransform_floor:.2f} s; naive cdist pass {ctransform_naive:.2f} s ({ctransform_naive_ratio:.2f}× \
+floor) | {ctransform_ratio:.2f}× the floor | ≤1.2× |
+| rank {rank_large_n:,} × {rank_large_m:,} end to end (global, k = 5%) | {rank_large_s:.1f} s, peak RSS \
+{rank_large_peak_gib:.2f} GiB | paper's ott-jax path {rank_large_paper_s:.0f} s (stated, not rerun); \
+pool {rank_large_pool_gib:.2f} GiB | {rank_large_paper_ratio:.0f}× faster; RSS \
+{rank_large_rss_ratio:.2f}× pool | ≤10 s; ≤1.5× |
+
+Equal accuracy: gotd's global solve stopped at L1 marginal error {pot_ours_marginal_error:.1e} (both
+marginals, known after every pass, on its summary). POT checks the L2 norm of one marginal every 10
+iterations, so it ran with `stopThr` = that error / √m, which bounds its L1 error by gotd's; its achieved
+L1 error on the full problem (both marginals, float64) was {pot_knopp_marginal_error:.1e} for knopp
+({pot_knopp_iters} iterations) and {pot_log_marginal_error:.1e} for log ({pot_log_iters} iterations).
+Global and exact gotd rankings overlap {pot_exact_vs_global:.3f}.
+
+1M rank: the child's RSS right after building the pool was {rank_large_rss_pool_gib:.2f} GiB (pool + torch
+runtime); the rank adds the 64 MB cost block, the scores and the top-k.
+
+c-transform rows per block on a quarter of the pool (default: 64 MB of cost = 16,384 rows at m = 1k):
+{ctransform_blocks}. gotd's logsumexp runs in place on the GEMM's output buffer (max, subtract, exp, row
+sum); the floor's `torch.logsumexp` allocates temporaries.
+
+## Global vs exact: top-5% overlap against the subsample size
+
+Pool {subsample_n:,} × {subsample_m} targets, {seeds} pools (mean, min); exact = full Sinkhorn.
+Post-stratified: the subsample's 64 k-means cells are weighted to their exact share of the pool (one GEMM
+pass of the pool against 64 centres), which removes a uniform subsample's random cell masses. Defaults:
+`summary_size` 4096, `summary_cells` 64.
+
+| subsample | uniform: overlap (min) | solve | post-stratified: overlap (min) | solve |
+|---|---|---|---|---|
+{sub_rows}
+
+![overlap](ot_overlap_vs_subsample.png)
+
+## Tolerance: exact top-5% overlap with a float64 solve to 1e-9 (eps 0.1)
+
+| tol | passes | overlap |
+|---|---|---|
+{tol_rows}
+
+## Sinkhorn passes against eps (tol 1e-4, float32)
+
+Pool {subsample_n:,} × {subsample_m} targets. One pass = one GEMM per block for both potentials; its
+marginal error comes from the same pass, so every pass is a convergence check. Eps scaling (levels
+16·eps·2^-k, one pass each) pays only at small eps, so `SelectionConfig.eps_scaling` is off by default;
+`sinkhorn()` keeps it on for cold solves.
+
+| eps | cold passes | cold s | converged (error) | eps-scaled passes | warm-start passes |
+|---|---|---|---|---|---|
+{eps_rows}
+
+![passes](ot_iterations_vs_eps.png)
+"""
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= _flat(value, f"{prefix}{key}_") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
 def _report(r: dict[str, Any]) -> str:
-    p, c, big = r["pot"], r["ctransform"], r["rank_large"]
-    lines = [
-        "# OT engine benchmark (`gotd bench ot`)",
-        "",
-        f"Machine: {r['machine']['cpu']}. {r['machine']['versions']}. Load average (1/5/15 min) at start "
-        f"{r['machine']['load']}, at end {r['load_end']}: the cores are shared with other work, so every ratio "
-        f"below pairs two numbers from this run; absolute times are noisy. Total {r['seconds']:.0f} s"
-        f"{' (quick smoke sizes)' if r['quick'] else ''}.",
-        "",
-        f"Data: synthetic unit-norm embeddings, d = {DIM}, {CLUSTERS} clusters (within-cluster cosine about 0.5), "
-        f"targets drawn from 3 of them; float32, eps = {EPS}, tol 1e-4 (`SelectionConfig` defaults).",
-        "",
-        "| measure | gotd | baseline (same run) | ratio | goal |",
-        "|---|---|---|---|---|",
-        f"| rank {p['n']:,} × {p['m']:,}, global mode, everything included | {p['ours_s']:.2f} s | POT "
-        f"`sinkhorn_knopp` + `ot.dist` {p['knopp']['s']:.2f} s | {p['knopp']['ratio']:.1f}× faster | ≥5× |",
-        f"| same | {p['ours_s']:.2f} s | POT `sinkhorn_log` + `ot.dist` {p['log']['s']:.2f} s | "
-        f"{p['log']['ratio']:.1f}× faster | ≥20× |",
-        f"| top-5% overlap with POT's full solve | knopp {p['knopp']['overlap']:.3f}, log "
-        f"{p['log']['overlap']:.3f} | — | — | ≥0.98 |",
-        f"| one c-transform pass {c['n']:,} × {c['m']:,} | {c['ours']:.2f} s | GEMM+logsumexp floor "
-        f"{c['floor']:.2f} s (naive cdist pass {c['naive']:.2f} s = {c['naive'] / c['floor']:.2f}× floor) | "
-        f"{c['ratio']:.2f}× the floor | ≤1.2× |",
-        f"| rank {big['n']:,} × {big['m']:,} end to end (global, k = 5%) | {big['s']:.1f} s, peak RSS "
-        f"{big['peak_rss'] / 2**30:.2f} GiB | paper's ott-jax path {big['paper_s']:.0f} s (stated, not rerun); "
-        f"pool {big['pool_bytes'] / 2**30:.2f} GiB | {big['paper_s'] / big['s']:.0f}× faster; RSS "
-        f"{big['rss_ratio']:.2f}× pool | ≤10 s, ≤1.5× |",
-        "",
-        "Equal accuracy: gotd's global solve stops at L1 marginal error "
-        f"{p['ours_marginal_error']:.2e} (both marginals, checked every pass, on its summary). POT checks only "
-        "the L2 norm of the column marginal every 10 iterations; it ran with `stopThr` = that error / √m, "
-        "which bounds its L1 error by ours, and its achieved L1 error on the full problem (both marginals, "
-        f"float64) was knopp {p['knopp']['marginal_error']:.2e} ({p['knopp']['iters']} iterations), log "
-        f"{p['log']['marginal_error']:.2e} ({p['log']['iters']} iterations).",
-        "",
-        f"RSS of the child right after building the pool: {big['rss_after_pool'] / 2**30:.2f} GiB (torch runtime "
-        "included); the rank adds one 64 MB cost block, the scores and the top-k.",
-        "",
-        "c-transform block size (rows per 64 MB default = 16,384 at m = 1k), a quarter of the pool: "
-        + ", ".join(f"{b:,} rows {t:.2f} s" for b, t in c["blocks_quarter_pool"].items())
-        + ". The in-place logsumexp (max, subtract, exp, sum on the GEMM's output buffer) is what beats the "
-        "allocating `torch.logsumexp` of the floor; the GEMM rate itself hardly depends on the block size here.",
-        "",
-        "## Global vs exact: top-5% overlap against the subsample size",
-        "",
-        f"Pool {r['subsample_n']:,} × {r['subsample_m']} targets; exact = full Sinkhorn on the pool.",
-        "",
-        "| subsample | uniform overlap | uniform solve | post-stratified overlap | post-stratified solve |",
-        "|---|---|---|---|---|",
+    sub = {(row["size"], row["cells"]): row for row in r["subsample"]}
+    sub_rows = [
+        f"| {size:,} | {u['overlap']:.3f} ({u['min']:.3f}) | {u['solve_s']:.2f} s | {s['overlap']:.3f} "
+        f"({s['min']:.3f}) | {s['solve_s']:.2f} s |"
+        for size in sorted({size for size, _ in sub})
+        for u, s in [(sub[(size, 0)], sub[(size, 64)])]
     ]
-    by_size: dict[int, dict[int, dict[str, Any]]] = {}
-    for row in r["subsample"]:
-        by_size.setdefault(row["size"], {})[row["cells"]] = row
-    for size, cells in sorted(by_size.items()):
-        u, s = cells[0], cells[64]
-        lines.append(
-            f"| {size:,} | {u['overlap']:.3f} | {u['solve_s']:.2f} s | {s['overlap']:.3f} | {s['solve_s']:.2f} s |"
-        )
-    lines += [
-        "",
-        "Post-stratified: the subsample's 64 k-means cells are weighted to their exact share of the pool "
-        "(one GEMM pass of the pool against 64 centres); a uniform subsample's random cell masses are "
-        "what costs it overlap. Default `summary_size` 4096 with `summary_cells` 64.",
-        "",
-        "![overlap](ot_overlap_vs_subsample.png)",
-        "",
-        "## Sinkhorn passes against eps (tol 1e-4, float32)",
-        "",
-        f"Pool {r['eps_n']:,} × {r['eps_m']} targets. A pass is one GEMM per block for both potentials; "
-        "its marginal error comes free from the same pass, so every pass is a convergence check.",
-        "",
-        "| eps | cold passes | cold s | converged (error) | eps-scaled passes | warm-start passes |",
-        "|---|---|---|---|---|---|",
+    eps_rows = [
+        f"| {e['eps']} | {e['plain']['iters']} | {e['plain']['s']:.2f} | {e['plain']['converged']} "
+        f"({e['plain']['error']:.1e}) | {e['scaled']['iters']} | {e['warm']['iters']} |"
+        for e in r["eps"]
     ]
-    for row in r["eps"]:
-        pl, sc = row["plain"], row["scaled"]
-        lines.append(
-            f"| {row['eps']} | {pl['iters']} | {pl['s']:.2f} | {pl['converged']} ({pl['error']:.1e}) | "
-            f"{sc['iters']} | {row['warm_iters']} |"
-        )
-    lines += [
-        "",
-        "Eps scaling (levels 16·eps·2^-k, one pass each) saves passes only at small eps and costs a few at "
-        "eps = 0.1, so `SelectionConfig.eps_scaling` is off by default; `sinkhorn()` keeps it on for cold "
-        "solves at small eps.",
-        "",
-        "![passes](ot_iterations_vs_eps.png)",
-        "",
-    ]
-    return "\n".join(lines)
+    tol_rows = [f"| {t['tol']:g} | {t['iters']} | {t['overlap']:.3f} |" for t in r["tol"]]
+    return _REPORT.format(
+        **_flat({k: v for k, v in r.items() if isinstance(v, dict | str | int | float)}),
+        dim=DIM, clusters=CLUSTERS, eps=EPS, quick_note=" (quick smoke sizes)" * r["quick"],
+        sub_rows="\n".join(sub_rows), eps_rows="\n".join(eps_rows), tol_rows="\n".join(tol_rows),
+    )  # fmt: skip
 
 
 def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
-    """Run the OT benchmark; write ``ot.md`` and its PNGs into ``out_dir``.
+    """Run the OT benchmark; write ``ot.md`` and its PNGs into ``out_dir`` (created); return every number.
 
-    Parameters
-    ----------
-    out_dir : Path
-        Output directory (created).
-    quick : bool
-        Tiny smoke sizes (seconds) instead of the full run (several minutes; POT up to 100k × 1k).
-
-    Returns
-    -------
-    dict
-        Every measurement, plus ``report`` (the path of ot.md) and ``plots``.
+    ``quick``: smoke sizes (seconds) instead of the full run (minutes: POT up to 100k × 1k, gotd 1M × 1k).
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"quick": quick, "machine": _machine()}
-    if quick:
-        result["rank_large"] = bench_rank_large(20_000, 100)
-        result["pot"] = bench_pot(2_000, 100, 1)
-        result["ctransform"] = bench_ctransform(20_000, 100, 1)
-        sub_n, sub_m, eps_n, eps_m = 4_000, 100, 2_000, 100
-        sizes: tuple[int, ...] = (512, 2048)
-        eps_list: tuple[float, ...] = (0.5, 0.1)
-    else:
-        result["rank_large"] = bench_rank_large(1_000_000, 1_000)
-        result["pot"] = bench_pot(100_000, 1_000, 2)
-        result["ctransform"] = bench_ctransform(1_000_000, 1_000, 2)
-        sub_n, sub_m, eps_n, eps_m = 20_000, 500, 20_000, 500
-        sizes = (512, 1024, 2048, 4096, 8192, 16384)
-        eps_list = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
-    result |= {"subsample_n": sub_n, "subsample_m": sub_m, "eps_n": eps_n, "eps_m": eps_m}
-    result["subsample"] = bench_subsample(sub_n, sub_m, sizes)
-    result["eps"] = bench_eps(eps_n, eps_m, eps_list)
-    result["plots"] = _plots(out_dir, result["subsample"], result["eps"])
-    result["load_end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    result["seconds"] = time.perf_counter() - started
+    r: dict[str, Any] = {"quick": quick, "machine": _machine()}
+    big, pot = ((20_000, 100), (2_000, 100)) if quick else ((10**6, 1000), (10**5, 1000))
+    r["rank_large"] = bench_rank_large(*big)
+    r["pot"] = bench_pot(*pot, rounds=1 if quick else 2)
+    r["ctransform"] = bench_ctransform(*big, rounds=1 if quick else 2)
+    sub_n, sub_m, seeds = (4_000, 100, 1) if quick else (20_000, 500, 3)
+    sizes = (512, 2048) if quick else (512, 1024, 2048, 4096, 8192, 16384)
+    r |= {"subsample_n": sub_n, "subsample_m": sub_m, "seeds": seeds, "eps_n": sub_n, "eps_m": sub_m}
+    r["subsample"] = bench_subsample(sub_n, sub_m, sizes, seeds)
+    r["tol"] = bench_tol(sub_n, sub_m, (1e-2, 1e-3, 1e-4) if quick else (1e-1, 1e-2, 1e-3, 1e-4, 1e-5))
+    r["eps"] = bench_eps(sub_n, sub_m, (0.5, 0.1) if quick else (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01))
+    r["plots"] = _plots(out_dir, r["subsample"], r["eps"])
+    r["load_end"], r["seconds"] = _load(), time.perf_counter() - started
     report = out_dir / f"{NAME}.md"
-    report.write_text(_report(result))
-    result["report"] = str(report)
-    return result
+    report.write_text(_report(r))
+    r["report"] = str(report)
+    return r

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "stratified_weights"]
+__all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "splitmix64", "stratified_weights"]
 
 _MASK = (1 << 64) - 1
 
@@ -37,6 +37,15 @@ def key_order(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys, kind="stable").astype(np.int64)
 
 
+def splitmix64(z: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of uint64 values, elementwise: a cheap, well-mixed 64-bit hash."""
+    z = z.astype(np.uint64) + np.array([0x9E3779B97F4A7C15], dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.array([0xBF58476D1CE4E5B9], dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(27))) * np.array([0x94D049BB133111EB], dtype=np.uint64)
+    out: np.ndarray = z ^ (z >> np.uint64(31))
+    return out
+
+
 def key_uniforms(keys: np.ndarray, seed: int, stream: int) -> np.ndarray:
     """Uniforms in (0, 1), one per key, from a splitmix64 of (key, seed, stream): no row-order effect.
 
@@ -51,11 +60,7 @@ def key_uniforms(keys: np.ndarray, seed: int, stream: int) -> np.ndarray:
     numpy.ndarray, shape (n,), float64
     """
     salt = np.array([(seed * 0x9E3779B97F4A7C15 + stream * 0xD1B54A32D192ED03) & _MASK], dtype=np.uint64)
-    z = keys.astype(np.uint64) ^ salt
-    z = z + np.array([0x9E3779B97F4A7C15], dtype=np.uint64)
-    z = (z ^ (z >> np.uint64(30))) * np.array([0xBF58476D1CE4E5B9], dtype=np.uint64)
-    z = (z ^ (z >> np.uint64(27))) * np.array([0x94D049BB133111EB], dtype=np.uint64)
-    z = z ^ (z >> np.uint64(31))
+    z = splitmix64(keys.astype(np.uint64) ^ salt)
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
@@ -147,7 +152,7 @@ def stratified_weights(
         Positive weights (unnormalised).
     """
     sub = x[torch.from_numpy(rows).to(x.device)]
-    _, centers = _kmeans(sub, min(cells, len(rows)), keys[rows], seed, 25, block_size)
+    _, centers = _kmeans(sub, min(cells, len(rows)), keys[rows], seed, 10, block_size)
     c32 = centers.to(x.dtype)
     cn = (c32 * c32).sum(1)
     with torch.no_grad():
