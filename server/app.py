@@ -125,12 +125,13 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     servicer = SelectionServicer(
         engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes
     )
-    interceptors: list[aio.ServerInterceptor[Any, Any]] = [BoundaryInterceptor(metrics)]
+    interceptors: list[aio.ServerInterceptor[Any, Any]] = [
+        BoundaryInterceptor(metrics, settings.max_concurrent_rpcs)
+    ]
     if settings.auth_token is not None:
         interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value()))
     server = aio.server(
         interceptors=interceptors,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

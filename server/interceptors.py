@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc import aio
 
-from gotd.cache.errors import GotdError, Unauthenticated
+from gotd.cache.errors import GotdError, ResourceExhausted, Unauthenticated
 from gotd.server.metrics import Metrics
 
 LOG = logging.getLogger(__name__)
@@ -47,10 +47,17 @@ def _rebuild(handler: Handler, unary: Any, stream: Any) -> Handler:
 
 
 class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Maps errors to status codes and records per-RPC metrics, for unary and streaming RPCs."""
+    """Maps errors to status codes and records per-RPC metrics, for unary and streaming RPCs.
 
-    def __init__(self, metrics: Metrics) -> None:
+    Also admits at most ``max_concurrent_rpcs`` RPCs at once (health excepted): the excess gets
+    RESOURCE_EXHAUSTED at once. The slot is freed before the status is sent, so a client that waits
+    for its call to end is never refused (grpc's own limiter frees it only after the call ended).
+    """
+
+    def __init__(self, metrics: Metrics, max_concurrent_rpcs: int | None = None) -> None:
         self._metrics = metrics
+        self._limit = max_concurrent_rpcs
+        self._active = 0
 
     async def intercept_service(
         self, continuation: _Continuation, details: grpc.HandlerCallDetails
@@ -59,38 +66,43 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
             return handler
         method = details.method.rsplit("/", 1)[-1]
-        return _rebuild(handler, self._unary(method), self._stream(method))
+        limited = self._limit is not None and not details.method.startswith(HEALTH_PREFIX)
+        return _rebuild(handler, self._unary(method, limited), self._stream(method, limited))
 
-    def _unary(self, method: str) -> Callable[[Any], Any]:
+    def _unary(self, method: str, limited: bool) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
             async def call(request: Any, context: Ctx) -> Any:
                 started = self._start()
                 code = "OK"
+                admitted = False
                 try:
+                    admitted = self._admit(limited)
                     return await behavior(request, context)
                 except BaseException as err:
                     code = await self._fail(err, context, method)
                     raise
                 finally:
-                    self._finish(method, code, started)
+                    self._finish(method, code, started, admitted)
 
             return call
 
         return wrap
 
-    def _stream(self, method: str) -> Callable[[Any], Any]:
+    def _stream(self, method: str, limited: bool) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
             async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
                 started = self._start()
                 code = "OK"
+                admitted = False
                 try:
+                    admitted = self._admit(limited)
                     async for item in behavior(request, context):
                         yield item
                 except BaseException as err:
                     code = await self._fail(err, context, method)
                     raise
                 finally:
-                    self._finish(method, code, started)
+                    self._finish(method, code, started, admitted)
 
             return call
 
@@ -100,7 +112,20 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._metrics.in_flight.inc()
         return time.perf_counter()
 
-    def _finish(self, method: str, code: str, started: float) -> None:
+    def _admit(self, limited: bool) -> bool:
+        """Take a slot (event-loop thread only) or raise ResourceExhausted; False when not limited."""
+        if not limited or self._limit is None:
+            return False
+        if self._active >= self._limit:
+            raise ResourceExhausted(
+                f"the server is at its limit of {self._limit} concurrent RPCs; retry later"
+            )
+        self._active += 1
+        return True
+
+    def _finish(self, method: str, code: str, started: float, admitted: bool) -> None:
+        if admitted:
+            self._active -= 1
         self._metrics.in_flight.dec()
         self._metrics.rpcs.labels(method, code).inc()
         self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
