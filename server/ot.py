@@ -312,8 +312,8 @@ class _Geometry:
             raise ValueError(f"block_size must be >= 1, got {block_size!r}")
         rows = max(1, _BLOCK_BYTES // (m * x.element_size())) if block_size is None else block_size
         rows = min(n, rows)
-        xn = torch.cat([(x[s : s + rows] ** 2).sum(1) for s in range(0, n, rows)])
-        return _Geometry(x=x, y=y, xn=xn, yn=(y * y).sum(1), rows=rows)
+        xn = torch.linalg.vector_norm(x, dim=1).square_()  # fused: no (n, d) temporary
+        return _Geometry(x=x, y=y, xn=xn, yn=torch.linalg.vector_norm(y, dim=1).square_(), rows=rows)
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         n = self.x.shape[0]

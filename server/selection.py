@@ -11,9 +11,10 @@ with ``g`` the float32 target potential, whatever produced ``g`` (a full solve, 
 summary of the pool, a dual-cache hit or a recompute), ties broken by candidate id. Modes:
 
 - ``exact``: Sinkhorn between the whole pool and the targets.
-- ``global``: Sinkhorn between a summary of the pool (the rows with the smallest id hashes, or
-  caller-supplied weighted centroids) and the targets; every candidate is then scored by one
-  c-transform pass.
+- ``global``: Sinkhorn between a summary of the pool and the targets, then one c-transform pass
+  scores every candidate. The summary is the ``summary_size`` rows with the smallest id hashes,
+  weighted so that each of ``summary_cells`` k-means cells carries its exact share of the pool
+  (post-stratification), or caller-supplied weighted centroids.
 - ``paper``: OT distance from the targets to each domain, keep the closest ``paper_domains``, exact
   solve on them; only their rows are ranked.
 - ``auto``: ``exact`` up to ``exact_max_pool`` candidates, ``global`` above.

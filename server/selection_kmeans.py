@@ -178,7 +178,7 @@ def _kmeans(
     order = torch.from_numpy(key_order(keys)).to(x.device)
     spans = [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
     with torch.no_grad():
-        xn = torch.cat([(x[s:e] ** 2).sum(1) for s, e in spans]).double()
+        xn = torch.linalg.vector_norm(x, dim=1).square_().double()
         centers = _seed(x, xn, spans, k, keys, seed)
         labels = torch.full((n,), -1, dtype=torch.int64, device=x.device)
         for _ in range(max_iter):
