@@ -233,3 +233,18 @@ def test_global_matches_exact_top5_on_clustered_data() -> None:
     want = {r for r, _ in top_k(score(x, y, exact).numpy(), k)}
     got = {r for r, _ in top_k(score(x, y, glob).numpy(), k)}
     assert len(want & got) / k >= 0.99
+
+
+@pytest.mark.parametrize("mode", [Mode.EXACT, Mode.GLOBAL, Mode.PAPER])
+def test_solve_callback_abort_propagates(mode: Mode) -> None:
+    x, y, _ = _data(600, 20, seed=8)
+    calls: list[tuple[int, float]] = []
+
+    def abort(iteration: int, error: float) -> None:
+        calls.append((iteration, error))
+        raise KeyboardInterrupt
+
+    config = SelectionConfig(mode=mode, summary_size=200, paper_clusters=4)
+    with pytest.raises(KeyboardInterrupt):
+        solve(x, y, config, callback=abort)
+    assert len(calls) == 1
