@@ -9,8 +9,6 @@ grown-pool Select.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,36 +20,8 @@ import numpy as np
 
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
+from gotd.server.benchutil import clustered_vectors, machine
 from gotd.server.demo import BackgroundServer
-
-
-def clustered_vectors(n: int, dim: int, *, seed: int, centers: int = 16, spread: float = 0.35) -> np.ndarray:
-    """Unit vectors scattered around ``centers`` random directions (float32)."""
-    rng = np.random.default_rng(seed)
-    c = rng.standard_normal((centers, dim)).astype(np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
-    noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
-    x = c[rng.integers(0, centers, n)] + noise
-    out: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    return out
-
-
-def machine() -> str:
-    """One line naming the machine and the versions that matter."""
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads"
-    )
 
 
 def _records(x: np.ndarray, prefix: str) -> list[dict[str, Any]]:
