@@ -89,6 +89,7 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
     max_concurrent_rpcs: Annotated[int | None, typer.Option(help="RPCs served at once")] = None,
     log_json: Annotated[bool | None, typer.Option("--log-json", help="JSON log lines")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to score on (needs gotd[ray])")] = None,
 ) -> None:
     """Run the gRPC server until SIGTERM (then stop gracefully)."""
     import asyncio
@@ -102,6 +103,7 @@ def serve(
             config, listen=listen, data_dir=data_dir, redis_url=redis_url, auth_token=auth_token,
             metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             model_path=model_path, max_concurrent_rpcs=max_concurrent_rpcs, log_json=log_json,
+            ray_address=ray_address,
         )  # fmt: skip
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)

@@ -120,7 +120,13 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     )
     targets = TargetResolver(store, embedder, embcache, max_targets=settings.max_inline_targets)
     ingestor = Ingestor(store, embedder, embcache)
-    engine = SelectionEngine(settings, store, targets, duals, metrics)
+    if settings.ray_address is not None:
+        from gotd.server.ray_backend import RayScorer
+
+        scorer = RayScorer(settings.ray_address)
+        engine = SelectionEngine(settings, store, targets, duals, metrics, scorer=scorer)
+    else:
+        engine = SelectionEngine(settings, store, targets, duals, metrics)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="gotd-worker")
     servicer = SelectionServicer(
         engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes

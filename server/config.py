@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     paper_domains: int = Field(2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
+    ray_address: str | None = Field(None, description="Ray cluster that scores pools; absent: in-process")
 
     @field_validator("listen")
     @classmethod
