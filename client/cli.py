@@ -127,16 +127,51 @@ def ingest(
     batch_size: Annotated[int, typer.Option(help="records per atomic batch")] = 256,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
+    ray: Annotated[bool, typer.Option("--ray", help="embed on Ray into --data-dir (no server)")] = False,
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --ray (default: local)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="store written by --ray")] = None,
 ) -> None:  # fmt: skip
-    """Upsert the records of FILE into a pool."""
+    """Upsert the records of FILE into a pool (through the server, or with --ray into a store)."""
     from tqdm import tqdm
 
+    if ray:
+        _ingest_ray(file, pool, data_dir, batch_size, ray_address)
+        return
     with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
         records = tqdm(_read(file), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)
         result = _rpc(lambda: client.ingest(pool, records, batch_size=batch_size))
     typer.echo(
         f"{result.pool}: inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}, "
         f"embedded {result.embedded}; count {result.info.count}, version {result.info.version}"
+    )
+
+
+def _ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, address: str | None) -> None:
+    """``ingest --ray``: Ray is checked before any work; exit 2 naming the extra when it is missing."""
+    from gotd.server.ray_backend import require_ray
+
+    try:
+        require_ray()
+    except ImportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if data_dir is None:
+        typer.echo("error: --ray writes into a store: give --data-dir", err=True)
+        raise typer.Exit(2)
+    from gotd.cache.errors import GotdError
+    from gotd.cache.store import Store
+    from gotd.server.ray_ingest import ray_ingest
+
+    try:
+        with Store(data_dir) as store:
+            s = ray_ingest(file, store, pool=pool, batch_size=batch_size, ray_address=address)
+            info = store.get_pool(pool)
+    except GotdError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{pool}: inserted {s.inserted}, updated {s.updated}, unchanged {s.unchanged}, "
+        f"embedded {s.embedded}; count {info.count}, version {info.version}"
     )
 
 
