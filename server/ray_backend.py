@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -121,7 +122,7 @@ class RayScorer:
         self._block_size = block_size
         self._shards = shards or 4 * workers
         self._snapshots = snapshots
-        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(ShardWorker)
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)(ShardWorker)
         self._workers = [actor.remote(1) for _ in range(workers)]
         ray.get([w.ping.remote() for w in self._workers])
         self._placed: OrderedDict[str, _Placement] = OrderedDict()
@@ -197,17 +198,34 @@ class RayScorer:
         )
 
     # -- internals ---------------------------------------------------------------------------------
-    def _with_retry(self, run: Callable[[], T], snapshot: str) -> T:
-        """Run once more after a worker lost its shards (restarted) or died."""
-        try:
-            return run()
-        except (self._ray.exceptions.RayActorError, self._ray.exceptions.RayTaskError) as err:
-            if not _lost_shard(err):
-                raise
-            LOG.warning("ray scorer: a worker lost its shards (%s); placing them again", type(err).__name__)
-            with self._lock:
-                self._placed.pop(snapshot, None)
-            return run()
+    def _with_retry(self, run: Callable[[], T], snapshot: str, attempts: int = 3) -> T:
+        """Run; when a worker lost its shards (it died and restarted), place them again and rerun."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return run()
+            except self._ray.exceptions.RayError as err:
+                if not _lost_shard(err) or attempt == attempts:
+                    raise
+                LOG.warning(
+                    "ray scorer: a worker lost its shards (%s); placing them again", type(err).__name__
+                )
+                with self._lock:
+                    for name in [n for n in self._placed if n.startswith(snapshot + "|")]:
+                        del self._placed[name]
+                self._await_workers()
+        raise AssertionError("unreachable")
+
+    def _await_workers(self, timeout: float = 120.0) -> None:
+        """Wait until every worker answers (a restarting one refuses calls for a moment)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._ray.get([w.ping.remote() for w in self._workers], timeout=timeout)
+                return
+            except self._ray.exceptions.RayError as err:
+                if not _lost_shard(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _f(
         self,
@@ -415,7 +433,10 @@ def _content_key(x: torch.Tensor, ids: Sequence[str] | None) -> str:
 
 
 def _lost_shard(err: BaseException) -> bool:
-    return "RayActorError" in type(err).__name__ or "is not held by this worker" in str(err)
+    """A worker died, restarted (its shards are gone) or does not hold a shard."""
+    names = {t.__name__ for t in type(err).__mro__}
+    lost = {"RayActorError", "ActorDiedError", "ActorUnavailableError"}
+    return bool(names & lost) or "is not held by this worker" in str(err)
 
 
 def _int_bytes(value: int) -> int:

@@ -190,8 +190,10 @@ class ShardWorker:
 
     def top_k(self, key: str, request: str, total: float, n: int, k: int | None) -> list[tuple[int, float]]:
         """The shard's best ``k`` rows (pool row numbers) by calibrated gradient, ties by id."""
-        f = self._pending.pop((key, request))
-        shard = self._shards[key]
+        f = self._pending.pop((key, request), None)
+        shard = self._shards.get(key)
+        if f is None or shard is None:
+            raise LookupError(f"shard {key!r} (request {request}) is not held by this worker")
         scores = scores_from_f(f, total, n)
         return [(shard.start + row, score) for row, score in top_k(scores, k, ids=shard.ids)]
 
