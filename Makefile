@@ -84,8 +84,13 @@ demo: install redis
 bench: install redis
 	$(VENV)/bin/gotd bench all
 
+# The whole suite (slow tests and 300 hypothesis examples per RPC included), then docs/reliability.md from
+# its figures (build/reliability/*.json) and outcomes (junit.xml); the report is written even when a test fails.
 reliability: install redis
-	$(VENV)/bin/pytest -W error -m reliability tests/reliability
+	rm -rf build/reliability && mkdir -p build/reliability
+	GOTD_FUZZ_EXAMPLES=300 $(VENV)/bin/pytest -W error -m reliability tests/reliability \
+	  --junitxml=build/reliability/junit.xml; status=$$?; \
+	  $(PY) tests/reliability/report.py build/reliability docs/reliability.md; exit $$status
 
 clean:
 	rm -rf $(VENV) .tools build *.egg-info .mypy_cache .ruff_cache .pytest_cache
