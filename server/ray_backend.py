@@ -29,6 +29,7 @@ import torch
 import xxhash
 
 from gotd.server.ray_shard import ExactSum, ShardWorker, block_rows, plan_shards
+from gotd.server.selection_topk import top_k
 
 __all__ = ["RayScorer", "RequestBytes", "require_ray", "sharded_rank"]
 
@@ -305,14 +306,15 @@ class RayScorer:
             for o in {o for o, _ in owners}:
                 self._workers[o].forget.remote(request)
             raise
-        merged = [pair for top in tops for pair in top]
-        stats.received += 12 * len(merged)  # (row: int64, score: float32) per pair
-        if ids is not None:
-            merged.sort(key=lambda p: (p[1], ids[p[0]]))
-        else:
-            merged.sort(key=lambda p: (p[1], p[0]))
+        best = np.concatenate([r for r, _ in tops])
+        scores = np.concatenate([s for _, s in tops])
+        stats.received += best.nbytes + scores.nbytes
         self.last = stats
-        return merged if k is None else merged[:k]
+        # The same rule as the single process (ascending score, ties by id) over the shards' best:
+        # the global top-k of a total order is made of each shard's top-k. Without ids, position
+        # order among equal scores is row order (shards in row order, each in rank order).
+        merged_ids = None if ids is None else [ids[int(r)] for r in best]
+        return [(int(best[i]), score) for i, score in top_k(scores, k, ids=merged_ids)]
 
     def _place(
         self,

@@ -188,14 +188,21 @@ class ShardWorker:
         self._pending[(key, request)] = f
         return ExactSum.of(f.numpy())
 
-    def top_k(self, key: str, request: str, total: float, n: int, k: int | None) -> list[tuple[int, float]]:
-        """The shard's best ``k`` rows (pool row numbers) by calibrated gradient, ties by id."""
+    def top_k(
+        self, key: str, request: str, total: float, n: int, k: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's best ``k`` rows by calibrated gradient (ties by id, else row), in rank order.
+
+        Returns pool row numbers (int64) and their scores (in ``f``'s dtype): 12 bytes a pair.
+        """
         f = self._pending.pop((key, request), None)
         shard = self._shards.get(key)
         if f is None or shard is None:
             raise LookupError(f"shard {key!r} (request {request}) is not held by this worker")
         scores = scores_from_f(f, total, n)
-        return [(shard.start + row, score) for row, score in top_k(scores, k, ids=shard.ids)]
+        best = top_k(scores, k, ids=shard.ids)
+        rows = np.fromiter((shard.start + r for r, _ in best), dtype=np.int64, count=len(best))
+        return rows, scores[rows - shard.start]
 
     def forget(self, request: str) -> None:
         """Drop the kept ``f`` of an abandoned request."""
