@@ -145,6 +145,17 @@ def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
     assert results[0] == results[1]
 
 
+def test_ray_bench_quick_writes_the_report(ray_local: Any, tmp_path: Path) -> None:
+    from gotd.server.bench_ray import run
+
+    result = run(tmp_path, quick=True)
+    assert all(case["exact"] for case in result["ray"])
+    assert [case["rank_sent"] for case in result["ray"]] == [4 * result["m"]] * 2
+    report = (tmp_path / "ray.md").read_text()
+    assert "pairs/s per worker" in report
+    assert "not a measurement" in report
+
+
 # -- ingest ------------------------------------------------------------------------------------------
 
 
@@ -194,13 +205,17 @@ def test_ray_ingest_equals_local_ingest(ray_local: Any, texts: Path, local_pool:
         started = time.perf_counter()
         summary = ray_ingest(texts, store, pool="pool", batch_size=256, actors=2, progress=False)
         seconds = time.perf_counter() - started
-        print(f"{N_TEXTS} short texts: local ingest {local_pool.seconds:.1f} s, ray ingest {seconds:.1f} s")
         got, want = store.load_vectors("pool"), local_pool.arrays
+        diff = float(np.abs(got.vectors - want.vectors).max())
+        print(
+            f"\n{N_TEXTS} short texts: local {local_pool.seconds:.1f} s, ray {seconds:.1f} s, "
+            f"max |dv| {diff:.2g}"
+        )
         assert (summary.inserted, summary.embedded) == (N_TEXTS, N_TEXTS)
         assert got.ids == want.ids  # same ids, in file order
         assert store.metadata("pool", list(range(N_TEXTS))) == local_pool.metadata  # domain, meta, text
         assert (got.model, got.dim) == (want.model, want.dim)
-        assert float(np.abs(got.vectors - want.vectors).max()) <= 1e-6
+        assert diff <= 1e-6
 
 
 def test_ray_ingest_killed_task_is_retried_without_duplicates(ray_local: Any, embedder: Embedder,
