@@ -82,7 +82,9 @@ class Embedder:
                 raise FailedPrecondition(f"model path {path} is not a directory (models load from disk only)")
             self.model_id = path.resolve().name
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no "Loading weights" bar
         self.device = device or _auto_device()
         self.batch_size = batch_size
         self.model_path = path
