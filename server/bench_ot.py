@@ -346,9 +346,9 @@ sum); the floor's `torch.logsumexp` allocates temporaries.
 ## Global vs exact: top-5% overlap against the subsample size
 
 Pool {subsample_n:,} × {subsample_m} targets, {seeds} pools (mean, min); exact = full Sinkhorn.
-Post-stratified: the subsample's 64 k-means cells are weighted to their exact share of the pool (one GEMM
-pass of the pool against 64 centres), which removes a uniform subsample's random cell masses. Defaults:
-`summary_size` 4096, `summary_cells` 64.
+Post-stratified: the Voronoi cells of the subsample's 64 smallest-key points are weighted to their exact
+share of the pool (one GEMM pass of the pool against 64 centres), which removes a uniform subsample's
+random cell masses. Defaults: `summary_size` 4096, `summary_cells` 64.
 
 | subsample | uniform: overlap (min) | solve | post-stratified: overlap (min) | solve |
 |---|---|---|---|---|

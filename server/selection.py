@@ -120,7 +120,7 @@ def solve(
         picked = picked[key_order(keys[picked])]
         weights_a = None
         if config.summary_cells > 0 and len(picked) < n:
-            w = stratified_weights(x, picked, keys, cells=config.summary_cells, seed=config.seed)
+            w = stratified_weights(x, picked, keys, cells=config.summary_cells)
             weights_a = torch.from_numpy(w).to(device=x.device, dtype=x.dtype)
         pts = x[torch.from_numpy(picked).to(x.device)]
         res = _sinkhorn(pts, y, config, init_g, weights_a, callback)

@@ -46,9 +46,10 @@ class SelectionConfig:
         ``global``: rows of the hash-chosen subsample (4096: top-5% overlap with exact >= 0.99 on
         the benchmark's clustered data with ``summary_cells``; see docs/benchmarks/ot.md).
     summary_cells : int
-        ``global``: k-means cells of the subsample used to post-stratify it (each cell weighted to
-        its exact share of the pool; one extra GEMM pass with this many columns). 0: plain uniform
-        subsample, whose random cell masses cost about 1% of top-5% overlap at 4096 rows.
+        ``global``: cells that post-stratify the subsample (Voronoi cells of its smallest-key
+        points; each cell weighted to its exact share of the pool; one GEMM pass of the pool with
+        this many columns). 0: plain uniform subsample, whose random cell masses cost about 1% of
+        top-5% overlap at 4096 rows (docs/benchmarks/ot.md).
     paper_domains : int
         ``paper``: closest domains kept.
     paper_clusters : int
