@@ -108,6 +108,14 @@ def serve(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    if settings.ray_address is not None:
+        from gotd.server.ray_backend import require_ray
+
+        try:
+            require_ray()
+        except ImportError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
     configure_logging(settings.log_level, settings.log_json)
 
     def ready(running: Any) -> None:
