@@ -273,6 +273,10 @@ def test_ray_cli_without_ray_fails_early_naming_the_extra(
     assert result.exit_code == 2
     assert "pip install 'gotd[ray]'" in result.output
     assert not data.exists(), "nothing may happen before the check"
+    served = CliRunner().invoke(app, ["serve", "--ray-address", "auto", "--data-dir", str(data)])
+    assert served.exit_code == 2
+    assert "pip install 'gotd[ray]'" in served.output
+    assert not data.exists()
     from gotd.server.ray_backend import RayScorer
     from gotd.server.ray_ingest import ray_ingest
 
