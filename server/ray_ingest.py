@@ -291,9 +291,9 @@ def _drain(dataset: Any, writer: _Writer, pool: str, estimate: int, batch_size: 
         try:
             for table in dataset.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
                 bar.update(writer.write(table))
-        except GotdError:
-            raise
         except Exception as err:
+            if isinstance(err, GotdError) and type(err).__module__.startswith("gotd."):
+                raise  # the writer's own (duplicate id, model mismatch)
             cause = _gotd_cause(err)
             if cause is None:
                 raise
@@ -301,17 +301,20 @@ def _drain(dataset: Any, writer: _Writer, pool: str, estimate: int, batch_size: 
 
 
 def _gotd_cause(err: BaseException) -> GotdError | None:
-    """The worker's own GotdError inside Ray's wrappers (``RayTaskError.cause``, ``__cause__``)."""
+    """The worker's GotdError inside Ray's wrappers, re-made as a plain instance of its own class."""
     seen: set[int] = set()
     current: BaseException | None = err
-    found: GotdError | None = None
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, GotdError):
-            found = current
+            # Ray re-raises a task's exception as a subclass of both RayTaskError and its class.
+            kind = next(
+                c for c in type(current).__mro__ if issubclass(c, GotdError) and "Ray" not in c.__name__
+            )
+            return kind(current.message)
         inner = getattr(current, "cause", None)
         current = inner if isinstance(inner, BaseException) else current.__cause__ or current.__context__
-    return found
+    return None
 
 
 def _lists(column: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -174,6 +174,25 @@ def _texts_file(path: Path, n: int, *, vectors: int = 0) -> Path:
     return path
 
 
+def _to_parquet(jsonl: Path, row_group_size: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    items = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    table = pa.table(
+        {
+            "id": [r["id"] for r in items],
+            "text": [r.get("text") for r in items],
+            "embedding": pa.array([r.get("embedding") for r in items], pa.list_(pa.float32())),
+            "domain": [r["domain"] for r in items],
+            "meta": [json.dumps(r["meta"]) for r in items],
+        }
+    )
+    out = jsonl.with_suffix(".parquet")
+    pq.write_table(table, out, row_group_size=row_group_size)
+    return out
+
+
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _texts_file(tmp_path_factory.mktemp("ray") / "texts.jsonl", N_TEXTS)
@@ -224,7 +243,7 @@ def test_ray_ingest_killed_task_is_retried_without_duplicates(ray_local: Any, em
     from gotd.server.ray_ingest import Encoder, ray_ingest
 
     n, given = 600, 200
-    path = _texts_file(tmp_path / "mixed.jsonl", n, vectors=given)
+    path = _to_parquet(_texts_file(tmp_path / "mixed.jsonl", n, vectors=given), row_group_size=100)
     marker = tmp_path / "crash-once"
     marker.touch()
     crash_marker = str(marker)
@@ -255,6 +274,20 @@ def test_ray_ingest_killed_task_is_retried_without_duplicates(ray_local: Any, em
         assert (again.inserted, again.updated, again.unchanged) == (0, 0, n)
         assert again.version == first.version
         assert store.get_pool("pool").count == n
+
+
+def test_ray_ingest_bad_record_names_its_line(ray_local: Any, tmp_path: Path) -> None:
+    from gotd.cache.errors import InvalidArgument
+    from gotd.server.ray_ingest import ray_ingest
+
+    path = _texts_file(tmp_path / "bad.jsonl", 50)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"id": "x", "txt": "typo"}) + "\n")
+    with (
+        Store(tmp_path / "store") as store,
+        pytest.raises(InvalidArgument, match=r"bad.jsonl:51: unknown field"),
+    ):
+        ray_ingest(path, store, pool="pool", actors=1, progress=False)
 
 
 def test_ray_cli_without_ray_fails_early_naming_the_extra(
