@@ -20,57 +20,28 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import xxhash
 
+from gotd.server.ray_runtime import (
+    RequestBytes,
+    content_key,
+    init_ray,
+    int_bytes,
+    lost_shard,
+    require_ray,
+)
 from gotd.server.ray_shard import ExactSum, ShardWorker, block_rows, plan_shards
 from gotd.server.selection_topk import top_k
 
-__all__ = ["RayScorer", "RequestBytes", "require_ray", "sharded_rank"]
+__all__ = ["RayScorer", "RequestBytes", "init_ray", "require_ray", "sharded_rank"]
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
-INSTALL_HINT = "pip install 'gotd[ray]'"
-
-
-def require_ray() -> ModuleType:
-    """Import Ray or raise an ImportError that says what to install."""
-    try:
-        import ray
-    except ImportError as err:
-        raise ImportError(f"this needs Ray, which is not installed: {INSTALL_HINT}") from err
-    return ray
-
-
-def init_ray(
-    address: str | None, *, num_cpus: int | None = None, object_store_memory: int | None = None
-) -> bool:
-    """Connect to (``address``) or start a local Ray unless one is up; True when this call started it."""
-    ray = require_ray()
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if address is None or address == "local":
-        kwargs.update(num_cpus=num_cpus, object_store_memory=object_store_memory)
-    ray.init(address=address, **kwargs)
-    LOG.info(
-        "ray %s: %s", "connected to " + address if address else "started locally", ray.cluster_resources()
-    )
-    return True
-
-
-@dataclass(slots=True)
-class RequestBytes:
-    """Payload bytes of the last request (Ray's own framing not included)."""
-
-    sent: int = 0  # g, plus target sets and shards the workers did not hold yet
-    received: int = 0  # f (Scorer) or exact sums and top-k pairs (rank)
-    shards_shipped: int = 0
 
 
 @dataclass(slots=True)
@@ -79,7 +50,6 @@ class _Placement:
     owners: list[int]
     keys: list[str]
     with_ids: bool
-    refs: list[Any] = field(default_factory=list)
 
 
 class RayScorer:
@@ -189,7 +159,7 @@ class RayScorer:
             raise ValueError(f"k must be >= 0 or None, got {k!r}")
         if ids is not None and len(ids) != x.shape[0]:
             raise ValueError(f"ids must have length {x.shape[0]}, got {len(ids)}")
-        key = snapshot if snapshot is not None else _content_key(x, ids)
+        key = snapshot if snapshot is not None else content_key(x, ids)
         layout = (
             shards or self._shards,
             block_rows(y.shape[0], x.element_size(), block_size or self._block_size),
@@ -205,7 +175,7 @@ class RayScorer:
             try:
                 return run()
             except self._ray.exceptions.RayError as err:
-                if not _lost_shard(err) or attempt == attempts:
+                if not lost_shard(err) or attempt == attempts:
                     raise
                 LOG.warning(
                     "ray scorer: a worker lost its shards (%s); placing them again", type(err).__name__
@@ -224,7 +194,7 @@ class RayScorer:
                 self._ray.get([w.ping.remote() for w in self._workers], timeout=timeout)
                 return
             except self._ray.exceptions.RayError as err:
-                if not _lost_shard(err) or time.monotonic() > deadline:
+                if not lost_shard(err) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
@@ -295,7 +265,7 @@ class RayScorer:
                 ]
             )
             total = sum(sums, ExactSum(0, 0))
-            stats.received += sum(_int_bytes(s.mantissa) + 8 for s in sums)
+            stats.received += sum(int_bytes(s.mantissa) + 8 for s in sums)
             tops = self._ray.get(
                 [
                     self._workers[o].top_k.remote(key, request, total.to_float(), x.shape[0], k)
@@ -424,22 +394,3 @@ def sharded_rank(
     finally:
         if started:
             ray.shutdown()
-
-
-def _content_key(x: torch.Tensor, ids: Sequence[str] | None) -> str:
-    h = xxhash.xxh3_128()
-    h.update(np.ascontiguousarray(x.detach().cpu().numpy()).tobytes())
-    if ids is not None:
-        h.update("\x1f".join(map(str, ids)).encode("utf-8", "surrogatepass"))
-    return f"content:{h.hexdigest()}"
-
-
-def _lost_shard(err: BaseException) -> bool:
-    """A worker died, restarted (its shards are gone) or does not hold a shard."""
-    names = {t.__name__ for t in type(err).__mro__}
-    lost = {"RayActorError", "ActorDiedError", "ActorUnavailableError"}
-    return bool(names & lost) or "is not held by this worker" in str(err)
-
-
-def _int_bytes(value: int) -> int:
-    return (abs(value).bit_length() + 7) // 8

@@ -28,8 +28,8 @@ from gotd.cache.errors import FailedPrecondition, GotdError, InvalidArgument, No
 from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, validate_name
 from gotd.cache.store import Store
 from gotd.server.ingest import IngestSummary
-from gotd.server.ray_backend import init_ray, require_ray
 from gotd.server.ray_records import plan_pieces, record_source
+from gotd.server.ray_runtime import init_ray, require_ray
 
 __all__ = ["Encoder", "ray_ingest"]
 
