@@ -323,10 +323,19 @@ def bench_service(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> N
     _bench("service", out, quick)
 
 
+@bench_app.command("ray")
+def bench_ray(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
+    """Sharded scoring on Ray workers vs the in-process pass (needs the ray extra)."""
+    _bench("ray", out, quick)
+
+
 @bench_app.command("all")
 def bench_all(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Every benchmark."""
-    for name in ("ot", "ingest", "service"):
+    """Every benchmark (ray only when the extra is installed)."""
+    import importlib.util
+
+    names = ["ot", "ingest", "service"] + (["ray"] if importlib.util.find_spec("ray") else [])
+    for name in names:
         _bench(name, out, quick)
 
 

@@ -206,7 +206,9 @@ class Job:
             emit(Progress(Stage.SCORE, done, total))
 
         g = self.potential.g.to(torch.float32)
-        snapshot = f"{self.key}:{xxhash.xxh3_64_hexdigest(self.rows.tobytes())}"
+        # Names the rows only (not the target): a distributed scorer keeps one pool snapshot for all targets.
+        a = self.arrays
+        snapshot = f"{a.name}:{a.uid}:v{a.version}:{xxhash.xxh3_64_hexdigest(self.rows.tobytes())}"
         f = self.engine.scorer(
             self._x(), self.target.vectors, g, eps=self.potential.eps, snapshot=snapshot, callback=on_block
         )
