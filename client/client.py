@@ -100,7 +100,8 @@ def target_spec(targets: Targets) -> pb.TargetSpec:
         if isinstance(item, str | Mapping):
             out.append(to_record(item, f"t{i}"))
         else:
-            out.append(pb.Record(id=f"t{i}", embedding=[float(v) for v in item]))  # type: ignore[arg-type]
+            values = item.tolist() if hasattr(item, "tolist") else item
+            out.append(pb.Record(id=f"t{i}", embedding=values))  # type: ignore[arg-type]
     return pb.TargetSpec(records=pb.TargetRecords(records=out))
 
 
