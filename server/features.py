@@ -1,0 +1,250 @@
+"""Hashed n-gram sketches and fused (embedding + n-gram) feature vectors for OT selection (issue 10).
+
+A text's *sketch* is its uni+bigram bag hashed into ``buckets`` signed buckets (feature hashing,
+Weinberger et al., 2009, with ``xxh3_64``: the bucket from the low bits, the sign from the top bit),
+sublinear term frequency ``sign(v) log(1 + |v|)``, an optional inverse-document-frequency weight per
+bucket, and an L2 normalisation. The counts of a text depend on nothing else, so they are computed
+once per text (:class:`SketchCache`); the IDF weights and the normalisation are cheap per-set steps.
+
+:func:`fuse` concatenates ``sqrt(w)`` times a unit embedding with ``sqrt(1 - w)`` times a unit sketch.
+For two fused vectors ``x = (sqrt(w) e, sqrt(1-w) s)`` and ``x' = (sqrt(w) e', sqrt(1-w) s')``,
+
+.. math::
+
+    \\lVert x - x'\\rVert^2 = w \\lVert e - e'\\rVert^2 + (1 - w) \\lVert s - s'\\rVert^2,
+
+the weighted sum of the embedding cost and the n-gram cost, so the squared-Euclidean OT solver of
+:mod:`gotd.server.ot` works on the fused cost unchanged and no n x m cost matrix is ever stored.
+Fused vectors are unit vectors again (``w + (1 - w) = 1``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import xxhash
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "SketchCache",
+    "fuse",
+    "hashed_counts",
+    "idf_weights",
+    "median_cost",
+    "ngrams",
+    "sketch",
+]
+
+#: Default sketch width (2**13 buckets).
+DEFAULT_BUCKETS = 1 << 13
+_TOKEN = re.compile(r"\w+|[^\w\s]+")
+_SIGN_BIT = 1 << 63
+
+SparseCounts = tuple[np.ndarray, np.ndarray]
+"""A text's hashed counts: bucket indices (int64, sorted, unique) and signed sums (float32)."""
+
+
+def ngrams(text: str, *, order: int = 2) -> list[str]:
+    """Lower-cased word-punct uni- to ``order``-grams of ``text`` (n-gram tokens joined by a space).
+
+    Parameters
+    ----------
+    text : str
+        The text.
+    order : int
+        Longest n-gram (1 = unigrams only, 2 = uni+bigrams).
+
+    Returns
+    -------
+    list of str
+        Every n-gram occurrence, unigrams first.
+    """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    tokens = _TOKEN.findall(text.lower())
+    out = list(tokens)
+    for n in range(2, order + 1):
+        out.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return out
+
+
+def hashed_counts(
+    text: str, *, buckets: int = DEFAULT_BUCKETS, order: int = 2, seed: int = 0
+) -> SparseCounts:
+    """Signed hashed n-gram counts of one text (the part of a sketch computed once per text).
+
+    Each n-gram ``g`` adds ``+1`` or ``-1`` (top bit of ``xxh3_64(g, seed)``) to bucket
+    ``xxh3_64(g, seed) mod buckets``; signed hashing keeps collisions unbiased in inner products.
+
+    Parameters
+    ----------
+    text : str
+        The text.
+    buckets : int
+        Sketch width (a power of two is fastest, any positive int works).
+    order : int
+        Longest n-gram.
+    seed : int
+        Hash seed.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Sorted unique bucket indices (int64) and their signed sums (float32).
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
+    counts = Counter(ngrams(text, order=order))
+    acc: dict[int, float] = {}
+    for gram, c in counts.items():
+        h = xxhash.xxh3_64_intdigest(gram.encode("utf-8"), seed)
+        b = h % buckets
+        acc[b] = acc.get(b, 0.0) + (-c if h & _SIGN_BIT else c)
+    idx = np.fromiter(sorted(acc), dtype=np.int64, count=len(acc))
+    val = np.array([acc[int(i)] for i in idx], dtype=np.float32)
+    return idx, val
+
+
+def idf_weights(counts: Iterable[SparseCounts], buckets: int) -> np.ndarray:
+    """Smoothed inverse document frequency per bucket: ``log((1 + N) / (1 + df)) + 1``.
+
+    Parameters
+    ----------
+    counts : iterable of SparseCounts
+        Hashed counts of the reference documents (e.g. pool and targets of one selection).
+    buckets : int
+        Sketch width.
+
+    Returns
+    -------
+    numpy.ndarray, shape (buckets,), float32
+    """
+    df = np.zeros(buckets, dtype=np.float64)
+    n = 0
+    for idx, val in counts:
+        df[idx[val != 0]] += 1.0
+        n += 1
+    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
+
+
+def sketch(counts: Sequence[SparseCounts], buckets: int, *, idf: np.ndarray | None = None) -> np.ndarray:
+    """Dense L2-normalised sketches from hashed counts.
+
+    Parameters
+    ----------
+    counts : sequence of SparseCounts
+        One per text (from :func:`hashed_counts` with the same ``buckets``).
+    buckets : int
+        Sketch width.
+    idf : numpy.ndarray, shape (buckets,), optional
+        Per-bucket weights (:func:`idf_weights`); None for plain sublinear TF.
+
+    Returns
+    -------
+    numpy.ndarray, shape (len(counts), buckets), float32
+        Unit rows (an empty text gives a zero row).
+    """
+    out = np.zeros((len(counts), buckets), dtype=np.float32)
+    for row, (idx, val) in enumerate(counts):
+        out[row, idx] = np.sign(val) * np.log1p(np.abs(val))
+    if idf is not None:
+        if idf.shape != (buckets,):
+            raise ValueError(f"idf must have shape ({buckets},), got {idf.shape}")
+        out *= idf[None, :]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def fuse(embeddings: np.ndarray, sketches: np.ndarray, w: float) -> np.ndarray:
+    """Concatenate ``sqrt(w) * embeddings`` and ``sqrt(1 - w) * sketches`` (rows aligned).
+
+    With unit rows on both sides, squared distances of fused rows are ``w`` times the embedding cost
+    plus ``1 - w`` times the sketch cost, and fused rows are unit vectors.
+
+    Parameters
+    ----------
+    embeddings : numpy.ndarray, shape (n, d)
+        Unit sentence embeddings.
+    sketches : numpy.ndarray, shape (n, b)
+        Unit n-gram sketches.
+    w : float
+        Weight of the embedding cost, in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, d + b), float32
+    """
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"w must be in [0, 1], got {w}")
+    if embeddings.shape[0] != sketches.shape[0]:
+        raise ValueError(f"{embeddings.shape[0]} embeddings but {sketches.shape[0]} sketches")
+    return np.concatenate(
+        [math.sqrt(w) * embeddings.astype(np.float32), math.sqrt(1.0 - w) * sketches.astype(np.float32)],
+        axis=1,
+    )
+
+
+def median_cost(x: np.ndarray, y: np.ndarray, *, max_rows: int = 1024, seed: int = 0) -> float:
+    """Median squared Euclidean cost between rows of ``x`` (a seeded subsample) and all of ``y``.
+
+    Used to set the entropic regularisation relative to the cost scale (``eps = c * median``).
+    At most ``max_rows x len(y)`` costs are formed.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray, shapes (n, d) and (m, d)
+        Candidates and targets.
+    max_rows : int
+        Largest subsample of ``x``.
+    seed : int
+        Seed of the subsample.
+
+    Returns
+    -------
+    float
+    """
+    if x.shape[0] > max_rows:
+        rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))
+        x = x[rows]
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    cost = (x64 * x64).sum(1)[:, None] + (y64 * y64).sum(1)[None, :] - 2.0 * x64 @ y64.T
+    return float(np.median(np.maximum(cost, 0.0)))
+
+
+class SketchCache:
+    """Hashed counts computed once per distinct text (the evaluation's stand-in for ingest-time storage).
+
+    Parameters
+    ----------
+    buckets : int
+        Sketch width.
+    order : int
+        Longest n-gram.
+    seed : int
+        Hash seed.
+    """
+
+    def __init__(self, *, buckets: int = DEFAULT_BUCKETS, order: int = 2, seed: int = 0) -> None:
+        self.buckets = buckets
+        self.order = order
+        self.seed = seed
+        self._counts: dict[str, SparseCounts] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def counts(self, texts: Sequence[str]) -> list[SparseCounts]:
+        """Hashed counts of ``texts``, computing only the texts not seen before."""
+        out = []
+        for t in texts:
+            c = self._counts.get(t)
+            if c is None:
+                c = hashed_counts(t, buckets=self.buckets, order=self.order, seed=self.seed)
+                self._counts[t] = c
+            out.append(c)
+        return out
