@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gotd.server.eval_methods import MethodOptions, Selector, order_by_score, register_method
+from gotd.server.eval_report import METHOD_NOTES
 from gotd.server.eval_tasks import SelectionInput
 from gotd.server.features import DEFAULT_BUCKETS, SketchCache, fuse, idf_weights, median_cost, sketch
 from gotd.server.ot import calibrated_gradient, sinkhorn
@@ -157,6 +158,22 @@ def _register() -> None:
             for nodup in (False, True):
                 name = f"gotd-fused-w{w}" + ("" if c == DEFAULT_C else f"-c{c}") + ("-nodup" if nodup else "")
                 register_method(name, _factory(w, c, nodup), replace=True)
+                METHOD_NOTES.setdefault(name, _note(w, c, nodup))
+
+
+def _note(w: float, c: float, nodup: bool) -> str:
+    """The report's description of a fused method."""
+    cost = (
+        "squared Euclidean cost on the embeddings alone (control: the paper's cost, relative ε)"
+        if w == 1.0
+        else f"fused cost {w:g} · embedding cost + {1 - w:g} · n-gram cost (unit TF-IDF uni+bigram "
+        f"sketch, {DEFAULT_BUCKETS} signed xxh3 buckets, IDF over pool and targets)"
+    )
+    dup = f"; pool rows with embedding cosine > {DUP_COSINE} to a target ranked last" if nodup else ""
+    return (
+        f"GOT-D calibrated gradient, exact Sinkhorn (tol 1e-4, ε-scaling) on the {cost}; "
+        f"ε = {c:g} × median pool-target cost{dup}."
+    )
 
 
 _register()
