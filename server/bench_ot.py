@@ -314,9 +314,9 @@ float32 {pot_knopp_s:.2f} s | {pot_knopp_exact_ratio:.1f}× (below 1: slower) | 
 | one c-transform pass {ctransform_n:,} × {ctransform_m:,} | {ctransform_ours:.2f} s | GEMM+logsumexp \
 floor {ctransform_floor:.2f} s | {ctransform_ratio:.2f}× floor | ≤1.2× |
 | rank {rank_large_n:,} × {rank_large_m:,} end to end (global, k = 5%; warm, best of 3) | \
-{rank_large_s:.1f} s; peak RSS {rank_large_peak_gib:.2f} GiB | paper's ott-jax path {rank_large_paper_s:.0f} s (stated, not rerun); \
-pool {rank_large_pool_gib:.2f} GiB | {rank_large_paper_ratio:.0f}× faster; RSS \
-{rank_large_rss_ratio:.2f}× pool | ≤10 s; ≤1.5× |
+{rank_large_s:.1f} s; peak RSS {rank_large_peak_gib:.2f} GiB | paper's ott-jax path \
+{rank_large_paper_s:.0f} s (stated, not rerun); pool {rank_large_pool_gib:.2f} GiB | \
+{rank_large_paper_ratio:.0f}× faster; RSS {rank_large_rss_ratio:.2f}× pool | ≤10 s; ≤1.5× |
 
 Equal accuracy: gotd's global solve stopped at L1 marginal error {pot_ours_marginal_error:.1e} (both
 marginals, every pass, on its summary). POT checks the L2 norm of one marginal every 10 iterations; it ran
