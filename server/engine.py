@@ -222,6 +222,7 @@ class SelectionEngine:
             tol=config.tol,
             max_iter=config.max_iter,
             summary=config.summary_size if config.mode is Mode.GLOBAL else 0,
+            cells=config.summary_cells if config.mode is Mode.GLOBAL else 0,
             paper=config.paper_domains if config.mode is Mode.PAPER else 0,
             domains=xxhash.xxh3_64_hexdigest("\x1f".join(sorted(domains)).encode()),
             model=info.model,
