@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gotd.server.ot import _BLOCK_BYTES, c_transform
+from gotd.server.ot import c_transform
+from gotd.server.ot_blocks import BLOCK_BYTES
 from gotd.server.selection_topk import top_k
 
 __all__ = ["ExactSum", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
@@ -42,7 +43,7 @@ def block_rows(m: int, itemsize: int = 4, block_size: int | None = None) -> int:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size!r}")
         return block_size
-    return max(1, _BLOCK_BYTES // (m * itemsize))
+    return max(1, BLOCK_BYTES // (m * itemsize))
 
 
 def plan_shards(n: int, rows_per_block: int, shards: int) -> list[tuple[int, int]]:
