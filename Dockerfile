@@ -19,7 +19,7 @@ COPY proto ./proto
 COPY server ./server
 COPY cache ./cache
 COPY client ./client
-RUN pip install . grpcio-health-checking \
+RUN pip install . \
     && useradd --create-home --uid 10001 gotd \
     && mkdir -p /data && chown gotd:gotd /data
 
