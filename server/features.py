@@ -30,17 +30,25 @@ import xxhash
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "SKETCH_BUCKETS",
     "SketchCache",
+    "document_frequency",
     "fuse",
     "hashed_counts",
+    "idf_from_df",
     "idf_weights",
     "median_cost",
     "ngrams",
     "sketch",
+    "tf_rows",
+    "unit_sketches",
 ]
 
-#: Default sketch width (2**13 buckets).
+#: Default sketch width of the in-memory evaluation sketches (2**13 buckets).
 DEFAULT_BUCKETS = 1 << 13
+#: Width of the sketches the store keeps per candidate and target (float16 term frequencies).
+SKETCH_BUCKETS = 1 << 10
+_BLOCK_ROWS = 1 << 15
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
 _SIGN_BIT = 1 << 63
 
@@ -248,3 +256,78 @@ class SketchCache:
                 self._counts[t] = c
             out.append(c)
         return out
+
+
+def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np.ndarray:
+    """Stored form of the sketches: signed sublinear term frequencies, one dense row per text.
+
+    Row ``i`` holds ``sign(v) log(1 + |v|)`` of the hashed uni+bigram counts ``v`` of ``texts[i]``
+    (:func:`hashed_counts`, seed 0), before any IDF weight or normalisation, so rows never depend on
+    other texts and are computed once, at ingest. A missing (None) or token-less text gives a zero
+    row, which the engine reads as "no sketch".
+
+    Parameters
+    ----------
+    texts : sequence of str or None
+    buckets : int
+        Sketch width.
+
+    Returns
+    -------
+    numpy.ndarray, shape (len(texts), buckets), float16
+    """
+    out = np.zeros((len(texts), buckets), dtype=np.float16)
+    for row, text in enumerate(texts):
+        if not text:
+            continue
+        idx, val = hashed_counts(text, buckets=buckets)
+        out[row, idx] = np.sign(val) * np.log1p(np.abs(val))
+    return out
+
+
+def document_frequency(tf: np.ndarray) -> np.ndarray:
+    """Rows with a non-zero value, per bucket, of stored sketches (blockwise; no float copy of ``tf``).
+
+    Parameters
+    ----------
+    tf : numpy.ndarray, shape (n, buckets)
+        Rows of :func:`tf_rows`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (buckets,), int64
+    """
+    df = np.zeros(tf.shape[1], dtype=np.int64)
+    for start in range(0, tf.shape[0], _BLOCK_ROWS):
+        df += np.count_nonzero(tf[start : start + _BLOCK_ROWS], axis=0)
+    return df
+
+
+def idf_from_df(df: np.ndarray, n: int) -> np.ndarray:
+    """Smoothed IDF ``log((1 + n) / (1 + df)) + 1`` per bucket, as float32 (same rule as :func:`idf_weights`)."""
+    return (np.log((1.0 + n) / (1.0 + df.astype(np.float64))) + 1.0).astype(np.float32)
+
+
+def unit_sketches(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """IDF-weighted, L2-normalised float32 sketches from stored rows (zero rows stay zero).
+
+    Parameters
+    ----------
+    tf : numpy.ndarray, shape (n, buckets)
+        Rows of :func:`tf_rows`.
+    idf : numpy.ndarray, shape (buckets,)
+        Weights, e.g. :func:`idf_from_df` of the pool.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, buckets), float32
+    """
+    if idf.shape != (tf.shape[1],):
+        raise ValueError(f"idf must have shape ({tf.shape[1]},), got {idf.shape}")
+    out = np.empty(tf.shape, dtype=np.float32)
+    for start in range(0, tf.shape[0], _BLOCK_ROWS):
+        block = out[start : start + _BLOCK_ROWS]
+        np.multiply(tf[start : start + _BLOCK_ROWS], idf[None, :], out=block)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        np.divide(block, norms, out=block, where=norms > 0)
+    return out

@@ -75,6 +75,40 @@ solve exactly on those.
 """
 Global___SelectionMode: _TypeAlias = SelectionMode  # noqa: Y015
 
+class _Cost:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CostEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Cost.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COST_UNSPECIFIED: _Cost.ValueType  # 0
+    """The server's default: its `cost` setting ("auto": FUSED when every candidate of the pool and
+    every target has an n-gram sketch, that is was sent as text, else EMBEDDING).
+    """
+    COST_EMBEDDING: _Cost.ValueType  # 1
+    """Squared Euclidean distance between unit sentence embeddings (the paper's cost)."""
+    COST_FUSED: _Cost.ValueType  # 2
+    """w times the embedding cost plus (1 - w) times the squared Euclidean distance between unit
+    TF-IDF sketches of hashed word uni- and bigrams (computed once per text at ingest). Needs
+    sketches for every candidate and target: FAILED_PRECONDITION otherwise.
+    """
+
+class Cost(_Cost, metaclass=_CostEnumTypeWrapper):
+    """Cost names the ground cost of the optimal transport problem."""
+
+COST_UNSPECIFIED: Cost.ValueType  # 0
+"""The server's default: its `cost` setting ("auto": FUSED when every candidate of the pool and
+every target has an n-gram sketch, that is was sent as text, else EMBEDDING).
+"""
+COST_EMBEDDING: Cost.ValueType  # 1
+"""Squared Euclidean distance between unit sentence embeddings (the paper's cost)."""
+COST_FUSED: Cost.ValueType  # 2
+"""w times the embedding cost plus (1 - w) times the squared Euclidean distance between unit
+TF-IDF sketches of hashed word uni- and bigrams (computed once per text at ingest). Needs
+sketches for every candidate and target: FAILED_PRECONDITION otherwise.
+"""
+Global___Cost: _TypeAlias = Cost  # noqa: Y015
+
 class _Stage:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -217,6 +251,9 @@ class SolverOptions(_message.Message):
     MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
     SUMMARY_SIZE_FIELD_NUMBER: _builtins.int
     PAPER_DOMAINS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
+    RELATIVE_EPSILON_FIELD_NUMBER: _builtins.int
     epsilon: _builtins.float
     """Entropic regularisation epsilon (> 0), in units of the squared Euclidean cost."""
     tolerance: _builtins.float
@@ -227,6 +264,14 @@ class SolverOptions(_message.Message):
     """GLOBAL mode: number of pool candidates in the summary the target potential is solved on."""
     paper_domains: _builtins.int
     """PAPER mode: number of closest domains kept."""
+    cost: Global___Cost.ValueType
+    """Ground cost between candidates and targets (unspecified: the server's default)."""
+    embedding_weight: _builtins.float
+    """FUSED cost: weight w in [0, 1] of the embedding cost; the n-gram cost gets 1 - w."""
+    relative_epsilon: _builtins.float
+    """Epsilon as a multiple (> 0) of the median pool-target cost, measured on a hash-chosen subsample
+    of at most 1,024 candidates; set at most one of epsilon and relative_epsilon.
+    """
     def __init__(
         self,
         *,
@@ -235,27 +280,38 @@ class SolverOptions(_message.Message):
         max_iterations: _builtins.int | None = ...,
         summary_size: _builtins.int | None = ...,
         paper_domains: _builtins.int | None = ...,
+        cost: Global___Cost.ValueType = ...,
+        embedding_weight: _builtins.float | None = ...,
+        relative_epsilon: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "cost", b"cost", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__embedding_weight: _TypeAlias = _typing.Literal["embedding_weight"]  # noqa: Y015
+    _WhichOneofArgType__embedding_weight: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight"]  # noqa: Y015
     _WhichOneofReturnType__epsilon: _TypeAlias = _typing.Literal["epsilon"]  # noqa: Y015
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
     _WhichOneofReturnType__max_iterations: _TypeAlias = _typing.Literal["max_iterations"]  # noqa: Y015
     _WhichOneofArgType__max_iterations: _TypeAlias = _typing.Literal["_max_iterations", b"_max_iterations"]  # noqa: Y015
     _WhichOneofReturnType__paper_domains: _TypeAlias = _typing.Literal["paper_domains"]  # noqa: Y015
     _WhichOneofArgType__paper_domains: _TypeAlias = _typing.Literal["_paper_domains", b"_paper_domains"]  # noqa: Y015
+    _WhichOneofReturnType__relative_epsilon: _TypeAlias = _typing.Literal["relative_epsilon"]  # noqa: Y015
+    _WhichOneofArgType__relative_epsilon: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon"]  # noqa: Y015
     _WhichOneofReturnType__summary_size: _TypeAlias = _typing.Literal["summary_size"]  # noqa: Y015
     _WhichOneofArgType__summary_size: _TypeAlias = _typing.Literal["_summary_size", b"_summary_size"]  # noqa: Y015
     _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
     _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__embedding_weight) -> _WhichOneofReturnType__embedding_weight | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon) -> _WhichOneofReturnType__epsilon | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_iterations) -> _WhichOneofReturnType__max_iterations | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__paper_domains) -> _WhichOneofReturnType__paper_domains | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative_epsilon) -> _WhichOneofReturnType__relative_epsilon | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__summary_size) -> _WhichOneofReturnType__summary_size | None: ...
     @_typing.overload
@@ -278,6 +334,7 @@ class SelectRequest(_message.Message):
     DOMAINS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
+    NEAR_DUPLICATE_COSINE_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """Pool name."""
     k: _builtins.int
@@ -290,6 +347,11 @@ class SelectRequest(_message.Message):
     """Candidates per RankedBatch message (0 = server default, 1000)."""
     include_metadata: _builtins.bool
     """Attach domain and metadata to each ranked candidate."""
+    near_duplicate_cosine: _builtins.float
+    """When set (in (0, 1]), candidates whose embedding has a cosine similarity above this to any
+    target embedding (near-duplicates of the target set) are not returned. Like exclude_ids, they
+    still take part in the solve.
+    """
     @_builtins.property
     def target(self) -> Global___TargetSpec:
         """Target set."""
@@ -320,12 +382,15 @@ class SelectRequest(_message.Message):
         domains: _abc.Iterable[_builtins.str] | None = ...,
         batch_size: _builtins.int = ...,
         include_metadata: _builtins.bool = ...,
+        near_duplicate_cosine: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["solver", b"solver", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "pool", b"pool", "solver", b"solver", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine", "batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "near_duplicate_cosine", b"near_duplicate_cosine", "pool", b"pool", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__near_duplicate_cosine: _TypeAlias = _typing.Literal["near_duplicate_cosine"]  # noqa: Y015
+    _WhichOneofArgType__near_duplicate_cosine: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__near_duplicate_cosine) -> _WhichOneofReturnType__near_duplicate_cosine | None: ...
 
 Global___SelectRequest: _TypeAlias = SelectRequest  # noqa: Y015
 
@@ -481,6 +546,9 @@ class Summary(_message.Message):
     TARGET_COUNT_FIELD_NUMBER: _builtins.int
     TARGET_HASH_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
+    NEAR_DUPLICATES_EXCLUDED_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version the ranking was computed on."""
     pool_size: _builtins.int
@@ -511,6 +579,12 @@ class Summary(_message.Message):
     """Number of targets."""
     target_hash: _builtins.str
     """Content hash of the target set (hex)."""
+    cost: Global___Cost.ValueType
+    """Ground cost used (never COST_UNSPECIFIED)."""
+    embedding_weight: _builtins.float
+    """FUSED cost: weight of the embedding cost used (1 for EMBEDDING)."""
+    near_duplicates_excluded: _builtins.int
+    """Candidates not returned because they are near-duplicates of the target set."""
     @_builtins.property
     def timings(self) -> Global___Timings:
         """Time spent per stage."""
@@ -534,10 +608,13 @@ class Summary(_message.Message):
         target_count: _builtins.int = ...,
         target_hash: _builtins.str = ...,
         timings: Global___Timings | None = ...,
+        cost: Global___Cost.ValueType = ...,
+        embedding_weight: _builtins.float = ...,
+        near_duplicates_excluded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "eligible", b"eligible", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "warm_started", b"warm_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "warm_started", b"warm_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
