@@ -191,6 +191,12 @@ def select(
     server: Server = "127.0.0.1:50051",
     mode: Annotated[str, typer.Option(help="auto|exact|global|paper")] = "auto",
     eps: Annotated[float | None, typer.Option(help="entropic regularisation")] = None,
+    cost: Annotated[str, typer.Option(help="auto (server default)|embedding|fused")] = "auto",
+    embedding_weight: Annotated[float | None, typer.Option(help="fused: embedding weight")] = None,
+    relative_eps: Annotated[float | None, typer.Option(help="epsilon / median pool-target cost")] = None,
+    near_duplicate_cosine: Annotated[
+        float | None, typer.Option(help="skip candidates with cosine above this to a target")
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="output JSONL (default stdout)")] = None,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
@@ -203,7 +209,18 @@ def select(
 
             def run() -> SelectSummary | None:
                 summary = None
-                for event in client.select_stream(pool, targets, k=k, mode=mode, eps=eps):
+                events = client.select_stream(
+                    pool,
+                    targets,
+                    k=k,
+                    mode=mode,
+                    eps=eps,
+                    cost=cost,
+                    embedding_weight=embedding_weight,
+                    relative_eps=relative_eps,
+                    near_duplicate_cosine=near_duplicate_cosine,
+                )
+                for event in events:
                     if isinstance(event, RankedCandidate):
                         out.write(
                             json.dumps({"id": event.id, "score": event.score, "rank": event.rank}) + "\n"
@@ -220,7 +237,8 @@ def select(
             out.close()
     if summary is not None:
         typer.echo(
-            f"\nselected {summary.returned} of {summary.eligible} (mode {summary.mode}, cache_hit "
+            f"\nselected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
+            f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, cache_hit "
             f"{summary.cache_hit}, converged {summary.converged}, {summary.total_ms:.0f} ms)",
             err=True,
         )

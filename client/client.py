@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from gotd.client.types import (
+    COSTS,
     IngestResult,
     PoolInfo,
     RankedCandidate,
@@ -106,9 +107,23 @@ def target_spec(targets: Targets) -> pb.TargetSpec:
 
 
 def solver_options(
-    eps: float | None, tol: float | None, max_iter: int | None, summary_size: int | None
+    eps: float | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    summary_size: int | None = None,
+    *,
+    cost: str = "auto",
+    embedding_weight: float | None = None,
+    relative_eps: float | None = None,
 ) -> pb.SolverOptions:
-    options = pb.SolverOptions()
+    """Wire solver options; None leaves a setting to the server's default."""
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
+    options = pb.SolverOptions(cost=COSTS[cost])  # type: ignore[arg-type]
+    if embedding_weight is not None:
+        options.embedding_weight = embedding_weight
+    if relative_eps is not None:
+        options.relative_epsilon = relative_eps
     if eps is not None:
         options.epsilon = eps
     if tol is not None:
@@ -194,13 +209,22 @@ class Client:
         tol: float | None = None,
         max_iter: int | None = None,
         summary_size: int | None = None,
+        cost: str = "auto",
+        embedding_weight: float | None = None,
+        relative_eps: float | None = None,
         exclude_ids: Sequence[str] = (),
         domains: Sequence[str] = (),
+        near_duplicate_cosine: float | None = None,
         batch_size: int = 0,
         include_metadata: bool = False,
         timeout: float | None = None,
     ) -> Iterator[SelectEvent]:
-        """Stream of progress, ranked candidates (one per item, in rank order) and the summary."""
+        """Stream of progress, ranked candidates (one per item, in rank order) and the summary.
+
+        ``cost`` is "auto" (the server's default), "embedding" or "fused" (weight
+        ``embedding_weight`` on the embedding cost); ``relative_eps`` sets epsilon as a multiple of
+        the median pool-target cost; ``near_duplicate_cosine`` drops candidates that close to a target.
+        """
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
         request = pb.SelectRequest(
@@ -208,12 +232,22 @@ class Client:
             target=target_spec(targets),
             k=k,
             mode=_MODES[mode],
-            solver=solver_options(eps, tol, max_iter, summary_size),
+            solver=solver_options(
+                eps,
+                tol,
+                max_iter,
+                summary_size,
+                cost=cost,
+                embedding_weight=embedding_weight,
+                relative_eps=relative_eps,
+            ),
             exclude_ids=list(exclude_ids),
             domains=list(domains),
             batch_size=batch_size,
             include_metadata=include_metadata,
         )
+        if near_duplicate_cosine is not None:
+            request.near_duplicate_cosine = near_duplicate_cosine
         for message in self._stub.Select(request, **self._kw(timeout)):
             which = message.WhichOneof("message")
             if which == "progress":
@@ -246,15 +280,20 @@ class Client:
         *,
         mode: str = "auto",
         eps: float | None = None,
+        cost: str = "auto",
+        embedding_weight: float | None = None,
+        relative_eps: float | None = None,
         timeout: float | None = None,
     ) -> list[ScoredCandidate]:
-        """Scores of the given candidate ids, in order."""
+        """Scores of the given candidate ids, in order (same options as :meth:`select_stream`)."""
         request = pb.ScoreRequest(
             pool=pool,
             target=target_spec(targets),
             ids=list(ids),
             mode=_MODES[mode],
-            solver=solver_options(eps, None, None, None),
+            solver=solver_options(
+                eps, cost=cost, embedding_weight=embedding_weight, relative_eps=relative_eps
+            ),
         )
         response = self._stub.Score(request, **self._kw(timeout))
         return [ScoredCandidate(s.id, s.score) for s in response.scores]

@@ -115,6 +115,9 @@ class SelectSummary:
     solve_ms: float
     score_ms: float
     total_ms: float
+    cost: str = "embedding"
+    embedding_weight: float = 1.0
+    near_duplicates_excluded: int = 0
 
     @classmethod
     def from_pb(cls, m: pb.Summary) -> SelectSummary:
@@ -124,7 +127,11 @@ class SelectSummary:
             _MODE_NAMES.get(m.mode, "auto"), m.epsilon, m.ot_distance, m.iterations, m.marginal_error,
             m.converged, m.cache_hit, m.warm_started, m.target_count, m.target_hash,
             t.embed_ms, t.load_ms, t.solve_ms, t.score_ms, t.total_ms,
+            COST_NAMES.get(m.cost, "embedding"), m.embedding_weight, m.near_duplicates_excluded,
         )  # fmt: skip
 
 
 SelectEvent = SelectProgress | RankedCandidate | SelectSummary
+COSTS = {"auto": pb.COST_UNSPECIFIED, "embedding": pb.COST_EMBEDDING, "fused": pb.COST_FUSED}
+"""Cost names of the client API ("auto": the server's default) and their wire values."""
+COST_NAMES = {value: name for name, value in COSTS.items() if name != "auto"}

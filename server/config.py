@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gotd.server.costs import DEFAULT_EMBEDDING_WEIGHT
+
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
 ModeName = Literal["auto", "exact", "global", "paper"]
@@ -64,6 +66,13 @@ class Settings(BaseSettings):
     exact_max_pool: int = Field(20_000, ge=1)
     summary_size: int = Field(4096, ge=2)
     paper_domains: int = Field(2, ge=1)
+    cost: Literal["auto", "embedding", "fused"] = Field(
+        "auto", description="ground cost; auto: fused when the pool and the target have n-gram sketches"
+    )
+    embedding_weight: float = Field(DEFAULT_EMBEDDING_WEIGHT, ge=0, le=1, description="fused cost: w")
+    relative_eps: float | None = Field(
+        None, gt=0, description="epsilon as a multiple of the median pool-target cost (absent: eps)"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
     ray_address: str | None = Field(None, description="Ray cluster that scores pools; absent: in-process")

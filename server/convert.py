@@ -10,6 +10,7 @@ import numpy as np
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.records import Record
 from gotd.cache.store import PoolInfo, TargetSetInfo
+from gotd.server.costs import Cost
 from gotd.server.requests import (
     Progress,
     RankedBatch,
@@ -32,6 +33,8 @@ _MODES = {
     pb.SELECTION_MODE_PAPER: Mode.PAPER,
 }
 _MODE_TO_PB = {mode: value for value, mode in _MODES.items() if mode is not None}
+_COSTS = {pb.COST_UNSPECIFIED: None, pb.COST_EMBEDDING: Cost.EMBEDDING, pb.COST_FUSED: Cost.FUSED}
+_COST_TO_PB = {cost: value for value, cost in _COSTS.items() if cost is not None}
 
 
 def record(message: pb.Record, *, max_text_bytes: int) -> Record:
@@ -60,6 +63,8 @@ def solver(mode: int, options: pb.SolverOptions) -> SolverParams:
     """Solver parameters; range checks happen in the engine's configuration."""
     if mode not in _MODES:
         raise InvalidArgument(f"unknown selection mode {mode}")
+    if options.cost not in _COSTS:
+        raise InvalidArgument(f"unknown cost {options.cost}")
     return SolverParams(
         mode=_MODES[mode],  # type: ignore[index]
         eps=options.epsilon if options.HasField("epsilon") else None,
@@ -67,6 +72,9 @@ def solver(mode: int, options: pb.SolverOptions) -> SolverParams:
         max_iter=options.max_iterations if options.HasField("max_iterations") else None,
         summary_size=options.summary_size if options.HasField("summary_size") else None,
         paper_domains=options.paper_domains if options.HasField("paper_domains") else None,
+        cost=_COSTS[options.cost],
+        embedding_weight=options.embedding_weight if options.HasField("embedding_weight") else None,
+        relative_eps=options.relative_epsilon if options.HasField("relative_epsilon") else None,
     )
 
 
@@ -95,6 +103,9 @@ def select_params(request: pb.SelectRequest, *, max_text_bytes: int) -> SelectPa
         domains=tuple(dict.fromkeys(request.domains)),
         batch_size=request.batch_size,
         include_metadata=request.include_metadata,
+        near_duplicate_cosine=(
+            request.near_duplicate_cosine if request.HasField("near_duplicate_cosine") else None
+        ),
     )
 
 
@@ -156,6 +167,9 @@ def summary(s: SelectSummary) -> pb.Summary:
             score_ms=t.get("score", 0.0),
             total_ms=t.get("total", 0.0),
         ),
+        cost=_COST_TO_PB[s.cost],
+        embedding_weight=s.embedding_weight,
+        near_duplicates_excluded=s.near_duplicates_excluded,
     )
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "SketchCache",
     "document_frequency",
     "fuse",
+    "fused_matrix",
     "hashed_counts",
     "idf_from_df",
     "idf_weights",
@@ -304,7 +305,7 @@ def document_frequency(tf: np.ndarray) -> np.ndarray:
 
 
 def idf_from_df(df: np.ndarray, n: int) -> np.ndarray:
-    """Smoothed IDF ``log((1 + n) / (1 + df)) + 1`` per bucket, as float32 (same rule as :func:`idf_weights`)."""
+    """Smoothed IDF ``log((1 + n) / (1 + df)) + 1`` per bucket, float32 (the rule of :func:`idf_weights`)."""
     return (np.log((1.0 + n) / (1.0 + df.astype(np.float64))) + 1.0).astype(np.float32)
 
 
@@ -330,4 +331,39 @@ def unit_sketches(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
         np.multiply(tf[start : start + _BLOCK_ROWS], idf[None, :], out=block)
         norms = np.linalg.norm(block, axis=1, keepdims=True)
         np.divide(block, norms, out=block, where=norms > 0)
+    return out
+
+
+def fused_matrix(vectors: np.ndarray, tf: np.ndarray, idf: np.ndarray, w: float) -> np.ndarray:
+    """Fused rows ``(sqrt(w) e, sqrt(1 - w) s)`` built blockwise into one float32 array.
+
+    Same result as ``fuse(vectors, unit_sketches(tf, idf), w)`` without the intermediate float32 copy
+    of the sketches: peak memory is the output plus one block.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray, shape (n, d)
+        Unit embeddings.
+    tf : numpy.ndarray, shape (n, buckets)
+        Stored sketch rows (:func:`tf_rows`).
+    idf : numpy.ndarray, shape (buckets,)
+        IDF weights.
+    w : float
+        Weight of the embedding cost, in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, d + buckets), float32, C-contiguous
+    """
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"w must be in [0, 1], got {w}")
+    n, d = vectors.shape
+    if tf.shape[0] != n:
+        raise ValueError(f"{n} embeddings but {tf.shape[0]} sketches")
+    out = np.empty((n, d + tf.shape[1]), dtype=np.float32)
+    a, b = math.sqrt(w), math.sqrt(1.0 - w)
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(n, start + _BLOCK_ROWS)
+        np.multiply(vectors[start:stop], a, out=out[start:stop, :d])
+        out[start:stop, d:] = unit_sketches(tf[start:stop], idf) * b
     return out

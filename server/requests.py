@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from gotd.cache.records import Record
+from gotd.server.costs import Cost
 from gotd.server.selection import Mode
 
 
@@ -27,6 +28,9 @@ class SolverParams:
     max_iter: int | None = None
     summary_size: int | None = None
     paper_domains: int | None = None
+    cost: Cost | None = None
+    embedding_weight: float | None = None
+    relative_eps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,7 @@ class SelectParams:
     domains: tuple[str, ...] = ()
     batch_size: int = 1000
     include_metadata: bool = False
+    near_duplicate_cosine: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,9 @@ class SelectSummary:
     target_count: int
     target_hash: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cost: Cost = Cost.EMBEDDING
+    embedding_weight: float = 1.0
+    near_duplicates_excluded: int = 0
 
 
 @dataclass(frozen=True, slots=True)

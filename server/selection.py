@@ -38,7 +38,15 @@ import numpy as np
 import torch
 
 from gotd.server.ot import SinkhornResult, c_transform, calibrated_gradient, sinkhorn
-from gotd.server.selection_config import Mode, Potential, SelectionConfig, resolve_mode, summary_rows
+from gotd.server.ot_geometry import median_cost, project_to_targets, worth_projecting
+from gotd.server.selection_config import (
+    RELATIVE_EPS_ROWS,
+    Mode,
+    Potential,
+    SelectionConfig,
+    resolve_mode,
+    summary_rows,
+)
 from gotd.server.selection_kmeans import id_keys, key_order, kmeans_labels, stratified_weights
 from gotd.server.selection_topk import top_k
 
@@ -50,6 +58,7 @@ __all__ = [
     "SelectionConfig",
     "id_keys",
     "rank",
+    "relative_eps",
     "resolve_mode",
     "score",
     "solve",
@@ -105,6 +114,8 @@ def solve(
     if keys.shape != (n,):
         raise ValueError(f"keys must have shape ({n},), got {keys.shape}")
     mode = resolve_mode(config.mode, n, config)
+    if config.relative_eps is not None:
+        config = replace(config, eps=relative_eps(x, y, keys, config.relative_eps), relative_eps=None)
 
     def run(rows: np.ndarray | None, warm: torch.Tensor | None) -> SinkhornResult:
         pts = x if rows is None else x[torch.from_numpy(rows).to(x.device)]
@@ -152,6 +163,16 @@ def solve(
     )
 
 
+def relative_eps(x: torch.Tensor, y: torch.Tensor, keys: np.ndarray, c: float) -> float:
+    """``c`` times the median cost between the candidates of smallest id hash and spaced targets.
+
+    Both samples have at most :data:`RELATIVE_EPS_ROWS` rows; the result does not depend on row order.
+    """
+    rows = summary_rows(np.asarray(keys, dtype=np.uint64), RELATIVE_EPS_ROWS)
+    step = max(1, -(-y.shape[0] // RELATIVE_EPS_ROWS))
+    return c * median_cost(x[torch.from_numpy(rows).to(x.device)], y[::step])
+
+
 def _sinkhorn(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -160,6 +181,8 @@ def _sinkhorn(
     a: torch.Tensor | None,
     callback: Callable[[int, float], None] | None,
 ) -> SinkhornResult:
+    if config.project and worth_projecting(y.shape[0], x.shape[1]):
+        x, y = project_to_targets(x, y)
     return sinkhorn(
         x,
         y,

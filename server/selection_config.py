@@ -12,7 +12,10 @@ from enum import StrEnum
 import numpy as np
 import torch
 
-__all__ = ["Mode", "Potential", "SelectionConfig", "resolve_mode", "summary_rows"]
+__all__ = ["RELATIVE_EPS_ROWS", "Mode", "Potential", "SelectionConfig", "resolve_mode", "summary_rows"]
+
+#: Most candidates (smallest id hashes) and targets (evenly spaced) behind a ``relative_eps`` median.
+RELATIVE_EPS_ROWS = 1024
 
 
 class Mode(StrEnum):
@@ -62,6 +65,15 @@ class SelectionConfig:
     eps_scaling : bool
         Anneal epsilon on cold solves. Off by default: at eps = 0.1 on unit-norm embeddings it
         costs passes instead of saving them (docs/benchmarks/ot.md, "iterations vs eps").
+    relative_eps : float or None
+        When set, ``eps`` is ignored and each solve uses this multiple of the median
+        candidate-target cost, measured between the :data:`RELATIVE_EPS_ROWS` candidates with the
+        smallest id hashes and (at most as many, evenly spaced) targets; the potential records the
+        absolute epsilon used.
+    project : bool
+        Run Sinkhorn on isometric coordinates of the targets' span (``m + 1`` columns) when that is
+        at most half the feature dimension: distances to the targets are kept to rounding, every
+        pass costs ``(m + 1) / d`` of a pass on the raw features.
     """
 
     mode: Mode = Mode.AUTO
@@ -76,6 +88,8 @@ class SelectionConfig:
     block_size: int | None = None
     seed: int = 0
     eps_scaling: bool = False
+    relative_eps: float | None = None
+    project: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -85,6 +99,10 @@ class SelectionConfig:
         if not (math.isfinite(self.eps) and 1e-38 <= self.eps <= 1e38):
             # float32 kernels scale by 2/eps: outside this range they overflow
             raise ValueError(f"eps must be a positive number in [1e-38, 1e38], got {self.eps!r}")
+        if self.relative_eps is not None and not (
+            math.isfinite(self.relative_eps) and 1e-6 <= self.relative_eps <= 1e6
+        ):
+            raise ValueError(f"relative_eps must be a number in [1e-6, 1e6], got {self.relative_eps!r}")
         if not (math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"tol must be a positive finite number, got {self.tol!r}")
         for name in ("max_iter", "summary_size", "paper_domains", "paper_clusters"):
