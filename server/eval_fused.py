@@ -1,178 +1,177 @@
-"""Fused-cost GOT-D for the evaluation: embedding cost plus hashed n-gram cost (issue 10).
+"""GOT-D with the fused cost, a relative epsilon and near-duplicate exclusion, for the evaluation (issue 10).
 
-Importing this module registers, through :func:`gotd.server.eval_methods.register_method`:
+The selectors here take the engine's own path, so the evaluation measures what ``Select`` does:
+sketch rows as the store keeps them (:func:`gotd.server.features.tf_rows`, computed once per
+distinct text, like cached embeddings), the pool's IDF and fused rows
+(:func:`gotd.server.costs.pool_features`), the targets in the same space
+(:func:`gotd.server.costs.target_features`), then :func:`gotd.server.selection.solve` in ``auto``
+mode (exact for the evaluation's pools), the calibrated gradient of the c-transform and
+:func:`gotd.server.selection.top_k`. Importing this module registers (``w`` = embedding weight):
 
-- ``gotd-fused-w{w}`` for ``w`` in 0.3, 0.5, 0.7, 1.0: the calibrated OT gradient (exact Sinkhorn
-  between the whole pool and the targets, then :func:`gotd.server.ot.calibrated_gradient` of the
-  candidate potential) on the fused features of :func:`gotd.server.features.fuse`, so the cost is
-  ``w * ||e - e'||^2 + (1 - w) * ||s - s'||^2`` (MiniLM embedding ``e``, unit TF-IDF uni+bigram sketch
-  ``s``, 2**13 signed buckets, IDF over the pool and targets of the selection). ``w = 1.0`` is the
-  embedding-only control: the paper's cost with the same relative ε.
-- ``-c{c}``: ε = ``c`` times the median fused cost between the pool (a 1,024-row seeded subsample)
-  and the targets; without the suffix ``c = 0.05``. The run's ``MethodOptions.eps`` is not used.
-- ``-nodup``: pool rows whose embedding has cosine > 0.95 to any target embedding (near-duplicates
-  of the target set) are ranked after every other row.
+- ``gotd-fused-w{w}`` for ``w`` in 0.3, 0.5, 0.7: fused cost, epsilon 0.1 (the run's ``eps``);
+- ``gotd-fused-w{w}-rel{c}`` and ``gotd-emb-rel{c}`` for ``c`` in 0.03, 0.05, 0.1: epsilon ``c``
+  times the median pool-target cost (fused, or the paper's embedding cost);
+- ``gotd-default``: the server's default settings (``Settings``: cost ``auto`` — fused, as every
+  evaluation text has a sketch — with its embedding weight and epsilon);
+- a ``-nodup`` suffix on ``gotd-default`` and ``gotd-fused-w0.5``: candidates whose embedding has
+  cosine > 0.95 to a target are ranked after all others (the ``near_duplicate_cosine`` option).
 
-The solve is exact and cheap at any sketch width: the cost only needs inner products with the ``m``
-targets, so each fused vector is replaced by its coordinates in an orthonormal basis of the targets'
-span plus one residual coordinate ``sqrt(||x||^2 - ||Qx||^2)`` (zero for targets). Squared distances
-are unchanged to rounding, and Sinkhorn runs in ``m + 1`` dimensions.
-
-Sketch counts are computed once per distinct text (:class:`gotd.server.features.SketchCache`, shared
-by every fused method of the process), like cached embeddings; the time of the first sketching of a
-text is reported in ``diagnostics['sketch_seconds']``.
+Times exclude sketching, as they exclude embedding: ``diagnostics['sketch_seconds']`` reports the
+time spent sketching texts not seen before by the process.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from gotd.server.eval_methods import MethodOptions, Selector, order_by_score, register_method
+from gotd.server.costs import DEFAULT_EMBEDDING_WEIGHT, Cost, near_duplicates, pool_features, target_features
+from gotd.server.eval_methods import MethodOptions, Selector, register_method
 from gotd.server.eval_report import METHOD_NOTES
 from gotd.server.eval_tasks import SelectionInput
-from gotd.server.features import DEFAULT_BUCKETS, SketchCache, fuse, idf_weights, median_cost, sketch
-from gotd.server.ot import calibrated_gradient, sinkhorn
+from gotd.server.features import SKETCH_BUCKETS, tf_rows
+from gotd.server.selection import Mode, SelectionConfig, score, solve, top_k
 
-__all__ = ["DUP_COSINE", "FusedSelector", "project_to_targets"]
+__all__ = ["DUP_COSINE", "FusedSelector", "sketch_rows"]
 
 #: Cosine to a target embedding above which a pool row counts as a near-duplicate of the target set.
 DUP_COSINE = 0.95
-WEIGHTS = (0.3, 0.5, 0.7, 1.0)
-RELATIVE_EPS = (0.05, 0.1)
-DEFAULT_C = 0.05
-_CACHES: dict[int, SketchCache] = {}
+WEIGHTS = (0.3, 0.5, 0.7)
+RELATIVE = (0.03, 0.05, 0.1)
+_TF: dict[str, np.ndarray] = {}
 
 
-def _cache(buckets: int) -> SketchCache:
-    if buckets not in _CACHES:
-        _CACHES[buckets] = SketchCache(buckets=buckets)
-    return _CACHES[buckets]
-
-
-def project_to_targets(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Isometric coordinates of ``x`` and ``y`` for costs between them: ``m + 1`` columns.
-
-    With ``Q`` an orthonormal basis of the rows of ``y`` (thin QR), returns ``[x Q, r]`` and
-    ``[y Q, 0]`` where ``r_i = sqrt(max(0, ||x_i||^2 - ||x_i Q||^2))``, so every
-    ``||x_i - y_j||^2`` is kept (to rounding); distances among rows of ``x`` are not.
-
-    Parameters
-    ----------
-    x, y : numpy.ndarray, shapes (n, d) and (m, d)
-
-    Returns
-    -------
-    tuple of numpy.ndarray, shapes (n, r + 1) and (m, r + 1), float64, ``r = rank <= min(m, d)``
-    """
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    q, _ = np.linalg.qr(y64.T)  # (d, m)
-    xp, yp = x64 @ q, y64 @ q
-    resid = np.sqrt(np.maximum((x64 * x64).sum(1) - (xp * xp).sum(1), 0.0))
-    return np.hstack([xp, resid[:, None]]), np.hstack([yp, np.zeros((yp.shape[0], 1))])
+def sketch_rows(texts: Sequence[str]) -> tuple[np.ndarray, float]:
+    """Stored-form sketch rows of ``texts`` and the seconds spent on texts not sketched before."""
+    missing = [t for t in dict.fromkeys(texts) if t not in _TF]
+    start = time.perf_counter()
+    if missing:
+        for text, row in zip(missing, tf_rows(missing), strict=True):
+            _TF[text] = row
+    spent = time.perf_counter() - start if missing else 0.0
+    out = np.empty((len(texts), SKETCH_BUCKETS), dtype=np.float16)
+    for i, text in enumerate(texts):
+        out[i] = _TF[text]
+    return out, spent
 
 
 @dataclass(slots=True)
 class FusedSelector:
-    """Calibrated OT gradient on fused embedding + n-gram features (see the module docstring).
+    """GOT-D through the engine's cost path (see the module docstring).
 
     Attributes
     ----------
     name : str
-    w : float
-        Weight of the embedding cost.
-    c : float
-        ε as a multiple of the median fused cost.
-    exclude_dups : bool
-        Rank near-duplicates of the target set (cosine > :data:`DUP_COSINE`) last.
-    buckets : int
-        Sketch width.
+    cost : Cost
+        ``FUSED`` or ``EMBEDDING``.
+    weight : float
+        Embedding weight of the fused cost.
+    eps : float
+        Absolute epsilon (used when ``relative_eps`` is None).
+    relative_eps : float or None
+        Epsilon as a multiple of the median pool-target cost.
+    dup_cosine : float or None
+        Rank candidates with embedding cosine above this to a target last.
     diagnostics : dict
-        Of the last ranking: ``converged``, ``n_iter``, ``marginal_error``, ``eps``, ``median_cost``,
-        ``excluded`` (near-duplicates moved last), ``sketch_seconds`` (new texts sketched).
+        Of the last ranking: ``converged``, ``n_iter``, ``marginal_error``, ``eps`` (used),
+        ``excluded`` (near-duplicates ranked last), ``sketch_seconds``.
     """
 
     name: str
-    w: float
-    c: float = DEFAULT_C
-    exclude_dups: bool = False
-    buckets: int = DEFAULT_BUCKETS
-    tol: float = 1e-4
-    max_iter: int = 1000
+    cost: Cost
+    weight: float
+    eps: float = 0.1
+    relative_eps: float | None = None
+    dup_cosine: float | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
-        cache = _cache(self.buckets)
-        start = time.perf_counter()
-        seen = len(cache)
-        pool_counts = cache.counts(inp.pool_texts)
-        target_counts = cache.counts(inp.target_texts)
-        sketch_seconds = time.perf_counter() - start if len(cache) > seen else 0.0
-        if self.w < 1.0:
-            idf = idf_weights([*pool_counts, *target_counts], self.buckets)
-            x = fuse(inp.pool_vectors, sketch(pool_counts, self.buckets, idf=idf), self.w)
-            y = fuse(inp.target_vectors, sketch(target_counts, self.buckets, idf=idf), self.w)
-        else:
-            x = inp.pool_vectors.astype(np.float32)
-            y = inp.target_vectors.astype(np.float32)
-        med = median_cost(x, y, seed=inp.seed)
-        eps = self.c * med
-        xp, yp = project_to_targets(x, y)
-        res = sinkhorn(
-            torch.from_numpy(xp), torch.from_numpy(yp), eps=eps, tol=self.tol, max_iter=self.max_iter
-        )
-        scores = calibrated_gradient(res.f).numpy().astype(np.float64)
-        excluded = 0
-        if self.exclude_dups:
-            cos = inp.pool_vectors.astype(np.float64) @ inp.target_vectors.astype(np.float64).T
-            dup = cos.max(axis=1) > DUP_COSINE
-            excluded = int(dup.sum())
-            scores = np.where(dup, np.inf, scores)
+        pool_tf, spent_pool = sketch_rows(inp.pool_texts)
+        target_tf, spent_target = sketch_rows(inp.target_texts)
+        features = pool_features(inp.pool_vectors, pool_tf, self.cost, self.weight)
+        y = target_features(features, torch.from_numpy(inp.target_vectors), target_tf)
+        config = SelectionConfig(mode=Mode.AUTO, eps=self.eps, relative_eps=self.relative_eps, seed=inp.seed)
+        potential = solve(features.x, y, config)
+        scores = score(features.x, y, potential).numpy()
+        eligible = np.ones(len(scores), dtype=bool)
+        if self.dup_cosine is not None:
+            eligible = ~near_duplicates(inp.pool_vectors, inp.target_vectors, self.dup_cosine)
+        ranked = [r for r, _ in top_k(scores, k, eligible=eligible)]
+        if len(ranked) < k:  # a selection has k rows: near-duplicates fill the end, best first
+            ranked += [r for r, _ in top_k(scores, k - len(ranked), eligible=~eligible)]
         self.diagnostics = {
-            "converged": res.converged,
-            "n_iter": res.n_iter,
-            "marginal_error": res.marginal_error,
-            "eps": eps,
-            "median_cost": med,
-            "excluded": excluded,
-            "sketch_seconds": sketch_seconds,
+            "converged": potential.converged,
+            "n_iter": potential.n_iter,
+            "marginal_error": potential.marginal_error,
+            "eps": potential.eps,
+            "excluded": int((~eligible).sum()),
+            "sketch_seconds": spent_pool + spent_target,
         }
-        return order_by_score(scores, k, descending=False)
+        return np.asarray(ranked, dtype=np.int64)
 
 
-def _factory(w: float, c: float, exclude_dups: bool) -> Any:
-    def make(name: str, options: MethodOptions) -> Selector:
-        del options  # ε is relative to the cost scale, not the run's eps
-        return FusedSelector(name, w, c=c, exclude_dups=exclude_dups)
+def _default_selector(name: str, options: MethodOptions, *, nodup: bool) -> Selector:
+    """The server's defaults (``Settings``), imported late: the settings module reads the environment."""
+    from gotd.server.config import Settings
 
-    return make
+    s = Settings.model_construct()  # field defaults only, no environment
+    cost = Cost.EMBEDDING if s.cost == "embedding" else Cost.FUSED
+    del options
+    return FusedSelector(
+        name,
+        cost,
+        s.embedding_weight,
+        eps=s.eps,
+        relative_eps=s.relative_eps,
+        dup_cosine=DUP_COSINE if nodup else None,
+    )
 
 
 def _register() -> None:
+    def add(name: str, note: str, make: Any) -> None:
+        register_method(name, make, replace=True)
+        METHOD_NOTES.setdefault(name, note)
+
+    fused = "fused cost {w:g} · embedding cost + {r:g} · n-gram cost (unit TF-IDF hashed uni+bigram sketch)"
     for w in WEIGHTS:
-        for c in RELATIVE_EPS:
-            for nodup in (False, True):
-                name = f"gotd-fused-w{w}" + ("" if c == DEFAULT_C else f"-c{c}") + ("-nodup" if nodup else "")
-                register_method(name, _factory(w, c, nodup), replace=True)
-                METHOD_NOTES.setdefault(name, _note(w, c, nodup))
-
-
-def _note(w: float, c: float, nodup: bool) -> str:
-    """The report's description of a fused method."""
-    cost = (
-        "squared Euclidean cost on the embeddings alone (control: the paper's cost, relative ε)"
-        if w == 1.0
-        else f"fused cost {w:g} · embedding cost + {1 - w:g} · n-gram cost (unit TF-IDF uni+bigram "
-        f"sketch, {DEFAULT_BUCKETS} signed xxh3 buckets, IDF over pool and targets)"
+        text = fused.format(w=w, r=1 - w)
+        add(
+            f"gotd-fused-w{w}",
+            f"GOT-D (auto mode, engine path) on the {text}; ε = the run's eps.",
+            lambda n, o, w=w: FusedSelector(n, Cost.FUSED, w, eps=o.eps),
+        )
+        for c in RELATIVE:
+            add(
+                f"gotd-fused-w{w}-rel{c}",
+                f"GOT-D (auto mode, engine path) on the {text}; ε = {c:g} × median pool-target cost.",
+                lambda n, o, w=w, c=c: FusedSelector(n, Cost.FUSED, w, relative_eps=c),
+            )
+    for c in RELATIVE:
+        add(
+            f"gotd-emb-rel{c}",
+            f"GOT-D (auto mode) on the embedding cost; ε = {c:g} × median pool-target cost.",
+            lambda n, o, c=c: FusedSelector(n, Cost.EMBEDDING, 1.0, relative_eps=c),
+        )
+    add(
+        "gotd-fused-w0.5-nodup",
+        f"`gotd-fused-w0.5`, candidates with embedding cosine > {DUP_COSINE} to a target ranked last.",
+        lambda n, o: FusedSelector(n, Cost.FUSED, 0.5, eps=o.eps, dup_cosine=DUP_COSINE),
     )
-    dup = f"; pool rows with embedding cosine > {DUP_COSINE} to a target ranked last" if nodup else ""
-    return (
-        f"GOT-D calibrated gradient, exact Sinkhorn (tol 1e-4, ε-scaling) on the {cost}; "
-        f"ε = {c:g} × median pool-target cost{dup}."
+    add(
+        "gotd-default",
+        "GOT-D with the server's default settings (cost auto = fused for texts, "
+        f"w = {DEFAULT_EMBEDDING_WEIGHT:g}, the default ε), auto mode.",
+        lambda n, o: _default_selector(n, o, nodup=False),
+    )
+    add(
+        "gotd-default-nodup",
+        f"`gotd-default`, candidates with embedding cosine > {DUP_COSINE} to a target ranked last.",
+        lambda n, o: _default_selector(n, o, nodup=True),
     )
 
 

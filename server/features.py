@@ -2,9 +2,12 @@
 
 A text's *sketch* is its uni+bigram bag hashed into ``buckets`` signed buckets (feature hashing,
 Weinberger et al., 2009, with ``xxh3_64``: the bucket from the low bits, the sign from the top bit),
-sublinear term frequency ``sign(v) log(1 + |v|)``, an optional inverse-document-frequency weight per
-bucket, and an L2 normalisation. The counts of a text depend on nothing else, so they are computed
-once per text (:class:`SketchCache`); the IDF weights and the normalisation are cheap per-set steps.
+sublinear term frequency ``sign(v) log(1 + |v|)``, an inverse-document-frequency weight per bucket,
+and an L2 normalisation. The term frequencies of a text depend on nothing else, so they are computed
+once per text and stored (:func:`tf_rows`, float16, :data:`SKETCH_BUCKETS` wide); the IDF weights
+come from a pool's document frequencies (:func:`document_frequency`, :func:`idf_from_df`) and, with
+the normalisation, are applied when a pool's rows are built (:func:`unit_sketches`,
+:func:`fused_matrix`).
 
 :func:`fuse` concatenates ``sqrt(w)`` times a unit embedding with ``sqrt(1 - w)`` times a unit sketch.
 For two fused vectors ``x = (sqrt(w) e, sqrt(1-w) s)`` and ``x' = (sqrt(w) e', sqrt(1-w) s')``,
@@ -23,30 +26,23 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import xxhash
 
 __all__ = [
-    "DEFAULT_BUCKETS",
     "SKETCH_BUCKETS",
-    "SketchCache",
     "document_frequency",
     "fuse",
     "fused_matrix",
     "hashed_counts",
     "idf_from_df",
-    "idf_weights",
-    "median_cost",
     "ngrams",
-    "sketch",
     "tf_rows",
     "unit_sketches",
 ]
 
-#: Default sketch width of the in-memory evaluation sketches (2**13 buckets).
-DEFAULT_BUCKETS = 1 << 13
 #: Width of the sketches the store keeps per candidate and target (float16 term frequencies).
 SKETCH_BUCKETS = 1 << 10
 _BLOCK_ROWS = 1 << 15
@@ -81,9 +77,7 @@ def ngrams(text: str, *, order: int = 2) -> list[str]:
     return out
 
 
-def hashed_counts(
-    text: str, *, buckets: int = DEFAULT_BUCKETS, order: int = 2, seed: int = 0
-) -> SparseCounts:
+def hashed_counts(text: str, *, buckets: int = SKETCH_BUCKETS, order: int = 2, seed: int = 0) -> SparseCounts:
     """Signed hashed n-gram counts of one text (the part of a sketch computed once per text).
 
     Each n-gram ``g`` adds ``+1`` or ``-1`` (top bit of ``xxh3_64(g, seed)``) to bucket
@@ -118,57 +112,6 @@ def hashed_counts(
     return idx, val
 
 
-def idf_weights(counts: Iterable[SparseCounts], buckets: int) -> np.ndarray:
-    """Smoothed inverse document frequency per bucket: ``log((1 + N) / (1 + df)) + 1``.
-
-    Parameters
-    ----------
-    counts : iterable of SparseCounts
-        Hashed counts of the reference documents (e.g. pool and targets of one selection).
-    buckets : int
-        Sketch width.
-
-    Returns
-    -------
-    numpy.ndarray, shape (buckets,), float32
-    """
-    df = np.zeros(buckets, dtype=np.float64)
-    n = 0
-    for idx, val in counts:
-        df[idx[val != 0]] += 1.0
-        n += 1
-    return (np.log((1.0 + n) / (1.0 + df)) + 1.0).astype(np.float32)
-
-
-def sketch(counts: Sequence[SparseCounts], buckets: int, *, idf: np.ndarray | None = None) -> np.ndarray:
-    """Dense L2-normalised sketches from hashed counts.
-
-    Parameters
-    ----------
-    counts : sequence of SparseCounts
-        One per text (from :func:`hashed_counts` with the same ``buckets``).
-    buckets : int
-        Sketch width.
-    idf : numpy.ndarray, shape (buckets,), optional
-        Per-bucket weights (:func:`idf_weights`); None for plain sublinear TF.
-
-    Returns
-    -------
-    numpy.ndarray, shape (len(counts), buckets), float32
-        Unit rows (an empty text gives a zero row).
-    """
-    out = np.zeros((len(counts), buckets), dtype=np.float32)
-    for row, (idx, val) in enumerate(counts):
-        out[row, idx] = np.sign(val) * np.log1p(np.abs(val))
-    if idf is not None:
-        if idf.shape != (buckets,):
-            raise ValueError(f"idf must have shape ({buckets},), got {idf.shape}")
-        out *= idf[None, :]
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
-
-
 def fuse(embeddings: np.ndarray, sketches: np.ndarray, w: float) -> np.ndarray:
     """Concatenate ``sqrt(w) * embeddings`` and ``sqrt(1 - w) * sketches`` (rows aligned).
 
@@ -196,67 +139,6 @@ def fuse(embeddings: np.ndarray, sketches: np.ndarray, w: float) -> np.ndarray:
         [math.sqrt(w) * embeddings.astype(np.float32), math.sqrt(1.0 - w) * sketches.astype(np.float32)],
         axis=1,
     )
-
-
-def median_cost(x: np.ndarray, y: np.ndarray, *, max_rows: int = 1024, seed: int = 0) -> float:
-    """Median squared Euclidean cost between rows of ``x`` (a seeded subsample) and all of ``y``.
-
-    Used to set the entropic regularisation relative to the cost scale (``eps = c * median``).
-    At most ``max_rows x len(y)`` costs are formed.
-
-    Parameters
-    ----------
-    x, y : numpy.ndarray, shapes (n, d) and (m, d)
-        Candidates and targets.
-    max_rows : int
-        Largest subsample of ``x``.
-    seed : int
-        Seed of the subsample.
-
-    Returns
-    -------
-    float
-    """
-    if x.shape[0] > max_rows:
-        rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))
-        x = x[rows]
-    x64, y64 = x.astype(np.float64), y.astype(np.float64)
-    cost = (x64 * x64).sum(1)[:, None] + (y64 * y64).sum(1)[None, :] - 2.0 * x64 @ y64.T
-    return float(np.median(np.maximum(cost, 0.0)))
-
-
-class SketchCache:
-    """Hashed counts computed once per distinct text (the evaluation's stand-in for ingest-time storage).
-
-    Parameters
-    ----------
-    buckets : int
-        Sketch width.
-    order : int
-        Longest n-gram.
-    seed : int
-        Hash seed.
-    """
-
-    def __init__(self, *, buckets: int = DEFAULT_BUCKETS, order: int = 2, seed: int = 0) -> None:
-        self.buckets = buckets
-        self.order = order
-        self.seed = seed
-        self._counts: dict[str, SparseCounts] = {}
-
-    def __len__(self) -> int:
-        return len(self._counts)
-
-    def counts(self, texts: Sequence[str]) -> list[SparseCounts]:
-        """Hashed counts of ``texts``, computing only the texts not seen before."""
-        out = []
-        for t in texts:
-            c = self._counts.get(t)
-            if c is None:
-                c = hashed_counts(t, buckets=self.buckets, order=self.order, seed=self.seed)
-                self._counts[t] = c
-            out.append(c)
-        return out
 
 
 def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np.ndarray:
@@ -305,7 +187,7 @@ def document_frequency(tf: np.ndarray) -> np.ndarray:
 
 
 def idf_from_df(df: np.ndarray, n: int) -> np.ndarray:
-    """Smoothed IDF ``log((1 + n) / (1 + df)) + 1`` per bucket, float32 (the rule of :func:`idf_weights`)."""
+    """Smoothed IDF ``log((1 + n) / (1 + df)) + 1`` per bucket, float32 (smoothed as in scikit-learn)."""
     return (np.log((1.0 + n) / (1.0 + df.astype(np.float64))) + 1.0).astype(np.float32)
 
 

@@ -7,13 +7,13 @@ import pytest
 
 from gotd.server.eval_tasks import SelectionInput
 from gotd.server.features import (
-    SketchCache,
+    document_frequency,
     fuse,
     hashed_counts,
-    idf_weights,
-    median_cost,
+    idf_from_df,
     ngrams,
-    sketch,
+    tf_rows,
+    unit_sketches,
 )
 
 TEXTS = [
@@ -27,13 +27,14 @@ BUCKETS = 1 << 10
 
 
 def _sketches(texts: list[str], idf: bool = True) -> np.ndarray:
-    counts = [hashed_counts(t, buckets=BUCKETS) for t in texts]
-    return sketch(counts, BUCKETS, idf=idf_weights(counts, BUCKETS) if idf else None)
+    tf = tf_rows(texts, buckets=BUCKETS)
+    weights = idf_from_df(document_frequency(tf), len(texts)) if idf else np.ones(BUCKETS, np.float32)
+    return unit_sketches(tf, weights)
 
 
 def _sq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return ((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1)
+    return np.asarray(((a64[:, None, :] - b64[None, :, :]) ** 2).sum(-1))
 
 
 def test_ngrams_are_uni_and_bigrams() -> None:
@@ -54,6 +55,13 @@ def test_sketch_is_deterministic() -> None:
     assert not np.array_equal(idx1, idx3)  # the seed changes the hash
 
 
+def test_tf_rows_hold_sublinear_signed_counts() -> None:
+    idx, val = hashed_counts(TEXTS[0], buckets=BUCKETS)
+    row = tf_rows([TEXTS[0]], buckets=BUCKETS)[0].astype(np.float32)
+    np.testing.assert_allclose(row[idx], np.sign(val) * np.log1p(np.abs(val)), rtol=1e-3)
+    assert np.count_nonzero(row) == len(idx)
+
+
 def test_sketch_rows_are_unit_norm_and_empty_text_is_zero() -> None:
     for idf in (True, False):
         s = _sketches(TEXTS, idf=idf)
@@ -61,6 +69,16 @@ def test_sketch_rows_are_unit_norm_and_empty_text_is_zero() -> None:
         assert s.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(s[:-1], axis=1), 1.0, atol=1e-6)
         assert not s[-1].any()
+
+
+def test_idf_downweights_common_buckets() -> None:
+    tf = tf_rows(TEXTS, buckets=BUCKETS)
+    idf = idf_from_df(document_frequency(tf), len(TEXTS))
+    (the,) = hashed_counts("the", buckets=BUCKETS)[0]
+    (quantum,) = hashed_counts("quantum", buckets=BUCKETS)[0]
+    assert idf[the] < idf[quantum]
+    with pytest.raises(ValueError, match="idf must have shape"):
+        unit_sketches(tf, idf[:-1])
 
 
 def test_identical_texts_are_at_distance_zero() -> None:
@@ -95,39 +113,19 @@ def test_fuse_rejects_bad_weight_and_shapes() -> None:
         fuse(np.zeros((2, 3)), np.zeros((3, 4)), 0.5)
 
 
-def test_median_cost_matches_dense() -> None:
-    rng = np.random.default_rng(1)
-    x, y = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
-    assert median_cost(x, y) == pytest.approx(float(np.median(_sq(x, y))), rel=1e-9)
-    assert median_cost(rng.normal(size=(3000, 8)), y, max_rows=100) > 0
-
-
-def test_cache_computes_each_text_once() -> None:
-    cache = SketchCache(buckets=BUCKETS)
-    first = cache.counts(TEXTS)
-    assert len(cache) == len(set(TEXTS))
-    again = cache.counts(TEXTS[:2])
-    assert again[0] is first[0]
-    assert again[1] is first[1]
-
-
-def test_projection_keeps_costs_and_fused_selector_ranks() -> None:
-    from gotd.server.eval_fused import FusedSelector, project_to_targets
+def test_fused_selector_ranks_by_words_and_sets_near_duplicates_last() -> None:
+    from gotd.server.costs import Cost
+    from gotd.server.eval_fused import FusedSelector
     from gotd.server.eval_methods import MethodOptions, make_method
 
     rng = np.random.default_rng(2)
-    x, y = rng.normal(size=(40, 30)), rng.normal(size=(6, 30))
-    xp, yp = project_to_targets(x, y)
-    assert xp.shape == (40, 7)
-    np.testing.assert_allclose(_sq(xp, yp), _sq(x, y), atol=1e-9)
-
     pool = [f"text number {i} about {'cats' if i % 2 else 'quantum physics'}" for i in range(40)]
     targets = ["a text about cats", "cats and more cats", "text about cats"]
     emb = rng.normal(size=(43, 12)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    emb[40] = emb[0]  # a near-duplicate of target 0 in the pool
+    emb[40] = emb[0]  # pool row 37 is a near-duplicate of target 0
     inp = SelectionInput(tuple(pool), emb[3:], tuple(targets), emb[:3], seed=0)
-    sel = FusedSelector("f", 0.3, exclude_dups=True)
+    sel = FusedSelector("f", Cost.FUSED, 0.3, dup_cosine=0.95)
     ranked = sel.rank(inp, 40)
     assert sorted(ranked.tolist()) == list(range(40))
     assert ranked[-1] == 37
@@ -135,4 +133,9 @@ def test_projection_keeps_costs_and_fused_selector_ranks() -> None:
     assert sel.diagnostics["converged"]
     assert np.array_equal(ranked, sel.rank(inp, 40))
     assert np.mean([r % 2 for r in ranked[:10]]) > 0.5  # the n-gram cost prefers the "cats" texts
-    assert isinstance(make_method("gotd-fused-w0.5-c0.1-nodup", MethodOptions()), FusedSelector)
+    rel = make_method("gotd-fused-w0.5-rel0.05", MethodOptions())
+    assert isinstance(rel, FusedSelector)
+    rel.rank(inp, 10)
+    assert rel.diagnostics["eps"] > 0.0
+    assert rel.diagnostics["eps"] != pytest.approx(0.1)
+    assert isinstance(make_method("gotd-default", MethodOptions()), FusedSelector)
