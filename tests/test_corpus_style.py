@@ -77,3 +77,16 @@ def test_missing_package_names_the_install_line(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match=re.escape(corpus_style.INSTALL_HINT)):
         corpus_style.data_dir()
+
+
+def test_subset_keeps_the_largest_labels_and_a_deterministic_sample() -> None:
+    from collections import Counter
+
+    full = Counter(d.topic for d in load_style())
+    sub = load_style(labels=3, per_label=50)
+    counts = Counter(d.topic for d in sub)
+    assert set(counts) == {label for label, _ in full.most_common(3)}
+    assert set(counts.values()) == {50}
+    assert [d.id for d in sub] == sorted(d.id for d in sub)
+    assert sub == load_style(labels=3, per_label=50)
+    assert {d.id for d in sub} <= {d.id for d in load_style()}
