@@ -80,8 +80,6 @@ def test_missing_package_names_the_install_line(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_subset_keeps_the_largest_labels_and_a_deterministic_sample() -> None:
-    from collections import Counter
-
     full = Counter(d.topic for d in load_style())
     sub = load_style(labels=3, per_label=50)
     counts = Counter(d.topic for d in sub)
