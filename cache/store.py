@@ -5,6 +5,9 @@ is one write transaction: after a crash (even ``kill -9``) each committed batch 
 other batch left a trace (LMDB commits with ``sync=True``). Writers are serialised; readers see
 consistent snapshots and never block the writer. The map grows by doubling when a write needs it.
 
+Given a sketch function, the store also keeps a hashed n-gram sketch row per candidate and per target
+(:mod:`gotd.cache.store_sketch`), computed from the texts before the write transaction opens.
+
 Thread-safe; one :class:`Store` per process and data directory.
 """
 
@@ -33,13 +36,18 @@ from gotd.cache.store_layout import (
     TargetSetInfo,
     UpsertResult,
     content_hash,
-    decode_target_set,
-    encode_target_set,
     unit_rows,
+)
+from gotd.cache.store_sketch import (
+    Sketcher,
+    decode_target_set,
+    decode_target_sketches,
+    encode_target_set,
+    sketch_matrix,
 )
 from gotd.cache.store_upsert import upsert_txn
 
-__all__ = ["PoolArrays", "PoolInfo", "Store", "StoredRecord", "TargetSetInfo", "UpsertResult"]
+__all__ = ["PoolArrays", "PoolInfo", "Sketcher", "Store", "StoredRecord", "TargetSetInfo", "UpsertResult"]
 
 LOG = logging.getLogger(__name__)
 INDEX_DIRNAME: Final = "indexes"
@@ -61,6 +69,11 @@ class Store:
         Open an existing store read-only.
     vector_dtype : {"float32", "float16"}
         Storage dtype of new pools' vectors (reads always return float32).
+    sketcher : callable, optional
+        Texts -> sketch rows ``(len(texts), buckets)`` (the server passes
+        ``gotd.server.features.tf_rows``; ``gotd.cache`` never imports ``gotd.server``). Without it no
+        sketches are computed: new pools and target sets keep none, and rows written into a pool that
+        keeps sketches get zero rows.
     """
 
     def __init__(
@@ -71,6 +84,7 @@ class Store:
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         readonly: bool = False,
         vector_dtype: str = "float32",
+        sketcher: Sketcher | None = None,
     ) -> None:
         if vector_dtype not in VECTOR_DTYPES:
             raise InvalidArgument(
@@ -78,6 +92,7 @@ class Store:
             )
         self.data_dir = Path(data_dir)
         self.vector_dtype = vector_dtype
+        self.sketcher = sketcher
         self.env = Env(self.data_dir, map_size=map_size, max_map_size=max_map_size, readonly=readonly)
         self._dbs = self.env.dbs
         LOG.info("store opened at %s (map %d bytes, readonly=%s)", self.env.path, self.env.map_size, readonly)
@@ -123,6 +138,9 @@ class Store:
         dtype : {"float32", "float16"}, optional
             Storage dtype of a new pool (default: the store's ``vector_dtype``).
 
+        With a sketch function, every written row's sketch is that of its text (a zero row without
+        text); the sketches of all records are computed before the write transaction opens.
+
         Returns
         -------
         UpsertResult
@@ -151,9 +169,19 @@ class Store:
         storage = dtype or self.vector_dtype
         if storage not in VECTOR_DTYPES:
             raise InvalidArgument(f"dtype must be one of {sorted(VECTOR_DTYPES)}, got {storage!r}")
+        sketches = None if self.sketcher is None else sketch_matrix(self.sketcher, [c[2] for c in contents])
         result = self.env.write(
             lambda txn: upsert_txn(
-                txn, self._dbs, pool, ids, units, contents, model=model, dim=dim, dtype=storage
+                txn,
+                self._dbs,
+                pool,
+                ids,
+                units,
+                contents,
+                model=model,
+                dim=dim,
+                dtype=storage,
+                sketches=sketches,
             )
         )
         LOG.debug(
@@ -211,13 +239,16 @@ class Store:
         LOG.info("deleted pool %s", name)
 
     # -- reads ----------------------------------------------------------------------------------
-    def load_vectors(self, pool: str) -> PoolArrays:
+    def load_vectors(self, pool: str, *, sketches: bool = True) -> PoolArrays:
         """A consistent snapshot of the whole pool as row-aligned arrays (see :class:`PoolArrays`).
 
-        The vectors are read with one copy per chunk straight from the memory map.
+        The vectors (and sketches, unless ``sketches=False``) are read with one copy per chunk straight
+        from the memory map.
         """
         started = time.perf_counter()
-        arrays = self.env.read(lambda txn: store_read.load_pool(txn, self._dbs, pool), buffers=True)
+        arrays = self.env.read(
+            lambda txn: store_read.load_pool(txn, self._dbs, pool, sketches=sketches), buffers=True
+        )
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays
 
@@ -240,7 +271,14 @@ class Store:
 
     # -- target sets ----------------------------------------------------------------------------
     def put_target_set(
-        self, name: str, ids: Sequence[str], vectors: np.ndarray, *, model: str, dim: int
+        self,
+        name: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        *,
+        model: str,
+        dim: int,
+        texts: Sequence[str | None] | None = None,
     ) -> TargetSetInfo:
         """Store (or replace) a named target set of unit vectors.
 
@@ -252,6 +290,9 @@ class Store:
             Unique target ids.
         vectors : numpy.ndarray
             Shape ``(len(ids), dim)``; L2-normalised before storing.
+        texts : sequence of str or None, optional
+            The targets' texts: with a sketch function, their sketches are stored too
+            (:meth:`get_target_sketches`). They do not enter the content hash.
 
         Returns
         -------
@@ -273,6 +314,11 @@ class Store:
                 f"target set {name!r}: vectors have dimension {matrix.shape[1]}, expected {dim}"
             )
         units = unit_rows(matrix, what=f"target set {name!r}", ids=id_list)
+        if texts is not None and len(texts) != len(id_list):
+            raise InvalidArgument(f"target set {name!r}: {len(texts)} texts for {len(id_list)} ids")
+        sketches = None
+        if texts is not None and self.sketcher is not None:
+            sketches = sketch_matrix(self.sketcher, texts)
         info = TargetSetInfo(
             name=name,
             count=len(id_list),
@@ -281,7 +327,7 @@ class Store:
             content_hash=content_hash(model, units),
             created=time.time(),
         )
-        value = encode_target_set(info, id_list, units)
+        value = encode_target_set(info, id_list, units, sketches)
         self.env.write(lambda txn: txn.put(name.encode("utf-8"), value, db=self._dbs["targets"]))
         return info
 
@@ -294,6 +340,19 @@ class Store:
             if raw is None:
                 raise NotFound(f"target set {name!r} does not exist")
             return decode_target_set(name, raw)
+
+        return self.env.read(read)
+
+    def get_target_sketches(self, name: str) -> np.ndarray | None:
+        """Sketch rows ``(m, buckets)`` float16 of a stored target set, aligned with its ids; None when
+        it was stored without (no texts or no sketch function). NotFound when absent."""
+        validate_name(name, kind="target set")
+
+        def read(txn: lmdb.Transaction) -> np.ndarray | None:
+            raw = txn.get(name.encode("utf-8"), db=self._dbs["targets"])
+            if raw is None:
+                raise NotFound(f"target set {name!r} does not exist")
+            return decode_target_sketches(raw)
 
         return self.env.read(read)
 

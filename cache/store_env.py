@@ -19,7 +19,7 @@ from typing import Final, TypeVar, cast
 import lmdb
 
 from gotd.cache.errors import FailedPrecondition, NotFound, ResourceExhausted
-from gotd.cache.store_layout import DATABASES, FORMAT_VERSION
+from gotd.cache.store_layout import ADDED_DATABASES, DATABASES, FORMAT_VERSION
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -111,7 +111,12 @@ class Env:
             LOG.warning("cleared %d stale LMDB reader slot(s) in %s", stale, self.path)
         self.dbs: dict[str, lmdb._Database] = {}
         for name in DATABASES:
-            self.dbs[name] = self.env.open_db(name.encode(), create=not readonly)
+            try:
+                self.dbs[name] = self.env.open_db(name.encode(), create=not readonly)
+            except lmdb.NotFoundError:
+                if name not in ADDED_DATABASES:
+                    raise
+                LOG.info("store %s has no %r database (written by an older gotd)", self.path, name)
         self._write_lock = threading.Lock()
         self._map_lock = _SharedLock()
         self._closed = False

@@ -9,7 +9,8 @@ walks a pool's chunks in order, little-endian in values)::
     vectors   P + u64 chunk -> rows x dim vector bytes (float32 or float16, little-endian)
     rows      P + u64 chunk -> u32 n, u64[n] row versions, u64[n] xxh64(id), JSON [ids, domains]
     content   P + u64 row -> u32 len(domain), u32 len(meta), u32 len(text) or 0xFFFFFFFF, bytes
-    targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors
+    sketches  P + u64 chunk -> float16 n-gram sketch rows (see :mod:`gotd.cache.store_sketch`)
+    targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors [+ sketches]
     embcache  u64 xxh3_64(model) + xxh3_128(text) -> float32 vector bytes
 
 ``P`` is the pool's number (u64), allocated once and never reused, so a deleted and recreated pool
@@ -30,7 +31,10 @@ import xxhash
 from gotd.cache.errors import InvalidArgument
 
 FORMAT_VERSION: Final = 1
-DATABASES: Final = ("meta", "pools", "ids", "vectors", "rows", "content", "targets", "embcache")
+DATABASES: Final = ("meta", "pools", "ids", "vectors", "rows", "content", "targets", "embcache", "sketches")
+#: Databases newer than format 1: created on the first read-write open, absent from an older store
+#: opened read-only (its readers then find no handle for them).
+ADDED_DATABASES: Final = frozenset({"sketches"})
 VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
 UNIT_TOLERANCE: Final = 1e-6
@@ -96,6 +100,10 @@ class PoolArrays:
         Pool version that last wrote each row, shape ``(n,)``, uint64.
     version : int
         Pool version of the snapshot.
+    sketches : numpy.ndarray or None
+        Hashed n-gram sketch rows aligned with ``vectors``, shape ``(n, buckets)``, float16; a zero row
+        is "no sketch". None when the pool keeps no sketches (written by an older gotd or by a store
+        without a sketch function) or when the load did not ask for them.
     """
 
     name: str
@@ -108,6 +116,7 @@ class PoolArrays:
     domains: list[str]
     row_versions: np.ndarray
     uid: str = ""
+    sketches: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,8 @@ class PoolRecord:
     chunk_rows: int
     created: float
     updated: float
+    sketch_buckets: int = 0  # 0: no sketches (pools written before they existed)
+    sketch_rows: int = 0  # sketch rows per chunk
 
     def encode(self) -> bytes:
         body = {k: getattr(self, k) for k in self.__slots__ if k != "name"}
@@ -302,51 +313,6 @@ class RowChunk:
         self.keys = np.concatenate([self.keys, np.zeros(extra, np.uint64)])
         self.ids.extend([""] * extra)
         self.domains.extend([""] * extra)
-
-
-def encode_target_set(info: TargetSetInfo, ids: list[str], vectors: np.ndarray) -> bytes:
-    header = json.dumps(
-        {
-            "count": info.count,
-            "model": info.model,
-            "dim": info.dim,
-            "content_hash": info.content_hash,
-            "created": info.created,
-        }
-    ).encode()
-    id_blob = json.dumps(ids, ensure_ascii=False).encode("utf-8")
-    return (
-        _U32.pack(len(header))
-        + header
-        + _U32.pack(len(id_blob))
-        + id_blob
-        + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-    )
-
-
-def decode_target_set(name: str, raw: bytes | memoryview) -> tuple[TargetSetInfo, list[str], np.ndarray]:
-    data = bytes(raw)
-    (nh,) = _U32.unpack_from(data)
-    at = _U32.size
-    header = json.loads(data[at : at + nh])
-    at += nh
-    (ni,) = _U32.unpack_from(data, at)
-    at += _U32.size
-    ids: list[str] = json.loads(data[at : at + ni].decode("utf-8"))
-    at += ni
-    count, dim = int(header["count"]), int(header["dim"])
-    vectors = (
-        np.frombuffer(data, dtype="<f4", count=count * dim, offset=at).reshape(count, dim).astype(np.float32)
-    )
-    info = TargetSetInfo(
-        name=name,
-        count=count,
-        model=str(header["model"]),
-        dim=dim,
-        content_hash=str(header["content_hash"]),
-        created=float(header.get("created", 0.0)),
-    )
-    return info, ids, vectors
 
 
 # -- vectors ---------------------------------------------------------------------------------------

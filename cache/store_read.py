@@ -24,6 +24,7 @@ from gotd.cache.store_layout import (
     id_key,
     u64_key,
 )
+from gotd.cache.store_sketch import SKETCH_DB, load_sketches
 from gotd.cache.store_upsert import read_pool
 
 Dbs = dict[str, lmdb._Database]
@@ -51,8 +52,11 @@ def _chunks(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> list[tu
     return out
 
 
-def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> PoolArrays:
-    """The whole pool as row-aligned arrays: one copy per chunk straight from the memory map."""
+def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = True) -> PoolArrays:
+    """The whole pool as row-aligned arrays: one copy per chunk straight from the memory map.
+
+    ``sketches=False`` skips the sketch rows (``PoolArrays.sketches`` is then None).
+    """
     rec = require_pool(txn, dbs, pool)
     n, d, size = rec.count, rec.dim, rec.chunk_rows
     dtype = VECTOR_DTYPES[rec.dtype]
@@ -95,6 +99,7 @@ def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> PoolArrays:
         domains=domains,
         row_versions=versions,
         uid=rec.uid,
+        sketches=load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None,
     )
 
 
@@ -195,7 +200,7 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
     """Delete every key of ``pool`` and its record (NotFound when absent)."""
     record = require_pool(txn, dbs, pool)
     prefix = record.prefix
-    for db in ("ids", "vectors", "rows", "content"):
+    for db in ("ids", "vectors", "rows", "content", SKETCH_DB):
         with txn.cursor(db=dbs[db]) as cur:
             if not cur.set_range(prefix):
                 continue

@@ -4,10 +4,15 @@ Records whose id is new get the next rows; records whose id exists are compared 
 (vector bytes in the storage dtype, domain, canonical meta JSON, text) and rewritten only when
 something differs. When anything changed the pool version goes up by exactly one and every written row
 records that version; when nothing changed the transaction is rolled back and the version stays.
+
+A pool that keeps sketches (:mod:`gotd.cache.store_sketch`) gets the sketch row of every written row in
+the same transaction: the batch's row when the batch has sketches of the pool's width, a zero row ("no
+sketch") otherwise. A pool is created keeping sketches when its first batch has them.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -34,7 +39,9 @@ from gotd.cache.store_layout import (
     u64_key,
     u64_keys,
 )
+from gotd.cache.store_sketch import SKETCH_DB, SKETCH_DTYPE, write_sketch_rows
 
+LOG = logging.getLogger(__name__)
 Content = tuple[str, str, str | None]  # domain, canonical meta JSON, text
 
 
@@ -44,7 +51,13 @@ def read_pool(txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], name: str) 
 
 
 def _new_pool(
-    txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], name: str, model: str, dim: int, dtype: str
+    txn: lmdb.Transaction,
+    dbs: dict[str, lmdb._Database],
+    name: str,
+    model: str,
+    dim: int,
+    dtype: str,
+    sketch_buckets: int,
 ) -> PoolRecord:
     raw = txn.get(b"next_pool", db=dbs["meta"])
     num = 1 if raw is None else read_u64(raw)
@@ -62,6 +75,8 @@ def _new_pool(
         chunk_rows=chunk_rows_for(dim, dtype),
         created=now,
         updated=now,
+        sketch_buckets=sketch_buckets,
+        sketch_rows=chunk_rows_for(sketch_buckets, SKETCH_DTYPE.name) if sketch_buckets else 0,
     )
 
 
@@ -163,8 +178,11 @@ def upsert_txn(
     model: str,
     dim: int,
     dtype: str,
+    sketches: np.ndarray | None = None,
 ) -> UpsertResult:
     """Upsert ``ids`` with unit ``vectors`` (n, dim) float32 and ``contents`` into pool ``name``.
+
+    ``sketches`` (n, buckets) float16 are the records' sketch rows (None: the batch has none).
 
     Raises
     ------
@@ -175,7 +193,8 @@ def upsert_txn(
     """
     pool = read_pool(txn, dbs, name)
     if pool is None:
-        pool = _new_pool(txn, dbs, name, model, dim, dtype)
+        width = 0 if sketches is None or SKETCH_DB not in dbs else sketches.shape[1]
+        pool = _new_pool(txn, dbs, name, model, dim, dtype, width)
         created = True
     else:
         created = False
@@ -237,6 +256,8 @@ def upsert_txn(
         np.fromiter((xxhash.xxh64_intdigest(raw_ids[i]) for i in picked), dtype=np.uint64, count=len(picked)),
         version,
     )
+    if pool.sketch_buckets:
+        write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, _sketch_values(pool, sketches, write_idx))
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
         cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))
@@ -253,3 +274,19 @@ def upsert_txn(
         unchanged=len(ids) - len(new_idx) - len(changed_idx),
         version=version,
     )
+
+
+def _sketch_values(pool: PoolRecord, sketches: np.ndarray | None, picked: np.ndarray) -> np.ndarray | None:
+    """The batch's sketch rows ``picked`` for ``pool``; None (zero rows) when it has none of its width."""
+    if sketches is None:
+        return None
+    if sketches.shape[1] != pool.sketch_buckets:
+        LOG.warning(
+            "pool %r keeps sketches of %d buckets, this batch has %d: its rows are stored without",
+            pool.name,
+            pool.sketch_buckets,
+            sketches.shape[1],
+        )
+        return None
+    picked_rows: np.ndarray = sketches[picked]
+    return picked_rows

@@ -112,5 +112,10 @@ class TargetResolver:
         validate_name(name)
         ids, vectors = self.embed_records(records, model=self._embedder.model_id, dim=self._embedder.dim)
         return self._store.put_target_set(
-            name, list(ids), vectors, model=self._embedder.model_id, dim=self._embedder.dim
+            name,
+            list(ids),
+            vectors,
+            model=self._embedder.model_id,
+            dim=self._embedder.dim,
+            texts=[r.text for r in records],
         )
