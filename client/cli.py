@@ -17,12 +17,14 @@ from typing import Annotated, Any, TypeVar
 import grpc
 import typer
 
+from gotd.client.cli_eval import evaluate
 from gotd.client.client import Client, TlsConfig
 from gotd.client.types import RankedCandidate, SelectProgress, SelectSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gotd: GOT-D data selection service")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each writes docs/benchmarks/<name>.md")
 app.add_typer(bench_app, name="bench")
+app.command("eval")(evaluate)
 T = TypeVar("T")
 
 Server = Annotated[str, typer.Option("--server", envvar="GOTD_SERVER", help="host:port of the gotd server")]
@@ -168,10 +170,11 @@ def _ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, a
         raise typer.Exit(2)
     from gotd.cache.errors import GotdError
     from gotd.cache.store import Store
+    from gotd.server.features import tf_rows
     from gotd.server.ray_ingest import ray_ingest
 
     try:
-        with Store(data_dir) as store:
+        with Store(data_dir, sketcher=tf_rows) as store:
             s = ray_ingest(file, store, pool=pool, batch_size=batch_size, ray_address=address)
             info = store.get_pool(pool)
     except GotdError as err:
@@ -277,38 +280,6 @@ def demo(
     from gotd.server.demo import run_demo
 
     run_demo(data_dir=data_dir, pool_size=pool_size, topic=topic)
-
-
-@app.command("eval")
-def evaluate(
-    out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("docs"),
-    quick: Annotated[bool, typer.Option("--quick", help="tiny smoke version")] = False,
-    topic: Annotated[
-        list[str] | None, typer.Option("--topic", help="task topic (repeat); default all")
-    ] = None,
-    pool_size: Annotated[int, typer.Option(help="candidates per task")] = 3000,
-    target_size: Annotated[int, typer.Option(help="target texts per task")] = 100,
-    heldout_size: Annotated[int, typer.Option(help="held-out texts of the target label per task")] = 50,
-    pool_fraction: Annotated[float, typer.Option(help="share of the target label in the pool")] = 0.1,
-    k: Annotated[list[float] | None, typer.Option("--k", help="k as a fraction of the pool (repeat)")] = None,
-    method: Annotated[list[str] | None, typer.Option("--method", help="method (repeat); default all")] = None,
-    eps: Annotated[float, typer.Option(help="entropic regularisation")] = 0.1,
-    seed: Annotated[int, typer.Option(help="task sampling seed")] = 0,
-    repeats: Annotated[int | None, typer.Option(help="timed repeats per method (fastest kept)")] = None,
-    model_path: Annotated[str | None, typer.Option(help="local sentence-transformers model")] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="where corpus embeddings are cached")] = None,
-    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")] = False,
-) -> None:
-    """Selection quality on the labelled wiki corpus: GOT-D modes vs DSIR, centroid cosine, random."""
-    from gotd.server.evaluation import DEFAULT_KS, run
-
-    result = run(
-        out, quick=quick, topics=topic or None, pool_size=pool_size, target_size=target_size,
-        heldout_size=heldout_size, pool_fraction=pool_fraction, ks=tuple(k) if k else DEFAULT_KS,
-        methods=method or None, eps=eps, seed=seed, repeats=repeats, model_path=model_path,
-        cache_dir=cache_dir, plots=not no_plots, command=" ".join(["gotd", *sys.argv[1:]]),
-    )  # fmt: skip
-    typer.echo(f"evaluation written to {out}: {len(result.get('tasks', []))} tasks")
 
 
 def _bench(name: str, out: Path, quick: bool) -> None:

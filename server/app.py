@@ -29,6 +29,7 @@ from gotd.cache.store import Store
 from gotd.server.config import Settings
 from gotd.server.embedder import Embedder
 from gotd.server.engine import SelectionEngine
+from gotd.server.features import tf_rows
 from gotd.server.ingest import Ingestor
 from gotd.server.interceptors import AuthInterceptor, BoundaryInterceptor
 from gotd.server.metrics import Metrics
@@ -101,7 +102,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     embedder = embedder or Embedder(
         settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
     )
-    store = Store(settings.data_dir)
+    store = Store(settings.data_dir, sketcher=tf_rows)
     embcache = EmbeddingCache(store)
 
     def cache_health(ok: bool) -> None:

@@ -23,6 +23,17 @@ from gotd.cache.duals import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.store import PoolArrays, Store
 from gotd.server.config import Settings
+from gotd.server.costs import (
+    Cost,
+    CostConfig,
+    Features,
+    complete_sketches,
+    near_duplicates,
+    pool_features,
+    resolve_cost,
+    sketch_hash,
+    target_features,
+)
 from gotd.server.job import Emit, Job, Scorer, StopCheck, local_scorer
 from gotd.server.metrics import Metrics
 from gotd.server.requests import (
@@ -93,11 +104,23 @@ class SelectionEngine:
         self._pools = _PoolArraysCache(store, settings.pool_cache_entries)
         self._scores: OrderedDict[str, np.ndarray] = OrderedDict()
         self._scores_lock = threading.Lock()
+        self._fused: OrderedDict[tuple[str, str, int, float], Features] = OrderedDict()
+        self._sketched: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
+        self._features_lock = threading.Lock()
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, params: SolverParams) -> SelectionConfig:
-        """The solver configuration of a request: its options over the server defaults."""
+        """The solver configuration of a request: its options over the server defaults.
+
+        Epsilon: the request's absolute or relative epsilon (not both), else the server's
+        ``relative_eps`` when set, else its ``eps``.
+        """
         s = self._settings
+        if params.eps is not None and params.relative_eps is not None:
+            raise InvalidArgument("set at most one of epsilon and relative_epsilon")
+        relative = params.relative_eps if params.eps is None else None
+        if params.eps is None and relative is None:
+            relative = s.relative_eps
         try:
             return SelectionConfig(
                 mode=params.mode or Mode(s.default_mode),
@@ -107,6 +130,20 @@ class SelectionEngine:
                 exact_max_pool=s.exact_max_pool,
                 summary_size=params.summary_size if params.summary_size is not None else s.summary_size,
                 paper_domains=params.paper_domains if params.paper_domains is not None else s.paper_domains,
+                relative_eps=relative,
+            )
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+
+    def cost_config(self, params: SolverParams) -> CostConfig:
+        """The cost of a request: its options over the server defaults."""
+        s = self._settings
+        try:
+            return CostConfig(
+                cost=params.cost or Cost(s.cost),
+                embedding_weight=(
+                    params.embedding_weight if params.embedding_weight is not None else s.embedding_weight
+                ),
             )
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
@@ -129,6 +166,13 @@ class SelectionEngine:
         if params.exclude_ids:
             excluded = np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
             eligible &= ~excluded
+        n_dups = 0
+        if params.near_duplicate_cosine is not None:
+            dups = near_duplicates(
+                job.arrays.vectors[job.rows], job.target.vectors.numpy(), params.near_duplicate_cosine
+            )
+            n_dups = int((dups & eligible).sum())
+            eligible &= ~dups
         n_eligible = int(eligible.sum())
         order = top_k(scores, params.k, ids=list(job.ids), eligible=eligible)
         self._emit_ranking(params, job, order, emit)
@@ -152,6 +196,9 @@ class SelectionEngine:
                 target_count=job.target.count,
                 target_hash=job.target.content_hash,
                 timings_ms=timings,
+                cost=job.features.cost,
+                embedding_weight=job.features.embedding_weight,
+                near_duplicates_excluded=n_dups,
             )
         )
 
@@ -213,12 +260,16 @@ class SelectionEngine:
             raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
+        features = self._features(arrays, target.sketches, self.cost_config(solver))
         family = cache_key(
             pool=pool,
             pool_uid=info.uid,
             target=target.content_hash,
+            sketch=sketch_hash(target.sketches) if features.cost is Cost.FUSED else "",
+            cost=features.tag,
             mode=config.mode.value,
-            eps=config.eps,
+            eps=config.eps if config.relative_eps is None else 0.0,
+            rel_eps=config.relative_eps or 0.0,
             tol=config.tol,
             max_iter=config.max_iter,
             summary=config.summary_size if config.mode is Mode.GLOBAL else 0,
@@ -228,10 +279,41 @@ class SelectionEngine:
             model=info.model,
             code=CODE_VERSION,
         )
-        job = Job(self, arrays, rows, target, config, family, timings)
+        y = target_features(features, target.vectors, target.sketches)
+        job = Job(self, arrays, features, y, rows, target, config, family, timings)
         with self._timed("solve", timings):
             job.potential_for(emit, stop, reuse_latest=reuse_latest)
         return job
+
+    def _features(self, arrays: PoolArrays, target_tf: np.ndarray | None, cost: CostConfig) -> Features:
+        """The pool's rows in the request's feature space (fused rows cached per pool version)."""
+        tf = arrays.sketches
+        key = (arrays.name, arrays.uid, arrays.version)
+        with self._features_lock:
+            sketched = self._sketched.get(key)
+        if sketched is None:
+            sketched = complete_sketches(tf)
+            with self._features_lock:
+                self._sketched[key] = sketched
+                while len(self._sketched) > 64:
+                    self._sketched.popitem(last=False)
+        kind = resolve_cost(
+            cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target_tf)
+        )
+        if kind is Cost.EMBEDDING:
+            return pool_features(arrays.vectors, None, kind, 1.0)
+        fkey = (*key, cost.embedding_weight)
+        with self._features_lock:
+            found = self._fused.get(fkey)
+            if found is not None:
+                self._fused.move_to_end(fkey)
+                return found
+        built = pool_features(arrays.vectors, tf, kind, cost.embedding_weight)
+        with self._features_lock:
+            self._fused[fkey] = built
+            while len(self._fused) > max(1, self._settings.pool_cache_entries):
+                self._fused.popitem(last=False)
+        return built
 
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
@@ -276,6 +358,9 @@ class SelectionEngine:
         self._pools.forget(pool)
         with self._scores_lock:
             self._scores.clear()
+        with self._features_lock:
+            for fkey in [k for k in self._fused if k[0] == pool]:
+                del self._fused[fkey]
 
     @property
     def duals(self) -> DualCache:

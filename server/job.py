@@ -17,6 +17,7 @@ import xxhash
 
 from gotd.cache.codec import PotentialEntry
 from gotd.cache.store import PoolArrays
+from gotd.server.costs import Features
 from gotd.server.ot import c_transform, calibrated_gradient
 from gotd.server.requests import Progress, SelectEvent, Stage
 from gotd.server.selection import Mode, Potential, SelectionConfig, solve
@@ -70,6 +71,8 @@ class Job:
         self,
         engine: SelectionEngine,
         arrays: PoolArrays,
+        features: Features,
+        y: torch.Tensor,
         rows: np.ndarray,
         target: Target,
         config: SelectionConfig,
@@ -78,6 +81,8 @@ class Job:
     ) -> None:
         self.engine = engine
         self.arrays = arrays
+        self.features = features
+        self.y = y
         self.rows = rows
         self.target = target
         self.config = config
@@ -91,10 +96,13 @@ class Job:
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
 
     def _x(self, rows: np.ndarray | None = None) -> torch.Tensor:
-        pick = self.rows if rows is None else rows
-        if len(pick) == len(self.arrays.ids):
-            return torch.from_numpy(self.arrays.vectors)
-        return torch.from_numpy(self.arrays.vectors[pick])
+        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows)."""
+        x = self.features.x
+        if rows is None:
+            if len(self.rows) == x.shape[0]:
+                return x  # every row, in order
+            rows = self.rows
+        return x[torch.from_numpy(rows)]
 
     def potential_for(self, emit: Emit, stop: StopCheck, *, reuse_latest: bool = False) -> None:
         """Find the potential: this pool version's cached one, else solve (warm-started from the newest
@@ -126,7 +134,7 @@ class Job:
         domains = _domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
         self.potential = solve(
             self._x(),
-            self.target.vectors,
+            self.y,
             self.config,
             keys=keys,
             domains=domains,
@@ -150,7 +158,8 @@ class Job:
             p is not None
             and p.g.shape == (self.target.count,)
             and bool(torch.isfinite(p.g).all())
-            and (p.mode, p.eps) == (self.config.mode, self.config.eps)
+            and p.mode == self.config.mode
+            and (self.config.relative_eps is not None or p.eps == self.config.eps)
             and (rows is None or not len(rows) or (rows.min() >= 0 and rows.max() < len(self.rows)))
         )
         if not ok:
@@ -175,9 +184,8 @@ class Job:
         if meta is None or "f_sum" not in meta or int(meta.get("n", 0)) < 2:
             return None
         rows = self.rows[positions]
-        x = torch.from_numpy(self.arrays.vectors[rows])
         g = self.potential.g.to(torch.float32)
-        f = c_transform(x, self.target.vectors, g, eps=self.potential.eps).double().numpy()
+        f = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).double().numpy()
         total, n = float(meta["f_sum"]), int(meta["n"])
         known = np.asarray(self.arrays.row_versions)[rows] <= int(meta["pool_version"])
         out: np.ndarray = np.where(known, f - (total - f) / (n - 1), f - total / n)
@@ -208,9 +216,10 @@ class Job:
         g = self.potential.g.to(torch.float32)
         # Names the rows only (not the target): a distributed scorer keeps one pool snapshot for all targets.
         a = self.arrays
-        snapshot = f"{a.name}:{a.uid}:v{a.version}:{xxhash.xxh3_64_hexdigest(self.rows.tobytes())}"
+        rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
+        snapshot = f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}:{rows_hash}"
         f = self.engine.scorer(
-            self._x(), self.target.vectors, g, eps=self.potential.eps, snapshot=snapshot, callback=on_block
+            self._x(), self.y, g, eps=self.potential.eps, snapshot=snapshot, callback=on_block
         )
         scores = calibrated_gradient(f).numpy().astype(np.float32, copy=False)
         self.engine.remember_scores(self.key, scores)

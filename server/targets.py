@@ -15,16 +15,22 @@ from gotd.cache.errors import FailedPrecondition, InvalidArgument, ResourceExhau
 from gotd.cache.records import Record, validate_name
 from gotd.cache.store import PoolInfo, Store, TargetSetInfo
 from gotd.server.embedder import Embedder, embed_with_cache
+from gotd.server.features import tf_rows
 from gotd.server.requests import Progress, Stage, TargetInput
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Resolved target set: ``vectors`` (m, d) float32 unit rows and their content hash."""
+    """Resolved target set: ``vectors`` (m, d) float32 unit rows and their content hash.
+
+    ``sketches`` (m, buckets) float16 holds the n-gram sketch rows of the targets sent as text
+    (zero rows for targets sent as embeddings only), or None when no target has one.
+    """
 
     ids: tuple[str, ...]
     vectors: torch.Tensor
     content_hash: str
+    sketches: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -58,10 +64,15 @@ class TargetResolver:
                     f"{pool.name!r} uses {pool.model} (dim {pool.dim})"
                 )
             return Target(
-                tuple(ids), torch.from_numpy(np.asarray(vectors, dtype=np.float32)), info.content_hash
+                tuple(ids),
+                torch.from_numpy(np.asarray(vectors, dtype=np.float32)),
+                info.content_hash,
+                self._store.get_target_sketches(spec.name),
             )
         names, matrix = self.embed_records(spec.records, model=pool.model, dim=pool.dim, emit=emit)
-        return Target(names, torch.from_numpy(matrix), content_hash(pool.model, matrix))
+        texts = [r.text for r in spec.records]
+        sketches = tf_rows(texts) if any(texts) else None
+        return Target(names, torch.from_numpy(matrix), content_hash(pool.model, matrix), sketches)
 
     def embed_records(
         self,
