@@ -1,7 +1,8 @@
 """Findings of an evaluation, computed from its rows (so a rerun never leaves stale prose behind).
 
 Every statement is a comparison of means or a per-topic win count; wins and losses of the GOT-D modes
-against each baseline are both listed.
+against each baseline are both listed. With several seeds, per-topic comparisons use each label's mean
+over the seeds (:func:`gotd.server.eval_summary.label_means`), so counts are counts of topics.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from gotd.server.eval_summary import label_means, row_seed
 
 __all__ = ["findings", "headline_k"]
 
@@ -41,8 +44,26 @@ def findings(
     methods: Sequence[str],
     ks: Sequence[float],
 ) -> list[str]:
-    """Markdown bullet lines: best method per metric and k, GOT-D against each baseline, time."""
+    """Markdown bullet lines: best method per metric and k, GOT-D against each baseline, time.
+
+    Parameters
+    ----------
+    summary : sequence of dict
+        Means per (method, k_frac), as :func:`gotd.server.eval_summary.summarise` returns them.
+    rows : sequence of dict
+        Every (label, seed, method, k) row of the run.
+    methods : sequence of str
+        Methods in report order.
+    ks : sequence of float
+        Selection sizes as fractions of the pool.
+
+    Returns
+    -------
+    list of str
+        Markdown bullets.
+    """
     out: list[str] = []
+    topic_rows = label_means(rows)
     for k in ks:
         best = []
         for key, higher in COMPARED:
@@ -61,7 +82,7 @@ def findings(
                 continue
             parts = []
             for key, higher in COMPARED[:3]:
-                mine, theirs = _per_topic(rows, g, k, key), _per_topic(rows, b, k, key)
+                mine, theirs = _per_topic(topic_rows, g, k, key), _per_topic(topic_rows, b, k, key)
                 topics = sorted(set(mine) & set(theirs))
                 wins = sum((mine[t] > theirs[t]) if higher else (mine[t] < theirs[t]) for t in topics)
                 ties = sum(mine[t] == theirs[t] for t in topics)
@@ -73,7 +94,7 @@ def findings(
                 )
             out.append(f"- k = {100 * k:g}%, `{g}` vs `{b}`: " + "; ".join(parts) + ".")
     for g in gotd:
-        out += _losses(rows, g, bases, k)
+        out += _losses(topic_rows, g, bases, k)
     out += _solver(rows, gotd, k)
     out += _identical(rows, gotd, k)
     out += _budget_setter(rows, k)
@@ -154,12 +175,12 @@ def _budget_setter(rows: Sequence[dict[str, Any]], k: float) -> list[str]:
             setters[r["method"]] = setters.get(r["method"], 0) + 1
     if not setters:
         return []
-    labels = {r["label"] for r in at_k}
+    tasks = {(r["label"], row_seed(r)) for r in at_k}
     per_text = {
         m: sum(r["tokens"] for r in at_k if r["method"] == m) / sum(r["k"] for r in at_k if r["method"] == m)
         for m in {r["method"] for r in at_k}
     }
-    who = ", ".join(f"`{m}` on {n}/{len(labels)} tasks" for m, n in sorted(setters.items()))
+    who = ", ".join(f"`{m}` on {n}/{len(tasks)} tasks" for m, n in sorted(setters.items()))
     sizes = ", ".join(f"`{m}` {v:.0f}" for m, v in sorted(per_text.items(), key=lambda kv: kv[1]))
     return [
         f"- The equal-token budget at k = {100 * k:g}% was set by {who} (fewest tokens selected). "

@@ -18,7 +18,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from gotd.server.eval_corpora import corpus_caveat
 from gotd.server.eval_findings import findings
+from gotd.server.eval_summary import label_means
 
 __all__ = ["METHOD_NOTES", "environment", "write_report"]
 
@@ -40,14 +42,19 @@ METHOD_NOTES = {
     "centroid": "Cosine similarity to the normalised mean target embedding.",
     "random": "Uniform random permutation (seeded).",
 }
-CAVEATS = (
+ONE_SEED = (
     "- One task per label and one seed: a difference of a hundredth in mean precision is within the "
-    "noise of the task draw; the per-topic better/tied/worse counts say more than the means.",
+    "noise of the task draw; the per-topic better/tied/worse counts say more than the means."
+)
+SEEDS = (
+    "- {n} seeds, one task per label and seed: ± is the standard error across seeds of the per-seed "
+    "mean over labels (the noise of the task draw, not the spread between labels); per-topic numbers and "
+    "better/tied/worse counts use each label's mean over the seeds."
+)
+CAVEATS = (
     "- The bigram perplexity is a cheap proxy for warming up fine-tuning, not a fine-tuning run; it "
     "rewards vocabulary overlap with the held-out texts and falls with the number of tokens selected, "
     "hence the equal-token column (whose budget is the smallest selection, usually DSIR's).",
-    "- Labels are wiki topics: a target defined by topic suits sentence embeddings. A style- or "
-    "source-defined target (issue 10) may favour n-gram features (DSIR).",
     "- Selection times come from a 2-core machine shared with other jobs; each is the fastest of the "
     "repeats, still noisy at the tenth-of-a-second scale. Embedding time is separate and dominates.",
 )
@@ -62,6 +69,8 @@ METRICS = (
     ("overlap_exact", "overlap w/ exact", "{:.3f}"),
     ("seconds", "select s/task (mean)", "{:.2f}"),
 )
+#: Metrics shown as mean ± standard error across seeds (when a run has several).
+WITH_SE = ("precision", "ppl", "ppl_budget")
 
 
 def environment() -> dict[str, Any]:
@@ -140,10 +149,27 @@ def _pct(frac: float) -> str:
     return f"{100 * frac:g}%"
 
 
+def _cell(entry: dict[str, Any], key: str, template: str) -> str:
+    """A summary cell: the mean, with ``± se`` when the entry has a finite standard error for ``key``."""
+    text = _fmt(template, entry[key])
+    se = float(entry.get(f"{key}_se", math.nan))
+    if key in WITH_SE and not math.isnan(se) and text != "–":
+        text += " ± " + template.format(se)
+    return text
+
+
+def _seeds_text(s: dict[str, Any]) -> str:
+    seeds = s.get("seeds") or [s["seed"]]
+    head = f"Seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+    return head + " (each label's draw uses `[seed, xxh3_64(label)]`; the seed also seeds the methods)."
+
+
 def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
     s, env, emb = result["settings"], result["environment"], result["embedding"]
     summary, rows = result["summary"], result["rows"]
     methods, ks = s["methods"], s["ks"]
+    n_seeds = len(s.get("seeds") or [s["seed"]])
+    topic_rows = label_means(rows)
     out = [
         "# Selection quality: GOT-D against DSIR and baselines",
         "",
@@ -154,11 +180,12 @@ def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
         "## Setup",
         "",
         f"- **Corpus**: {s.get('corpus', 'unnamed')}, {s.get('corpus_size', '?')} texts.",
-        f"- **Tasks**: one per label ({len(s['topics'])}: {', '.join(s['topics'])}). Target set = "
+        f"- **Tasks**: one per label{' and seed' if n_seeds > 1 else ''} "
+        f"({len(s['topics'])} labels: {', '.join(s['topics'])}). Target set = "
         f"{s['target_size']} texts of the label; held-out = {s['heldout_size']} other texts of the label; "
         f"pool = {s['pool_size']} texts with {100 * s['pool_fraction']:g}% of the label where enough remain "
         "(the rest drawn uniformly from the other labels), shuffled. Target, held-out and pool are "
-        f"disjoint. Seed {s['seed']} (each label's draw uses `[seed, xxh3_64(label)]`).",
+        f"disjoint. {_seeds_text(s)}",
         "- **Label texts in the pool**: "
         + ", ".join(f"{k} {v}" for k, v in s["positives"].items())
         + ". `ceiling` = best reachable precision, min(1, positives / k).",
@@ -180,7 +207,8 @@ def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
             if emb.get("texts")
             else "given with the corpus; "
         )
-        + f"this run loaded them in {emb['load_seconds']:.2f} s. Selection times below exclude embedding.",
+        + f"this run {'loaded' if emb.get('cached', True) else 'loaded or encoded'} them in "
+        + f"{emb['load_seconds']:.2f} s. Selection times below exclude embedding.",
         "- **Methods** (none sees a label; each gets pool and target texts and embeddings):",
         *[f"  - `{m}`: {METHOD_NOTES.get(m, 'plugged-in method')}" for m in methods],
         "- **Metrics**: `precision` = share of the top k with the target label; `OT to held-out` = entropic "
@@ -203,21 +231,30 @@ def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
         "",
         "## Caveats",
         "",
-        *CAVEATS,
+        ONE_SEED if n_seeds == 1 else SEEDS.format(n=n_seeds),
+        *CAVEATS[:1],
+        corpus_caveat(s.get("corpus_key", "wiki")),
+        *CAVEATS[1:],
         "",
     ]
     out += [f"![{p.stem}]({p.as_posix()})" for p in images] + [""]
     for k in ks:
-        out += [f"## k = {_pct(k)} of the pool", "", "Mean over tasks:", ""]
         means = [e for e in summary if e["k_frac"] == k]
+        head = f"Mean over {means[0]['tasks'] if means else 0} tasks" + (
+            f" ({len(s['topics'])} labels × {n_seeds} seeds; ± = standard error across seeds):"
+            if n_seeds > 1
+            else ":"
+        )
+        out += [f"## k = {_pct(k)} of the pool", "", head, ""]
         out += _table(
             ["method", *[label for _, label, _ in METRICS]],
-            [[f"`{e['method']}`", *[_fmt(t, e[key]) for key, _, t in METRICS]] for e in means],
+            [[f"`{e['method']}`", *[_cell(e, key, t) for key, _, t in METRICS]] for e in means],
         )
         out += [""]
         for key, label, template in (METRICS[0], METRICS[3], METRICS[2], METRICS[4]):
-            out += [f"<details><summary>Per topic: {label}, k = {_pct(k)}</summary>", ""]
-            out += _per_topic(rows, methods, s["topics"], k, key, template)
+            over = f" (mean over {n_seeds} seeds)" if n_seeds > 1 else ""
+            out += [f"<details><summary>Per topic{over}: {label}, k = {_pct(k)}</summary>", ""]
+            out += _per_topic(topic_rows, methods, s["topics"], k, key, template)
             out += ["", "</details>", ""]
     return "\n".join(out) + "\n"
 
@@ -257,16 +294,28 @@ def _plots(assets: Path, result: dict[str, Any]) -> list[Path]:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, title) in zip(axes.flat, panels, strict=True):
         for i, m in enumerate(methods):
-            pts = sorted((e["k_frac"], e[key]) for e in summary if e["method"] == m)
+            pts = sorted(
+                (e["k_frac"], e[key], e.get(f"{key}_se", math.nan)) for e in summary if e["method"] == m
+            )
             style = {"marker": "osD^vPX*"[i % 8], "linestyle": ("-", "--", ":", "-.")[i % 4], "alpha": 0.85}
-            ax.plot([100 * k for k, _ in pts], [v for _, v in pts], label=m, **style)
+            errs = [float(se) for _, _, se in pts]
+            yerr = None if all(math.isnan(e) for e in errs) else errs
+            ax.errorbar(
+                [100 * k for k, _, _ in pts], [v for _, v, _ in pts], yerr=yerr, capsize=3, label=m, **style
+            )
         ax.set_title(title)
         ax.set_xlabel("k (% of pool)")
         ax.set_xticks([100 * k for k in ks])
         ax.grid(alpha=0.3)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 7), fontsize=8)
-    fig.suptitle(f"Selection quality, mean over {len(s['topics'])} tasks (pool {s['pool_size']})")
+    n_seeds = len(s.get("seeds") or [s["seed"]])
+    over = (
+        f"{len(s['topics'])} labels × {n_seeds} seeds, bars ± se"
+        if n_seeds > 1
+        else f"{len(s['topics'])} tasks"
+    )
+    fig.suptitle(f"Selection quality, mean over {over} (pool {s['pool_size']})")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     quality = assets / "quality.png"
     fig.savefig(quality, dpi=90)

