@@ -128,15 +128,28 @@ def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
     from gotd.server.ray_backend import RayScorer
 
     x = clustered(2000, seed=3)
-    y = clustered(30, seed=4, centers=2).tolist()
+    y = clustered(30, seed=4, centers=2)
+    # texts as well as embeddings: the fused cost (sketch rows) is scored on the workers too
+    pool = [
+        {"id": f"c{i:05d}", "embedding": v.tolist(), "text": f"topic{i % 5} word{i % 11} term{i % 3}"}
+        for i, v in enumerate(x)
+    ]
+    targets = [
+        {"id": f"t{j}", "embedding": v.tolist(), "text": f"topic{j % 2} word{j}"} for j, v in enumerate(y)
+    ]
     results = []
     for address in (None, "auto"):
         server = make_server(ray_address=address)
         try:
             with Client(server.address, timeout=120) as client:
-                client.ingest("pool", [{"id": f"c{i:05d}", "embedding": v.tolist()} for i, v in enumerate(x)])
-                ranked, _ = client.select("pool", y, k=100, mode="global", eps=0.1)
-            results.append([(c.id, c.score) for c in ranked])
+                client.ingest("pool", pool)
+                run = []
+                for cost in ("embedding", "fused"):
+                    ranked, summary = client.select("pool", targets, k=100, mode="global", eps=0.1, cost=cost)
+                    assert summary.cost == cost
+                    run.append([(c.id, c.score) for c in ranked])
+            assert run[0] != run[1]
+            results.append(run)
         finally:
             scorer = server.running.engine.scorer
             assert isinstance(scorer, RayScorer) == (address is not None)
