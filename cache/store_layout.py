@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+import lmdb
 import numpy as np
 import xxhash
 
@@ -353,3 +355,33 @@ def content_hash(model: str, vectors: np.ndarray) -> str:
     h.update(model.encode())
     h.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
     return h.hexdigest()
+
+
+def chunk_parts(rows: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Group sorted pool ``rows`` by chunk of ``size`` rows.
+
+    Yields
+    ------
+    tuple
+        ``(chunk number, positions in rows, rows local to the chunk)`` for every chunk touched.
+    """
+    chunks = rows // size
+    bounds = np.flatnonzero(np.diff(chunks)) + 1
+    for part in np.split(np.arange(len(rows)), bounds):
+        if len(part):
+            chunk = int(chunks[part[0]])
+            yield chunk, part, rows[part] - chunk * size
+
+
+def pool_chunks(
+    txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes
+) -> Iterator[tuple[int, memoryview | bytes]]:
+    """``(chunk number, value)`` of every chunk of a pool (key prefix ``prefix``) in ``db``, in order."""
+    with txn.cursor(db=db) as cur:
+        ok = cur.set_range(prefix)
+        while ok:
+            key = cur.key()
+            if key[:8] != prefix:
+                break
+            yield int.from_bytes(key[8:16], "big"), cur.value()
+            ok = cur.next()

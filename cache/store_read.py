@@ -22,6 +22,7 @@ from gotd.cache.store_layout import (
     decode_content,
     decode_id_value,
     id_key,
+    pool_chunks,
     u64_key,
 )
 from gotd.cache.store_sketch import SKETCH_DB, load_sketches
@@ -38,20 +39,6 @@ def require_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> PoolRecord:
     return record
 
 
-def _chunks(txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes) -> list[tuple[int, memoryview | bytes]]:
-    """``(chunk number, value)`` of every chunk of a pool in ``db``, in order."""
-    out: list[tuple[int, memoryview | bytes]] = []
-    with txn.cursor(db=db) as cur:
-        ok = cur.set_range(prefix)
-        while ok:
-            key = cur.key()
-            if key[:8] != prefix:
-                break
-            out.append((int.from_bytes(key[8:16], "big"), cur.value()))
-            ok = cur.next()
-    return out
-
-
 def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = True) -> PoolArrays:
     """The whole pool as row-aligned arrays: one copy per chunk straight from the memory map.
 
@@ -63,7 +50,7 @@ def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = Tr
     vectors = np.empty((n, d), dtype=np.float32)
     flat = vectors.reshape(-1)
     seen = 0
-    for chunk, value in _chunks(txn, dbs["vectors"], rec.prefix):
+    for chunk, value in pool_chunks(txn, dbs["vectors"], rec.prefix):
         start = chunk * size * d
         part = np.frombuffer(value, dtype=dtype)
         if start + part.size > flat.size:
@@ -74,7 +61,7 @@ def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = Tr
     keys = np.empty(n, dtype=np.uint64)
     ids: list[str] = []
     domains: list[str] = []
-    for chunk, value in _chunks(txn, dbs["rows"], rec.prefix):
+    for chunk, value in pool_chunks(txn, dbs["rows"], rec.prefix):
         rows = RowChunk.decode(value)
         start = chunk * size
         if start != len(ids) or start + len(rows.ids) > n:

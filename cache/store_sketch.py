@@ -30,7 +30,7 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
-from gotd.cache.store_layout import PoolRecord, TargetSetInfo, u64_key
+from gotd.cache.store_layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
 
 __all__ = [
     "SKETCH_DB",
@@ -96,13 +96,7 @@ def write_sketch_rows(
         Shape ``(len(rows), pool.sketch_buckets)``, float16.
     """
     size, width = pool.sketch_rows, pool.sketch_buckets
-    chunks = rows // size
-    bounds = np.flatnonzero(np.diff(chunks)) + 1
-    for part in np.split(np.arange(len(rows)), bounds):
-        if not len(part):
-            continue
-        chunk = int(chunks[part[0]])
-        local = rows[part] - chunk * size
+    for chunk, part, local in chunk_parts(rows, size):
         new = None if values is None else values[part]
         key = u64_key(pool.prefix, chunk)
         raw = txn.get(key, db=db)
@@ -130,24 +124,16 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
     if db is None or width < 1 or size < 1:
         return None
     out = np.zeros((n, width), dtype=SKETCH_DTYPE)
-    prefix = pool.prefix
-    with txn.cursor(db=db) as cur:
-        ok = cur.set_range(prefix)
-        while ok:
-            key = cur.key()
-            if key[:8] != prefix:
-                break
-            start = int.from_bytes(key[8:16], "big") * size
-            value = cur.value()
-            if len(value) % (width * SKETCH_DTYPE.itemsize):
-                LOG.warning("pool %r: a sketch chunk has a partial row; loading without sketches", pool.name)
-                return None
-            part = _rows(value, width)
-            if len(part) > size or start + len(part) > n:
-                LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
-                return None
-            out[start : start + len(part)] = part
-            ok = cur.next()
+    for chunk, value in pool_chunks(txn, db, pool.prefix):
+        start = chunk * size
+        if len(value) % (width * SKETCH_DTYPE.itemsize):
+            LOG.warning("pool %r: a sketch chunk has a partial row; loading without sketches", pool.name)
+            return None
+        part = _rows(value, width)
+        if len(part) > size or start + len(part) > n:
+            LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
+            return None
+        out[start : start + len(part)] = part
     return out
 
 

@@ -29,6 +29,7 @@ from gotd.cache.store_layout import (
     PoolRecord,
     RowChunk,
     UpsertResult,
+    chunk_parts,
     chunk_rows_for,
     decode_id_value,
     encode_content,
@@ -124,14 +125,7 @@ class _Chunks:
 
         ``rows`` are sorted ascending.
         """
-        size = self.pool.chunk_rows
-        chunks = rows // size
-        bounds = np.flatnonzero(np.diff(chunks)) + 1
-        for part in np.split(np.arange(len(rows)), bounds):
-            if not len(part):
-                continue
-            chunk = int(chunks[part[0]])
-            local = rows[part] - chunk * size
+        for chunk, part, local in chunk_parts(rows, self.pool.chunk_rows):
             need = int(local.max()) + 1
             vec = self.vector_chunk(chunk)
             if len(vec) < need:
