@@ -308,7 +308,7 @@ def bench_ingest(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> No
 
 @bench_app.command("service")
 def bench_service(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Cold vs cached Select, grown pool, first batch latency, concurrency."""
+    """Cold vs cached Select, grown pool, first batch latency, concurrency, fused vs embedding cost."""
     _bench("service", out, quick)
 
 

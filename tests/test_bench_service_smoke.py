@@ -13,6 +13,20 @@ def test_quick_service_bench_writes_report(tmp_path: Path) -> None:
     assert scenario["cache_hit"] is True
     assert scenario["grown_warm_started"] is True
     assert report["concurrency"]["requests"] == 16
+    (costs,) = report["costs"]["scenarios"]
+    for cost in ("embedding", "fused"):
+        assert costs["cold"][cost]["cost"] == cost
+        assert costs["cold"][cost]["mode"] == "exact"
+        assert costs["cold"][cost]["cache_hit"] is False
+        assert costs["cached"][cost]["cache_hit"] is True
+        assert costs["cached_inline"][cost]["cache_hit"] is True
+        assert costs["steady"][cost]["cache_hit"] is False
+    assert costs["auto"]["cost"] == "fused"
+    assert costs["auto"]["cache_hit"] is True
+    assert set(costs["ratios"]) == {"cold", "cached", "cached_inline", "steady"}
+    assert report["costs"]["store_ingest"]["sketched_per_s"] > 0
     text = (tmp_path / "service-smoke.md").read_text()
     assert "cached speed-up" in text
+    assert "## Fused cost vs embedding cost" in text
     assert (tmp_path / "service-smoke.png").stat().st_size > 1000
+    assert (tmp_path / "service-smoke-costs.png").stat().st_size > 1000
