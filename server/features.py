@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 import xxhash
 
 __all__ = [
@@ -159,12 +160,21 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     -------
     numpy.ndarray, shape (len(texts), buckets), float16
     """
+    if buckets < 1:
+        raise ValueError(f"buckets must be >= 1, got {buckets}")
     out = np.zeros((len(texts), buckets), dtype=np.float16)
+    width = np.uint64(buckets)
     for row, text in enumerate(texts):
-        if not text:
+        grams = ngrams(text) if text else []
+        if not grams:
             continue
-        idx, val = hashed_counts(text, buckets=buckets)
-        out[row, idx] = np.sign(val) * np.log1p(np.abs(val))
+        # the same buckets and signs as hashed_counts, summed by bincount instead of a dict
+        h = np.fromiter(
+            (xxhash.xxh3_64_intdigest(g.encode("utf-8"), 0) for g in grams), dtype=np.uint64, count=len(grams)
+        )
+        signs = np.where(h >= np.uint64(_SIGN_BIT), -1.0, 1.0)
+        counts = np.bincount((h % width).astype(np.intp), weights=signs, minlength=buckets)
+        out[row] = np.sign(counts) * np.log1p(np.abs(counts))
     return out
 
 
@@ -182,7 +192,8 @@ def document_frequency(tf: np.ndarray) -> np.ndarray:
     """
     df = np.zeros(tf.shape[1], dtype=np.int64)
     for start in range(0, tf.shape[0], _BLOCK_ROWS):
-        df += np.count_nonzero(tf[start : start + _BLOCK_ROWS], axis=0)
+        # float16 bits: tf_rows never stores -0.0, so a non-zero bit pattern is a non-zero value
+        df += np.count_nonzero(tf[start : start + _BLOCK_ROWS].view(np.uint16), axis=0)
     return df
 
 
@@ -207,13 +218,18 @@ def unit_sketches(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
     """
     if idf.shape != (tf.shape[1],):
         raise ValueError(f"idf must have shape ({tf.shape[1]},), got {idf.shape}")
-    out = np.empty(tf.shape, dtype=np.float32)
+    out = torch.empty(tf.shape, dtype=torch.float32)
+    weights = torch.from_numpy(np.ascontiguousarray(idf, dtype=np.float32))
     for start in range(0, tf.shape[0], _BLOCK_ROWS):
-        block = out[start : start + _BLOCK_ROWS]
-        np.multiply(tf[start : start + _BLOCK_ROWS], idf[None, :], out=block)
-        norms = np.linalg.norm(block, axis=1, keepdims=True)
-        np.divide(block, norms, out=block, where=norms > 0)
-    return out
+        out[start : start + _BLOCK_ROWS] = _unit_block(tf[start : start + _BLOCK_ROWS], weights)
+    return out.numpy()
+
+
+def _unit_block(tf: np.ndarray, idf: torch.Tensor) -> torch.Tensor:
+    """One block of :func:`unit_sketches` (torch: float16 to float32, scale and normalise in place)."""
+    block = torch.from_numpy(np.ascontiguousarray(tf)).to(torch.float32).mul_(idf)
+    norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
+    return block.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
 
 
 def fused_matrix(vectors: np.ndarray, tf: np.ndarray, idf: np.ndarray, w: float) -> np.ndarray:
@@ -242,10 +258,14 @@ def fused_matrix(vectors: np.ndarray, tf: np.ndarray, idf: np.ndarray, w: float)
     n, d = vectors.shape
     if tf.shape[0] != n:
         raise ValueError(f"{n} embeddings but {tf.shape[0]} sketches")
-    out = np.empty((n, d + tf.shape[1]), dtype=np.float32)
+    if idf.shape != (tf.shape[1],):
+        raise ValueError(f"idf must have shape ({tf.shape[1]},), got {idf.shape}")
+    out = torch.empty((n, d + tf.shape[1]), dtype=torch.float32)
     a, b = math.sqrt(w), math.sqrt(1.0 - w)
+    e = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    weights = torch.from_numpy(np.ascontiguousarray(idf, dtype=np.float32))
     for start in range(0, n, _BLOCK_ROWS):
         stop = min(n, start + _BLOCK_ROWS)
-        np.multiply(vectors[start:stop], a, out=out[start:stop, :d])
-        out[start:stop, d:] = unit_sketches(tf[start:stop], idf) * b
-    return out
+        torch.mul(e[start:stop], a, out=out[start:stop, :d])
+        out[start:stop, d:] = _unit_block(tf[start:stop], weights).mul_(b)
+    return out.numpy()
