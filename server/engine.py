@@ -48,7 +48,7 @@ from gotd.server.requests import (
     Stage,
 )
 from gotd.server.selection import Mode, SelectionConfig, resolve_mode, top_k
-from gotd.server.targets import TargetResolver
+from gotd.server.targets import Target, TargetResolver
 
 LOG = logging.getLogger(__name__)
 CODE_VERSION = version("gotd")
@@ -260,7 +260,7 @@ class SelectionEngine:
             raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
-        features = self._features(arrays, target.sketches, self.cost_config(solver))
+        features = self._features(arrays, target, self.cost_config(solver))
         family = cache_key(
             pool=pool,
             pool_uid=info.uid,
@@ -285,8 +285,10 @@ class SelectionEngine:
             job.potential_for(emit, stop, reuse_latest=reuse_latest)
         return job
 
-    def _features(self, arrays: PoolArrays, target_tf: np.ndarray | None, cost: CostConfig) -> Features:
+    def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
         """The pool's rows in the request's feature space (fused rows cached per pool version)."""
+        if cost.cost is Cost.EMBEDDING or cost.embedding_weight == 1.0:
+            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         tf = arrays.sketches
         key = (arrays.name, arrays.uid, arrays.version)
         with self._features_lock:
@@ -298,7 +300,7 @@ class SelectionEngine:
                 while len(self._sketched) > 64:
                     self._sketched.popitem(last=False)
         kind = resolve_cost(
-            cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target_tf)
+            cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target.sketches)
         )
         if kind is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, kind, 1.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,14 +23,26 @@ from gotd.server.requests import Progress, Stage, TargetInput
 class Target:
     """Resolved target set: ``vectors`` (m, d) float32 unit rows and their content hash.
 
-    ``sketches`` (m, buckets) float16 holds the n-gram sketch rows of the targets sent as text
-    (zero rows for targets sent as embeddings only), or None when no target has one.
+    :attr:`sketches` (m, buckets) float16 holds the n-gram sketch rows of the targets sent as text
+    (zero rows for targets sent as embeddings only), or None when no target has one. Stored sets
+    bring theirs (``stored_sketches``); inline texts are sketched on first use only, so a request with
+    the embedding cost never pays for it.
     """
 
     ids: tuple[str, ...]
     vectors: torch.Tensor
     content_hash: str
-    sketches: np.ndarray | None = None
+    stored_sketches: np.ndarray | None = None
+    texts: tuple[str | None, ...] = ()
+    _memo: dict[str, np.ndarray | None] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sketches(self) -> np.ndarray | None:
+        if self.stored_sketches is not None or not any(self.texts):
+            return self.stored_sketches
+        if "tf" not in self._memo:
+            self._memo["tf"] = tf_rows(self.texts)
+        return self._memo["tf"]
 
     @property
     def count(self) -> int:
@@ -70,9 +82,8 @@ class TargetResolver:
                 self._store.get_target_sketches(spec.name),
             )
         names, matrix = self.embed_records(spec.records, model=pool.model, dim=pool.dim, emit=emit)
-        texts = [r.text for r in spec.records]
-        sketches = tf_rows(texts) if any(texts) else None
-        return Target(names, torch.from_numpy(matrix), content_hash(pool.model, matrix), sketches)
+        texts = tuple(r.text for r in spec.records)
+        return Target(names, torch.from_numpy(matrix), content_hash(pool.model, matrix), texts=texts)
 
     def embed_records(
         self,
