@@ -74,8 +74,8 @@ def evaluate(
         str, typer.Option("--embed", help="auto | used (only the tasks' texts) | all (whole corpus)")
     ] = "auto",
     report_name: Annotated[
-        str, typer.Option("--report-name", help="report stem: OUT/NAME.md")
-    ] = "evaluation",
+        str | None, typer.Option("--report-name", help="report stem: OUT/NAME.md (default evaluation-CORPUS)")
+    ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")] = False,
 ) -> None:
     """Selection quality on a labelled corpus: GOT-D modes vs DSIR, centroid cosine, random."""
@@ -90,17 +90,18 @@ def evaluate(
         raise typer.BadParameter(f"choose from {', '.join(EMBED_MODES)}", param_hint="--embed")
     seed_list = parse_seeds(seeds)
     names = parse_names(method, methods)
+    stem = report_name or f"evaluation-{corpus}"
     try:
         result = run(
             out, quick=quick, topics=topic or None, pool_size=pool_size, target_size=target_size,
             heldout_size=heldout_size, pool_fraction=pool_fraction, ks=tuple(k) if k else DEFAULT_KS,
             methods=names, eps=eps, seed=seed, seeds=seed_list, repeats=repeats, model_path=model_path,
             cache_dir=cache_dir, plots=not no_plots, command=" ".join(["gotd", *sys.argv[1:]]),
-            corpus_key=corpus, report_name=report_name, embed=embed,
+            corpus_key=corpus, report_name=stem, embed=embed,
         )  # fmt: skip
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     n_seeds = len(seed_list or [seed])
     labels = len(result.get("tasks", []))
-    typer.echo(f"evaluation written to {out / report_name}.md: {labels} labels × {n_seeds} seeds")
+    typer.echo(f"evaluation written to {out / stem}.md: {labels} labels × {n_seeds} seeds")

@@ -181,7 +181,7 @@ def run(
     command: str | None = None,
     repeats: int | None = None,
     corpus_name: str | None = None,
-    report_name: str = "evaluation",
+    report_name: str | None = None,
     corpus_key: str | None = None,
     embed: str = "auto",
 ) -> dict[str, Any]:
@@ -226,8 +226,9 @@ def run(
     corpus_name : str, optional
         How the report names the corpus and its labels (default: the registered description of
         ``corpus_key``, or "a caller-supplied corpus").
-    report_name : str
-        Stem of the report: ``out_dir/<report_name>.md`` and ``out_dir/<report_name>/``.
+    report_name : str, optional
+        Stem of the report: ``out_dir/<report_name>.md`` and ``out_dir/<report_name>/``; default
+        ``evaluation-<corpus key>`` (``docs/evaluation.md`` is the hand-written summary of them).
     corpus_key : str, optional
         Key of :data:`~gotd.server.eval_corpora.CORPORA` (``wiki``, ``sotu``); default ``wiki``.
         Loaded only when ``corpus`` is not given.
@@ -305,7 +306,7 @@ def run(
         "summary": summarise(rows),
         "seconds": time.perf_counter() - began,
     }
-    write_report(out_dir, result, plots=plots, name=report_name)
+    write_report(out_dir, result, plots=plots, name=report_name or f"evaluation-{key}")
     LOG.info("evaluation written to %s in %.0f s", out_dir, result["seconds"])
     return result
 

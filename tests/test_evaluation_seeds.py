@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from gotd.client.cli import app
 from gotd.client.cli_eval import parse_names, parse_seeds
 from gotd.server.corpus_style import load_style
-from gotd.server.eval_corpora import CORPORA, SOTU_NAME, load_corpus
+from gotd.server.eval_corpora import CORPORA, SOTU_LABELS, SOTU_NAME, SOTU_PER_LABEL, load_corpus
 from gotd.server.eval_embed import embed_texts, text_store_dir
 from gotd.server.eval_findings import findings
 from gotd.server.eval_summary import label_means, summarise
@@ -112,8 +112,9 @@ def test_a_registered_corpus_is_named_with_its_labels(
 def test_the_style_corpus_loads_through_the_registry() -> None:
     docs, name = load_corpus("sotu")
     assert name == SOTU_NAME
-    assert len({d.topic for d in docs}) > 10
-    assert load_style() == docs
+    assert len({d.topic for d in docs}) == SOTU_LABELS
+    assert len(docs) == SOTU_LABELS * SOTU_PER_LABEL
+    assert load_style(labels=SOTU_LABELS, per_label=SOTU_PER_LABEL) == docs
 
 
 def test_cli_parses_seeds_corpus_and_methods(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
