@@ -98,8 +98,9 @@ def section(costs: dict[str, Any], name: str) -> list[str]:
         *_times(scenarios),
         "",
         "Server-side time of the Selects (`Summary.timings`; *targets* = resolving the targets — inline "
-        "target texts are sketched on every request, whichever the cost; *fused rows + other* = total − "
-        "targets − load − solve − score, mostly building the fused rows on a cold fused Select):",
+        "target texts are sketched only when the cost needs them; *fused rows + other* = total − targets "
+        "− load − solve − score: building the fused rows on a cold fused Select, else ranking and "
+        "streaming):",
         "",
         *_breakdown(scenarios),
         "",
