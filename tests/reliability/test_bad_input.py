@@ -157,9 +157,18 @@ def solver_options(draw: st.DrawFn) -> pb.SolverOptions:
         options.summary_size = draw(st.one_of(st.integers(0, 100), st.just(2**32 - 1)))
     if draw(st.booleans()):
         options.paper_domains = draw(st.one_of(st.integers(0, 5), st.just(2**32 - 1)))
+    if draw(st.booleans()):
+        options.cost = draw(st.integers(0, 5))  # type: ignore[assignment]  # 3..5: unknown values
+    if draw(st.booleans()):
+        options.embedding_weight = draw(
+            st.one_of(st.sampled_from([*EPS, 1.0, 1.5]), st.floats(allow_nan=True))
+        )
+    if draw(st.booleans()):
+        options.relative_epsilon = draw(st.one_of(st.sampled_from(EPS), st.floats(allow_nan=True)))
     return options
 
 
+BAD_COSINES = [0.0, -1.0, 1.5, float("nan"), float("inf")]
 ks = st.one_of(st.integers(-3, 60), st.integers(1, 10), st.sampled_from([2**63 - 1, -(2**63), 10**9]))
 modes = st.integers(0, 6)
 BASE_IDS = [f"c{i:05d}" for i in range(40)]
@@ -179,6 +188,12 @@ def sane_solver(draw: st.DrawFn) -> pb.SolverOptions:
         options.summary_size = draw(st.integers(2, 64))
     if draw(st.booleans()):
         options.paper_domains = draw(st.integers(1, 3))
+    if draw(st.booleans()):  # fused on a pool of embeddings only: FAILED_PRECONDITION, a documented code
+        options.cost = draw(st.integers(0, 2))  # type: ignore[assignment]
+    if draw(st.booleans()):
+        options.embedding_weight = draw(st.floats(0.0, 1.0))
+    if not options.HasField("epsilon") and draw(st.booleans()):
+        options.relative_epsilon = draw(st.floats(0.01, 0.5))
     return options
 
 
@@ -197,7 +212,9 @@ good_targets = st.one_of(st.just(pb.TargetSpec(target_set="tset")), valid_target
 
 @st.composite
 def select_requests(draw: st.DrawFn) -> pb.SelectRequest:
-    pick = _broken(draw, ("pool", "target", "k", "mode", "solver", "exclude", "domains", "batch_size"))
+    pick = _broken(
+        draw, ("pool", "target", "k", "mode", "solver", "exclude", "domains", "batch_size", "near_dup")
+    )
     return pb.SelectRequest(
         pool=pick("pool", st.just("base"), names),
         target=pick("target", good_targets, targets),
@@ -212,6 +229,13 @@ def select_requests(draw: st.DrawFn) -> pb.SelectRequest:
         ),
         batch_size=pick("batch_size", st.integers(0, 50), st.integers(0, 2**32 - 1)),
         include_metadata=draw(st.booleans()),
+        near_duplicate_cosine=pick(
+            "near_dup",
+            st.one_of(st.none(), st.floats(0.5, 1.0)),
+            st.one_of(
+                st.sampled_from([0.0, -1.0, 1.5, float("nan"), float("inf")]), st.floats(allow_nan=True)
+            ),
+        ),
     )
 
 
@@ -257,8 +281,16 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iter
         max_inline_targets=MAX_TARGETS,
     )
     with Client(srv.address, timeout=60) as client:
-        client.ingest("base", vector_records(clustered(40, seed=4), domains=["a", "b"] * 20))
-        client.put_target_set("tset", clustered(5, seed=6).tolist())
+        # texts and embeddings: the pool and "tset" have n-gram sketches, so the fused cost is fuzzed too
+        base = vector_records(clustered(40, seed=4), domains=["a", "b"] * 20)
+        for i, record in enumerate(base):
+            record["text"] = f"candidate {i} about topic {i % 4} and word {i % 7}"
+        client.ingest("base", base)
+        tset = [
+            {"id": f"t{j}", "embedding": v, "text": f"target about topic {j % 4}"}
+            for j, v in enumerate(clustered(5, seed=6).tolist())
+        ]
+        client.put_target_set("tset", tset)
     yield srv
     srv.stop()
 
