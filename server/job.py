@@ -140,6 +140,7 @@ class Job:
             domains=domains,
             init_g=init_g,
             callback=on_iter,
+            on_block=stop,
         )
         self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
         self._apply_rows()

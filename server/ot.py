@@ -95,6 +95,7 @@ def sinkhorn(
     eps_scaling: bool = True,
     check_every: int = 1,
     callback: Callable[[int, float], None] | None = None,
+    on_block: Callable[[], None] | None = None,
 ) -> SinkhornResult:
     """Log-domain Sinkhorn between candidates ``x`` and targets ``y`` for the squared Euclidean cost.
 
@@ -140,6 +141,9 @@ def sinkhorn(
         pass's column marginals).
     callback : callable, optional
         ``callback(iteration, marginal_error)`` at every check; an exception it raises propagates.
+    on_block : callable, optional
+        ``on_block()`` before every block of every pass (e.g. a cancellation check, so a stop does not
+        wait for the end of a pass); an exception it raises propagates.
 
     Returns
     -------
@@ -173,10 +177,10 @@ def sinkhorn(
                 levels = levels[max(0, len(levels) - (max_iter - 1)) :]
         buf = geo.buffer()
         for level in levels:
-            g = fused_pass(geo, g, eps=level, a_w=a_w, b_w=b_w, buf=buf).g_next
+            g = fused_pass(geo, g, eps=level, a_w=a_w, b_w=b_w, buf=buf, on_block=on_block).g_next
         n_iter = len(levels)
         for phase in range(1, max_iter - n_iter + 1):
-            step = fused_pass(geo, g, eps=eps, a_w=a_w, b_w=b_w, buf=buf)
+            step = fused_pass(geo, g, eps=eps, a_w=a_w, b_w=b_w, buf=buf, on_block=on_block)
             last = n_iter + phase == max_iter
             if phase == 1 or phase % check_every == 0 or last:
                 error = float((step.col_marginal - b_w.double()).abs().sum())

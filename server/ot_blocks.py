@@ -8,7 +8,7 @@ never held whole.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -96,14 +96,26 @@ def softmax_rows(
 
 
 def fused_pass(
-    geo: Geometry, g: torch.Tensor, *, eps: float, a_w: torch.Tensor, b_w: torch.Tensor, buf: torch.Tensor
+    geo: Geometry,
+    g: torch.Tensor,
+    *,
+    eps: float,
+    a_w: torch.Tensor,
+    b_w: torch.Tensor,
+    buf: torch.Tensor,
+    on_block: Callable[[], None] | None = None,
 ) -> Pass:
-    """One Sinkhorn pass: f = c(g) and the column marginal of (f, g), one GEMM per block."""
+    """One Sinkhorn pass: f = c(g) and the column marginal of (f, g), one GEMM per block.
+
+    ``on_block()`` runs before each block; an exception it raises (a cancelled request) propagates.
+    """
     h = b_w.log() + (g - geo.yn) / eps
     f = torch.empty_like(geo.xn)
     lse = torch.empty_like(geo.xn)
     col = torch.zeros(geo.y.shape[0], dtype=torch.float64, device=g.device)
     for start, stop in geo.blocks():
+        if on_block is not None:
+            on_block()
         e = buf[: stop - start]
         lse[start:stop], r = softmax_rows(geo, start, h, eps, e)
         col += col_sum(e, a_w[start:stop] / r)

@@ -77,6 +77,7 @@ def solve(
     summary: tuple[torch.Tensor, torch.Tensor] | None = None,
     init_g: torch.Tensor | None = None,
     callback: Callable[[int, float], None] | None = None,
+    on_block: Callable[[], None] | None = None,
 ) -> Potential:
     """The target potential ``g`` of a pool for the configured mode.
 
@@ -102,6 +103,9 @@ def solve(
     callback : callable, optional
         ``callback(iteration, marginal_error)`` at every convergence check of every solve; an
         exception it raises propagates.
+    on_block : callable, optional
+        ``on_block()`` before every block of every Sinkhorn pass (a cancellation check); an exception
+        it raises propagates.
 
     Returns
     -------
@@ -119,13 +123,15 @@ def solve(
 
     def run(rows: np.ndarray | None, warm: torch.Tensor | None) -> SinkhornResult:
         pts = x if rows is None else x[torch.from_numpy(rows).to(x.device)]
-        return _sinkhorn(pts, y, config, warm, None, callback)
+        return _sinkhorn(pts, y, config, warm, None, callback, on_block)
 
     rows_out: np.ndarray | None = None
     if mode is Mode.GLOBAL and summary is not None:
         points, weights = summary
         pts = points.to(device=x.device, dtype=x.dtype)
-        res = _sinkhorn(pts, y, config, init_g, weights.to(device=x.device, dtype=x.dtype), callback)
+        res = _sinkhorn(
+            pts, y, config, init_g, weights.to(device=x.device, dtype=x.dtype), callback, on_block
+        )
     elif mode is Mode.GLOBAL:
         picked = summary_rows(keys, config.summary_size)
         picked = picked[key_order(keys[picked])]
@@ -134,7 +140,7 @@ def solve(
             w = stratified_weights(x, picked, keys, cells=config.summary_cells)
             weights_a = torch.from_numpy(w).to(device=x.device, dtype=x.dtype)
         pts = x[torch.from_numpy(picked).to(x.device)]
-        res = _sinkhorn(pts, y, config, init_g, weights_a, callback)
+        res = _sinkhorn(pts, y, config, init_g, weights_a, callback, on_block)
     elif mode is Mode.PAPER:
         rows_out = _paper_rows(x, config, keys, domains, run)
         res = run(rows_out[key_order(keys[rows_out])], init_g)
@@ -180,6 +186,7 @@ def _sinkhorn(
     init_g: torch.Tensor | None,
     a: torch.Tensor | None,
     callback: Callable[[int, float], None] | None,
+    on_block: Callable[[], None] | None = None,
 ) -> SinkhornResult:
     if config.project and worth_projecting(y.shape[0], x.shape[1]):
         x, y = project_to_targets(x, y)
@@ -194,6 +201,7 @@ def _sinkhorn(
         block_size=config.block_size,
         eps_scaling=config.eps_scaling,
         callback=callback,
+        on_block=on_block,
     )
 
 

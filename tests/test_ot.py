@@ -284,3 +284,25 @@ def test_weight_scaling_changes_nothing(n: int, m: int, seed: int, scale: float)
     assert torch.allclose(scaled.g, base.g, atol=1e-7)
     assert scaled.converged
     assert scaled.cost == pytest.approx(base.cost, abs=1e-9)
+
+
+def test_on_block_runs_before_every_block_and_can_stop_a_pass() -> None:
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(1000, 8, generator=gen), torch.randn(20, 8, generator=gen)
+    calls = []
+    res = sinkhorn(x, y, eps=0.5, block_size=100, eps_scaling=False, on_block=lambda: calls.append(1))
+    assert len(calls) == 10 * res.n_iter  # 10 blocks per pass
+
+    class StopError(Exception):
+        pass
+
+    seen = []
+
+    def stop_in_first_pass() -> None:
+        seen.append(1)
+        if len(seen) == 3:
+            raise StopError
+
+    with pytest.raises(StopError):
+        sinkhorn(x, y, eps=0.5, block_size=100, eps_scaling=False, on_block=stop_in_first_pass)
+    assert len(seen) == 3  # stopped inside the first pass, not at its end
