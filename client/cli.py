@@ -57,7 +57,7 @@ def _rpc(fn: Callable[[], T]) -> T:
 
 def _read(path: Path) -> Iterator[dict[str, Any]]:
     from gotd.cache.errors import GotdError
-    from gotd.cache.records import read_records
+    from gotd.cache.record_files import read_records
 
     try:
         for batch in read_records(path, batch_size=512):

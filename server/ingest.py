@@ -19,7 +19,8 @@ import numpy as np
 
 from gotd.cache.embcache import EmbeddingCache
 from gotd.cache.errors import FailedPrecondition, GotdError, InvalidArgument, NotFound
-from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, check_unique_ids, read_records, validate_name
+from gotd.cache.record_files import read_records
+from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, check_unique_ids, validate_name
 from gotd.cache.store import PoolInfo, Store, UpsertResult
 from gotd.server.embedder import Embedder, embed_counting
 

@@ -181,7 +181,7 @@ def ray_ingest(
     Parameters
     ----------
     path : Path or str
-        Record file (same schema as :func:`gotd.cache.records.read_records`), visible to every node
+        Record file (same schema as :func:`gotd.cache.record_files.read_records`), visible to every node
         that runs a read task.
     store : Store
         The store; only this process writes to it.

@@ -1,6 +1,6 @@
 """Record files as a Ray Data source: JSONL split by byte ranges, Parquet by row groups.
 
-Each read task validates its records with the same rules as :func:`gotd.cache.records.read_records`
+Each read task validates its records with the same rules as :func:`gotd.cache.record_files.read_records`
 (messages name ``file:line`` or ``file:row i``) and yields Arrow tables with the columns of
 :data:`SCHEMA`. Every node that runs a read task must see the file at the same path.
 """
@@ -18,7 +18,8 @@ from typing import Any
 import pyarrow as pa
 
 from gotd.cache.errors import InvalidArgument
-from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, _from_mapping, _text_value
+from gotd.cache.record_files import batch_records, parquet_columns
+from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, record_from_mapping
 
 __all__ = ["SCHEMA", "Piece", "plan_pieces", "read_piece", "record_source"]
 
@@ -140,28 +141,18 @@ def _jsonl_rows(path: Path, piece: Piece, max_text_bytes: int) -> Iterator[tuple
                 item = json.loads(line)
             except ValueError as err:
                 raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
-            yield where, _from_mapping(item, where, max_text_bytes)
+            yield where, record_from_mapping(item, where, max_text_bytes)
 
 
 def _parquet_rows(path: Path, piece: Piece, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
-    names = set(parquet.schema_arrow.names)
-    if "id" not in names:
-        raise InvalidArgument(f"{path}: Parquet file has no 'id' column")
-    columns = [c for c in ("id", "text", "embedding", "domain", "meta") if c in names]
+    columns = parquet_columns(path, parquet.schema_arrow.names)
     row = piece.first
     for batch in parquet.iter_batches(row_groups=list(piece.row_groups), columns=columns):
-        data = {name: batch.column(name).to_pylist() for name in columns}
-        for i in range(batch.num_rows):
-            where = f"{path}:row {row}"
-            item = {name: _text_value(data[name][i], where, name) for name in columns}
-            yield (
-                where,
-                _from_mapping({k: v for k, v in item.items() if v is not None}, where, max_text_bytes),
-            )
-            row += 1
+        yield from batch_records(batch, columns, path=path, first_row=row, max_text_bytes=max_text_bytes)
+        row += batch.num_rows
 
 
 def _table(rows: list[tuple[str, Record]]) -> pa.Table:

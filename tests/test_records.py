@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gotd.cache.errors import FailedPrecondition, GotdError, InvalidArgument
+from gotd.cache.record_files import read_records
 from gotd.cache.records import (
     MissingDependencyError,
     Record,
     check_unique_ids,
-    read_records,
     validate_name,
 )
 
