@@ -19,26 +19,33 @@ from typing import Any
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, MissingDependencyError, Record, record_from_mapping
 
-__all__ = ["batch_records", "decode_column_value", "parquet_columns", "read_records"]
+__all__ = ["batch_records", "decode_column_value", "line_record", "parquet_columns", "read_records"]
 
 LOG = logging.getLogger(__name__)
+
+
+def line_record(raw: bytes, where: str, max_text_bytes: int) -> Record | None:
+    """The record on one JSONL line (``where`` names it in errors); None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidArgument(f"{where}: not valid UTF-8 (byte {err.start})") from None
+    if not line.strip():
+        return None
+    try:
+        item = json.loads(line)
+    except ValueError as err:
+        raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
+    return record_from_mapping(item, where, max_text_bytes)
 
 
 def _jsonl(path: Path, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
     with path.open("rb") as handle:
         for lineno, raw in enumerate(handle, start=1):
             where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InvalidArgument(f"{where}: not valid UTF-8 (byte {err.start})") from None
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError as err:
-                raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
-            yield where, record_from_mapping(item, where, max_text_bytes)
+            record = line_record(raw, where, max_text_bytes)
+            if record is not None:
+                yield where, record
 
 
 def _parquet(path: Path, batch_size: int, max_text_bytes: int) -> Iterator[tuple[str, Record]]:

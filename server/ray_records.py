@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 
 from gotd.cache.errors import InvalidArgument
-from gotd.cache.record_files import batch_records, parquet_columns
-from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record, record_from_mapping
+from gotd.cache.record_files import batch_records, line_record, parquet_columns
+from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, Record
 
 __all__ = ["SCHEMA", "Piece", "plan_pieces", "read_piece", "record_source"]
 
@@ -131,17 +130,9 @@ def _jsonl_rows(path: Path, piece: Piece, max_text_bytes: int) -> Iterator[tuple
             where = f"{path}:{lineno}"
             offset += len(raw)
             lineno += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InvalidArgument(f"{where}: not valid UTF-8 (byte {err.start})") from None
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError as err:
-                raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
-            yield where, record_from_mapping(item, where, max_text_bytes)
+            record = line_record(raw, where, max_text_bytes)
+            if record is not None:
+                yield where, record
 
 
 def _parquet_rows(path: Path, piece: Piece, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
