@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -26,6 +26,7 @@ import numpy as np
 from gotd.cache import store_read
 from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import Record, check_unique_ids, validate_id, validate_name
+from gotd.cache.store_backfill import BackfillResult, backfill_sketches
 from gotd.cache.store_env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Env
 from gotd.cache.store_layout import (
     VECTOR_DTYPES,
@@ -47,7 +48,16 @@ from gotd.cache.store_sketch import (
 )
 from gotd.cache.store_upsert import upsert_txn
 
-__all__ = ["PoolArrays", "PoolInfo", "Sketcher", "Store", "StoredRecord", "TargetSetInfo", "UpsertResult"]
+__all__ = [
+    "BackfillResult",
+    "PoolArrays",
+    "PoolInfo",
+    "Sketcher",
+    "Store",
+    "StoredRecord",
+    "TargetSetInfo",
+    "UpsertResult",
+]
 
 LOG = logging.getLogger(__name__)
 INDEX_DIRNAME: Final = "indexes"
@@ -237,6 +247,25 @@ class Store:
         self.env.write(lambda txn: store_read.delete_pool(txn, self._dbs, name))
         shutil.rmtree(self.index_dir(name), ignore_errors=True)
         LOG.info("deleted pool %s", name)
+
+    def backfill_sketches(
+        self, pool: str, *, batch_rows: int = 4096, progress: Callable[[int, int], None] | None = None
+    ) -> BackfillResult:
+        """Sketch the rows of ``pool`` with a stored text and no sketch (:mod:`~gotd.cache.store_backfill`).
+
+        Batches of ``batch_rows`` rows, each sketched outside its own short write transaction; safe
+        alongside other users of the store, crash-safe, idempotent. ``progress(done, total)`` follows
+        each batch. The pool version goes up by one, in a final transaction, when sketches were
+        written (by this run or an interrupted one). Row versions stay: they name the record's write,
+        which a derived sketch does not change (FAISS indexes need no rebuild; no cached fused-cost
+        potential predates a backfilled row, as that cost needs every row sketched).
+
+        Raises
+        ------
+        FailedPrecondition
+            No sketch function, or the pool keeps sketches of another width. NotFound: no such pool.
+        """
+        return backfill_sketches(self.env, self.sketcher, pool, batch_rows=batch_rows, progress=progress)
 
     # -- reads ----------------------------------------------------------------------------------
     def load_vectors(self, pool: str, *, sketches: bool = True) -> PoolArrays:

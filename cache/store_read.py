@@ -25,7 +25,7 @@ from gotd.cache.store_layout import (
     pool_chunks,
     u64_key,
 )
-from gotd.cache.store_sketch import SKETCH_DB, load_sketches
+from gotd.cache.store_sketch import SKETCH_DB, backfill_marker, load_sketches
 from gotd.cache.store_upsert import read_pool
 
 Dbs = dict[str, lmdb._Database]
@@ -194,4 +194,5 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
             while cur.key()[: len(prefix)] == prefix:
                 if not cur.delete():
                     break
+    txn.delete(backfill_marker(prefix), db=dbs["meta"])
     txn.delete(pool.encode("utf-8"), db=dbs["pools"])

@@ -36,6 +36,7 @@ __all__ = [
     "SKETCH_DB",
     "SKETCH_DTYPE",
     "Sketcher",
+    "backfill_marker",
     "decode_target_set",
     "decode_target_sketches",
     "encode_target_set",
@@ -52,6 +53,12 @@ _U32 = struct.Struct("<I")
 
 Sketcher = Callable[[Sequence[str | None]], np.ndarray]
 """Texts -> sketch rows, shape ``(len(texts), buckets)``; a zero row for a None or empty text."""
+
+
+def backfill_marker(prefix: bytes) -> bytes:
+    """``meta`` key present while a sketch backfill of the pool ``prefix`` has written rows without
+    bumping the pool version yet (:mod:`gotd.cache.store_backfill`)."""
+    return b"sketch_backfill/" + prefix
 
 
 def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray:

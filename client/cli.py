@@ -268,6 +268,45 @@ def pools(
             typer.echo(f"{p.name} {p.count} {p.version} {p.model} {p.dim}")
 
 
+@app.command("sketch-backfill")
+def sketch_backfill(
+    data_dir: Annotated[Path, typer.Option(help="data directory of the store (as given to serve)")],
+    pool: Annotated[list[str] | None, typer.Option("--pool", help="pool (repeatable; default: all)")] = None,
+    batch_rows: Annotated[int, typer.Option(help="rows per write transaction")] = 4096,
+) -> None:  # fmt: skip
+    """Compute the missing n-gram sketches of pools from their stored texts (enables the fused cost).
+
+    LMDB is multi-process safe: this may run while a server uses the same data dir (it sees the new
+    pool version on its next request). Idempotent: a rerun finishes an interrupted one.
+    """
+    from tqdm import tqdm
+
+    from gotd.cache.errors import GotdError, NotFound
+    from gotd.cache.store import Store
+    from gotd.cache.store_env import ENV_DIRNAME
+    from gotd.server.features import tf_rows
+
+    try:
+        if not (data_dir / ENV_DIRNAME / "data.mdb").is_file():
+            raise NotFound(f"no store at {data_dir / ENV_DIRNAME}")
+        with Store(data_dir, sketcher=tf_rows) as store:
+            for name in pool or [p.name for p in store.list_pools()]:
+                with tqdm(desc=f"sketch {name}", unit="row", file=sys.stderr, disable=None) as bar:
+
+                    def show(done: int, total: int, bar: Any = bar) -> None:
+                        bar.total = total
+                        bar.update(done - bar.n)
+
+                    r = store.backfill_sketches(name, batch_rows=batch_rows, progress=show)
+                typer.echo(
+                    f"{name}: sketched {r.rows_sketched}, without text {r.rows_without_text}; "
+                    f"version {r.version}"
+                )
+    except GotdError as err:
+        typer.echo(f"error: {err.code}: {err.message}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def demo(
     data_dir: Annotated[Path, typer.Option(help="demo store (kept: a second run is fast)")] = Path(
