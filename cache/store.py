@@ -251,19 +251,9 @@ class Store:
     def backfill_sketches(
         self, pool: str, *, batch_rows: int = 4096, progress: Callable[[int, int], None] | None = None
     ) -> BackfillResult:
-        """Sketch the rows of ``pool`` with a stored text and no sketch (:mod:`~gotd.cache.store_backfill`).
-
-        Batches of ``batch_rows`` rows, each sketched outside its own short write transaction; safe
-        alongside other users of the store, crash-safe, idempotent. ``progress(done, total)`` follows
-        each batch. The pool version goes up by one, in a final transaction, when sketches were
-        written (by this run or an interrupted one). Row versions stay: they name the record's write,
-        which a derived sketch does not change (FAISS indexes need no rebuild; no cached fused-cost
-        potential predates a backfilled row, as that cost needs every row sketched).
-
-        Raises
-        ------
-        FailedPrecondition
-            No sketch function, or the pool keeps sketches of another width. NotFound: no such pool.
+        """Sketch the rows of ``pool`` that have a stored text and no sketch, in batches of
+        ``batch_rows`` (crash-safe, idempotent, safe beside a server; details, the version bump and
+        the errors in :func:`gotd.cache.store_backfill.backfill_sketches`).
         """
         return backfill_sketches(self.env, self.sketcher, pool, batch_rows=batch_rows, progress=progress)
 

@@ -96,7 +96,21 @@ def backfill_sketches(
 ) -> BackfillResult:
     """Compute and store the missing sketch rows of ``pool`` from its stored texts.
 
-    See :meth:`gotd.cache.store.Store.backfill_sketches`.
+    Batches of ``batch_rows`` rows, each sketched outside its own short write transaction; safe
+    alongside other users of the store, crash-safe, idempotent. ``progress(done, total)`` follows
+    each batch. The pool version goes up by one, in a final transaction, when sketches were written
+    (by this run or an interrupted one). Row versions stay: they name the record's write, which a
+    derived sketch does not change (FAISS indexes need no rebuild; no cached fused-cost potential
+    predates a backfilled row, as that cost needs every row sketched).
+
+    Raises
+    ------
+    FailedPrecondition
+        No sketch function, or the pool keeps sketches of another width.
+    NotFound
+        No such pool.
+    InvalidArgument
+        ``batch_rows < 1``.
     """
     if sketcher is None:
         raise FailedPrecondition(
