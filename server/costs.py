@@ -75,6 +75,11 @@ class CostConfig:
         if not (math.isfinite(w) and 0.0 <= w <= 1.0):
             raise ValueError(f"embedding_weight must be in [0, 1], got {w!r}")
 
+    @property
+    def embedding_only(self) -> bool:
+        """Whether this is the embedding cost whatever the sketches (``EMBEDDING``, or ``w = 1``)."""
+        return self.cost is Cost.EMBEDDING or self.embedding_weight == 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class Features:
@@ -121,7 +126,7 @@ def resolve_cost(config: CostConfig, *, pool: str, pool_sketched: bool, target_s
     FailedPrecondition
         ``FUSED`` was asked for and the pool or the target lacks sketches (rows sent as vectors).
     """
-    if config.cost is Cost.EMBEDDING or config.embedding_weight == 1.0:
+    if config.embedding_only:
         return Cost.EMBEDDING
     if pool_sketched and target_sketched:
         return Cost.FUSED

@@ -8,9 +8,7 @@ read from the dual cache, or recomputed after a cache failure (Kang et al., 2024
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -35,6 +33,7 @@ from gotd.server.costs import (
     target_features,
 )
 from gotd.server.job import Emit, Job, Scorer, StopCheck, local_scorer
+from gotd.server.lru import Lru
 from gotd.server.metrics import Metrics
 from gotd.server.requests import (
     Progress,
@@ -59,28 +58,18 @@ class _PoolArraysCache:
 
     def __init__(self, store: Store, entries: int) -> None:
         self._store = store
-        self._entries = entries
-        self._items: OrderedDict[tuple[str, int], PoolArrays] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: Lru[tuple[str, int], PoolArrays] = Lru(entries)
 
     def get(self, pool: str) -> PoolArrays:
-        version_now = self._store.get_pool(pool).version
-        key = (pool, version_now)
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
+        found = self._items.get((pool, self._store.get_pool(pool).version))
+        if found is not None:
+            return found
         arrays = self._store.load_vectors(pool)
-        with self._lock:
-            self._items[(pool, arrays.version)] = arrays
-            while len(self._items) > self._entries:
-                self._items.popitem(last=False)
+        self._items.put((pool, arrays.version), arrays)
         return arrays
 
     def forget(self, pool: str) -> None:
-        with self._lock:
-            for key in [k for k in self._items if k[0] == pool]:
-                del self._items[key]
+        self._items.discard_where(lambda key: key[0] == pool)
 
 
 class SelectionEngine:
@@ -102,11 +91,9 @@ class SelectionEngine:
         self._duals = duals
         self._metrics = metrics
         self._pools = _PoolArraysCache(store, settings.pool_cache_entries)
-        self._scores: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._scores_lock = threading.Lock()
-        self._fused: OrderedDict[tuple[str, str, int, float], Features] = OrderedDict()
-        self._sketched: OrderedDict[tuple[str, str, int], bool] = OrderedDict()
-        self._features_lock = threading.Lock()
+        self._scores: Lru[str, np.ndarray] = Lru(max(1, settings.cache_lru_entries // 8))
+        self._fused: Lru[tuple[str, str, int, float], Features] = Lru(max(1, settings.pool_cache_entries))
+        self._sketched: Lru[tuple[str, str, int], bool] = Lru(64)
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, params: SolverParams) -> SelectionConfig:
@@ -168,9 +155,7 @@ class SelectionEngine:
             eligible &= ~excluded
         n_dups = 0
         if params.near_duplicate_cosine is not None:
-            dups = near_duplicates(
-                job.arrays.vectors[job.rows], job.target.vectors.numpy(), params.near_duplicate_cosine
-            )
+            dups = near_duplicates(job.embeddings(), job.target.vectors.numpy(), params.near_duplicate_cosine)
             n_dups = int((dups & eligible).sum())
             eligible &= ~dups
         n_eligible = int(eligible.sum())
@@ -287,34 +272,24 @@ class SelectionEngine:
 
     def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
         """The pool's rows in the request's feature space (fused rows cached per pool version)."""
-        if cost.cost is Cost.EMBEDDING or cost.embedding_weight == 1.0:
+        if cost.embedding_only:  # decided without reading any sketch
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         tf = arrays.sketches
         key = (arrays.name, arrays.uid, arrays.version)
-        with self._features_lock:
-            sketched = self._sketched.get(key)
+        sketched = self._sketched.get(key)
         if sketched is None:
             sketched = complete_sketches(tf)
-            with self._features_lock:
-                self._sketched[key] = sketched
-                while len(self._sketched) > 64:
-                    self._sketched.popitem(last=False)
+            self._sketched.put(key, sketched)
         kind = resolve_cost(
             cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target.sketches)
         )
         if kind is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, kind, 1.0)
         fkey = (*key, cost.embedding_weight)
-        with self._features_lock:
-            found = self._fused.get(fkey)
-            if found is not None:
-                self._fused.move_to_end(fkey)
-                return found
-        built = pool_features(arrays.vectors, tf, kind, cost.embedding_weight)
-        with self._features_lock:
-            self._fused[fkey] = built
-            while len(self._fused) > max(1, self._settings.pool_cache_entries):
-                self._fused.popitem(last=False)
+        built = self._fused.get(fkey)
+        if built is None:
+            built = pool_features(arrays.vectors, tf, kind, cost.embedding_weight)
+            self._fused.put(fkey, built)
         return built
 
     def _emit_ranking(
@@ -343,26 +318,17 @@ class SelectionEngine:
             self._metrics.stage_seconds.labels(stage).observe(elapsed)
 
     def cached_scores(self, key: str) -> np.ndarray | None:
-        with self._scores_lock:
-            found = self._scores.get(key)
-            if found is not None:
-                self._scores.move_to_end(key)
-            return found
+        return self._scores.get(key)
 
     def remember_scores(self, key: str, scores: np.ndarray) -> None:
-        with self._scores_lock:
-            self._scores[key] = scores
-            while len(self._scores) > max(1, self._settings.cache_lru_entries // 8):
-                self._scores.popitem(last=False)
+        self._scores.put(key, scores)
 
     def forget_pool(self, pool: str) -> None:
         """Drop in-memory state of a pool (after deletion)."""
         self._pools.forget(pool)
-        with self._scores_lock:
-            self._scores.clear()
-        with self._features_lock:
-            for fkey in [k for k in self._fused if k[0] == pool]:
-                del self._fused[fkey]
+        self._scores.discard_where(lambda _key: True)
+        self._fused.discard_where(lambda key: key[0] == pool)
+        self._sketched.discard_where(lambda key: key[0] == pool)
 
     @property
     def duals(self) -> DualCache:

@@ -95,14 +95,22 @@ class Job:
         self.potential: Potential
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
 
+    @property
+    def every_row(self) -> bool:
+        """Whether the job's rows are the whole pool, in order (sorted and unique, so ``arange(n)``)."""
+        return len(self.rows) == len(self.arrays.ids)
+
     def _x(self, rows: np.ndarray | None = None) -> torch.Tensor:
-        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows)."""
-        x = self.features.x
+        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all)."""
         if rows is None:
-            if len(self.rows) == x.shape[0]:
-                return x  # every row, in order
+            if self.every_row:
+                return self.features.x
             rows = self.rows
-        return x[torch.from_numpy(rows)]
+        return self.features.x[torch.from_numpy(rows)]
+
+    def embeddings(self) -> np.ndarray:
+        """Unit embeddings of the job's rows (the pool's own array, not a copy, for all rows)."""
+        return self.arrays.vectors if self.every_row else self.arrays.vectors[self.rows]
 
     def potential_for(self, emit: Emit, stop: StopCheck, *, reuse_latest: bool = False) -> None:
         """Find the potential: this pool version's cached one, else solve (warm-started from the newest
