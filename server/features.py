@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -100,17 +99,27 @@ def hashed_counts(text: str, *, buckets: int = SKETCH_BUCKETS, order: int = 2, s
     tuple of numpy.ndarray
         Sorted unique bucket indices (int64) and their signed sums (float32).
     """
+    slots, sums = _bucket_sums(text, buckets, order, seed)
+    idx = np.flatnonzero(np.bincount(slots, minlength=buckets)).astype(
+        np.int64
+    )  # touched, even if summing to 0
+    return idx, sums[idx].astype(np.float32)
+
+
+def _bucket_sums(text: str, buckets: int, order: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket of every n-gram occurrence of one text, and the signed counts of all ``buckets`` (float64).
+
+    The bucket of n-gram ``g`` is ``xxh3_64(g, seed) mod buckets``, its sign the hash's top bit.
+    """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    counts = Counter(ngrams(text, order=order))
-    acc: dict[int, float] = {}
-    for gram, c in counts.items():
-        h = xxhash.xxh3_64_intdigest(gram.encode("utf-8"), seed)
-        b = h % buckets
-        acc[b] = acc.get(b, 0.0) + (-c if h & _SIGN_BIT else c)
-    idx = np.fromiter(sorted(acc), dtype=np.int64, count=len(acc))
-    val = np.array([acc[int(i)] for i in idx], dtype=np.float32)
-    return idx, val
+    grams = ngrams(text, order=order)
+    h = np.fromiter(
+        (xxhash.xxh3_64_intdigest(g.encode("utf-8"), seed) for g in grams), dtype=np.uint64, count=len(grams)
+    )
+    slots = (h % np.uint64(buckets)).astype(np.intp)
+    signs = np.where(h >= np.uint64(_SIGN_BIT), -1.0, 1.0)
+    return slots, np.bincount(slots, weights=signs, minlength=buckets)
 
 
 def fuse(embeddings: np.ndarray, sketches: np.ndarray, w: float) -> np.ndarray:
@@ -163,18 +172,10 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     out = np.zeros((len(texts), buckets), dtype=np.float16)
-    width = np.uint64(buckets)
     for row, text in enumerate(texts):
-        grams = ngrams(text) if text else []
-        if not grams:
-            continue
-        # the same buckets and signs as hashed_counts, summed by bincount instead of a dict
-        h = np.fromiter(
-            (xxhash.xxh3_64_intdigest(g.encode("utf-8"), 0) for g in grams), dtype=np.uint64, count=len(grams)
-        )
-        signs = np.where(h >= np.uint64(_SIGN_BIT), -1.0, 1.0)
-        counts = np.bincount((h % width).astype(np.intp), weights=signs, minlength=buckets)
-        out[row] = np.sign(counts) * np.log1p(np.abs(counts))
+        if text:
+            sums = _bucket_sums(text, buckets, 2, 0)[1]  # the buckets and signs of hashed_counts
+            out[row] = np.sign(sums) * np.log1p(np.abs(sums))
     return out
 
 
