@@ -159,16 +159,7 @@ def embed_corpus(
                 vectors, model_id, encode_seconds, time.perf_counter() - start, cached=True, path=path
             )
         LOG.warning("ignoring malformed embedding cache %s (shape %s)", path, vectors.shape)
-    model = encoder()
-    if model.model_id != model_id:
-        raise ValueError(f"encoder loads {model.model_id!r}, expected {model_id!r}")
-    began = time.perf_counter()
-    parts = []
-    for s in range(0, len(texts), chunk):
-        parts.append(model.encode(list(texts[s : s + chunk])))
-        LOG.info("embedded %d/%d texts (%.0f s)", min(len(texts), s + chunk), len(texts), _since(began))
-    vectors = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, model.dim)), np.float32)
-    encode_seconds = _since(began)
+    vectors, encode_seconds = _encode(encoder, model_id, texts, chunk)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     np.save(tmp, vectors, allow_pickle=False)
@@ -184,6 +175,23 @@ def embed_corpus(
     return CorpusEmbeddings(
         vectors, model_id, encode_seconds, time.perf_counter() - start, cached=False, path=path
     )
+
+
+def _encode(
+    encoder: Callable[[], TextEncoder], model_id: str, texts: Sequence[str], chunk: int
+) -> tuple[np.ndarray, float]:
+    """Unit float32 embeddings of ``texts`` by a freshly built encoder, ``chunk`` texts per call
+    (progress logged per call), and the seconds spent encoding."""
+    model = encoder()
+    if model.model_id != model_id:
+        raise ValueError(f"encoder loads {model.model_id!r}, expected {model_id!r}")
+    began = time.perf_counter()
+    parts = []
+    for s in range(0, len(texts), chunk):
+        parts.append(model.encode(list(texts[s : s + chunk])))
+        LOG.info("embedded %d/%d texts (%.0f s)", min(len(texts), s + chunk), len(texts), _since(began))
+    vectors = np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, model.dim)), np.float32)
+    return vectors, _since(began)
 
 
 def text_key(text: str) -> str:
@@ -233,18 +241,10 @@ def embed_texts(
     found = _read_store(store, set(keys))
     missing = list(dict.fromkeys(k for k in keys if k not in found))
     if missing:
-        model = encoder()
-        if model.model_id != model_id:
-            raise ValueError(f"encoder loads {model.model_id!r}, expected {model_id!r}")
         first = {k: t for k, t in zip(keys, texts, strict=True)}
         todo = [first[k] for k in missing]
-        began = time.perf_counter()
-        parts = []
-        for s in range(0, len(todo), chunk):
-            parts.append(model.encode(list(todo[s : s + chunk])))
-            LOG.info("embedded %d/%d new texts (%.0f s)", min(len(todo), s + chunk), len(todo), _since(began))
-        vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
-        per_text = _since(began) / len(todo)
+        vectors, seconds = _encode(encoder, model_id, todo, chunk)
+        per_text = seconds / len(todo)
         _write_shard(store, missing, vectors, per_text)
         found.update({k: (vectors[i], per_text) for i, k in enumerate(missing)})
     dims = {v.shape[0] for v, _ in found.values()}
