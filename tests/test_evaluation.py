@@ -7,6 +7,7 @@ import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,6 +260,24 @@ def test_methods_receive_texts_and_vectors_only(tmp_path: Path) -> None:
     assert inp.pool_vectors.shape == (60, vectors.shape[1])
 
 
+def _run_sky(tmp_path: Path, method: str, **options: Any) -> dict[str, Any]:
+    """One small task ("sky") of the toy corpus, ranked by ``method`` alone."""
+    docs, vectors = _toy_corpus()
+    return run(
+        tmp_path,
+        topics=["sky"],
+        pool_size=60,
+        target_size=10,
+        heldout_size=10,
+        pool_fraction=0.2,
+        methods=[method],
+        corpus=docs,
+        embeddings=vectors,
+        plots=False,
+        **options,
+    )
+
+
 def test_invalid_rankings_are_rejected(tmp_path: Path) -> None:
     class Repeats:
         name = "repeats"
@@ -267,20 +286,8 @@ def test_invalid_rankings_are_rejected(tmp_path: Path) -> None:
             return np.zeros(k, dtype=np.int64)
 
     register_method("repeats-test", lambda n, o: Repeats(), replace=True)
-    docs, vectors = _toy_corpus()
     with pytest.raises(RuntimeError, match="invalid ranking"):
-        run(
-            tmp_path,
-            topics=["sky"],
-            pool_size=60,
-            target_size=10,
-            heldout_size=10,
-            pool_fraction=0.2,
-            methods=["repeats-test"],
-            corpus=docs,
-            embeddings=vectors,
-            plots=False,
-        )
+        _run_sky(tmp_path, "repeats-test")
 
 
 @pytest.mark.slow
@@ -303,18 +310,5 @@ def test_nondeterministic_methods_are_rejected(tmp_path: Path) -> None:
             return np.arange(self.calls, self.calls + k, dtype=np.int64)
 
     register_method("drifts-test", lambda n, o: Drifts(), replace=True)
-    docs, vectors = _toy_corpus()
     with pytest.raises(RuntimeError, match="not deterministic"):
-        run(
-            tmp_path,
-            topics=["sky"],
-            pool_size=60,
-            target_size=10,
-            heldout_size=10,
-            pool_fraction=0.2,
-            methods=["drifts-test"],
-            corpus=docs,
-            embeddings=vectors,
-            plots=False,
-            repeats=2,
-        )
+        _run_sky(tmp_path, "drifts-test", repeats=2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import ot
@@ -14,14 +13,7 @@ from hypothesis import strategies as st
 
 from gotd.server.ot import SinkhornResult, c_transform, calibrated_gradient, epsilon_schedule, sinkhorn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny problems: one intra-op thread avoids barrier stalls when the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random(

@@ -27,14 +27,7 @@ from gotd.server.selection import (
 )
 from gotd.server.selection_kmeans import kmeans_labels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small problems: one intra-op thread avoids barrier stalls when the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int, m: int, d: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
