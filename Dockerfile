@@ -19,7 +19,9 @@ COPY proto ./proto
 COPY server ./server
 COPY cache ./cache
 COPY client ./client
-RUN pip install . \
+# lab/ is part of the distribution's package list (installed without its extra's dependencies).
+COPY lab ./lab
+RUN pip install '.[server]' \
     && useradd --create-home --uid 10001 gotd \
     && mkdir -p /data && chown gotd:gotd /data
 

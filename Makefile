@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint typecheck buflint proto proto-check package-check pytest redis bench reliability clean
+.PHONY: install demo test lint typecheck buflint proto proto-check package-check client-check pytest redis bench reliability clean
 
 # torch first, from the local CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(VENV)/.deps: pyproject.toml
@@ -29,14 +29,15 @@ $(VENV)/.deps: pyproject.toml
 
 install: $(VENV)/.deps
 
-# mypy cannot follow the editable finder of the package-dir mapping: give it the same namespace as a
-# tree of links (gotd/server -> server, ...), which also keeps the reported paths short.
+# mypy and import-linter cannot follow the editable finder of the package-dir mapping: give them the
+# same namespace as a tree of links (gotd/server -> server, ...), which also keeps the reported paths short.
 TYPECHECK_ROOT := build/typecheck
 $(TYPECHECK_ROOT)/gotd:
 	mkdir -p $@
 	ln -sfn ../../../server $@/server
 	ln -sfn ../../../cache $@/cache
 	ln -sfn ../../../client $@/client
+	ln -sfn ../../../lab $@/lab
 	ln -sfn ../../../proto/gotd/v1 $@/v1
 
 $(BUF):
@@ -61,12 +62,13 @@ proto-check: proto
 buflint: $(BUF)
 	cd proto && ../$(BUF) lint
 
-lint: install
+lint: install $(TYPECHECK_ROOT)/gotd
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	PYTHONPATH=$(TYPECHECK_ROOT) $(VENV)/bin/lint-imports
 
 typecheck: install $(TYPECHECK_ROOT)/gotd
-	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p gotd.server -p gotd.cache -p gotd.client
+	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p gotd.server -p gotd.cache -p gotd.client -p gotd.lab
 
 pytest: install redis
 	$(VENV)/bin/pytest -W error $(PYTEST_ARGS)
@@ -76,9 +78,14 @@ package-check: install
 	rm -rf build/package-check
 	$(PIP) install --quiet --no-deps --no-build-isolation --target build/package-check .
 	cd / && PYTHONPATH=$(CURDIR)/build/package-check $(CURDIR)/$(PY) -c \
-	  "import gotd.server, gotd.cache, gotd.client, gotd.v1.selection_pb2_grpc as g; assert '/build/package-check/' in g.__file__"
+	  "import gotd.server.service.app, gotd.cache.store.core, gotd.client.cli, gotd.lab.cli, gotd.v1.selection_pb2_grpc as g; assert '/build/package-check/' in g.__file__"
 
-test: lint typecheck buflint proto-check package-check pytest
+# The base install is the client: a fresh venv with `pip install .` (no extras) must not hold torch and
+# must ingest and select against a server run from the full venv.
+client-check: install redis
+	PYTHON=$(PYTHON) SERVER_PY=$(CURDIR)/$(PY) bash scripts/client_check.sh
+
+test: lint typecheck buflint proto-check package-check client-check pytest
 
 demo: install redis
 	$(VENV)/bin/gotd demo

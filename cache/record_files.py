@@ -1,85 +1,60 @@
-"""Readers of JSONL and Parquet record files (validated by :func:`gotd.cache.records.record_from_mapping`).
+"""Validated records from JSONL and Parquet files (the file format: :mod:`gotd.client.records`).
 
-A record file holds one object per record with the schema::
-
-    {"id": str, "text"?: str, "embedding"?: [float, ...], "domain"?: str, "meta"?: {...}}
-
-Errors name the place in the file (``data.jsonl:17: ...``). Light (json; pyarrow only when a Parquet
-file is read): the CLI client imports it.
+The file format is read once, in :mod:`gotd.client.records`; this module turns each mapping into a
+:class:`~gotd.cache.records.Record` with the server's rules (:func:`~gotd.cache.records.record_from_mapping`)
+and reports every error as :class:`~gotd.cache.errors.InvalidArgument` naming the place in the file
+(``data.jsonl:17: ...``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.records import DEFAULT_MAX_TEXT_BYTES, MissingDependencyError, Record, record_from_mapping
+from gotd.client import records as files
 
-__all__ = ["batch_records", "decode_column_value", "line_record", "parquet_columns", "read_records"]
+__all__ = ["batch_records", "line_record", "parquet_columns", "read_records"]
 
 LOG = logging.getLogger(__name__)
 
 
+@contextmanager
+def _as_invalid_argument() -> Iterator[None]:
+    """File-format errors of :mod:`gotd.client.records` as the server's error kinds."""
+    try:
+        yield
+    except files.MissingParquetError as err:
+        raise MissingDependencyError(str(err)) from None
+    except files.RecordFileError as err:
+        raise InvalidArgument(str(err)) from None
+
+
 def line_record(raw: bytes, where: str, max_text_bytes: int) -> Record | None:
     """The record on one JSONL line (``where`` names it in errors); None for a blank line."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InvalidArgument(f"{where}: not valid UTF-8 (byte {err.start})") from None
-    if not line.strip():
-        return None
-    try:
-        item = json.loads(line)
-    except ValueError as err:
-        raise InvalidArgument(f"{where}: not valid JSON ({err})") from None
-    return record_from_mapping(item, where, max_text_bytes)
+    with _as_invalid_argument():
+        item = files.parse_line(raw, where)
+    return None if item is None else record_from_mapping(item, where, max_text_bytes)
 
 
-def _jsonl(path: Path, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
-    with path.open("rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            where = f"{path}:{lineno}"
-            record = line_record(raw, where, max_text_bytes)
-            if record is not None:
-                yield where, record
+def parquet_columns(path: Path | str, names: Sequence[str]) -> list[str]:
+    """The record columns present in a Parquet schema's ``names`` (an ``id`` column is required)."""
+    with _as_invalid_argument():
+        return files.parquet_columns(path, names)
 
 
-def _parquet(path: Path, batch_size: int, max_text_bytes: int) -> Iterator[tuple[str, Record]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise MissingDependencyError(
-            f"reading {path} needs pyarrow, which is not installed: pip install pyarrow"
-        ) from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several types for a bad file
-        raise InvalidArgument(f"{path}: not a readable Parquet file ({err})") from None
-    columns = parquet_columns(path, parquet.schema_arrow.names)
-    row = 0
-    try:
-        batches = parquet.iter_batches(batch_size=batch_size, columns=columns)
-        for batch in batches:
-            yield from batch_records(batch, columns, path=path, first_row=row, max_text_bytes=max_text_bytes)
-            row += batch.num_rows
-    except InvalidArgument:
-        raise
-    except Exception as err:  # pyarrow decoding errors (bad UTF-8 in a string column, ...)
-        raise InvalidArgument(f"{path}:row {row}: cannot decode ({err})") from None
-
-
-def decode_column_value(value: object, where: str, name: str) -> object:
-    """Binary columns are decoded as strict UTF-8; everything else passes through."""
-    if isinstance(value, bytes) and name != "embedding":
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise InvalidArgument(f"{where}: {name} is not valid UTF-8 (byte {err.start})") from None
-    return value
+def batch_records(
+    batch: Any, columns: Sequence[str], *, path: Path | str, first_row: int, max_text_bytes: int
+) -> Iterator[tuple[str, Record]]:
+    """``(where, record)`` of every row of a pyarrow record batch, rows numbered from ``first_row``."""
+    with _as_invalid_argument():
+        rows = list(files.batch_rows(batch, columns, path=path, first_row=first_row))
+    for where, item in rows:
+        yield where, record_from_mapping(item, where, max_text_bytes)
 
 
 def read_records(
@@ -113,24 +88,20 @@ def read_records(
     """
     if batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgument(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    items: Iterator[tuple[str, Record]]
-    if suffix in (".jsonl", ".ndjson"):
-        items = _jsonl(path, max_text_bytes)
-    elif suffix in (".parquet", ".pq"):
-        items = _parquet(path, batch_size, max_text_bytes)
-    else:
-        raise InvalidArgument(f"{path}: unknown record file type {suffix!r} (use .jsonl or .parquet)")
+    with _as_invalid_argument():
+        items = files.iter_mappings(path, batch_size)
     seen: dict[str, str] = {}
     batch: list[Record] = []
-    for where, record in items:
-        first = seen.get(record.id)
-        if first is not None:
+    while True:
+        with _as_invalid_argument():
+            nxt = next(items, None)
+        if nxt is None:
+            break
+        where, item = nxt
+        record = record_from_mapping(item, where, max_text_bytes)
+        first = seen.setdefault(record.id, where)
+        if first != where:
             raise InvalidArgument(f"{where}: duplicate id {record.id!r} (first at {first})")
-        seen[record.id] = where
         batch.append(record)
         if len(batch) >= batch_size:
             yield batch
@@ -138,24 +109,3 @@ def read_records(
     if batch:
         yield batch
     LOG.debug("read %d records from %s", len(seen), path)
-
-
-def parquet_columns(path: Path | str, names: Sequence[str]) -> list[str]:
-    """The record columns present in a Parquet schema's ``names`` (an ``id`` column is required)."""
-    if "id" not in names:
-        raise InvalidArgument(f"{path}: Parquet file has no 'id' column")
-    return [c for c in ("id", "text", "embedding", "domain", "meta") if c in names]
-
-
-def batch_records(
-    batch: Any, columns: Sequence[str], *, path: Path | str, first_row: int, max_text_bytes: int
-) -> Iterator[tuple[str, Record]]:
-    """``(where, record)`` of every row of a pyarrow record batch, rows numbered from ``first_row``."""
-    data = {name: batch.column(name).to_pylist() for name in columns}
-    for i in range(batch.num_rows):
-        where = f"{path}:row {first_row + i}"
-        item = {name: decode_column_value(data[name][i], where, name) for name in columns}
-        yield (
-            where,
-            record_from_mapping({k: v for k, v in item.items() if v is not None}, where, max_text_bytes),
-        )

@@ -1,30 +1,36 @@
-"""The ``gotd`` command line.
+"""The ``gotd`` command line: client commands here, server and lab commands dispatched by extra.
 
-Client commands (ingest, select, pools, ...) need only the contract and grpc. Commands that run work
-locally (serve, demo, bench, eval) import server-side code lazily, inside the command.
-On a failed RPC a client command prints ``error: STATUS_CODE_NAME: message`` on stderr and exits 1.
+Client commands (``ingest``, ``select``, ``pools``) run on the base install: the contract, grpc,
+typer and tqdm. ``serve`` and ``sketch-backfill`` live in :mod:`gotd.server.cli` (extra
+``gotd[server]``), ``demo``, ``eval`` and ``bench`` in :mod:`gotd.lab.cli` (extra ``gotd[lab]``); this
+module imports them only when such a command runs, and says which extra to install when it is missing.
+
+Every failure prints one line ``error: ...`` on stderr: ``error: STATUS_CODE_NAME: message`` for a
+failed RPC (exit 1), ``error: message`` for a bad input file (exit 1); usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+from tqdm import tqdm
 
-from gotd.client.cli_eval import evaluate
 from gotd.client.client import Client, TlsConfig
+from gotd.client.records import RecordFileError, read_items
 from gotd.client.types import RankedCandidate, SelectProgress, SelectSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gotd: GOT-D data selection service")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each writes docs/benchmarks/<name>.md")
-app.add_typer(bench_app, name="bench")
-app.command("eval")(evaluate)
 T = TypeVar("T")
 
 Server = Annotated[str, typer.Option("--server", envvar="GOTD_SERVER", help="host:port of the gotd server")]
@@ -35,6 +41,9 @@ TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="client key (mTLS
 TlsName = Annotated[str | None, typer.Option("--tls-server-name", help="expected server name in its cert")]
 Timeout = Annotated[float, typer.Option("--timeout", help="deadline of the call, seconds")]
 
+MODES = ("auto", "exact", "global", "paper")
+COSTS = ("auto", "embedding", "fused")
+
 
 def _client(server: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None,
             name: str | None, timeout: float) -> Client:  # fmt: skip
@@ -44,11 +53,25 @@ def _client(server: str, token: str | None, ca: Path | None, cert: Path | None, 
     return Client(server, token=token, tls=tls, timeout=timeout)
 
 
-def _rpc(fn: Callable[[], T]) -> T:
-    """Run an RPC; print ``error: CODE: message`` and exit 1 when it fails."""
+class _InputError(Exception):
+    """A client-side input error, raised from inside a request stream and reported once."""
+
+
+def _rpc(fn: Callable[[], T], inputs: list[_InputError] | None = None) -> T:
+    """Run an RPC; print one ``error: ...`` line and exit 1 when it (or its input) fails.
+
+    ``inputs`` collects input errors raised inside a request stream: grpc reports those as a cancelled
+    call, so the input error is the one worth showing.
+    """
     try:
         return fn()
+    except _InputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except grpc.RpcError as err:
+        if inputs:
+            typer.echo(f"error: {inputs[0]}", err=True)
+            raise typer.Exit(1) from None
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         details = err.details() if hasattr(err, "details") else str(err)
         typer.echo(f"error: {code.name}: {details}", err=True)
@@ -56,77 +79,47 @@ def _rpc(fn: Callable[[], T]) -> T:
 
 
 def _read(path: Path) -> Iterator[dict[str, Any]]:
-    from gotd.cache.errors import GotdError
-    from gotd.cache.record_files import read_records
-
+    """Records of a file; a bad file or record raises :class:`_InputError` (one message, no traceback)."""
     try:
-        for batch in read_records(path, batch_size=512):
-            for r in batch:
-                item: dict[str, Any] = {"id": r.id, "domain": r.domain}
-                if r.text is not None:
-                    item["text"] = r.text
-                if r.embedding is not None:
-                    item["embedding"] = r.embedding.tolist()
-                if r.meta:
-                    item["meta"] = r.meta
-                yield item
-    except GotdError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+        yield from read_items(path)
+    except RecordFileError as err:
+        raise _InputError(str(err)) from None
 
 
-@app.command()
-def serve(
-    listen: Annotated[str | None, typer.Option(help="host:port; port 0 picks a free port")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="directory of the store")] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL of the dual cache")] = None,
-    auth_token: Annotated[
-        str | None, typer.Option(envvar="GOTD_AUTH_TOKEN", help="required bearer token")
-    ] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
-    tls_client_ca: Annotated[Path | None, typer.Option(help="CA of client certificates (mTLS)")] = None,
-    model_path: Annotated[str | None, typer.Option(help="local sentence-transformers model")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML configuration file")] = None,
-    max_concurrent_rpcs: Annotated[int | None, typer.Option(help="RPCs served at once")] = None,
-    log_json: Annotated[bool | None, typer.Option("--log-json", help="JSON log lines")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to score on (needs gotd[ray])")] = None,
-) -> None:
-    """Run the gRPC server until SIGTERM (then stop gracefully)."""
-    import asyncio
+def _read_all(path: Path, what: str) -> list[dict[str, Any]]:
+    items = _rpc(lambda: list(_read(path)))
+    if not items:
+        typer.echo(f"error: {path}: no records ({what} needs at least one)", err=True)
+        raise typer.Exit(1)
+    return items
 
-    from gotd.server.app import configure_logging
-    from gotd.server.app import serve as run
-    from gotd.server.config import ConfigError, load_settings
 
-    try:
-        settings = load_settings(
-            config, listen=listen, data_dir=data_dir, redis_url=redis_url, auth_token=auth_token,
-            metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-            model_path=model_path, max_concurrent_rpcs=max_concurrent_rpcs, log_json=log_json,
-            ray_address=ray_address,
-        )  # fmt: skip
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if settings.ray_address is not None:
-        from gotd.server.ray_backend import require_ray
+def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+    if value not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
+    return value
 
-        try:
-            require_ray()
-        except ImportError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
-    configure_logging(settings.log_level, settings.log_json)
 
-    def ready(running: Any) -> None:
-        typer.echo(f"gotd listening on {running.address}", err=False)
-        if running.metrics_port is not None:
-            typer.echo(f"metrics on 127.0.0.1:{running.metrics_port}")
-        sys.stdout.flush()
+class _Progress:
+    """Select progress on stderr: one tqdm bar per stage on a terminal, nothing when stderr is not one."""
 
-    asyncio.run(run(settings, ready=ready))
+    def __init__(self) -> None:
+        self._stage = ""
+        self._bar: tqdm[Any] | None = None
+
+    def show(self, event: SelectProgress) -> None:
+        if event.stage != self._stage:
+            self.close()
+            self._stage = event.stage
+            self._bar = tqdm(total=event.total or None, desc=event.stage, file=sys.stderr, disable=None)
+        if self._bar is not None:
+            self._bar.total = event.total or self._bar.total
+            self._bar.update(event.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 @app.command()
@@ -134,7 +127,7 @@ def ingest(
     file: Annotated[Path, typer.Argument(help="records: .jsonl or .parquet")],
     pool: Annotated[str, typer.Option(help="pool name")],
     server: Server = "127.0.0.1:50051",
-    batch_size: Annotated[int, typer.Option(help="records per atomic batch")] = 256,
+    batch_size: Annotated[int, typer.Option(help="records per atomic batch", min=1)] = 256,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
     ray: Annotated[bool, typer.Option("--ray", help="embed on Ray into --data-dir (no server)")] = False,
@@ -142,47 +135,33 @@ def ingest(
     data_dir: Annotated[Path | None, typer.Option(help="store written by --ray")] = None,
 ) -> None:  # fmt: skip
     """Upsert the records of FILE into a pool (through the server, or with --ray into a store)."""
-    from tqdm import tqdm
-
     if ray:
-        _ingest_ray(file, pool, data_dir, batch_size, ray_address)
+        _extra_module("ingest --ray", "gotd.server.cli", "server").ingest_ray(
+            file, pool, data_dir, batch_size, ray_address
+        )
         return
+    items = _read(file)
+    first = _rpc(lambda: next(items, None))
+    if first is None:
+        typer.echo(f"error: {file}: no records to ingest", err=True)
+        raise typer.Exit(1)
+
+    failures: list[_InputError] = []
+
+    def records() -> Iterator[dict[str, Any]]:
+        yield first
+        try:
+            yield from items
+        except _InputError as err:
+            failures.append(err)
+            raise
+
     with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
-        records = tqdm(_read(file), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)
-        result = _rpc(lambda: client.ingest(pool, records, batch_size=batch_size))
+        shown = tqdm(records(), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)
+        result = _rpc(lambda: client.ingest(pool, shown, batch_size=batch_size), failures)
     typer.echo(
         f"{result.pool}: inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}, "
         f"embedded {result.embedded}; count {result.info.count}, version {result.info.version}"
-    )
-
-
-def _ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, address: str | None) -> None:
-    """``ingest --ray``: Ray is checked before any work; exit 2 naming the extra when it is missing."""
-    from gotd.server.ray_backend import require_ray
-
-    try:
-        require_ray()
-    except ImportError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if data_dir is None:
-        typer.echo("error: --ray writes into a store: give --data-dir", err=True)
-        raise typer.Exit(2)
-    from gotd.cache.errors import GotdError
-    from gotd.cache.store import Store
-    from gotd.server.features import tf_rows
-    from gotd.server.ray_ingest import ray_ingest
-
-    try:
-        with Store(data_dir, sketcher=tf_rows) as store:
-            s = ray_ingest(file, store, pool=pool, batch_size=batch_size, ray_address=address)
-            info = store.get_pool(pool)
-    except GotdError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(
-        f"{pool}: inserted {s.inserted}, updated {s.updated}, unchanged {s.unchanged}, "
-        f"embedded {s.embedded}; count {info.count}, version {info.version}"
     )
 
 
@@ -190,7 +169,7 @@ def _ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, a
 def select(
     pool: Annotated[str, typer.Option(help="pool name")],
     target: Annotated[Path, typer.Option(help="target records (.jsonl/.parquet: id + text or embedding)")],
-    k: Annotated[int, typer.Option("-k", "--k", help="number of candidates")],
+    k: Annotated[int, typer.Option("-k", "--k", help="number of candidates", min=1)],
     server: Server = "127.0.0.1:50051",
     mode: Annotated[str, typer.Option(help="auto|exact|global|paper")] = "auto",
     eps: Annotated[float | None, typer.Option(help="entropic regularisation")] = None,
@@ -205,7 +184,13 @@ def select(
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
 ) -> None:  # fmt: skip
     """Rank POOL for the targets in TARGET; one JSON object per line: id, score, rank."""
-    targets = list(_read(target))
+    _choice(mode, MODES, "--mode")
+    _choice(cost, COSTS, "--cost")
+    if output is not None and not output.parent.is_dir():
+        typer.echo(f"error: --output {output}: folder {output.parent} does not exist", err=True)
+        raise typer.Exit(1)
+    targets = _read_all(target, "a target set")
+    progress = _Progress()
     out = output.open("w", encoding="utf-8") if output is not None else sys.stdout
     try:
         with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
@@ -213,34 +198,29 @@ def select(
             def run() -> SelectSummary | None:
                 summary = None
                 events = client.select_stream(
-                    pool,
-                    targets,
-                    k=k,
-                    mode=mode,
-                    eps=eps,
-                    cost=cost,
-                    embedding_weight=embedding_weight,
-                    relative_eps=relative_eps,
-                    near_duplicate_cosine=near_duplicate_cosine,
-                )
+                    pool, targets, k=k, mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
+                    relative_eps=relative_eps, near_duplicate_cosine=near_duplicate_cosine,
+                )  # fmt: skip
                 for event in events:
                     if isinstance(event, RankedCandidate):
-                        out.write(
-                            json.dumps({"id": event.id, "score": event.score, "rank": event.rank}) + "\n"
-                        )
+                        row = {"id": event.id, "score": event.score, "rank": event.rank}
+                        out.write(json.dumps(row) + "\n")
                     elif isinstance(event, SelectProgress):
-                        typer.echo(f"\r{event.stage}: {event.done}/{event.total}", err=True, nl=False)
+                        progress.show(event)
                     else:
                         summary = event
                 return summary
 
-            summary = _rpc(run)
+            try:
+                summary = _rpc(run)
+            finally:
+                progress.close()
     finally:
         if output is not None:
             out.close()
     if summary is not None:
         typer.echo(
-            f"\nselected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
+            f"selected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
             f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, cache_hit "
             f"{summary.cache_hit}, converged {summary.converged}, {summary.total_ms:.0f} ms)",
             err=True,
@@ -259,118 +239,64 @@ def pools(
         listed = _rpc(client.pools)
     for p in listed:
         if as_json:
-            typer.echo(
-                json.dumps(
-                    {"name": p.name, "count": p.count, "version": p.version, "model": p.model, "dim": p.dim}
-                )
-            )
+            row = {"name": p.name, "count": p.count, "version": p.version, "model": p.model, "dim": p.dim}
+            typer.echo(json.dumps(row))
         else:
             typer.echo(f"{p.name} {p.count} {p.version} {p.model} {p.dim}")
 
 
-@app.command("sketch-backfill")
-def sketch_backfill(
-    data_dir: Annotated[Path, typer.Option(help="data directory of the store (as given to serve)")],
-    pool: Annotated[list[str] | None, typer.Option("--pool", help="pool (repeatable; default: all)")] = None,
-    batch_rows: Annotated[int, typer.Option(help="rows per write transaction")] = 4096,
-) -> None:  # fmt: skip
-    """Compute the missing n-gram sketches of pools from their stored texts (enables the fused cost).
+# What each extra brings that the base install lacks (checked before a dispatched command runs).
+EXTRA_PROBES: dict[str, tuple[str, ...]] = {
+    "server": ("torch", "numpy", "sentence_transformers", "faiss", "lmdb", "redis", "xxhash"),
+    "lab": ("torch", "numpy", "matplotlib", "ot", "data_selection"),
+}
 
-    LMDB is multi-process safe: this may run while a server uses the same data dir (it sees the new
-    pool version on its next request). Idempotent: a rerun finishes an interrupted one.
-    """
-    from tqdm import tqdm
 
-    from gotd.cache.errors import GotdError, NotFound
-    from gotd.cache.store import Store
-    from gotd.cache.store_env import ENV_DIRNAME
-    from gotd.server.features import tf_rows
-
+def _extra_module(command: str, module: str, extra: str) -> ModuleType:
+    """Import the module of a server or lab command; exit 2 naming the extra when it is not installed."""
+    absent = [name for name in EXTRA_PROBES.get(extra, ()) if importlib.util.find_spec(name) is None]
     try:
-        if not (data_dir / ENV_DIRNAME / "data.mdb").is_file():
-            raise NotFound(f"no store at {data_dir / ENV_DIRNAME}")
-        with Store(data_dir, sketcher=tf_rows) as store:
-            for name in pool or [p.name for p in store.list_pools()]:
-                with tqdm(desc=f"sketch {name}", unit="row", file=sys.stderr, disable=None) as bar:
-
-                    def show(done: int, total: int, bar: Any = bar) -> None:
-                        bar.total = total
-                        bar.update(done - bar.n)
-
-                    r = store.backfill_sketches(name, batch_rows=batch_rows, progress=show)
-                typer.echo(
-                    f"{name}: sketched {r.rows_sketched}, without text {r.rows_without_text}; "
-                    f"version {r.version}"
-                )
-    except GotdError as err:
-        typer.echo(f"error: {err.code}: {err.message}", err=True)
-        raise typer.Exit(1) from None
+        if absent:
+            raise ImportError(name=absent[0])
+        return importlib.import_module(module)
+    except ImportError as err:
+        missing = f" ({err.name} is not installed)" if err.name else ""
+        typer.echo(
+            f"error: 'gotd {command}' needs the {extra} extra{missing}: pip install 'gotd[{extra}]'", err=True
+        )
+        raise typer.Exit(2) from None
 
 
-@app.command()
-def demo(
-    data_dir: Annotated[Path, typer.Option(help="demo store (kept: a second run is fast)")] = Path(
-        ".gotd-demo"
-    ),
-    pool_size: Annotated[int, typer.Option(help="candidates in the demo pool")] = 1500,
-    topic: Annotated[str, typer.Option(help="target topic")] = "Mathematics",
-) -> None:
-    """End to end on the wiki corpus: serve, ingest, select, report precision and cold vs cached time."""
-    from gotd.server.demo import run_demo
-
-    run_demo(data_dir=data_dir, pool_size=pool_size, topic=topic)
+# Commands that run work in this process: name -> (module, extra, one-line help).
+DISPATCHED: dict[str, tuple[str, str, str]] = {
+    "serve": ("gotd.server.cli", "server", "Run the gRPC server until SIGTERM (extra: server)."),
+    "sketch-backfill": ("gotd.server.cli", "server", "Sketch older pools from stored texts (extra: server)."),
+    "demo": ("gotd.lab.cli", "lab", "End to end on the wiki corpus (extra: lab)."),
+    "eval": ("gotd.lab.cli", "lab", "Selection quality on a labelled corpus vs baselines (extra: lab)."),
+    "bench": ("gotd.lab.cli", "lab", "Benchmarks, written to docs/benchmarks/ (extra: lab)."),
+}
 
 
-def _bench(name: str, out: Path, quick: bool) -> None:
-    import importlib
+def _dispatch(name: str, module: str, extra: str, text: str) -> None:
+    settings = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
-    module = importlib.import_module(f"gotd.server.bench_{name}")
-    result = module.run(out, quick=quick)
-    typer.echo(f"bench {name}: {json.dumps(result, default=str)[:2000]}")
-
-
-Out = Annotated[Path, typer.Option("--out", help="output directory")]
-Quick = Annotated[bool, typer.Option("--quick", help="tiny smoke version")]
+    @app.command(name, help=text, context_settings=settings, add_help_option=False)
+    def forward(ctx: typer.Context) -> None:
+        target = _extra_module(name, module, extra)
+        command = typer.main.get_command(target.app)
+        command.main(args=[name, *ctx.args], prog_name="gotd", standalone_mode=True)
 
 
-@bench_app.command("ot")
-def bench_ot(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """OT engine vs POT and the GEMM+logsumexp floor."""
-    _bench("ot", out, quick)
-
-
-@bench_app.command("ingest")
-def bench_ingest(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Ingest vs the bare encoder; vector ingest; bulk read."""
-    _bench("ingest", out, quick)
-
-
-@bench_app.command("service")
-def bench_service(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Cold vs cached Select, grown pool, first batch latency, concurrency, fused vs embedding cost."""
-    _bench("service", out, quick)
-
-
-@bench_app.command("ray")
-def bench_ray(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Sharded scoring on Ray workers vs the in-process pass (needs the ray extra)."""
-    _bench("ray", out, quick)
-
-
-@bench_app.command("all")
-def bench_all(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Every benchmark (ray only when the extra is installed)."""
-    import importlib.util
-
-    names = ["ot", "ingest", "service"] + (["ray"] if importlib.util.find_spec("ray") else [])
-    for name in names:
-        _bench(name, out, quick)
+for _name, (_module, _extra, _text) in DISPATCHED.items():
+    _dispatch(_name, _module, _extra, _text)
 
 
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # grpc logs a traceback when a request stream raises; the CLI reports that input error itself.
+    logging.getLogger("grpc._channel").setLevel(logging.CRITICAL)
     app()
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gotd.cache.records import Record
-from gotd.cache.store import Store
-from gotd.server.embedder import Embedder
+from gotd.cache.store.core import Store
+from gotd.server.ingest.embedder import Embedder
 
 
 def unit_vectors(n: int, dim: int = 32, *, seed: int = 0) -> np.ndarray:
@@ -44,7 +44,7 @@ import sys
 import numpy as np
 from pathlib import Path
 from gotd.cache.records import Record
-from gotd.cache.store import Store
+from gotd.cache.store.core import Store
 
 data_dir = sys.argv[1]
 batches, batch, dim, map_size = (int(a) for a in sys.argv[2:6])

@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gotd.client.client import Client
-from gotd.server.demo import BackgroundServer
-from gotd.server.embedder import Embedder
+from gotd.lab.demo import BackgroundServer
+from gotd.server.ingest.embedder import Embedder
 from tests.redis_fixtures import delete_prefix, shared_redis_url
 
 DIM = 384

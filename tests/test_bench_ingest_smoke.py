@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gotd.server.bench_ingest import run
-from gotd.server.embedder import Embedder
+from gotd.lab.bench.ingest import run
+from gotd.server.ingest.embedder import Embedder
 from tests._store_helpers import model
 
 __all__ = ["model"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gotd.server.bench_ot import run
+from gotd.lab.bench.ot import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

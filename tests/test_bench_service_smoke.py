@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gotd.server.bench_service import run
+from gotd.lab.bench.service import run
 
 
 def test_quick_service_bench_writes_report(tmp_path: Path) -> None:

@@ -15,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gotd.cache.codec import FORMAT_VERSION, MAGIC, CorruptEntry, PotentialEntry, decode_entry, encode_entry
+from gotd.cache.duals.codec import (
+    FORMAT_VERSION,
+    MAGIC,
+    CorruptEntry,
+    PotentialEntry,
+    decode_entry,
+    encode_entry,
+)
 
 META = {
     "mode": "global",

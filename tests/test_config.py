@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gotd.server.config import ConfigError, load_settings
+from gotd.server.service.config import ConfigError, load_settings
 
 
 def test_precedence_flags_env_file_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from gotd.server import corpus_style
-from gotd.server.corpus_style import MAX_WORDS, MIN_CHUNKS, MIN_WORDS, chunk_text, load_style
+from gotd.lab.corpora import sotu as corpus_style
+from gotd.lab.corpora.sotu import MAX_WORDS, MIN_CHUNKS, MIN_WORDS, chunk_text, load_style
 
 
 def test_many_presidents_each_with_enough_chunks() -> None:

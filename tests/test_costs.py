@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
-from gotd.server.costs import (
+from gotd.server.ot.geometry import median_cost, project_to_targets, worth_projecting
+from gotd.server.selection.costs import (
     Cost,
     CostConfig,
     complete_sketches,
@@ -19,7 +20,8 @@ from gotd.server.costs import (
     resolve_cost,
     target_features,
 )
-from gotd.server.features import (
+from gotd.server.selection.modes import Mode, SelectionConfig, rank, relative_eps, solve
+from gotd.server.selection.sketches import (
     document_frequency,
     fuse,
     fused_matrix,
@@ -27,8 +29,6 @@ from gotd.server.features import (
     tf_rows,
     unit_sketches,
 )
-from gotd.server.ot_geometry import median_cost, project_to_targets, worth_projecting
-from gotd.server.selection import Mode, SelectionConfig, rank, relative_eps, solve
 
 TEXTS = [
     "The cat sat on the mat.",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gotd.server.corpus import load_wiki
-from gotd.server.demo import run_demo, split_task
+from gotd.lab.corpora.wiki import load_wiki
+from gotd.lab.demo import run_demo, split_task
 
 
 def test_split_task_holds_out_targets_from_the_pool() -> None:

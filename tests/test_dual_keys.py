@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gotd.cache.duals import cache_key, render_part
+from gotd.cache.duals.cache import cache_key, render_part
 
 
 def test_cache_key_is_deterministic_sorted_and_readable() -> None:

@@ -16,9 +16,9 @@ import pytest
 import redis
 import xxhash
 
-from gotd.cache.codec import PotentialEntry, encode_entry
-from gotd.cache.dual_lru import TtlLru
-from gotd.cache.duals import EVENTS, DualCache, cache_key
+from gotd.cache.duals.cache import EVENTS, DualCache, cache_key
+from gotd.cache.duals.codec import PotentialEntry, encode_entry
+from gotd.cache.duals.lru import TtlLru
 from tests.redis_fixtures import (
     RedisServer,
     delete_prefix,
@@ -290,7 +290,7 @@ def test_redis_stopped_mid_run_falls_back_then_recovers(private: RedisServer, re
 
 
 def test_an_outage_logs_one_warning(private: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="gotd.cache.duals")
+    caplog.set_level(logging.DEBUG, logger="gotd.cache.duals.cache")
     with DualCache(private.url, retry_interval_seconds=0.0) as cache:  # retry on every call
         private.stop()
         for i in range(10):

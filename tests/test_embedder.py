@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gotd.cache.embcache import EmbeddingCache, normalise_text
 from gotd.cache.errors import FailedPrecondition
-from gotd.cache.store import Store
-from gotd.server.embedder import DEFAULT_MODEL_ID, Embedder, embed_counting, embed_with_cache
+from gotd.cache.store.core import Store
+from gotd.cache.store.embeddings import EmbeddingCache, normalise_text
+from gotd.server.ingest.embedder import DEFAULT_MODEL_ID, Embedder, embed_counting, embed_with_cache
 from tests._store_helpers import model
 
 __all__ = ["model"]
@@ -42,7 +42,7 @@ def test_default_model_encodes_unit_float32_vectors(model: Embedder) -> None:
 def test_offline_switches_are_set() -> None:
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
-    code = "import os, gotd.server.embedder\nassert os.environ['HF_HUB_OFFLINE'] == '1'\n"
+    code = "import os, gotd.server.ingest.embedder\nassert os.environ['HF_HUB_OFFLINE'] == '1'\n"
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from gotd.server.eval_metrics import BigramKN, precision, tokenize, truncate_to_budget
-from gotd.server.evaluation import task_sizes
+from gotd.lab.evaluation.metrics import BigramKN, precision, tokenize, truncate_to_budget
+from gotd.lab.evaluation.run import task_sizes
 
 
 def test_precision_counts_target_rows() -> None:

@@ -12,19 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gotd.server.corpus import Doc
-from gotd.server.eval_embed import embed_corpus, embedding_cache_path
-from gotd.server.eval_methods import (
+from gotd.lab.corpora.wiki import Doc
+from gotd.lab.evaluation.embed import embed_corpus, embedding_cache_path
+from gotd.lab.evaluation.methods import (
     MethodOptions,
     available_methods,
     make_method,
     order_by_score,
     register_method,
 )
-from gotd.server.eval_tasks import SelectionInput, TaskSpec, build_task, selection_input
-from gotd.server.evaluation import run
+from gotd.lab.evaluation.run import run
+from gotd.lab.evaluation.tasks import SelectionInput, TaskSpec, build_task, selection_input
 
-HAS_SELECTION = importlib.util.find_spec("gotd.server.selection") is not None
+HAS_SELECTION = importlib.util.find_spec("gotd.server.selection.modes") is not None
 HAS_DSIR = importlib.util.find_spec("data_selection") is not None
 
 # -- tasks ----------------------------------------------------------------------------------------

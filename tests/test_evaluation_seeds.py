@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from gotd.client.cli import app
-from gotd.client.cli_eval import parse_names, parse_seeds
-from gotd.server.corpus_style import load_style
-from gotd.server.eval_corpora import CORPORA, SOTU_LABELS, SOTU_NAME, SOTU_PER_LABEL, load_corpus
-from gotd.server.eval_embed import embed_texts, text_store_dir
-from gotd.server.eval_findings import findings
-from gotd.server.eval_summary import label_means, summarise
-from gotd.server.evaluation import run
+from gotd.lab.cli import parse_names, parse_seeds
+from gotd.lab.corpora.registry import CORPORA, SOTU_LABELS, SOTU_NAME, SOTU_PER_LABEL, load_corpus
+from gotd.lab.corpora.sotu import load_style
+from gotd.lab.evaluation.embed import embed_texts, text_store_dir
+from gotd.lab.evaluation.findings import findings
+from gotd.lab.evaluation.run import run
+from gotd.lab.evaluation.summary import label_means, summarise
 from tests.test_evaluation import _toy_corpus
 
 SHAPE: dict[str, Any] = {"pool_size": 60, "target_size": 10, "heldout_size": 10, "pool_fraction": 0.2}
@@ -124,7 +124,7 @@ def test_cli_parses_seeds_corpus_and_methods(monkeypatch: pytest.MonkeyPatch, tm
         seen.update(kwargs, out=out)
         return {"tasks": ["a", "b"]}
 
-    monkeypatch.setattr("gotd.server.evaluation.run", fake_run)
+    monkeypatch.setattr("gotd.lab.evaluation.run.run", fake_run)
     args = ["eval", "--out", str(tmp_path), "--corpus", "sotu", "--seeds", "0, 1,2", "--method", "dsir"]
     args += [
         "--methods",
@@ -190,7 +190,7 @@ def test_per_text_cache_embeds_only_missing_texts(tmp_path: Path) -> None:
 
 
 def test_runs_embed_only_the_rows_of_their_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gotd.server.embedder.Embedder", _Encoder)
+    monkeypatch.setattr("gotd.server.ingest.embedder.Embedder", _Encoder)
     docs, _ = _toy_corpus()
     _Encoder.encoded = []
     common: dict[str, Any] = {"corpus": docs, "topics": ["sky"], "methods": ["centroid"], "plots": False}

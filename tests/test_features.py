@@ -1,12 +1,12 @@
-"""Hashed n-gram sketches and fused features (gotd.server.features, issue 10)."""
+"""Hashed n-gram sketches and fused features (gotd.server.selection.sketches, issue 10)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gotd.server.eval_tasks import SelectionInput
-from gotd.server.features import (
+from gotd.lab.evaluation.tasks import SelectionInput
+from gotd.server.selection.sketches import (
     document_frequency,
     fuse,
     hashed_counts,
@@ -114,9 +114,9 @@ def test_fuse_rejects_bad_weight_and_shapes() -> None:
 
 
 def test_fused_selector_ranks_by_words_and_sets_near_duplicates_last() -> None:
-    from gotd.server.costs import Cost
-    from gotd.server.eval_fused import FusedSelector
-    from gotd.server.eval_methods import MethodOptions, make_method
+    from gotd.lab.evaluation.fused import FusedSelector
+    from gotd.lab.evaluation.methods import MethodOptions, make_method
+    from gotd.server.selection.costs import Cost
 
     rng = np.random.default_rng(2)
     pool = [f"text number {i} about {'cats' if i % 2 else 'quantum physics'}" for i in range(40)]

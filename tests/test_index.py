@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 
 from gotd.cache.errors import InvalidArgument, NotFound
-from gotd.cache.index import INDEX_FILE, MANIFEST_FILE, IndexManager, ensure_index, kmeans_summary, search
 from gotd.cache.records import Record
-from gotd.cache.store import Store
+from gotd.cache.store.core import Store
+from gotd.cache.store.index import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    IndexManager,
+    ensure_index,
+    kmeans_summary,
+    search,
+)
 from tests._store_helpers import unit_vectors, vector_records
 
 DIM = 24

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gotd.cache.embcache import EmbeddingCache
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
 from gotd.cache.records import Record
-from gotd.cache.store import Store
-from gotd.server.embedder import Embedder
-from gotd.server.ingest import Ingestor
+from gotd.cache.store.core import Store
+from gotd.cache.store.embeddings import EmbeddingCache
+from gotd.server.ingest.embedder import Embedder
+from gotd.server.ingest.pipeline import Ingestor
 from tests._store_helpers import model, unit_vectors
 
 __all__ = ["model"]

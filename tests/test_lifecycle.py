@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gotd.client.client import Client, solver_options, target_spec
 from gotd.client.types import SelectProgress
-from gotd.server.app import CACHE_HEALTH
+from gotd.server.service.app import CACHE_HEALTH
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 from tests.conftest import clustered, vector_records

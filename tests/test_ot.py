@@ -1,4 +1,4 @@
-"""gotd.server.ot against POT (float64 oracle), ot.emd, dense references and its own invariants."""
+"""gotd.server.ot.sinkhorn against POT (float64 oracle), ot.emd, dense references and its own invariants."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gotd.server.ot import SinkhornResult, c_transform, calibrated_gradient, epsilon_schedule, sinkhorn
+from gotd.server.ot.sinkhorn import (
+    SinkhornResult,
+    c_transform,
+    calibrated_gradient,
+    epsilon_schedule,
+    sinkhorn,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from gotd.cache.store import PoolArrays, Store
-from gotd.server.embedder import Embedder
-from gotd.server.ingest import Ingestor
-from gotd.server.ot import c_transform, calibrated_gradient
-from gotd.server.selection import top_k
+from gotd.cache.store.core import PoolArrays, Store
+from gotd.server.ingest.embedder import Embedder
+from gotd.server.ingest.pipeline import Ingestor
+from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.selection.modes import top_k
 from tests.conftest import clustered
 
 pytestmark = [
@@ -84,7 +84,7 @@ def _problem(case: RankCase, seed: int) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def test_ray_sharded_rank_equals_single_process(ray_local: Any) -> None:
-    from gotd.server.ray_backend import RayScorer, sharded_rank
+    from gotd.server.ray.backend import RayScorer, sharded_rank
 
     with RayScorer(workers=2) as scorer:
         for seed, case in enumerate(RANK_CASES):
@@ -106,7 +106,7 @@ def test_ray_sharded_rank_equals_single_process(ray_local: Any) -> None:
 
 
 def test_ray_scorer_f_is_the_in_process_c_transform(ray_local: Any) -> None:
-    from gotd.server.ray_backend import RayScorer
+    from gotd.server.ray.backend import RayScorer
 
     x, y, g, _ = _problem(RankCase("", 20_000, 4096, 10, 4), 7)
     progress: list[tuple[int, int]] = []
@@ -125,7 +125,7 @@ def test_ray_scorer_f_is_the_in_process_c_transform(ray_local: Any) -> None:
 
 def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
     from gotd.client.client import Client
-    from gotd.server.ray_backend import RayScorer
+    from gotd.server.ray.backend import RayScorer
 
     x = clustered(2000, seed=3)
     y = clustered(30, seed=4, centers=2)
@@ -159,7 +159,7 @@ def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
 
 
 def test_ray_bench_quick_writes_the_report(ray_local: Any, tmp_path: Path) -> None:
-    from gotd.server.bench_ray import run
+    from gotd.lab.bench.ray import run
 
     result = run(tmp_path, quick=True)
     assert all(case["exact"] for case in result["ray"])
@@ -231,7 +231,7 @@ def local_pool(texts: Path, embedder: Embedder, tmp_path_factory: pytest.TempPat
 
 def test_ray_ingest_equals_local_ingest(ray_local: Any, texts: Path, local_pool: Reference,
                                        tmp_path: Path) -> None:  # fmt: skip
-    from gotd.server.ray_ingest import ray_ingest
+    from gotd.server.ray.ingest import ray_ingest
 
     with Store(tmp_path / "ray") as store:
         started = time.perf_counter()
@@ -252,8 +252,8 @@ def test_ray_ingest_equals_local_ingest(ray_local: Any, texts: Path, local_pool:
 
 def test_ray_ingest_killed_task_is_retried_without_duplicates(ray_local: Any, embedder: Embedder,
                                                                tmp_path: Path) -> None:  # fmt: skip
-    from gotd.server.embedder import embed_with_cache
-    from gotd.server.ray_ingest import Encoder, ray_ingest
+    from gotd.server.ingest.embedder import embed_with_cache
+    from gotd.server.ray.ingest import Encoder, ray_ingest
 
     n, given = 600, 200
     path = _to_parquet(_texts_file(tmp_path / "mixed.jsonl", n, vectors=given), row_group_size=100)
@@ -291,7 +291,7 @@ def test_ray_ingest_killed_task_is_retried_without_duplicates(ray_local: Any, em
 
 def test_ray_ingest_bad_record_names_its_line(ray_local: Any, tmp_path: Path) -> None:
     from gotd.cache.errors import InvalidArgument
-    from gotd.server.ray_ingest import ray_ingest
+    from gotd.server.ray.ingest import ray_ingest
 
     path = _texts_file(tmp_path / "bad.jsonl", 50)
     with path.open("a", encoding="utf-8") as fh:
@@ -323,8 +323,8 @@ def test_ray_cli_without_ray_fails_early_naming_the_extra(
     assert served.exit_code == 2
     assert "pip install 'gotd[ray]'" in served.output
     assert not data.exists()
-    from gotd.server.ray_backend import RayScorer
-    from gotd.server.ray_ingest import ray_ingest
+    from gotd.server.ray.backend import RayScorer
+    from gotd.server.ray.ingest import ray_ingest
 
     with pytest.raises(ImportError, match=r"gotd\[ray\]"):
         RayScorer()

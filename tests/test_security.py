@@ -47,7 +47,7 @@ def test_every_rpc_needs_the_token(auth_server: Any, method: str, metadata: tupl
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator[Any]:
-    from gotd.server.demo import BackgroundServer
+    from gotd.lab.demo import BackgroundServer
 
     srv = BackgroundServer(
         embedder=embedder, listen="127.0.0.1:0", data_dir=tmp_path_factory.mktemp("auth"), auth_token="s3cret"

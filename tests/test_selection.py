@@ -1,4 +1,4 @@
-"""gotd.server.selection: modes, the one ranking rule, determinism, top-k, global vs exact."""
+"""gotd.server.selection.modes: modes, the one ranking rule, determinism, top-k, global vs exact."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gotd.server.bench_ot import clustered, hashed_keys
-from gotd.server.ot import c_transform, calibrated_gradient
-from gotd.server.selection import (
+from gotd.lab.bench.ot import clustered, hashed_keys
+from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.selection.kmeans import kmeans_labels
+from gotd.server.selection.modes import (
     Mode,
     SelectionConfig,
     id_keys,
@@ -25,7 +26,6 @@ from gotd.server.selection import (
     summary_rows,
     top_k,
 )
-from gotd.server.selection_kmeans import kmeans_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,8 +8,8 @@ import torch
 
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectProgress, SelectSummary
-from gotd.server.demo import BackgroundServer
-from gotd.server.selection import Mode, SelectionConfig, score, solve, top_k
+from gotd.lab.demo import BackgroundServer
+from gotd.server.selection.modes import Mode, SelectionConfig, score, solve, top_k
 from tests.conftest import clustered, vector_records
 
 

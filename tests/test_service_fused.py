@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gotd.client.client import Client
-from gotd.server.corpus import load_wiki
+from gotd.lab.corpora.wiki import load_wiki
 from tests.conftest import clustered, vector_records
 
 TOPIC = "Mathematics"

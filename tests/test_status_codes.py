@@ -145,7 +145,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def stub_server(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Any:
-    from gotd.server.demo import BackgroundServer
+    from gotd.lab.demo import BackgroundServer
 
     srv = BackgroundServer(
         embedder=embedder,

@@ -20,13 +20,13 @@ from typer.testing import CliRunner
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import Record
-from gotd.cache.store import BackfillResult, Store
-from gotd.cache.store_layout import PoolRecord
-from gotd.cache.store_sketch import backfill_marker
+from gotd.cache.store.core import BackfillResult, Store
+from gotd.cache.store.layout import PoolRecord
+from gotd.cache.store.sketch import backfill_marker
 from gotd.client.cli import app
 from gotd.client.client import Client
-from gotd.server.embedder import Embedder
-from gotd.server.features import SKETCH_BUCKETS, tf_rows
+from gotd.server.ingest.embedder import Embedder
+from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
 from tests._store_helpers import unit_vectors
 
 DIM = 16

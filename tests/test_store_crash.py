@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gotd.cache.records import Record
-from gotd.cache.store import Store
+from gotd.cache.store.core import Store
 from tests._store_helpers import CHILD_INGEST, batch_vectors
 
 DIM = 32
@@ -68,7 +68,7 @@ def test_sigkill_mid_ingest_keeps_exactly_the_acknowledged_batches(
 
 
 _HOLD = (
-    "import sys, time\nfrom pathlib import Path\nfrom gotd.cache.store import Store\n"
+    "import sys, time\nfrom pathlib import Path\nfrom gotd.cache.store.core import Store\n"
     "s = Store(Path(sys.argv[1]))\n"
     "txn = s.env.env.begin() if sys.argv[2] == 'read' else None\n"
     "print('ready', flush=True)\ntime.sleep(120)\n"
@@ -89,7 +89,7 @@ def test_stale_readers_are_cleared_on_open(tmp_path: Path, caplog: pytest.LogCap
             assert child.stdout.readline().strip() == "ready"
         os.kill(children[1].pid, signal.SIGKILL)
         children[1].wait()
-        with caplog.at_level(logging.WARNING, logger="gotd.cache.store_env"), Store(tmp_path) as store:
+        with caplog.at_level(logging.WARNING, logger="gotd.cache.store.env"), Store(tmp_path) as store:
             assert store.list_pools() == []
         assert any("stale LMDB reader" in r.getMessage() for r in caplog.records)
     finally:

@@ -13,10 +13,10 @@ import pytest
 
 from gotd.cache.errors import InvalidArgument, NotFound
 from gotd.cache.records import Record
-from gotd.cache.store import Store
-from gotd.cache.store_layout import PoolRecord, content_hash
-from gotd.cache.store_sketch import SKETCH_DB
-from gotd.server.features import SKETCH_BUCKETS, tf_rows
+from gotd.cache.store.core import Store
+from gotd.cache.store.layout import PoolRecord, content_hash
+from gotd.cache.store.sketch import SKETCH_DB
+from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
 from tests._store_helpers import unit_vectors
 
 DIM = 16

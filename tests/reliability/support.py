@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import psutil
+
 import gotd.cache
 import gotd.server
 
@@ -32,12 +34,8 @@ _LISTENING = re.compile(r"gotd listening on (\S+)")
 
 
 def rss_bytes(pid: int | None = None) -> int:
-    """Resident set size of a process (Linux ``/proc/<pid>/status``), in bytes."""
-    text = Path(f"/proc/{pid or os.getpid()}/status").read_text()
-    found = re.search(r"^VmRSS:\s+(\d+)\s+kB", text, re.MULTILINE)
-    if found is None:
-        raise RuntimeError(f"no VmRSS for pid {pid}")
-    return int(found.group(1)) * 1024
+    """Resident set size of a process (default: this one), in bytes."""
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def mib(n_bytes: float) -> float:

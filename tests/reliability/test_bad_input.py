@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gotd.client.client import Client
-from gotd.server.demo import BackgroundServer
+from gotd.lab.demo import BackgroundServer
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 from tests.conftest import DIM, clustered, vector_records

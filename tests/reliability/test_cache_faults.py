@@ -22,10 +22,10 @@ import redis
 import xxhash
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gotd.cache.codec import PotentialEntry, decode_entry, encode_entry
+from gotd.cache.duals.codec import PotentialEntry, decode_entry, encode_entry
 from gotd.client.client import Client
-from gotd.server.app import CACHE_HEALTH
-from gotd.server.demo import BackgroundServer
+from gotd.lab.demo import BackgroundServer
+from gotd.server.service.app import CACHE_HEALTH
 from tests.conftest import clustered, vector_records
 from tests.redis_fixtures import RedisServer
 from tests.reliability.support import latency_summary, metric_value, wait_until

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from gotd.client.client import Client
-from gotd.server.demo import BackgroundServer
+from gotd.lab.demo import BackgroundServer
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 from tests.conftest import clustered

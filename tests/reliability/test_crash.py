@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 import pytest
 
-from gotd.cache.index import IndexManager, ensure_index
 from gotd.cache.records import Record
-from gotd.cache.store import Store
+from gotd.cache.store.core import Store
+from gotd.cache.store.index import IndexManager, ensure_index
 from gotd.client.client import Client
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from gotd.client.client import Client
-from gotd.server.demo import BackgroundServer
+from gotd.lab.demo import BackgroundServer
 from tests.conftest import clustered, vector_records
 from tests.reliability.support import (
     ServeProcess,

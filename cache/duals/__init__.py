@@ -1,0 +1,1 @@
+"""The dual cache: target potentials in Redis (versioned codec, keys) with an in-process fallback."""

@@ -1,0 +1,198 @@
+"""Read transactions of the store: bulk pool loads, id lookups, metadata; and the pool delete.
+
+Functions here take an open LMDB transaction and the store's database handles;
+:class:`~gotd.cache.store.core.Store` runs them under its locks (and retries after a map growth).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lmdb
+import numpy as np
+
+from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
+from gotd.cache.records import validate_id, validate_name
+from gotd.cache.store.layout import (
+    VECTOR_DTYPES,
+    PoolArrays,
+    PoolRecord,
+    RowChunk,
+    StoredRecord,
+    decode_content,
+    decode_id_value,
+    id_key,
+    pool_chunks,
+    u64_key,
+)
+from gotd.cache.store.sketch import SKETCH_DB, backfill_marker, load_sketches
+from gotd.cache.store.upsert import read_pool
+
+Dbs = dict[str, lmdb._Database]
+
+
+def require_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> PoolRecord:
+    """The stored record of ``pool``; NotFound when absent."""
+    record = read_pool(txn, dbs, validate_name(pool, kind="pool"))
+    if record is None:
+        raise NotFound(f"pool {pool!r} does not exist")
+    return record
+
+
+def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = True) -> PoolArrays:
+    """The whole pool as row-aligned arrays: one copy per chunk straight from the memory map.
+
+    ``sketches=False`` skips the sketch rows (``PoolArrays.sketches`` is then None).
+    """
+    rec = require_pool(txn, dbs, pool)
+    n, d, size = rec.count, rec.dim, rec.chunk_rows
+    dtype = VECTOR_DTYPES[rec.dtype]
+    vectors = np.empty((n, d), dtype=np.float32)
+    flat = vectors.reshape(-1)
+    seen = 0
+    for chunk, value in pool_chunks(txn, dbs["vectors"], rec.prefix):
+        start = chunk * size * d
+        part = np.frombuffer(value, dtype=dtype)
+        if start + part.size > flat.size:
+            break
+        flat[start : start + part.size] = part
+        seen += part.size
+    versions = np.empty(n, dtype=np.uint64)
+    keys = np.empty(n, dtype=np.uint64)
+    ids: list[str] = []
+    domains: list[str] = []
+    for chunk, value in pool_chunks(txn, dbs["rows"], rec.prefix):
+        rows = RowChunk.decode(value)
+        start = chunk * size
+        if start != len(ids) or start + len(rows.ids) > n:
+            break
+        versions[start : start + len(rows.ids)] = rows.versions
+        keys[start : start + len(rows.ids)] = rows.keys
+        ids.extend(rows.ids)
+        domains.extend(rows.domains)
+    if seen != n * d or len(ids) != n:
+        raise FailedPrecondition(
+            f"pool {pool!r} is inconsistent: {n} rows recorded, {seen // max(d, 1)} vectors "
+            f"and {len(ids)} ids stored"
+        )
+    return PoolArrays(
+        name=rec.name,
+        version=rec.version,
+        model=rec.model,
+        dim=d,
+        vectors=vectors,
+        ids=ids,
+        keys=keys,
+        domains=domains,
+        row_versions=versions,
+        uid=rec.uid,
+        sketches=load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None,
+    )
+
+
+def rows_for_ids(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> np.ndarray:
+    """Rows (int64) of ``ids`` in order; NotFound naming the missing ids."""
+    rec = require_pool(txn, dbs, pool)
+    keys = [id_key(rec.prefix, validate_id(i)) for i in ids]
+    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
+    rows = np.empty(len(ids), dtype=np.int64)
+    missing = []
+    for j, key in enumerate(keys):
+        raw = found.get(key)
+        row, stored = decode_id_value(raw) if raw is not None else (-1, "")
+        if raw is None or stored != ids[j]:
+            missing.append(ids[j])
+        rows[j] = row
+    if missing:
+        raise NotFound(f"pool {pool!r} has no record with id(s) {missing[:10]}")
+    return rows
+
+
+def metadata(
+    txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray
+) -> list[tuple[str, str, str | None]]:
+    """``(domain, meta_json, text or None)`` of each row, in the order given."""
+    rec = require_pool(txn, dbs, pool)
+    wanted = [int(r) for r in rows]
+    bad = [r for r in wanted if not 0 <= r < rec.count]
+    if bad:
+        raise InvalidArgument(f"pool {pool!r} has {rec.count} rows; no row {bad[:10]}")
+    keys = [u64_key(rec.prefix, r) for r in wanted]
+    found = dict(txn.cursor(db=dbs["content"]).getmulti(keys))
+    return [decode_content(found[k]) for k in keys]
+
+
+def ids_for_rows(txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray) -> list[str]:
+    """Ids of ``rows`` in the order given (a row's id never changes within a pool)."""
+    rec = require_pool(txn, dbs, pool)
+    wanted = [int(r) for r in rows]
+    bad = [r for r in wanted if not 0 <= r < rec.count]
+    if bad:
+        raise InvalidArgument(f"pool {pool!r} has {rec.count} rows; no row {bad[:10]}")
+    chunks: dict[int, RowChunk] = {}
+    out = []
+    for row in wanted:
+        chunk, local = divmod(row, rec.chunk_rows)
+        if chunk not in chunks:
+            chunks[chunk] = RowChunk.decode(_must(txn, u64_key(rec.prefix, chunk), dbs["rows"], pool))
+        out.append(chunks[chunk].ids[local])
+    return out
+
+
+def get_records(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> dict[str, StoredRecord]:
+    """What is stored for each of ``ids`` present in ``pool`` (an absent pool or id is left out)."""
+    rec = read_pool(txn, dbs, pool)
+    if rec is None:
+        return {}
+    dtype = VECTOR_DTYPES[rec.dtype]
+    keys = [id_key(rec.prefix, i) for i in ids]
+    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
+    out: dict[str, StoredRecord] = {}
+    chunks: dict[int, tuple[np.ndarray, RowChunk]] = {}
+    for record_id, key in zip(ids, keys, strict=True):
+        raw = found.get(key)
+        if raw is None:
+            continue
+        row, stored_id = decode_id_value(raw)
+        if stored_id != record_id:
+            continue
+        chunk, local = divmod(row, rec.chunk_rows)
+        if chunk not in chunks:
+            ckey = u64_key(rec.prefix, chunk)
+            vec = np.frombuffer(_must(txn, ckey, dbs["vectors"], pool), dtype=dtype).reshape(-1, rec.dim)
+            chunks[chunk] = (vec, RowChunk.decode(_must(txn, ckey, dbs["rows"], pool)))
+        vec, meta = chunks[chunk]
+        content = _must(txn, u64_key(rec.prefix, row), dbs["content"], pool)
+        domain, meta_json, text = decode_content(content)
+        out[record_id] = StoredRecord(
+            id=record_id,
+            row=row,
+            version=int(meta.versions[local]),
+            domain=domain,
+            meta_json=meta_json,
+            text=text,
+            vector=vec[local].astype(np.float32),
+        )
+    return out
+
+
+def _must(txn: lmdb.Transaction, key: bytes, db: lmdb._Database, pool: str) -> bytes | memoryview:
+    value = txn.get(key, db=db)
+    if value is None:
+        raise FailedPrecondition(f"pool {pool!r} is inconsistent: key {key.hex()} is missing")
+    return value
+
+
+def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
+    """Delete every key of ``pool`` and its record (NotFound when absent)."""
+    record = require_pool(txn, dbs, pool)
+    prefix = record.prefix
+    for db in ("ids", "vectors", "rows", "content", SKETCH_DB):
+        with txn.cursor(db=dbs[db]) as cur:
+            if not cur.set_range(prefix):
+                continue
+            while cur.key()[: len(prefix)] == prefix:
+                if not cur.delete():
+                    break
+    txn.delete(backfill_marker(prefix), db=dbs["meta"])
+    txn.delete(pool.encode("utf-8"), db=dbs["pools"])

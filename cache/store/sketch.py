@@ -1,0 +1,221 @@
+"""Stored n-gram sketches: per-pool float16 row chunks, and the target-set value with its sketch block.
+
+A *sketch* is one dense row of ``buckets`` float16 values per candidate or target (the hashed n-gram
+term frequencies of its text), computed once when the record is written by a function the caller hands
+to the store (the server passes ``gotd.server.selection.sketches.tf_rows``; ``gotd.cache`` never imports
+``gotd.server``). A zero row means "no sketch" (no text, or written without a sketch function).
+
+Layout (``P`` is the pool's number, as in :mod:`gotd.cache.store.layout`)::
+
+    sketches  P + u64 chunk -> up to sketch_rows x sketch_buckets float16 (little-endian), row-major
+    targets   target-set name -> u32 len(header) + JSON header + u32 len(ids) + JSON ids
+              + float32 vectors [+ float16 sketches when the header has "sketch_buckets"]
+
+A pool's record carries ``sketch_buckets`` (0: the pool keeps no sketches, e.g. it was written by an
+older gotd) and ``sketch_rows``, its own rows per chunk (``chunk_rows_for(sketch_buckets, "float16")``:
+256 rows of 1024 buckets, 512 KiB), independent of the vector chunking so that a low-dimensional pool
+does not rewrite multi-megabyte sketch chunks on every small upsert. Chunks are sparse: an absent chunk,
+or the rows past the end of a short one, are zero rows, so a vector-only pool stores no sketch bytes.
+Sketch chunks are written in the same write transaction as the vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import lmdb
+import numpy as np
+
+from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
+
+__all__ = [
+    "SKETCH_DB",
+    "SKETCH_DTYPE",
+    "Sketcher",
+    "backfill_marker",
+    "decode_target_set",
+    "decode_target_sketches",
+    "encode_target_set",
+    "load_sketches",
+    "sketch_matrix",
+    "write_sketch_rows",
+]
+
+LOG = logging.getLogger(__name__)
+
+SKETCH_DB: Final = "sketches"
+SKETCH_DTYPE: Final = np.dtype("<f2")
+_U32 = struct.Struct("<I")
+
+Sketcher = Callable[[Sequence[str | None]], np.ndarray]
+"""Texts -> sketch rows, shape ``(len(texts), buckets)``; a zero row for a None or empty text."""
+
+
+def backfill_marker(prefix: bytes) -> bytes:
+    """``meta`` key present while a sketch backfill of the pool ``prefix`` has written rows without
+    bumping the pool version yet (:mod:`gotd.cache.store.backfill`)."""
+    return b"sketch_backfill/" + prefix
+
+
+def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray:
+    """``sketcher(texts)`` checked and converted to a C-contiguous little-endian float16 array.
+
+    Raises
+    ------
+    ValueError
+        When the sketch function returns another shape or non-finite values (a programming error).
+    """
+    rows = np.ascontiguousarray(sketcher(texts), dtype=SKETCH_DTYPE)
+    if rows.ndim != 2 or rows.shape[0] != len(texts) or rows.shape[1] < 1:
+        raise ValueError(f"the sketch function returned shape {rows.shape} for {len(texts)} texts")
+    if not np.isfinite(rows).all():
+        raise ValueError("the sketch function returned non-finite values")
+    return rows
+
+
+# -- pool chunks -----------------------------------------------------------------------------------
+
+
+def write_sketch_rows(
+    txn: lmdb.Transaction,
+    db: lmdb._Database,
+    pool: PoolRecord,
+    rows: np.ndarray,
+    values: np.ndarray | None,
+) -> None:
+    """Set the sketches of pool rows ``rows`` (sorted ascending) to ``values`` (None: zero rows).
+
+    Parameters
+    ----------
+    txn : lmdb.Transaction
+        The upsert's write transaction.
+    db : lmdb._Database
+        The ``sketches`` database.
+    pool : PoolRecord
+        The pool, with ``sketch_buckets > 0``.
+    rows : numpy.ndarray
+        Pool rows, int64, sorted ascending.
+    values : numpy.ndarray or None
+        Shape ``(len(rows), pool.sketch_buckets)``, float16.
+    """
+    size, width = pool.sketch_rows, pool.sketch_buckets
+    for chunk, part, local in chunk_parts(rows, size):
+        new = None if values is None else values[part]
+        key = u64_key(pool.prefix, chunk)
+        raw = txn.get(key, db=db)
+        if raw is None and (new is None or not new.any()):
+            continue  # an absent chunk already reads as zero rows
+        old = np.zeros((0, width), SKETCH_DTYPE) if raw is None else _rows(raw, width)
+        block = np.zeros((max(len(old), int(local.max()) + 1), width), dtype=SKETCH_DTYPE)
+        block[: len(old)] = old
+        block[local] = 0 if new is None else new
+        txn.put(key, block.tobytes(), db=db)
+
+
+def _rows(raw: bytes | memoryview, width: int) -> np.ndarray:
+    return np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)
+
+
+def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRecord) -> np.ndarray | None:
+    """The ``(count, sketch_buckets)`` float16 sketches of ``pool``, or None when it keeps none.
+
+    One copy per chunk from the memory map. A pool without sketches (``sketch_buckets == 0``, or a
+    store opened read-only that has no ``sketches`` database) gives None, and so does a chunk that does
+    not fit the pool (logged: the sketches are an optional input, never a reason to fail a load).
+    """
+    n, width, size = pool.count, pool.sketch_buckets, pool.sketch_rows
+    if db is None or width < 1 or size < 1:
+        return None
+    out = np.zeros((n, width), dtype=SKETCH_DTYPE)
+    for chunk, value in pool_chunks(txn, db, pool.prefix):
+        start = chunk * size
+        if len(value) % (width * SKETCH_DTYPE.itemsize):
+            LOG.warning("pool %r: a sketch chunk has a partial row; loading without sketches", pool.name)
+            return None
+        part = _rows(value, width)
+        if len(part) > size or start + len(part) > n:
+            LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
+            return None
+        out[start : start + len(part)] = part
+    return out
+
+
+# -- target sets -----------------------------------------------------------------------------------
+
+
+def encode_target_set(
+    info: TargetSetInfo, ids: list[str], vectors: np.ndarray, sketches: np.ndarray | None = None
+) -> bytes:
+    """The ``targets`` value: header, ids, float32 vectors and, when given, the float16 sketch rows."""
+    head: dict[str, Any] = {
+        "count": info.count,
+        "model": info.model,
+        "dim": info.dim,
+        "content_hash": info.content_hash,
+        "created": info.created,
+    }
+    tail = b""
+    if sketches is not None:
+        if sketches.ndim != 2 or sketches.shape[0] != info.count:
+            raise ValueError(f"target sketches must have {info.count} rows, got shape {sketches.shape}")
+        head["sketch_buckets"] = int(sketches.shape[1])
+        tail = np.ascontiguousarray(sketches, dtype=SKETCH_DTYPE).tobytes()
+    header = json.dumps(head).encode()
+    id_blob = json.dumps(ids, ensure_ascii=False).encode("utf-8")
+    return (
+        _U32.pack(len(header))
+        + header
+        + _U32.pack(len(id_blob))
+        + id_blob
+        + np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+        + tail
+    )
+
+
+def _parse(raw: bytes | memoryview) -> tuple[dict[str, Any], bytes, int, int]:
+    """``(header, data, offset of the ids' length, offset of the vectors)`` of a ``targets`` value."""
+    data = bytes(raw)
+    (nh,) = _U32.unpack_from(data)
+    at = _U32.size
+    header: dict[str, Any] = json.loads(data[at : at + nh])
+    ids_at = at + nh
+    (ni,) = _U32.unpack_from(data, ids_at)
+    return header, data, ids_at, ids_at + _U32.size + ni
+
+
+def decode_target_set(name: str, raw: bytes | memoryview) -> tuple[TargetSetInfo, list[str], np.ndarray]:
+    """``(info, ids, vectors (m, d) float32)`` of a ``targets`` value (with or without sketches)."""
+    header, data, ids_at, vec_at = _parse(raw)
+    ids: list[str] = json.loads(data[ids_at + _U32.size : vec_at].decode("utf-8"))
+    count, dim = int(header["count"]), int(header["dim"])
+    vectors = (
+        np.frombuffer(data, dtype="<f4", count=count * dim, offset=vec_at)
+        .reshape(count, dim)
+        .astype(np.float32)
+    )
+    info = TargetSetInfo(
+        name=name,
+        count=count,
+        model=str(header["model"]),
+        dim=dim,
+        content_hash=str(header["content_hash"]),
+        created=float(header.get("created", 0.0)),
+    )
+    return info, ids, vectors
+
+
+def decode_target_sketches(raw: bytes | memoryview) -> np.ndarray | None:
+    """The ``(m, buckets)`` float16 sketches of a ``targets`` value; None when it has none (older values)."""
+    header, data, _ids_at, vec_at = _parse(raw)
+    width = int(header.get("sketch_buckets", 0))
+    if width < 1:
+        return None
+    count, dim = int(header["count"]), int(header["dim"])
+    at = vec_at + 4 * count * dim
+    return (
+        np.frombuffer(data, dtype=SKETCH_DTYPE, count=count * width, offset=at).reshape(count, width).copy()
+    )

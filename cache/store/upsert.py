@@ -1,0 +1,286 @@
+"""The upsert of one batch into a pool, inside one LMDB write transaction.
+
+Records whose id is new get the next rows; records whose id exists are compared with what is stored
+(vector bytes in the storage dtype, domain, canonical meta JSON, text) and rewritten only when
+something differs. When anything changed the pool version goes up by exactly one and every written row
+records that version; when nothing changed the transaction is rolled back and the version stays.
+
+A pool that keeps sketches (:mod:`gotd.cache.store.sketch`) gets the sketch row of every written row in
+the same transaction: the batch's row when the batch has sketches of the pool's width, a zero row ("no
+sketch") otherwise. A pool is created keeping sketches when its first batch has them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+
+import lmdb
+import numpy as np
+import xxhash
+
+from gotd.cache.errors import FailedPrecondition
+from gotd.cache.store.env import Abort
+from gotd.cache.store.layout import (
+    VECTOR_DTYPES,
+    PoolRecord,
+    RowChunk,
+    UpsertResult,
+    chunk_parts,
+    chunk_rows_for,
+    decode_id_value,
+    encode_content,
+    raw_id_key,
+    raw_id_value,
+    read_u64,
+    u64,
+    u64_key,
+    u64_keys,
+)
+from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE, write_sketch_rows
+
+LOG = logging.getLogger(__name__)
+Content = tuple[str, str, str | None]  # domain, canonical meta JSON, text
+
+
+def read_pool(txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], name: str) -> PoolRecord | None:
+    raw = txn.get(name.encode("utf-8"), db=dbs["pools"])
+    return None if raw is None else PoolRecord.decode(name, raw)
+
+
+def _new_pool(
+    txn: lmdb.Transaction,
+    dbs: dict[str, lmdb._Database],
+    name: str,
+    model: str,
+    dim: int,
+    dtype: str,
+    sketch_buckets: int,
+) -> PoolRecord:
+    raw = txn.get(b"next_pool", db=dbs["meta"])
+    num = 1 if raw is None else read_u64(raw)
+    txn.put(b"next_pool", u64(num + 1), db=dbs["meta"])
+    now = time.time()
+    return PoolRecord(
+        name=name,
+        num=num,
+        uid=uuid.uuid4().hex,
+        count=0,
+        version=0,
+        model=model,
+        dim=dim,
+        dtype=dtype,
+        chunk_rows=chunk_rows_for(dim, dtype),
+        created=now,
+        updated=now,
+        sketch_buckets=sketch_buckets,
+        sketch_rows=chunk_rows_for(sketch_buckets, SKETCH_DTYPE.name) if sketch_buckets else 0,
+    )
+
+
+class _Chunks:
+    """Vector and row chunks of one pool read at most once per transaction and written back once."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], pool: PoolRecord) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.pool = pool
+        self.dtype = VECTOR_DTYPES[pool.dtype]
+        self.prefix = pool.prefix
+        self.vectors: dict[int, np.ndarray] = {}
+        self.rows: dict[int, RowChunk] = {}
+
+    def vector_chunk(self, chunk: int) -> np.ndarray:
+        found = self.vectors.get(chunk)
+        if found is None:
+            raw = self.txn.get(u64_key(self.prefix, chunk), db=self.dbs["vectors"])
+            if raw is None:
+                found = np.zeros((0, self.pool.dim), dtype=self.dtype)
+            else:
+                found = np.frombuffer(raw, dtype=self.dtype).reshape(-1, self.pool.dim).copy()
+            self.vectors[chunk] = found
+        return found
+
+    def row_chunk(self, chunk: int) -> RowChunk:
+        found = self.rows.get(chunk)
+        if found is None:
+            raw = self.txn.get(u64_key(self.prefix, chunk), db=self.dbs["rows"])
+            found = RowChunk.empty() if raw is None else RowChunk.decode(raw)
+            self.rows[chunk] = found
+        return found
+
+    def write_rows(
+        self,
+        rows: np.ndarray,
+        vectors: np.ndarray,
+        ids: list[str],
+        domains: list[str],
+        hashes: np.ndarray,
+        version: int,
+    ) -> None:
+        """Write ``vectors[i]``, ``ids[i]`` (``hashes[i]`` = its xxh64) etc. at pool row ``rows[i]``.
+
+        ``rows`` are sorted ascending.
+        """
+        for chunk, part, local in chunk_parts(rows, self.pool.chunk_rows):
+            need = int(local.max()) + 1
+            vec = self.vector_chunk(chunk)
+            if len(vec) < need:
+                grown = np.zeros((need, self.pool.dim), dtype=self.dtype)
+                grown[: len(vec)] = vec
+                vec = grown
+            vec[local] = vectors[part]
+            self.vectors[chunk] = vec
+            meta = self.row_chunk(chunk)
+            meta.grow(need)
+            meta.versions[local] = version
+            meta.keys[local] = hashes[part]
+            for j, i in zip(local.tolist(), part.tolist(), strict=True):
+                meta.ids[j] = ids[i]
+                meta.domains[j] = domains[i]
+            key = u64_key(self.prefix, chunk)
+            self.txn.put(key, vec.tobytes(), db=self.dbs["vectors"])
+            self.txn.put(key, meta.encode(), db=self.dbs["rows"])
+
+
+def _encode_contents(contents: Sequence[Content]) -> list[bytes]:
+    """Encoded contents; the text-less ones (often one value per domain) are encoded once each."""
+    memo: dict[tuple[str, str], bytes] = {}
+    out = []
+    for domain, meta_json, text in contents:
+        if text is None:
+            value = memo.get((domain, meta_json))
+            if value is None:
+                value = memo[domain, meta_json] = encode_content(domain, meta_json, None)
+            out.append(value)
+        else:
+            out.append(encode_content(domain, meta_json, text))
+    return out
+
+
+def upsert_txn(
+    txn: lmdb.Transaction,
+    dbs: dict[str, lmdb._Database],
+    name: str,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    contents: Sequence[Content],
+    *,
+    model: str,
+    dim: int,
+    dtype: str,
+    sketches: np.ndarray | None = None,
+) -> UpsertResult:
+    """Upsert ``ids`` with unit ``vectors`` (n, dim) float32 and ``contents`` into pool ``name``.
+
+    ``sketches`` (n, buckets) float16 are the records' sketch rows (None: the batch has none).
+
+    Raises
+    ------
+    FailedPrecondition
+        When the pool exists with another model or dimension.
+    Abort
+        Carrying the result, when nothing changed (the transaction is rolled back).
+    """
+    pool = read_pool(txn, dbs, name)
+    if pool is None:
+        width = 0 if sketches is None or SKETCH_DB not in dbs else sketches.shape[1]
+        pool = _new_pool(txn, dbs, name, model, dim, dtype, width)
+        created = True
+    else:
+        created = False
+        if pool.model != model or pool.dim != dim:
+            raise FailedPrecondition(
+                f"pool {name!r} holds {pool.model} embeddings (dim {pool.dim}); "
+                f"this batch has {model} (dim {dim})"
+            )
+    chunks = _Chunks(txn, dbs, pool)
+    stored = vectors.astype(chunks.dtype, copy=False)
+    prefix = pool.prefix
+    raw_ids = [i.encode("utf-8") for i in ids]
+    keys = [raw_id_key(prefix, b) for b in raw_ids]
+    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys)) if not created else {}
+    new_idx: list[int] = []
+    old_idx: list[int] = []
+    old_rows: list[int] = []
+    for i, key in enumerate(keys):
+        raw = found.get(key)
+        if raw is None:
+            new_idx.append(i)
+            continue
+        row, stored_id = decode_id_value(raw)
+        if stored_id != ids[i]:
+            raise FailedPrecondition(f"pool {name!r}: ids {ids[i]!r} and {stored_id!r} share a hash")
+        old_idx.append(i)
+        old_rows.append(row)
+    encoded = _encode_contents(contents)
+    changed_idx: list[int] = []
+    changed_rows: list[int] = []
+    if old_idx:
+        content_keys = u64_keys(prefix, np.asarray(old_rows, dtype=np.uint64))
+        old_content = dict(txn.cursor(db=dbs["content"]).getmulti(content_keys))
+        for i, row, ckey in zip(old_idx, old_rows, content_keys, strict=True):
+            chunk, local = divmod(row, pool.chunk_rows)
+            vec = chunks.vector_chunk(chunk)
+            same = (
+                old_content.get(ckey) == encoded[i]
+                and local < len(vec)
+                and vec[local].tobytes() == stored[i].tobytes()
+            )
+            if not same:
+                changed_idx.append(i)
+                changed_rows.append(row)
+    if not new_idx and not changed_idx:
+        raise Abort(UpsertResult(inserted=0, updated=0, unchanged=len(ids), version=pool.version))
+    version = pool.version + 1
+    new_rows = list(range(pool.count, pool.count + len(new_idx)))
+    write_idx = np.asarray(changed_idx + new_idx, dtype=np.int64)
+    write_rows = np.asarray(changed_rows + new_rows, dtype=np.int64)
+    order = np.argsort(write_rows, kind="stable")
+    write_idx, write_rows = write_idx[order], write_rows[order]
+    picked = write_idx.tolist()
+    chunks.write_rows(
+        write_rows,
+        stored[write_idx],
+        [ids[i] for i in picked],
+        [contents[i][0] for i in picked],
+        np.fromiter((xxhash.xxh64_intdigest(raw_ids[i]) for i in picked), dtype=np.uint64, count=len(picked)),
+        version,
+    )
+    if pool.sketch_buckets:
+        write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, _sketch_values(pool, sketches, write_idx))
+    content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
+    with txn.cursor(db=dbs["content"]) as cur:
+        cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))
+    if new_idx:
+        with txn.cursor(db=dbs["ids"]) as cur:
+            cur.putmulti(
+                [(keys[i], raw_id_value(r, raw_ids[i])) for i, r in zip(new_idx, new_rows, strict=True)]
+            )
+    pool = replace(pool, count=pool.count + len(new_idx), version=version, updated=time.time())
+    txn.put(name.encode("utf-8"), pool.encode(), db=dbs["pools"])
+    return UpsertResult(
+        inserted=len(new_idx),
+        updated=len(changed_idx),
+        unchanged=len(ids) - len(new_idx) - len(changed_idx),
+        version=version,
+    )
+
+
+def _sketch_values(pool: PoolRecord, sketches: np.ndarray | None, picked: np.ndarray) -> np.ndarray | None:
+    """The batch's sketch rows ``picked`` for ``pool``; None (zero rows) when it has none of its width."""
+    if sketches is None:
+        return None
+    if sketches.shape[1] != pool.sketch_buckets:
+        LOG.warning(
+            "pool %r keeps sketches of %d buckets, this batch has %d: its rows are stored without",
+            pool.name,
+            pool.sketch_buckets,
+            sketches.shape[1],
+        )
+        return None
+    picked_rows: np.ndarray = sketches[picked]
+    return picked_rows

@@ -1,0 +1,1 @@
+"""gotd.lab: evaluation, benchmarks, corpora and the demo (extra ``gotd[lab]``); the server never uses it."""

@@ -1,0 +1,1 @@
+"""Benchmarks: ``gotd bench ...``; each writes a report under docs/benchmarks/."""

@@ -1,0 +1,1 @@
+"""Labelled corpora for evaluation and the demo (wiki topics, State of the Union speakers)."""

@@ -1,0 +1,1 @@
+"""Selection quality: tasks, methods (GOT-D, DSIR, baselines), metrics, summaries and reports."""

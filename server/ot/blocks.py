@@ -1,0 +1,151 @@
+r"""Blockwise kernels of the OT engine: cost blocks from one GEMM, in-place softmax/logsumexp passes.
+
+Shared by :mod:`gotd.server.ot.sinkhorn` and the distributed scorer; pure torch, no state. The cost
+:math:`C_{ij} = \|x_i\|^2 + \|y_j\|^2 - 2 x_i \cdot y_j` is built block by block of rows and
+never held whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_BYTES = 64 << 20  # one block of scaled cost; 16k rows for m = 1k in float32
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Candidates and targets with squared norms, walked in blocks of ``rows`` rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    xn: torch.Tensor
+    yn: torch.Tensor
+    rows: int
+
+    @staticmethod
+    def of(x: torch.Tensor, y: torch.Tensor, block_size: int | None) -> Geometry:
+        n, m = x.shape[0], y.shape[0]
+        if block_size is not None and block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size!r}")
+        rows = max(1, BLOCK_BYTES // (m * x.element_size())) if block_size is None else block_size
+        rows = min(n, rows)
+        xn = torch.linalg.vector_norm(x, dim=1).square_()  # fused: no (n, d) temporary
+        return Geometry(x=x, y=y, xn=xn, yn=torch.linalg.vector_norm(y, dim=1).square_(), rows=rows)
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        n = self.x.shape[0]
+        return ((s, min(n, s + self.rows)) for s in range(0, n, self.rows))
+
+    def buffer(self) -> torch.Tensor:
+        return torch.empty(self.rows, self.y.shape[0], dtype=self.x.dtype, device=self.x.device)
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    f: torch.Tensor  # c-transform of the input g
+    g_next: torch.Tensor  # g-update from f
+    col_marginal: torch.Tensor  # float64 column marginal of (f, input g)
+
+
+def check_pair(x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[int, int]:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
+        raise ValueError(f"x, y must be non-empty (n, d) and (m, d), got {tuple(x.shape)}, {tuple(y.shape)}")
+    if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype:
+        raise ValueError(f"x and y must both be float32 or both float64, got {x.dtype} and {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"x and y must be on one device, got {x.device} and {y.device}")
+    if not (isinstance(eps, float | int) and not isinstance(eps, bool) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    return x.shape[0], y.shape[0]
+
+
+def weights(w: torch.Tensor | None, size: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """Probability weights of length ``size`` in ``like``'s dtype and device (uniform when None)."""
+    if w is None:
+        return torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)
+    if w.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {tuple(w.shape)}")
+    w64 = w.detach().to(device=like.device, dtype=torch.float64)
+    if not bool(torch.isfinite(w64).all()) or not bool((w64 > 0).all()):
+        raise ValueError(f"{name} must be positive and finite")
+    return (w64 / w64.sum()).to(like.dtype)
+
+
+def potential(v: torch.Tensor, size: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    if v.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},), got {tuple(v.shape)}")
+    out = v.detach().to(device=like.device, dtype=like.dtype)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{name} must be finite")
+    return out
+
+
+def softmax_rows(
+    geo: Geometry, start: int, h: torch.Tensor, eps: float, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out <- exp(S - max_j S)``, ``S = h + (2/eps) x y^T`` for one block; returns (LSE_j S, sum_j)."""
+    torch.addmm(h, geo.x[start : start + out.shape[0]], geo.y.T, alpha=2.0 / eps, out=out)
+    mx = out.amax(1, keepdim=True)
+    out.sub_(mx).exp_()
+    r = out.sum(1)
+    return mx.squeeze(1) + r.log(), r
+
+
+def fused_pass(
+    geo: Geometry,
+    g: torch.Tensor,
+    *,
+    eps: float,
+    a_w: torch.Tensor,
+    b_w: torch.Tensor,
+    buf: torch.Tensor,
+    on_block: Callable[[], None] | None = None,
+) -> Pass:
+    """One Sinkhorn pass: f = c(g) and the column marginal of (f, g), one GEMM per block.
+
+    ``on_block()`` runs before each block; an exception it raises (a cancelled request) propagates.
+    """
+    h = b_w.log() + (g - geo.yn) / eps
+    f = torch.empty_like(geo.xn)
+    lse = torch.empty_like(geo.xn)
+    col = torch.zeros(geo.y.shape[0], dtype=torch.float64, device=g.device)
+    for start, stop in geo.blocks():
+        if on_block is not None:
+            on_block()
+        e = buf[: stop - start]
+        lse[start:stop], r = softmax_rows(geo, start, h, eps, e)
+        col += col_sum(e, a_w[start:stop] / r)
+    torch.sub(geo.xn, lse, alpha=eps, out=f)
+    g_next = g - eps * (col / b_w.double()).log().to(g.dtype)
+    bad = ~(col >= math.sqrt(torch.finfo(g.dtype).tiny))
+    if bool(bad.any()):  # marginal underflow: redo those columns by a streaming logsumexp
+        idx = bad.nonzero().squeeze(1)
+        g_next[idx] = col_lse(geo, idx, a_w.log() - lse, eps)
+    return Pass(f=f, g_next=g_next, col_marginal=col)
+
+
+def col_sum(e: torch.Tensor, w: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """``e^T w`` in float64 from partial sums of ``chunk`` rows (one long ``mv`` loses ~1e-5 relative)."""
+    full = e.shape[0] - e.shape[0] % chunk
+    out = torch.mv(e[full:].T, w[full:]).double()
+    if full:
+        parts = torch.bmm(w[:full].view(-1, 1, chunk), e[:full].view(-1, chunk, e.shape[1]))
+        out += parts.squeeze(1).sum(0, dtype=torch.float64)
+    return out
+
+
+def col_lse(geo: Geometry, cols: torch.Tensor, k: torch.Tensor, eps: float) -> torch.Tensor:
+    """``yn_j - eps * LSE_i(k_i + (2/eps) x_i.y_j)`` for ``cols``, streamed with a running max per column."""
+    y = geo.y[cols]
+    run_max = torch.full((y.shape[0],), -math.inf, dtype=y.dtype, device=y.device)
+    run_sum = torch.zeros_like(run_max)
+    for start, stop in geo.blocks():
+        t = torch.addmm(k[start:stop, None], geo.x[start:stop], y.T, alpha=2.0 / eps)
+        new_max = torch.maximum(run_max, t.amax(0))
+        run_sum = run_sum * (run_max - new_max).exp() + t.sub_(new_max).exp_().sum(0)
+        run_max = new_max
+    return geo.yn[cols] - eps * (run_max + run_sum.log())

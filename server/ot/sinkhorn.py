@@ -1,0 +1,290 @@
+"""Entropic optimal transport in the log domain over row blocks: Sinkhorn, c-transform, OT gradient.
+
+Pure functions over torch tensors (float32 by default, float64 allowed; CPU or CUDA with the same
+code). The squared Euclidean cost is never materialised as an ``(n, m)`` matrix: every pass walks the
+candidates in blocks of rows and builds one block of scaled cost from a single GEMM (``addmm``).
+
+Convention (weights factored out, as in ott-jax and GeomLoss):
+
+.. math::
+
+    P_{ij} = a_i b_j \\exp\\big((f_i + g_j - C_{ij})/\\varepsilon\\big), \\qquad
+    C_{ij} = \\lVert x_i - y_j \\rVert^2 .
+
+References
+----------
+.. [1] M. Cuturi, "Sinkhorn Distances: Lightspeed Computation of Optimal Transport", NeurIPS 2013.
+.. [2] F. Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in
+   LLMs", ICLR 2024.
+.. [3] B. Schmitzer, "Stabilized Sparse Scaling Algorithms for Entropy Regularized Transport
+   Problems", SIAM J. Sci. Comput. 2019 (log-domain updates, epsilon scaling).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gotd.server.ot.blocks import Geometry, check_pair, fused_pass, potential, softmax_rows, weights
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["SinkhornResult", "c_transform", "calibrated_gradient", "epsilon_schedule", "sinkhorn"]
+
+#: Epsilon scaling: levels ``EPS_SCALING_START * eps * 0.5**k`` (capped by the cost's diameter) above ``eps``,
+#: one pass each. Starting higher only adds passes on unit-norm embeddings (docs/benchmarks/ot.md).
+EPS_SCALING_START = 16.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkhornResult:
+    """Dual potentials of an entropic OT solve and an honest account of its convergence.
+
+    Attributes
+    ----------
+    f : torch.Tensor, shape (n,)
+        Candidate potential, the c-transform of ``g`` (row marginals hold to rounding).
+    g : torch.Tensor, shape (m,)
+        Target potential.
+    n_iter : int
+        Sinkhorn passes run, epsilon-scaling levels included.
+    marginal_error : float
+        :math:`\\lVert P\\mathbf{1} - a\\rVert_1 + \\lVert P^\\top\\mathbf{1} - b\\rVert_1` of ``(f, g)``.
+    converged : bool
+        ``marginal_error <= tol`` and everything finite (False when ``max_iter`` was hit first).
+    cost : float
+        :math:`\\langle a, f\\rangle + \\langle b, g\\rangle` (float64 sums).
+    eps : float
+        Regularisation of the returned potentials.
+    """
+
+    f: torch.Tensor
+    g: torch.Tensor
+    n_iter: int
+    marginal_error: float
+    converged: bool
+    cost: float
+    eps: float
+
+
+def epsilon_schedule(eps: float, diameter: float) -> list[float]:
+    """Levels run before ``eps`` on a cold start: ``min(diameter, 16 eps) * 0.5**k``, all above ``eps``."""
+    levels: list[float] = []
+    level = min(diameter, EPS_SCALING_START * eps)
+    while level > eps:
+        levels.append(level)
+        level *= 0.5
+    return levels
+
+
+def sinkhorn(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    tol: float = 1e-5,
+    max_iter: int = 1000,
+    init_g: torch.Tensor | None = None,
+    block_size: int | None = None,
+    eps_scaling: bool = True,
+    check_every: int = 1,
+    callback: Callable[[int, float], None] | None = None,
+    on_block: Callable[[], None] | None = None,
+) -> SinkhornResult:
+    """Log-domain Sinkhorn between candidates ``x`` and targets ``y`` for the squared Euclidean cost.
+
+    Each pass updates both potentials with one GEMM per block of rows:
+
+    .. math::
+
+        f_i &\\leftarrow -\\varepsilon \\log \\sum_j b_j \\exp\\big((g_j - C_{ij})/\\varepsilon\\big) \\\\
+        g_j &\\leftarrow -\\varepsilon \\log \\sum_i a_i \\exp\\big((f_i - C_{ij})/\\varepsilon\\big)
+
+    with :math:`C_{ij} = \\lVert x_i\\rVert^2 + \\lVert y_j\\rVert^2 - 2 x_i \\cdot y_j` folded into the
+    ``addmm``. The row softmax of a block gives the column marginal :math:`(P^\\top\\mathbf 1)_j` of
+    ``(f, g)`` by a matrix-vector product, so the g-update is
+    :math:`g_j \\leftarrow g_j - \\varepsilon\\log\\big((P^\\top\\mathbf 1)_j / b_j\\big)` and the marginal
+    error is known after every pass at no extra cost. Columns whose marginal underflows (far from
+    the fixed point at small ``eps``) are recomputed with a streaming logsumexp over the row blocks
+    (running max and rescaled sum per column).
+
+    Cold starts run one pass per level of :func:`epsilon_schedule` (epsilon scaling) and check the
+    marginal error only at the target ``eps``. With ``init_g`` there is no scaling and the first
+    check follows the first pass, so a converged warm start stops at once.
+
+    Parameters
+    ----------
+    x, y : torch.Tensor, shapes (n, d) and (m, d)
+        Candidates and targets, both float32 or both float64, on one device.
+    eps : float
+        Entropic regularisation :math:`\\varepsilon > 0` (stable down to 0.01 on unit-norm data).
+    a, b : torch.Tensor, shape (n,) and (m,), optional
+        Positive weights (normalised to sum 1); uniform when None.
+    tol : float
+        Stop when the L1 marginal error is at most ``tol``.
+    max_iter : int
+        Maximum passes, epsilon-scaling levels included.
+    init_g : torch.Tensor, shape (m,), optional
+        Warm-start target potential (any dtype; cast to ``x.dtype``).
+    block_size : int, optional
+        Rows per block; default: a block of cost is about 64 MB.
+    eps_scaling : bool
+        Anneal epsilon on cold starts.
+    check_every : int
+        Passes between convergence checks at the target ``eps`` (a check is free: it reuses the
+        pass's column marginals).
+    callback : callable, optional
+        ``callback(iteration, marginal_error)`` at every check; an exception it raises propagates.
+    on_block : callable, optional
+        ``on_block()`` before every block of every pass (e.g. a cancellation check, so a stop does not
+        wait for the end of a pass); an exception it raises propagates.
+
+    Returns
+    -------
+    SinkhornResult
+        ``f = c_transform(x, y, g)``; ``converged`` is False when ``max_iter`` was hit first.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, dtypes or devices, non-positive weights or bad parameters.
+
+    References
+    ----------
+    .. [1] M. Cuturi, NeurIPS 2013. .. [2] F. Kang et al., ICLR 2024. .. [3] B. Schmitzer, 2019.
+    """
+    n, m = check_pair(x, y, eps)
+    if not (tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_iter < 1 or check_every < 1:
+        raise ValueError(f"max_iter and check_every must be >= 1, got {max_iter!r}, {check_every!r}")
+    a_w, b_w = weights(a, n, x, "a"), weights(b, m, x, "b")
+    with torch.no_grad():
+        geo = Geometry.of(x, y, block_size)
+        levels: list[float] = []
+        if init_g is not None:
+            g = potential(init_g, m, x, "init_g").clone()
+        else:
+            g = torch.zeros(m, dtype=x.dtype, device=x.device)
+            if eps_scaling:
+                levels = epsilon_schedule(eps, (geo.xn.max().sqrt() + geo.yn.max().sqrt()).item() ** 2)
+                levels = levels[max(0, len(levels) - (max_iter - 1)) :]
+        buf = geo.buffer()
+        for level in levels:
+            g = fused_pass(geo, g, eps=level, a_w=a_w, b_w=b_w, buf=buf, on_block=on_block).g_next
+        n_iter = len(levels)
+        for phase in range(1, max_iter - n_iter + 1):
+            step = fused_pass(geo, g, eps=eps, a_w=a_w, b_w=b_w, buf=buf, on_block=on_block)
+            last = n_iter + phase == max_iter
+            if phase == 1 or phase % check_every == 0 or last:
+                error = float((step.col_marginal - b_w.double()).abs().sum())
+                finite = math.isfinite(error) and bool(torch.isfinite(step.f).all())
+                error = error if finite else math.inf
+                if callback is not None:
+                    callback(n_iter + phase, error)
+                if error <= tol or last or not finite:
+                    break
+            g = step.g_next
+        n_iter += phase
+        cost = float(a_w.double() @ step.f.double() + b_w.double() @ g.double())
+        converged = error <= tol and math.isfinite(cost)
+    LOG.debug("sinkhorn n=%d m=%d eps=%g: %d passes, error %.3g", n, m, eps, n_iter, error)
+    return SinkhornResult(
+        f=step.f, g=g, n_iter=n_iter, marginal_error=error, converged=converged, cost=cost, eps=float(eps)
+    )
+
+
+def c_transform(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Tensor,
+    *,
+    eps: float,
+    b: torch.Tensor | None = None,
+    block_size: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Soft c-transform of a target potential: the Sinkhorn f-update, one GEMM and logsumexp per block.
+
+    .. math::
+
+        f_i = -\\varepsilon \\log \\sum_j b_j \\exp\\big((g_j - C_{ij})/\\varepsilon\\big)
+            = \\lVert x_i\\rVert^2 - \\varepsilon\\,\\mathrm{LSE}_j\\big(h_j + \\tfrac{2}{\\varepsilon}
+              x_i\\cdot y_j\\big), \\quad h_j = \\log b_j + (g_j - \\lVert y_j\\rVert^2)/\\varepsilon .
+
+    Each row of ``f`` depends only on its own candidate, so any pool (or any shard of it) is scored
+    with the same ``g`` without a solve (Kang et al., 2024, "global" selection).
+
+    Parameters
+    ----------
+    x, y : torch.Tensor, shapes (n, d) and (m, d)
+        Candidates and targets, both float32 or both float64, on one device.
+    g : torch.Tensor, shape (m,)
+        Target potential (cast to ``x.dtype``).
+    eps : float
+        Entropic regularisation.
+    b : torch.Tensor, shape (m,), optional
+        Positive target weights (normalised); uniform when None.
+    block_size : int, optional
+        Rows per block; default: a block of cost is about 64 MB (16,384 rows at m = 1k, float32).
+    callback : callable, optional
+        ``callback(rows_done, n)`` after each block; an exception it raises propagates.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+        ``f`` in ``x.dtype`` on ``x.device``.
+
+    References
+    ----------
+    .. [1] M. Cuturi, NeurIPS 2013. .. [2] F. Kang et al., ICLR 2024.
+    """
+    n, m = check_pair(x, y, eps)
+    b_w = weights(b, m, x, "b")
+    with torch.no_grad():
+        geo = Geometry.of(x, y, block_size)
+        h = b_w.log() + (potential(g, m, x, "g") - geo.yn) / eps
+        lse = torch.empty_like(geo.xn)
+        buf = geo.buffer()
+        for start, stop in geo.blocks():
+            lse[start:stop] = softmax_rows(geo, start, h, eps, buf[: stop - start])[0]
+            if callback is not None:
+                callback(stop, n)
+        return torch.sub(geo.xn, lse, alpha=eps)
+
+
+def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:
+    """Calibrated gradient of the OT distance with respect to each candidate's mass (Kang et al., 2024).
+
+    .. math::
+
+        \\mathrm{grad}_i = f_i - \\frac{1}{n-1}\\sum_{k\\ne i} f_k
+
+    The sum is exactly rounded in float64 (``math.fsum``), so it does not depend on the order of
+    the candidates. It is increasing in :math:`f_i`: ranking by it equals ranking by ``f``.
+
+    Parameters
+    ----------
+    f : torch.Tensor, shape (n,)
+        Candidate potential.
+
+    Returns
+    -------
+    torch.Tensor, shape (n,)
+        Same dtype and device as ``f``; for ``n == 1`` the (empty) mean is taken as 0.
+    """
+    if f.ndim != 1:
+        raise ValueError(f"f must be 1-D, got shape {tuple(f.shape)}")
+    n = f.shape[0]
+    with torch.no_grad():
+        if n < 2:
+            return f.detach().clone()
+        f64 = f.detach().to(torch.float64)
+        total = math.fsum(f64.cpu().tolist())
+        return (f64 - (total - f64) / (n - 1)).to(f.dtype)

@@ -1,0 +1,1 @@
+"""Ray scale-out (extra ``gotd[ray]``): sharded scoring and distributed ingest."""

@@ -1,0 +1,211 @@
+"""The worker side of sharded scoring: shard plans, exact sums and the shard worker (no Ray import).
+
+A shard is a row range of the pool made of whole c-transform blocks. Inside a worker the shard's
+c-transform runs with the same block size as the single-process pass, so every GEMM has the same
+shape and inputs as there and ``f`` is bit-identical (measured: splitting a pool at arbitrary rows
+changes ``f`` in the last bits for some target counts, because the BLAS picks kernels by shape).
+
+The calibrated gradient needs the mean of ``f`` over the whole pool. Each shard returns the exact
+sum of its ``f`` as an integer times a power of two (:class:`ExactSum`); the driver adds them exactly
+and rounds once, which is what :func:`math.fsum` over all of ``f`` gives. Every shard then computes the
+same scores as :func:`gotd.server.ot.sinkhorn.calibrated_gradient` would, and its local top-k.
+
+References
+----------
+.. [1] F. Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in
+   LLMs", ICLR 2024.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gotd.server.ot.blocks import BLOCK_BYTES
+from gotd.server.ot.sinkhorn import c_transform
+from gotd.server.selection.topk import top_k
+
+__all__ = ["ExactSum", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
+
+LOG = logging.getLogger(__name__)
+
+
+def block_rows(m: int, itemsize: int = 4, block_size: int | None = None) -> int:
+    """Rows per block of :func:`gotd.server.ot.sinkhorn.c_transform` for ``m`` targets (its default rule)."""
+    if block_size is not None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size!r}")
+        return block_size
+    return max(1, BLOCK_BYTES // (m * itemsize))
+
+
+def plan_shards(n: int, rows_per_block: int, shards: int) -> list[tuple[int, int]]:
+    """Split rows ``[0, n)`` into at most ``shards`` contiguous ranges of whole blocks (balanced)."""
+    if n < 1 or rows_per_block < 1 or shards < 1:
+        raise ValueError(f"need n, rows_per_block, shards >= 1, got {n}, {rows_per_block}, {shards}")
+    blocks = -(-n // rows_per_block)
+    count = min(shards, blocks)
+    cuts = [min(n, (blocks * i // count) * rows_per_block) for i in range(count + 1)]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+@dataclass(frozen=True, slots=True)
+class ExactSum:
+    """An exact sum of floats: ``mantissa * 2**exponent`` with Python integers (no rounding)."""
+
+    mantissa: int
+    exponent: int
+
+    @staticmethod
+    def of(values: np.ndarray) -> ExactSum:
+        """The exact sum of finite float32/float64 ``values``, vectorised by binary exponent."""
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size == 0:
+            return ExactSum(0, 0)
+        if not np.isfinite(v).all():
+            raise ValueError("values must be finite")
+        frac, exp = np.frexp(v)  # v = frac * 2**exp, |frac| in [0.5, 1): frac * 2**53 is an integer
+        mant = (frac * 2.0**53).astype(np.int64)
+        order = np.argsort(exp, kind="stable")
+        exp_sorted, mant_sorted = exp[order], mant[order]
+        starts = np.flatnonzero(np.r_[True, exp_sorted[1:] != exp_sorted[:-1]])
+        # 27 + 26 bit halves: sums of up to 2**36 values stay exact in int64
+        hi = np.add.reduceat(mant_sorted >> 26, starts)
+        lo = np.add.reduceat(mant_sorted & ((1 << 26) - 1), starts)
+        low = int(exp_sorted[0]) - 53
+        total = 0
+        for h, lw, e in zip(hi.tolist(), lo.tolist(), exp_sorted[starts].tolist(), strict=True):
+            total += ((h << 26) + lw) << (int(e) - 53 - low)
+        return ExactSum(total, low)
+
+    def __add__(self, other: ExactSum) -> ExactSum:
+        low = min(self.exponent, other.exponent)
+        return ExactSum(
+            (self.mantissa << (self.exponent - low)) + (other.mantissa << (other.exponent - low)), low
+        )
+
+    def to_float(self) -> float:
+        """The sum rounded once to the nearest float64 (as :func:`math.fsum` rounds)."""
+        if self.exponent >= 0:
+            return float(self.mantissa << self.exponent)
+        return self.mantissa / (1 << -self.exponent)  # int / int is correctly rounded
+
+
+def scores_from_f(f: torch.Tensor, total: float, n: int) -> np.ndarray:
+    """Calibrated gradient of a shard's ``f`` given the exact pool sum ``total`` of ``n`` values.
+
+    The same element-wise float64 formula as :func:`gotd.server.ot.sinkhorn.calibrated_gradient`, so the
+    scores equal the single-process ones bit for bit.
+    """
+    if n < 2:
+        return f.detach().clone().numpy()
+    f64 = f.detach().to(torch.float64)
+    return (f64 - (total - f64) / (n - 1)).to(f.dtype).numpy()
+
+
+@dataclass(slots=True)
+class _Shard:
+    start: int
+    x: torch.Tensor
+    ids: list[str] | None
+
+
+class ShardWorker:
+    """Holds pool shards and scores them; run as a Ray actor with one torch thread.
+
+    Shards are kept per key (snapshot, block rows, shard number) in an LRU of ``capacity`` entries;
+    target sets per content key in a small LRU, fetched from the object store only when new, so a
+    repeated request moves only ``g``.
+    """
+
+    def __init__(self, threads: int = 1, capacity: int = 64, targets: int = 4) -> None:
+        torch.set_num_threads(threads)
+        self._shards: OrderedDict[str, _Shard] = OrderedDict()
+        self._targets: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pending: dict[tuple[str, str], torch.Tensor] = {}
+        self._capacity = capacity
+        self._target_capacity = targets
+
+    def ping(self) -> int:
+        return torch.get_num_threads()
+
+    def hold(self, key: str, start: int, x: np.ndarray, ids: Sequence[str] | None) -> int:
+        """Keep a private copy of shard rows ``x`` (first row ``start``); returns its bytes."""
+        shard = _Shard(start, torch.from_numpy(np.array(x, dtype=x.dtype, order="C")), None)
+        shard.ids = None if ids is None else list(ids)
+        self._shards[key] = shard
+        self._shards.move_to_end(key)
+        while len(self._shards) > self._capacity:
+            self._shards.popitem(last=False)
+        return int(shard.x.numel() * shard.x.element_size())
+
+    def holds(self, keys: Sequence[str]) -> list[bool]:
+        return [k in self._shards for k in keys]
+
+    def drop(self, prefix: str) -> int:
+        """Forget every shard whose key starts with ``prefix``."""
+        gone = [k for k in self._shards if k.startswith(prefix)]
+        for k in gone:
+            del self._shards[k]
+        return len(gone)
+
+    def _target(self, key: str, ref: list[Any]) -> torch.Tensor:
+        y = self._targets.get(key)
+        if y is None:
+            import ray  # the worker runs under Ray; the target set is fetched once per key
+
+            y = torch.from_numpy(np.array(ray.get(ref[0]), order="C"))
+            self._targets[key] = y
+            while len(self._targets) > self._target_capacity:
+                self._targets.popitem(last=False)
+        self._targets.move_to_end(key)
+        return y
+
+    def _f(
+        self, key: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int
+    ) -> torch.Tensor:
+        shard = self._shards.get(key)
+        if shard is None:
+            raise LookupError(f"shard {key!r} is not held by this worker")
+        y = self._target(y_key, y_ref)
+        return c_transform(shard.x, y, torch.from_numpy(np.array(g)), eps=eps, block_size=rows)
+
+    def f(self, key: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int) -> np.ndarray:
+        """The c-transform ``f`` of ``g`` over the shard."""
+        return self._f(key, y_key, y_ref, g, eps, rows).numpy()
+
+    def f_sum(
+        self, key: str, request: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int
+    ) -> ExactSum:
+        """Compute and keep the shard's ``f`` for ``request``; return its exact sum."""
+        f = self._f(key, y_key, y_ref, g, eps, rows)
+        self._pending[(key, request)] = f
+        return ExactSum.of(f.numpy())
+
+    def top_k(
+        self, key: str, request: str, total: float, n: int, k: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's best ``k`` rows by calibrated gradient (ties by id, else row), in rank order.
+
+        Returns pool row numbers (int64) and their scores (in ``f``'s dtype): 12 bytes a pair.
+        """
+        f = self._pending.pop((key, request), None)
+        shard = self._shards.get(key)
+        if f is None or shard is None:
+            raise LookupError(f"shard {key!r} (request {request}) is not held by this worker")
+        scores = scores_from_f(f, total, n)
+        best = top_k(scores, k, ids=shard.ids)
+        rows = np.fromiter((shard.start + r for r, _ in best), dtype=np.int64, count=len(best))
+        return rows, scores[rows - shard.start]
+
+    def forget(self, request: str) -> None:
+        """Drop the kept ``f`` of an abandoned request."""
+        for pending in [p for p in self._pending if p[1] == request]:
+            del self._pending[pending]

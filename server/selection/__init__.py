@@ -1,0 +1,1 @@
+"""Selection: modes (exact, global, paper), configuration, k-means summaries, costs, sketches, top-k."""

@@ -1,0 +1,196 @@
+"""Ground costs of a selection: the paper's embedding cost or the fused embedding + n-gram cost.
+
+``EMBEDDING`` is the squared Euclidean distance between unit sentence embeddings (Kang et al.,
+2024). ``FUSED`` adds the squared distance between unit TF-IDF sketches of hashed word uni- and
+bigrams, weighted ``w`` and ``1 - w``: every candidate and target becomes the fused row
+``(sqrt(w) e, sqrt(1 - w) s)`` (:func:`gotd.server.selection.sketches.fused_matrix`), whose squared
+distances are exactly that weighted sum, so the OT engine runs unchanged on fused rows and the
+ranking is still the calibrated OT gradient. The sketches are stored once per text at ingest
+(term frequencies); the IDF weights come from the pool's document frequencies, so they are a
+property of the pool version, like the pool itself, and are applied when the pool's fused rows are
+built (cached per pool version and weight by the engine).
+
+Also :func:`near_duplicates`: candidates whose embedding is almost a target's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import torch
+import xxhash
+
+from gotd.cache.errors import FailedPrecondition, InvalidArgument
+from gotd.server.selection.sketches import document_frequency, fused_matrix, idf_from_df
+
+__all__ = [
+    "DEFAULT_EMBEDDING_WEIGHT",
+    "Cost",
+    "CostConfig",
+    "Features",
+    "complete_sketches",
+    "near_duplicates",
+    "pool_features",
+    "resolve_cost",
+    "target_features",
+]
+
+#: Weight of the embedding cost in the fused cost (docs/evaluation.md, "Choosing the defaults").
+DEFAULT_EMBEDDING_WEIGHT = 0.5
+_BLOCK_ROWS = 1 << 14
+
+
+class Cost(StrEnum):
+    """Ground cost; ``AUTO`` resolves to ``FUSED`` when every candidate and target has a sketch."""
+
+    AUTO = "auto"
+    EMBEDDING = "embedding"
+    FUSED = "fused"
+
+
+@dataclass(frozen=True, slots=True)
+class CostConfig:
+    """Cost settings of one selection (validated on construction).
+
+    Attributes
+    ----------
+    cost : Cost
+        Requested cost.
+    embedding_weight : float
+        ``FUSED``: weight ``w`` in [0, 1] of the embedding cost.
+    """
+
+    cost: Cost = Cost.AUTO
+    embedding_weight: float = DEFAULT_EMBEDDING_WEIGHT
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "cost", Cost(self.cost))
+        except ValueError:
+            raise ValueError(f"cost must be one of {[c.value for c in Cost]}, got {self.cost!r}") from None
+        w = self.embedding_weight
+        if not (math.isfinite(w) and 0.0 <= w <= 1.0):
+            raise ValueError(f"embedding_weight must be in [0, 1], got {w!r}")
+
+    @property
+    def embedding_only(self) -> bool:
+        """Whether this is the embedding cost whatever the sketches (``EMBEDDING``, or ``w = 1``)."""
+        return self.cost is Cost.EMBEDDING or self.embedding_weight == 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """A pool's rows in the feature space of a resolved cost.
+
+    Attributes
+    ----------
+    x : torch.Tensor, shape (n, D), float32
+        Embeddings (``EMBEDDING``, shared with the pool snapshot) or fused rows.
+    cost : Cost
+        ``EMBEDDING`` or ``FUSED``.
+    embedding_weight : float
+        ``w`` of the fused rows (1.0 for ``EMBEDDING``).
+    idf : numpy.ndarray or None
+        ``FUSED``: IDF weights of the pool, applied to the targets' sketches too.
+    """
+
+    x: torch.Tensor
+    cost: Cost
+    embedding_weight: float
+    idf: np.ndarray | None = None
+
+    @property
+    def tag(self) -> str:
+        """Short name of the feature space, for cache keys and pool snapshot names."""
+        return "emb" if self.cost is Cost.EMBEDDING else f"fused{self.embedding_weight!r}"
+
+
+def complete_sketches(tf: np.ndarray | None) -> bool:
+    """Whether ``tf`` holds a non-zero sketch for every row (a zero row means "no text")."""
+    if tf is None or tf.ndim != 2 or tf.shape[0] == 0:
+        return False
+    return all(
+        bool(np.any(tf[start : start + _BLOCK_ROWS] != 0, axis=1).all())
+        for start in range(0, tf.shape[0], _BLOCK_ROWS)
+    )
+
+
+def resolve_cost(config: CostConfig, *, pool: str, pool_sketched: bool, target_sketched: bool) -> Cost:
+    """``EMBEDDING`` or ``FUSED`` for a request.
+
+    Raises
+    ------
+    FailedPrecondition
+        ``FUSED`` was asked for and the pool or the target lacks sketches (rows sent as vectors).
+    """
+    if config.embedding_only:
+        return Cost.EMBEDDING
+    if pool_sketched and target_sketched:
+        return Cost.FUSED
+    if config.cost is Cost.FUSED:
+        missing = [
+            what
+            for what, ok in ((f"pool {pool!r}", pool_sketched), ("the target set", target_sketched))
+            if not ok
+        ]
+        raise FailedPrecondition(
+            f"the fused cost needs n-gram sketches, and {' and '.join(missing)} has rows sent as "
+            "embeddings without text; send texts, or use the embedding cost"
+        )
+    return Cost.EMBEDDING
+
+
+def pool_features(vectors: np.ndarray, tf: np.ndarray | None, cost: Cost, weight: float) -> Features:
+    """A pool's rows for ``cost`` (``FUSED``: IDF from the pool's document frequencies)."""
+    if cost is Cost.EMBEDDING:
+        return Features(torch.from_numpy(vectors), Cost.EMBEDDING, 1.0)
+    if tf is None:
+        raise FailedPrecondition("the pool has no n-gram sketches")
+    idf = idf_from_df(document_frequency(tf), tf.shape[0])
+    return Features(torch.from_numpy(fused_matrix(vectors, tf, idf, weight)), Cost.FUSED, weight, idf)
+
+
+def target_features(features: Features, vectors: torch.Tensor, tf: np.ndarray | None) -> torch.Tensor:
+    """Target rows in the pool's feature space (the pool's IDF applied to the targets' sketches)."""
+    if features.cost is Cost.EMBEDDING:
+        return vectors
+    if tf is None or features.idf is None:
+        raise FailedPrecondition("the target set has no n-gram sketches")
+    fused = fused_matrix(vectors.numpy(), tf, features.idf, features.embedding_weight)
+    return torch.from_numpy(fused)
+
+
+def sketch_hash(tf: np.ndarray | None) -> str:
+    """Hash of a target set's sketch rows ("" without sketches): part of a fused cache key."""
+    if tf is None:
+        return ""
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(tf, dtype="<f2").tobytes())
+
+
+def near_duplicates(vectors: np.ndarray, targets: np.ndarray, cosine: float) -> np.ndarray:
+    """Rows of ``vectors`` whose cosine similarity to some target exceeds ``cosine`` (unit rows).
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray, shape (n, d)
+        Unit candidate embeddings.
+    targets : numpy.ndarray, shape (m, d)
+        Unit target embeddings.
+    cosine : float
+        Threshold in (0, 1].
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), bool
+    """
+    if not (math.isfinite(cosine) and 0.0 < cosine <= 1.0):
+        raise InvalidArgument(f"near_duplicate_cosine must be in (0, 1], got {cosine!r}")
+    y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+    out = np.zeros(vectors.shape[0], dtype=bool)
+    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
+        block = torch.from_numpy(np.ascontiguousarray(vectors[start : start + _BLOCK_ROWS], dtype=np.float32))
+        out[start : start + len(block)] = (block @ y.T).amax(1).numpy() > cosine
+    return out

@@ -1,0 +1,1 @@
+"""The gRPC service: app, servicer, interceptors, conversion, config, metrics, engine, jobs, target sets."""

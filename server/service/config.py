@@ -1,0 +1,148 @@
+"""Server configuration: one frozen, validated :class:`Settings`.
+
+Sources, highest precedence first: command-line flags, environment variables ``GOTD_*``, an optional
+TOML file (``--config``), defaults. Everything is validated before the port opens, so a bad value
+stops the server with a clear message instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gotd.server.selection.config import SelectionConfig
+from gotd.server.selection.costs import DEFAULT_EMBEDDING_WEIGHT
+
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+
+ModeName = Literal["auto", "exact", "global", "paper"]
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message says which setting and why."""
+
+
+class Settings(BaseSettings):
+    """All settings of ``gotd serve`` (env prefix ``GOTD_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="GOTD_", frozen=True, extra="forbid")
+
+    listen: str = Field("127.0.0.1:50051", description="gRPC address host:port (port 0 picks one)")
+    data_dir: Path = Field(Path("data"), description="directory of the LMDB store and FAISS indexes")
+    redis_url: str | None = Field(None, description="Redis URL of the dual cache; absent: in-process")
+    redis_prefix: str = "gotd:"
+    redis_timeout_seconds: float = Field(0.25, gt=0)
+    cache_check_seconds: float = Field(5.0, gt=0, description="Redis health probe interval")
+    cache_ttl_seconds: int = Field(7 * 24 * 3600, gt=0)
+    cache_lru_entries: int = Field(256, ge=1)
+    auth_token: SecretStr | None = Field(None, description="bearer token required on every RPC")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(None, description="CA bundle: require client certs (mTLS)")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port (absent: off)")
+    model_path: str | None = Field(None, description="local sentence-transformers model directory")
+    device: str | None = None
+    embed_batch_size: int = Field(64, ge=1)
+    max_concurrent_rpcs: int = Field(32, ge=1)
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_inline_targets: int = Field(20_000, ge=1)
+    max_text_bytes: int = Field(64 * 1024, ge=16)
+    max_k: int = Field(10_000_000, ge=1)
+    workers: int = Field(4, ge=1, description="threads for embedding, solving and storage")
+    grace_seconds: float = Field(10.0, ge=0)
+    pool_cache_entries: int = Field(2, ge=0, description="pools kept in memory between requests")
+    default_mode: ModeName = "auto"
+    eps: float = Field(0.1, gt=0)
+    tol: float = Field(1e-4, gt=0)
+    max_iter: int = Field(1000, ge=1)
+    exact_max_pool: int = Field(20_000, ge=1)
+    summary_size: int = Field(SelectionConfig.summary_size, ge=2, description="global mode: summary rows")
+    paper_domains: int = Field(2, ge=1)
+    cost: Literal["auto", "embedding", "fused"] = Field(
+        "auto", description="ground cost; auto: fused when the pool and the target have n-gram sketches"
+    )
+    embedding_weight: float = Field(DEFAULT_EMBEDDING_WEIGHT, ge=0, le=1, description="fused cost: w")
+    relative_eps: float | None = Field(
+        None, gt=0, description="epsilon as a multiple of the median pool-target cost (absent: eps)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = False
+    ray_address: str | None = Field(None, description="Ray cluster that scores pools; absent: in-process")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        match = _LISTEN.match(value)
+        if match is None or int(match.group(2)) > 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        for path in (self.tls_cert, self.tls_key, self.tls_client_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not found: {path}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate :class:`Settings`; ``overrides`` (flags) win over env and file.
+
+    Raises
+    ------
+    ConfigError
+        Naming every invalid setting.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    cls = Settings
+    if config_file is not None:
+
+        class _FromFile(Settings):
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        cls = _FromFile
+    try:
+        return cls(**given)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

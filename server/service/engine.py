@@ -1,0 +1,339 @@
+"""The selection engine: joins the store, the embedder, the dual cache and the OT math. Proto-free.
+
+Every path ranks with the one rule of :mod:`gotd.server.selection.modes`: scores are the calibrated
+gradient of the c-transform of the float32 target potential ``g``, whether ``g`` was just solved,
+read from the dual cache, or recomputed after a cache failure (Kang et al., 2024).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from importlib.metadata import version
+
+import numpy as np
+import xxhash
+
+from gotd.cache.duals.cache import DualCache, cache_key
+from gotd.cache.errors import InvalidArgument
+from gotd.cache.store.core import PoolArrays, Store
+from gotd.server.selection.costs import (
+    Cost,
+    CostConfig,
+    Features,
+    complete_sketches,
+    near_duplicates,
+    pool_features,
+    resolve_cost,
+    sketch_hash,
+    target_features,
+)
+from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode, top_k
+from gotd.server.service.config import Settings
+from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
+from gotd.server.service.lru import Lru
+from gotd.server.service.metrics import Metrics
+from gotd.server.service.requests import (
+    Progress,
+    Ranked,
+    RankedBatch,
+    ScoreParams,
+    ScoreResult,
+    SelectParams,
+    SelectSummary,
+    SolverParams,
+    Stage,
+)
+from gotd.server.service.targets import Target, TargetResolver
+
+LOG = logging.getLogger(__name__)
+CODE_VERSION = version("gotd")
+
+
+class _PoolArraysCache:
+    """The last few pools read, keyed by (name, version): repeated selections skip the bulk read."""
+
+    def __init__(self, store: Store, entries: int) -> None:
+        self._store = store
+        self._items: Lru[tuple[str, int], PoolArrays] = Lru(entries)
+
+    def get(self, pool: str) -> PoolArrays:
+        found = self._items.get((pool, self._store.get_pool(pool).version))
+        if found is not None:
+            return found
+        arrays = self._store.load_vectors(pool)
+        self._items.put((pool, arrays.version), arrays)
+        return arrays
+
+    def forget(self, pool: str) -> None:
+        self._items.discard_where(lambda key: key[0] == pool)
+
+
+class SelectionEngine:
+    """Ranks pools against targets; thread-safe, called from the servicer's worker threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        targets: TargetResolver,
+        duals: DualCache,
+        metrics: Metrics,
+        scorer: Scorer = local_scorer,
+    ) -> None:
+        self.scorer = scorer
+        self._settings = settings
+        self._store = store
+        self._targets = targets
+        self._duals = duals
+        self._metrics = metrics
+        self._pools = _PoolArraysCache(store, settings.pool_cache_entries)
+        self._scores: Lru[str, np.ndarray] = Lru(max(1, settings.cache_lru_entries // 8))
+        self._fused: Lru[tuple[str, str, int, float], Features] = Lru(max(1, settings.pool_cache_entries))
+        self._sketched: Lru[tuple[str, str, int], bool] = Lru(64)
+
+    # -- configuration -------------------------------------------------------------------------
+    def config(self, params: SolverParams) -> SelectionConfig:
+        """The solver configuration of a request: its options over the server defaults.
+
+        Epsilon: the request's absolute or relative epsilon (not both), else the server's
+        ``relative_eps`` when set, else its ``eps``.
+        """
+        s = self._settings
+        if params.eps is not None and params.relative_eps is not None:
+            raise InvalidArgument("set at most one of epsilon and relative_epsilon")
+        relative = params.relative_eps if params.eps is None else None
+        if params.eps is None and relative is None:
+            relative = s.relative_eps
+        try:
+            return SelectionConfig(
+                mode=params.mode or Mode(s.default_mode),
+                eps=params.eps if params.eps is not None else s.eps,
+                tol=params.tol if params.tol is not None else s.tol,
+                max_iter=params.max_iter if params.max_iter is not None else s.max_iter,
+                exact_max_pool=s.exact_max_pool,
+                summary_size=params.summary_size if params.summary_size is not None else s.summary_size,
+                paper_domains=params.paper_domains if params.paper_domains is not None else s.paper_domains,
+                relative_eps=relative,
+            )
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+
+    def cost_config(self, params: SolverParams) -> CostConfig:
+        """The cost of a request: its options over the server defaults."""
+        s = self._settings
+        try:
+            return CostConfig(
+                cost=params.cost or Cost(s.cost),
+                embedding_weight=(
+                    params.embedding_weight if params.embedding_weight is not None else s.embedding_weight
+                ),
+            )
+        except ValueError as err:
+            raise InvalidArgument(str(err)) from None
+
+    # -- selection -----------------------------------------------------------------------------
+    def select(self, params: SelectParams, emit: Emit, stop: StopCheck) -> None:
+        """Run one selection, emitting Progress, RankedBatch and finally one SelectSummary."""
+        if params.k < 1:
+            raise InvalidArgument(f"k must be >= 1, got {params.k}")
+        if params.k > self._settings.max_k:
+            raise InvalidArgument(f"k must be <= {self._settings.max_k}, got {params.k}")
+        if not 0 <= params.batch_size <= 100_000:
+            raise InvalidArgument(f"batch_size must be in [0, 100000], got {params.batch_size}")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        job = self._prepare(params.pool, params.target, params.solver, params.domains, emit, stop, timings)
+        with self._timed("score", timings):
+            scores = job.scores(emit, stop)
+        eligible = np.ones(len(job.rows), dtype=bool)
+        if params.exclude_ids:
+            excluded = np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
+            eligible &= ~excluded
+        n_dups = 0
+        if params.near_duplicate_cosine is not None:
+            dups = near_duplicates(job.embeddings(), job.target.vectors.numpy(), params.near_duplicate_cosine)
+            n_dups = int((dups & eligible).sum())
+            eligible &= ~dups
+        n_eligible = int(eligible.sum())
+        order = top_k(scores, params.k, ids=list(job.ids), eligible=eligible)
+        self._emit_ranking(params, job, order, emit)
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        p = job.potential
+        emit(
+            SelectSummary(
+                pool_version=job.arrays.version,
+                pool_size=len(job.arrays.ids),
+                eligible=n_eligible,
+                returned=len(order),
+                k_exceeds_pool=params.k > n_eligible,
+                mode=p.mode,
+                eps=p.eps,
+                ot_distance=p.cost,
+                iterations=0 if job.cache_hit else p.n_iter,
+                marginal_error=p.marginal_error,
+                converged=p.converged,
+                cache_hit=job.cache_hit,
+                warm_started=job.warm_started,
+                target_count=job.target.count,
+                target_hash=job.target.content_hash,
+                timings_ms=timings,
+                cost=job.features.cost,
+                embedding_weight=job.features.embedding_weight,
+                near_duplicates_excluded=n_dups,
+            )
+        )
+
+    def score(self, params: ScoreParams, stop: StopCheck) -> ScoreResult:
+        """Scores of given candidates (request order), with the same rule as Select.
+
+        The cached potential of this pool version is used when there is one; else the newest cached
+        potential of an earlier version, without a solve (candidates added since are scored with
+        it); else the potential is solved as for Select.
+        """
+        if not params.ids:
+            raise InvalidArgument("ids must not be empty")
+        noop: Emit = lambda _event: None  # noqa: E731
+        job = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {}, reuse_latest=True)
+        pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
+        positions = np.searchsorted(job.rows, pool_rows)
+        inside = (positions < len(job.rows)) & (
+            job.rows[np.minimum(positions, len(job.rows) - 1)] == pool_rows
+        )
+        if not inside.all():
+            outside = [cid for cid, ok in zip(params.ids, inside, strict=True) if not ok]
+            raise InvalidArgument(
+                f"ids outside the domains kept by the {job.potential.mode} mode: {outside[:5]}"
+            )
+        values = job.scores_of(positions)
+        if values is None:
+            values = job.scores(noop, stop)[positions]
+        return ScoreResult(
+            scores=tuple((cid, float(v)) for cid, v in zip(params.ids, values, strict=True)),
+            pool_version=job.arrays.version,
+            cache_hit=job.cache_hit,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+    def _prepare(
+        self,
+        pool: str,
+        target_input: object,
+        solver: SolverParams,
+        domains: tuple[str, ...],
+        emit: Emit,
+        stop: StopCheck,
+        timings: dict[str, float],
+        *,
+        reuse_latest: bool = False,
+    ) -> Job:
+        info = self._store.get_pool(pool)
+        with self._timed("embed", timings):
+            target = self._targets.resolve(target_input, info, emit)  # type: ignore[arg-type]
+        stop()
+        with self._timed("load", timings):
+            emit(Progress(Stage.LOAD, 0, info.count))
+            arrays = self._pools.get(pool)
+            emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
+        rows = np.arange(len(arrays.ids), dtype=np.int64)
+        if domains:
+            rows = np.flatnonzero(np.isin(np.asarray(arrays.domains, dtype=object), list(domains)))
+        if len(rows) == 0:
+            raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
+        config = self.config(solver)
+        config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
+        features = self._features(arrays, target, self.cost_config(solver))
+        family = cache_key(
+            pool=pool,
+            pool_uid=info.uid,
+            target=target.content_hash,
+            sketch=sketch_hash(target.sketches) if features.cost is Cost.FUSED else "",
+            cost=features.tag,
+            mode=config.mode.value,
+            eps=config.eps if config.relative_eps is None else 0.0,
+            rel_eps=config.relative_eps or 0.0,
+            tol=config.tol,
+            max_iter=config.max_iter,
+            summary=config.summary_size if config.mode is Mode.GLOBAL else 0,
+            cells=config.summary_cells if config.mode is Mode.GLOBAL else 0,
+            paper=config.paper_domains if config.mode is Mode.PAPER else 0,
+            domains=xxhash.xxh3_64_hexdigest("\x1f".join(sorted(domains)).encode()),
+            model=info.model,
+            code=CODE_VERSION,
+        )
+        y = target_features(features, target.vectors, target.sketches)
+        job = Job(self, arrays, features, y, rows, target, config, family, timings)
+        with self._timed("solve", timings):
+            job.potential_for(emit, stop, reuse_latest=reuse_latest)
+        return job
+
+    def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
+        """The pool's rows in the request's feature space (fused rows cached per pool version)."""
+        if cost.embedding_only:  # decided without reading any sketch
+            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
+        tf = arrays.sketches
+        key = (arrays.name, arrays.uid, arrays.version)
+        sketched = self._sketched.get(key)
+        if sketched is None:
+            sketched = complete_sketches(tf)
+            self._sketched.put(key, sketched)
+        kind = resolve_cost(
+            cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target.sketches)
+        )
+        if kind is Cost.EMBEDDING:
+            return pool_features(arrays.vectors, None, kind, 1.0)
+        fkey = (*key, cost.embedding_weight)
+        built = self._fused.get(fkey)
+        if built is None:
+            built = pool_features(arrays.vectors, tf, kind, cost.embedding_weight)
+            self._fused.put(fkey, built)
+        return built
+
+    def _emit_ranking(
+        self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
+    ) -> None:
+        size = params.batch_size or 1000
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            pool_rows = [int(job.rows[i]) for i, _ in chunk]
+            meta = self._store.metadata(params.pool, pool_rows) if params.include_metadata else None
+            batch = []
+            for offset, (i, value) in enumerate(chunk):
+                domain, meta_json = (meta[offset][0], meta[offset][1]) if meta is not None else ("", "")
+                rank = start + offset + 1
+                batch.append(Ranked(str(job.ids[i]), float(value), rank, domain, meta_json))
+            emit(RankedBatch(tuple(batch)))
+
+    @contextmanager
+    def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            timings[stage] = timings.get(stage, 0.0) + elapsed * 1e3
+            self._metrics.stage_seconds.labels(stage).observe(elapsed)
+
+    def cached_scores(self, key: str) -> np.ndarray | None:
+        return self._scores.get(key)
+
+    def remember_scores(self, key: str, scores: np.ndarray) -> None:
+        self._scores.put(key, scores)
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop in-memory state of a pool (after deletion)."""
+        self._pools.forget(pool)
+        self._scores.discard_where(lambda _key: True)
+        self._fused.discard_where(lambda key: key[0] == pool)
+        self._sketched.discard_where(lambda key: key[0] == pool)
+
+    @property
+    def duals(self) -> DualCache:
+        return self._duals
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics

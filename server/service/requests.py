@@ -1,0 +1,131 @@
+"""Proto-free request and event types exchanged between the servicer and the selection engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from gotd.cache.records import Record
+from gotd.server.selection.costs import Cost
+from gotd.server.selection.modes import Mode
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInput:
+    """A target: a stored set by ``name``, or inline ``records`` (texts and/or embeddings)."""
+
+    name: str | None = None
+    records: tuple[Record, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SolverParams:
+    """Per-request solver options; ``None`` takes the server default."""
+
+    mode: Mode | None = None
+    eps: float | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+    summary_size: int | None = None
+    paper_domains: int | None = None
+    cost: Cost | None = None
+    embedding_weight: float | None = None
+    relative_eps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SelectParams:
+    """One Select call."""
+
+    pool: str
+    target: TargetInput
+    k: int
+    solver: SolverParams = SolverParams()
+    exclude_ids: frozenset[str] = frozenset()
+    domains: tuple[str, ...] = ()
+    batch_size: int = 1000
+    include_metadata: bool = False
+    near_duplicate_cosine: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreParams:
+    """One Score call."""
+
+    pool: str
+    target: TargetInput
+    ids: tuple[str, ...]
+    solver: SolverParams = SolverParams()
+
+
+class Stage(IntEnum):
+    """Stages reported in progress events (values match ``gotd.v1.Stage``)."""
+
+    EMBED = 1
+    LOAD = 2
+    SOLVE = 3
+    SCORE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Work done in one stage."""
+
+    stage: Stage
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One ranked candidate."""
+
+    id: str
+    score: float
+    rank: int
+    domain: str = ""
+    meta_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RankedBatch:
+    """Consecutive ranked candidates."""
+
+    candidates: tuple[Ranked, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SelectSummary:
+    """Closes a selection."""
+
+    pool_version: int
+    pool_size: int
+    eligible: int
+    returned: int
+    k_exceeds_pool: bool
+    mode: Mode
+    eps: float
+    ot_distance: float
+    iterations: int
+    marginal_error: float
+    converged: bool
+    cache_hit: bool
+    warm_started: bool
+    target_count: int
+    target_hash: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    cost: Cost = Cost.EMBEDDING
+    embedding_weight: float = 1.0
+    near_duplicates_excluded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """Scores in request order."""
+
+    scores: tuple[tuple[str, float], ...]
+    pool_version: int
+    cache_hit: bool
+
+
+SelectEvent = Progress | RankedBatch | SelectSummary

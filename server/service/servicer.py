@@ -1,0 +1,204 @@
+"""gRPC servicer: thin. Proto in → engine (in worker threads) → proto out.
+
+Errors are raised, never aborted here: the boundary interceptor maps them to status codes.
+Select is an async generator fed by the engine running in a worker thread; a cancelled or expired
+call sets a stop flag the engine checks between blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from grpc import aio
+
+from gotd.cache.errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
+from gotd.cache.records import validate_name
+from gotd.cache.store.core import Store
+from gotd.server.ingest.pipeline import Ingestor
+from gotd.server.service import convert
+from gotd.server.service.engine import SelectionEngine
+from gotd.server.service.requests import SelectEvent, SelectSummary
+from gotd.server.service.targets import TargetResolver
+from gotd.v1 import selection_pb2 as pb
+from gotd.v1 import selection_pb2_grpc as pb_grpc
+
+LOG = logging.getLogger(__name__)
+Ctx = aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+_DONE = object()
+
+
+class StopFlag:
+    """Set when the call is cancelled or its deadline passes; ``check`` raises in the worker."""
+
+    def __init__(self, context: Ctx) -> None:
+        self._event = threading.Event()
+        remaining = context.time_remaining()
+        self._deadline = None if remaining is None else time.monotonic() + remaining
+
+    def set(self) -> None:
+        self._event.set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("the call was cancelled")
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise DeadlineExceeded("the call's deadline passed while working")
+
+
+class SelectionServicer(pb_grpc.SelectionServiceServicer):
+    """Implements ``gotd.v1.SelectionService``."""
+
+    def __init__(
+        self,
+        engine: SelectionEngine,
+        store: Store,
+        ingestor: Ingestor,
+        targets: TargetResolver,
+        executor: Executor,
+        *,
+        max_text_bytes: int,
+    ) -> None:
+        self._engine = engine
+        self._store = store
+        self._ingestor = ingestor
+        self._targets = targets
+        self._executor = executor
+        self._max_text_bytes = max_text_bytes
+        self.shutting_down = False
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.shutting_down:
+            raise Unavailable("the server is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def Ingest(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.IngestRequest], context: Ctx
+    ) -> pb.IngestResponse:
+        pool = ""
+        totals = {"inserted": 0, "updated": 0, "unchanged": 0, "embedded": 0}
+        batches = 0
+        async for request in request_iterator:
+            if not pool:
+                pool = request.pool
+                validate_name(pool)
+            elif request.pool and request.pool != pool:
+                raise InvalidArgument(
+                    f"one Ingest stream takes one pool: got {request.pool!r} after {pool!r}"
+                )
+            records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
+            if not records:
+                continue
+            result = await self._run(self._ingestor.ingest_batch, pool, records)
+            for name in totals:
+                totals[name] += int(getattr(result, name, 0))
+            batches += 1
+            self._engine.metrics.pool_candidates.labels(pool).set(self._store.get_pool(pool).count)
+        if not pool:
+            raise InvalidArgument("the Ingest stream carried no pool name")
+        for outcome in ("inserted", "updated", "unchanged"):
+            self._engine.metrics.records.labels(outcome).inc(totals[outcome])
+        info = await self._run(self._store.get_pool, pool)
+        return pb.IngestResponse(pool=pool, batches=batches, info=convert.pool_info(info), **totals)
+
+    async def Select(  # noqa: N802
+        self, request: pb.SelectRequest, context: Ctx
+    ) -> AsyncIterator[pb.SelectResponse]:
+        params = convert.select_params(request, max_text_bytes=self._max_text_bytes)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = StopFlag(context)
+
+        def emit(event: SelectEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        def work() -> None:
+            try:
+                self._engine.select(params, emit, stop.check)
+            except BaseException as err:
+                loop.call_soon_threadsafe(queue.put_nowait, err)
+            else:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        if self.shutting_down:
+            raise Unavailable("the server is shutting down")
+        future = loop.run_in_executor(self._executor, work)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, SelectSummary):
+                    LOG.info(
+                        "select pool=%s k=%d mode=%s cache_hit=%s total_ms=%.1f",
+                        params.pool,
+                        params.k,
+                        item.mode.value,
+                        item.cache_hit,
+                        item.timings_ms.get("total", 0.0),
+                    )
+                yield convert.select_event(item)
+        finally:
+            stop.set()
+            await asyncio.shield(future)
+
+    async def Score(self, request: pb.ScoreRequest, context: Ctx) -> pb.ScoreResponse:  # noqa: N802
+        params = convert.score_params(request, max_text_bytes=self._max_text_bytes)
+        stop = StopFlag(context)
+        try:
+            result = await self._run(self._engine.score, params, stop.check)
+        finally:
+            stop.set()
+        return convert.score_result(result)
+
+    async def PutTargetSet(  # noqa: N802
+        self, request: pb.PutTargetSetRequest, context: Ctx
+    ) -> pb.PutTargetSetResponse:
+        records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
+        info = await self._run(self._targets.put, request.name, records)
+        return pb.PutTargetSetResponse(info=convert.target_set_info(info))
+
+    async def GetTargetSet(  # noqa: N802
+        self, request: pb.GetTargetSetRequest, context: Ctx
+    ) -> pb.GetTargetSetResponse:
+        validate_name(request.name)
+        info, ids, _vectors = await self._run(self._store.get_target_set, request.name)
+        return pb.GetTargetSetResponse(info=convert.target_set_info(info), ids=list(ids))
+
+    async def DeleteTargetSet(  # noqa: N802
+        self, request: pb.DeleteTargetSetRequest, context: Ctx
+    ) -> pb.DeleteTargetSetResponse:
+        validate_name(request.name)
+        await self._run(self._store.delete_target_set, request.name)
+        return pb.DeleteTargetSetResponse()
+
+    async def GetPool(self, request: pb.GetPoolRequest, context: Ctx) -> pb.GetPoolResponse:  # noqa: N802
+        validate_name(request.name)
+        info = await self._run(self._store.get_pool, request.name)
+        return pb.GetPoolResponse(info=convert.pool_info(info))
+
+    async def ListPools(  # noqa: N802
+        self, request: pb.ListPoolsRequest, context: Ctx
+    ) -> pb.ListPoolsResponse:
+        pools = await self._run(self._store.list_pools)
+        return pb.ListPoolsResponse(pools=[convert.pool_info(p) for p in pools])
+
+    async def DeletePool(  # noqa: N802
+        self, request: pb.DeletePoolRequest, context: Ctx
+    ) -> pb.DeletePoolResponse:
+        validate_name(request.name)
+        await self._run(self._store.delete_pool, request.name)
+        self._engine.forget_pool(request.name)
+        await self._run(self._engine.duals.delete_prefix, request.name)
+        with contextlib.suppress(KeyError):
+            self._engine.metrics.pool_candidates.remove(request.name)
+        return pb.DeletePoolResponse()
