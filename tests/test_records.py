@@ -199,7 +199,7 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path, monkeypatch: p
     path.write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
-    with pytest.raises(MissingDependencyError, match="pip install pyarrow") as info:
+    with pytest.raises(MissingDependencyError, match=r"pip install 'gotd\[parquet\]'") as info:
         list(read_records(path))
     assert isinstance(info.value, ImportError)
     assert isinstance(info.value, FailedPrecondition)

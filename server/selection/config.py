@@ -27,6 +27,10 @@ class Mode(StrEnum):
     PAPER = "paper"
 
 
+DEFAULT_SUMMARY_SIZE = 8192
+"""Rows of the global-mode summary, server and library alike (see :class:`SelectionConfig`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SelectionConfig:
     """Solver and mode settings of one selection (validated on construction).
@@ -81,7 +85,7 @@ class SelectionConfig:
     tol: float = 1e-4
     max_iter: int = 1000
     exact_max_pool: int = 20000
-    summary_size: int = 8192
+    summary_size: int = DEFAULT_SUMMARY_SIZE
     summary_cells: int = 64
     paper_domains: int = 2
     paper_clusters: int = 16

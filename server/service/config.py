@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gotd.server.selection.config import SelectionConfig
+from gotd.server.selection.config import DEFAULT_SUMMARY_SIZE
 from gotd.server.selection.costs import DEFAULT_EMBEDDING_WEIGHT
 
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     tol: float = Field(1e-4, gt=0)
     max_iter: int = Field(1000, ge=1)
     exact_max_pool: int = Field(20_000, ge=1)
-    summary_size: int = Field(SelectionConfig.summary_size, ge=2, description="global mode: summary rows")
+    summary_size: int = Field(DEFAULT_SUMMARY_SIZE, ge=2, description="global mode: summary rows")
     paper_domains: int = Field(2, ge=1)
     cost: Literal["auto", "embedding", "fused"] = Field(
         "auto", description="ground cost; auto: fused when the pool and the target have n-gram sketches"
