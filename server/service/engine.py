@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from importlib.metadata import version
 
 import numpy as np
 import xxhash
@@ -20,6 +19,7 @@ import xxhash
 from gotd.cache.duals.cache import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.store.core import PoolArrays, Store
+from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
     Cost,
     CostConfig,
@@ -50,7 +50,6 @@ from gotd.server.service.requests import (
 from gotd.server.service.targets import Target, TargetResolver
 
 LOG = logging.getLogger(__name__)
-CODE_VERSION = version("gotd")
 
 
 class _PoolArraysCache:
@@ -262,7 +261,7 @@ class SelectionEngine:
             paper=config.paper_domains if config.mode is Mode.PAPER else 0,
             domains=xxhash.xxh3_64_hexdigest("\x1f".join(sorted(domains)).encode()),
             model=info.model,
-            code=CODE_VERSION,
+            code=code_version(config),
         )
         y = target_features(features, target.vectors, target.sketches)
         job = Job(self, arrays, features, y, rows, target, config, family, timings)

@@ -56,6 +56,20 @@ FINDINGS = [
         "test_load_gotd_serve, test_load_in_process",
     ),
 ]
+HARDENING = [
+    (
+        "Caches cannot outlive the code",
+        "The dual-cache key's code part was the package version (0.1.0 across commits). It is now "
+        "`a<ALGORITHM_VERSION>.<hash>` of every fixed default behind a potential or a score (SelectionConfig "
+        "defaults, paper-mode cluster count and seed, projection, ε-scaling, block sizes, relative-ε rows, "
+        "k-means, sketch width, tokenizer and n-gram rules, embedding weight), "
+        "`server/selection/algorithm.py`.",
+        "tests/test_algorithm_version.py: a frozen fingerprint of the defaults and of the rules' outputs on "
+        "fixed inputs (tokens, IDF, k-means, the three modes' rankings) fails until the version is bumped; "
+        "a server whose sketch width or block size changed misses the potential cached before.",
+        "code part `a1.592ea67a19e290a0`; 2 of 2 changed defaults missed",
+    ),
+]
 KNOWN_LIMITS = (
     "Known limit, not changed: a cancel during a Sinkhorn solve takes effect at the next pass (the stop is "
     "checked once per pass, not per row block), so an exact solve of 20,000 × 20,000 can run one more pass "
@@ -215,6 +229,7 @@ def render(figures_dir: Path) -> str:
     lines += ["## Bugs the suite found (fixed, each in its own commit)", ""]
     lines += _table([list(f) for f in FINDINGS], ["where", "bug", "found by"])
     lines += [KNOWN_LIMITS, ""]
+    lines += hardening_lines()
     for module, title in AREAS:
         group = [entries[k] for k in keys if k[0] == module and k in entries]
         if not group:
@@ -222,6 +237,15 @@ def render(figures_dir: Path) -> str:
         lines += [f"## {title}", ""]
         lines += _detail(module, group)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def hardening_lines() -> list[str]:
+    """The review's hardening points (issue 18): what changed, the test that shows it, its figures."""
+    lines = ["## Hardening from the service review (issue 18)", ""]
+    lines += _table(
+        [list(h) for h in HARDENING], ["point", "change", "test (fails on the old code)", "figures"]
+    )
+    return lines
 
 
 def main(argv: list[str]) -> int:
