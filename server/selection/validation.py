@@ -1,0 +1,295 @@
+"""Per-request validated cost: choose the fused cost's weight and epsilon on the target set itself.
+
+A good selection ranks texts like the target set's own members near the top. Split the targets into
+folds; for every setting of a small grid (embedding weight ``w`` of the fused cost, from pure n-gram
+``w = 0`` to pure embedding ``w = 1``, and epsilon relative to that cost's scale), solve between a
+bounded sample of the pool plus one fold's members (held out) and the other folds (the targets), rank
+by the one ranking rule of :mod:`gotd.server.selection.modes`, and score the setting by how many held-
+out members land where a selection of the requested size would take them: the held-out *recall at the
+requested fraction* ``q`` (a member counts when fewer than ``q`` times the sample size of pool rows
+rank ahead of it). The setting with the best recall is used for the real selection.
+
+The criterion looks only at the top of the ranking on purpose: a whole-ranking criterion (AUC, or the
+mean reciprocal rank to a lesser degree) rewards settings that place every member fairly high, which
+on source- or style-defined targets is the smooth embedding cost, while the selection only ever keeps
+the top ``q`` — where sharp n-gram matches win (docs/evaluation.md, "Validated cost"). Both are
+reported next to the recall for every setting.
+
+Everything is deterministic: folds from a seed the caller derives from the target set's content, the
+pool sample is the rows with the smallest id hashes (independent of row order), ties in the recall go
+to the higher mean reciprocal rank, then to the earlier setting of the grid. Imports torch and numpy
+only; the pool's rows are never all touched (the sample is bounded), so the cost does not grow with
+the pool.
+
+References
+----------
+.. [1] F. Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in
+   LLMs", ICLR 2024.
+.. [2] S. M. Xie et al., "Data Selection for Language Models via Importance Resampling", NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gotd.server.ot.dense import sinkhorn_dense
+from gotd.server.selection.config import summary_rows
+from gotd.server.selection.sketches import unit_sketches
+
+__all__ = [
+    "DEFAULT_GRID",
+    "FALLBACK",
+    "Setting",
+    "SettingScore",
+    "Validation",
+    "ValidationConfig",
+    "validate",
+]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Setting:
+    """One point of the grid: embedding weight ``w`` of the fused cost and epsilon relative to its scale.
+
+    Attributes
+    ----------
+    embedding_weight : float
+        ``w`` in [0, 1]: 0 is the pure n-gram (sketch) cost, 1 the pure embedding cost.
+    relative_eps : float
+        Epsilon as this multiple of the median pool-target cost of that fused cost.
+    """
+
+    embedding_weight: float
+    relative_eps: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.embedding_weight) and 0.0 <= self.embedding_weight <= 1.0):
+            raise ValueError(f"embedding_weight must be in [0, 1], got {self.embedding_weight!r}")
+        if not (math.isfinite(self.relative_eps) and self.relative_eps > 0):
+            raise ValueError(f"relative_eps must be positive, got {self.relative_eps!r}")
+
+    @property
+    def label(self) -> str:
+        """Short readable name, e.g. ``w0.3-rel0.05``."""
+        return f"w{self.embedding_weight:g}-rel{self.relative_eps:g}"
+
+
+#: The grid searched by default, in tie-break order (docs/evaluation.md, "Validated cost").
+DEFAULT_GRID: tuple[Setting, ...] = tuple(
+    Setting(w, c) for c in (0.05, 0.1) for w in (0.5, 0.3, 0.7, 0.1, 1.0, 0.0)
+)
+#: Used when the target set is too small to validate (docs/evaluation.md, "Validated cost").
+FALLBACK = Setting(0.5, 0.05)
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationConfig:
+    """Sizes of a validation (validated on construction).
+
+    Attributes
+    ----------
+    grid : tuple of Setting
+        Settings tried, in tie-break order.
+    folds : int
+        Folds of the target set; every fold is held out once.
+    pool_sample : int
+        Pool rows (smallest id hashes) ranked with the held-out members.
+    max_train : int
+        Targets of the other folds used as the target set (evenly spaced when there are more).
+    max_held_out : int
+        Held-out members per fold at most.
+    min_targets : int
+        Fewer targets than this: no validation, :data:`FALLBACK` is used.
+    tol, max_iter : float, int
+        Sinkhorn settings of the validation solves.
+    """
+
+    grid: tuple[Setting, ...] = DEFAULT_GRID
+    folds: int = 3
+    pool_sample: int = 1024
+    max_train: int = 256
+    max_held_out: int = 64
+    min_targets: int = 30
+    tol: float = 1e-3
+    max_iter: int = 300
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ValueError("grid must not be empty")
+        if len(set(self.grid)) != len(self.grid):
+            raise ValueError("grid settings must be distinct")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds!r}")
+        for name in ("pool_sample", "max_train", "max_held_out"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.min_targets < self.folds:
+            raise ValueError(f"min_targets must be >= folds ({self.folds}), got {self.min_targets!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SettingScore:
+    """Validation scores of one setting, pooled over every held-out member of every fold.
+
+    Attributes
+    ----------
+    setting : Setting
+    recall : float
+        Share of held-out members that fewer than ``fraction x sample`` pool rows rank ahead of
+        (the criterion).
+    mrr : float
+        Mean of ``1 / (1 + rows ahead)``.
+    auc : float
+        Mean share of pool rows ranked behind a held-out member (ties count half).
+    """
+
+    setting: Setting
+    recall: float
+    mrr: float
+    auc: float
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """The outcome of a validation.
+
+    Attributes
+    ----------
+    chosen : Setting
+        The setting to select with.
+    scores : tuple of SettingScore
+        Every setting tried, in grid order (empty for a fallback).
+    fraction : float
+        Fraction of the pool the recall was measured at.
+    held_out : int
+        Held-out members scored (over all folds).
+    pool_sample : int
+        Pool rows ranked with them.
+    fallback : bool
+        Too few targets: ``chosen`` is :data:`FALLBACK`, nothing was validated.
+    """
+
+    chosen: Setting
+    scores: tuple[SettingScore, ...]
+    fraction: float
+    held_out: int
+    pool_sample: int
+    fallback: bool = False
+
+
+def validate(
+    pool_vectors: np.ndarray,
+    pool_tf: np.ndarray,
+    pool_keys: np.ndarray,
+    idf: np.ndarray,
+    target_vectors: np.ndarray,
+    target_tf: np.ndarray,
+    *,
+    seed: int,
+    fraction: float,
+    config: ValidationConfig | None = None,
+) -> Validation:
+    """Choose the setting of the grid whose ranking puts the most held-out targets in the top ``fraction``.
+
+    Parameters
+    ----------
+    pool_vectors : numpy.ndarray, shape (n, d)
+        Unit embeddings of the pool (only the sample's rows are read).
+    pool_tf : numpy.ndarray, shape (n, buckets)
+        The pool's stored sketch rows.
+    pool_keys : numpy.ndarray, shape (n,), uint64
+        64-bit hashes of the candidate ids: the sample is the rows of the smallest keys.
+    idf : numpy.ndarray, shape (buckets,)
+        The pool's IDF weights (applied to every sketch, as in the real selection).
+    target_vectors : numpy.ndarray, shape (m, d)
+        Unit embeddings of the targets.
+    target_tf : numpy.ndarray, shape (m, buckets)
+        The targets' sketch rows.
+    seed : int
+        Seeds the folds (the caller derives it from the target set's content hash).
+    fraction : float
+        Share of the pool the real selection keeps, in (0, 1].
+    config : ValidationConfig, optional
+        Grid and sizes.
+
+    Returns
+    -------
+    Validation
+    """
+    config = config or ValidationConfig()
+    n, m = pool_vectors.shape[0], target_vectors.shape[0]
+    if pool_tf.shape[0] != n or np.asarray(pool_keys).shape != (n,) or target_tf.shape[0] != m:
+        raise ValueError("pool vectors, sketches and keys, and target vectors and sketches, must align")
+    if not (math.isfinite(fraction) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if m < config.min_targets or n < 1:
+        return Validation(FALLBACK, (), fraction, 0, 0, fallback=True)
+    sample = summary_rows(np.asarray(pool_keys, dtype=np.uint64), config.pool_sample)
+    folds = _folds(m, config.folds, seed)
+    ahead: dict[Setting, list[np.ndarray]] = {s: [] for s in config.grid}
+    for k in range(config.folds):
+        held = folds[k][: config.max_held_out]
+        train = np.sort(np.concatenate([folds[j] for j in range(config.folds) if j != k]))
+        train = train[_spaced(len(train), config.max_train)]
+        rows_x = (
+            np.concatenate([pool_vectors[sample], target_vectors[held]]),
+            np.concatenate([pool_tf[sample], target_tf[held]]),
+        )
+        c_emb = _cost(rows_x[0], target_vectors[train])
+        c_sketch = _cost(unit_sketches(rows_x[1], idf), unit_sketches(target_tf[train], idf))
+        for setting in config.grid:
+            w = setting.embedding_weight
+            cost = c_emb * w + c_sketch * (1.0 - w)
+            eps = setting.relative_eps * float(torch.quantile(cost[: len(sample)].double().flatten(), 0.5))
+            f = sinkhorn_dense(cost, eps=eps, tol=config.tol, max_iter=config.max_iter).f.double().numpy()
+            ahead[setting].append(_rows_ahead(f[: len(sample)], f[len(sample) :]))
+    budget = max(1.0, fraction * len(sample))
+    scores = tuple(
+        _score(setting, np.concatenate(ahead[setting]), budget, len(sample)) for setting in config.grid
+    )
+    best = max(range(len(scores)), key=lambda i: (scores[i].recall, scores[i].mrr, -i))
+    held_total = sum(min(len(f), config.max_held_out) for f in folds)
+    return Validation(scores[best].setting, scores, fraction, held_total, len(sample))
+
+
+def _folds(m: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Target rows of each fold: a seeded permutation dealt round-robin (each fold's rows in that order)."""
+    perm = np.random.default_rng(np.random.SeedSequence(seed & (2**64 - 1))).permutation(m)
+    return [perm[k::folds] for k in range(folds)]
+
+
+def _spaced(size: int, at_most: int) -> np.ndarray:
+    """``min(size, at_most)`` evenly spaced positions of ``range(size)``."""
+    if size <= at_most:
+        return np.arange(size)
+    return np.unique(np.linspace(0, size - 1, at_most).round().astype(np.int64))
+
+
+def _cost(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    """Dense squared Euclidean costs (float32) between small row sets."""
+    a = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    b = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    out = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return out.clamp_min_(0.0)
+
+
+def _rows_ahead(pool_scores: np.ndarray, held_scores: np.ndarray) -> np.ndarray:
+    """Pool rows ranked ahead of each held-out member (lower score first; ties count half)."""
+    ordered = np.sort(pool_scores)
+    below = np.searchsorted(ordered, held_scores, side="left")
+    upto = np.searchsorted(ordered, held_scores, side="right")
+    out: np.ndarray = below + 0.5 * (upto - below)
+    return out
+
+
+def _score(setting: Setting, ahead: np.ndarray, budget: float, sample: int) -> SettingScore:
+    return SettingScore(
+        setting=setting,
+        recall=float(np.mean(ahead < budget)),
+        mrr=float(np.mean(1.0 / (1.0 + ahead))),
+        auc=float(1.0 - np.mean(ahead) / sample),
+    )
