@@ -3,6 +3,7 @@
 from gotd.client.client import Client, TlsConfig
 from gotd.client.types import (
     IngestResult,
+    NearCopy,
     PoolInfo,
     RankedCandidate,
     ScoredCandidate,
@@ -14,6 +15,7 @@ from gotd.client.types import (
 __all__ = [
     "Client",
     "IngestResult",
+    "NearCopy",
     "PoolInfo",
     "RankedCandidate",
     "ScoredCandidate",

@@ -179,6 +179,10 @@ def select(
     near_duplicate_cosine: Annotated[
         float | None, typer.Option(help="skip candidates with cosine above this to a target")
     ] = None,
+    near_copy_cosine: Annotated[
+        float | None,
+        typer.Option(help="skip candidates within this cosine of one returned (default: server's; 0: off)"),
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="output JSONL (default stdout)")] = None,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
@@ -200,6 +204,7 @@ def select(
                 events = client.select_stream(
                     pool, targets, k=k, mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
                     relative_eps=relative_eps, near_duplicate_cosine=near_duplicate_cosine,
+                    near_copy_cosine=near_copy_cosine,
                 )  # fmt: skip
                 for event in events:
                     if isinstance(event, RankedCandidate):
@@ -219,9 +224,11 @@ def select(
         if output is not None:
             out.close()
     if summary is not None:
+        short = " (too few distinct)" if summary.too_few_distinct else ""
         typer.echo(
             f"selected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
-            f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, cache_hit "
+            f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, near-copies skipped "
+            f"{summary.near_copies_skipped}{short}, cache_hit "
             f"{summary.cache_hit}, converged {summary.converged}, {summary.total_ms:.0f} ms)",
             err=True,
         )

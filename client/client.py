@@ -215,6 +215,8 @@ class Client:
         exclude_ids: Sequence[str] = (),
         domains: Sequence[str] = (),
         near_duplicate_cosine: float | None = None,
+        near_copy_cosine: float | None = None,
+        report_near_copies: bool = False,
         batch_size: int = 0,
         include_metadata: bool = False,
         timeout: float | None = None,
@@ -223,7 +225,9 @@ class Client:
 
         ``cost`` is "auto" (the server's default), "embedding" or "fused" (weight
         ``embedding_weight`` on the embedding cost); ``relative_eps`` sets epsilon as a multiple of
-        the median pool-target cost; ``near_duplicate_cosine`` drops candidates that close to a target.
+        the median pool-target cost; ``near_duplicate_cosine`` drops candidates that close to a target;
+        ``near_copy_cosine`` skips candidates that close to one already returned (None: the server's
+        default, 0: off), and ``report_near_copies`` lists them in the summary.
         """
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
@@ -245,9 +249,12 @@ class Client:
             domains=list(domains),
             batch_size=batch_size,
             include_metadata=include_metadata,
+            report_near_copies=report_near_copies,
         )
         if near_duplicate_cosine is not None:
             request.near_duplicate_cosine = near_duplicate_cosine
+        if near_copy_cosine is not None:
+            request.near_copy_cosine = near_copy_cosine
         for message in self._stub.Select(request, **self._kw(timeout)):
             which = message.WhichOneof("message")
             if which == "progress":

@@ -94,6 +94,15 @@ class ScoredCandidate:
 
 
 @dataclass(frozen=True, slots=True)
+class NearCopy:
+    """A candidate skipped because it repeats the returned candidate ``copy_of``."""
+
+    id: str
+    copy_of: str
+    cosine: float
+
+
+@dataclass(frozen=True, slots=True)
 class SelectSummary:
     pool_version: int
     pool_size: int
@@ -118,6 +127,11 @@ class SelectSummary:
     cost: str = "embedding"
     embedding_weight: float = 1.0
     near_duplicates_excluded: int = 0
+    near_copy_cosine: float = 0.0
+    near_copies_skipped: int = 0
+    too_few_distinct: bool = False
+    near_copies: tuple[NearCopy, ...] = ()
+    rank_ms: float = 0.0
 
     @classmethod
     def from_pb(cls, m: pb.Summary) -> SelectSummary:
@@ -128,6 +142,8 @@ class SelectSummary:
             m.converged, m.cache_hit, m.warm_started, m.target_count, m.target_hash,
             t.embed_ms, t.load_ms, t.solve_ms, t.score_ms, t.total_ms,
             COST_NAMES.get(m.cost, "embedding"), m.embedding_weight, m.near_duplicates_excluded,
+            m.near_copy_cosine, m.near_copies_skipped, m.too_few_distinct,
+            tuple(NearCopy(c.id, c.copy_of, c.cosine) for c in m.near_copies), t.rank_ms,
         )  # fmt: skip
 
 

@@ -128,6 +128,7 @@ def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
     from gotd.server.ray.backend import RayScorer
 
     x = clustered(2000, seed=3)
+    x[1000:] = x[:1000]  # every embedding twice: near-copy skipping runs on the Ray scores too
     y = clustered(30, seed=4, centers=2)
     # texts as well as embeddings: the fused cost (sketch rows) is scored on the workers too
     pool = [
@@ -147,6 +148,9 @@ def test_ray_server_scores_on_ray(ray_local: Any, make_server: Any) -> None:
                 for cost in ("embedding", "fused"):
                     ranked, summary = client.select("pool", targets, k=100, mode="global", eps=0.1, cost=cost)
                     assert summary.cost == cost
+                    assert summary.near_copies_skipped > 0
+                    assert len(ranked) == 100
+                    assert len({x[int(c.id[1:]) % 1000].tobytes() for c in ranked}) == 100
                     run.append([(c.id, c.score) for c in ranked])
             assert run[0] != run[1]
             results.append(run)

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from gotd.server.selection.config import DEFAULT_SUMMARY_SIZE
 from gotd.server.selection.costs import DEFAULT_EMBEDDING_WEIGHT
+from gotd.server.selection.nearcopy import DEFAULT_NEAR_COPY_COSINE
 
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
     embedding_weight: float = Field(DEFAULT_EMBEDDING_WEIGHT, ge=0, le=1, description="fused cost: w")
     relative_eps: float | None = Field(
         None, gt=0, description="epsilon as a multiple of the median pool-target cost (absent: eps)"
+    )
+    near_copy_cosine: float = Field(
+        DEFAULT_NEAR_COPY_COSINE,
+        ge=0,
+        le=1,
+        description="skip candidates within this cosine of one already returned (0: off)",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

@@ -106,6 +106,8 @@ def select_params(request: pb.SelectRequest, *, max_text_bytes: int) -> SelectPa
         near_duplicate_cosine=(
             request.near_duplicate_cosine if request.HasField("near_duplicate_cosine") else None
         ),
+        near_copy_cosine=request.near_copy_cosine if request.HasField("near_copy_cosine") else None,
+        report_near_copies=request.report_near_copies,
     )
 
 
@@ -166,10 +168,15 @@ def summary(s: SelectSummary) -> pb.Summary:
             solve_ms=t.get("solve", 0.0),
             score_ms=t.get("score", 0.0),
             total_ms=t.get("total", 0.0),
+            rank_ms=t.get("rank", 0.0),
         ),
         cost=_COST_TO_PB[s.cost],
         embedding_weight=s.embedding_weight,
         near_duplicates_excluded=s.near_duplicates_excluded,
+        near_copies_skipped=s.near_copies_skipped,
+        too_few_distinct=s.too_few_distinct,
+        near_copy_cosine=s.near_copy_cosine,
+        near_copies=[pb.NearCopy(id=c.id, copy_of=c.copy_of, cosine=c.cosine) for c in s.near_copies],
     )
 
 

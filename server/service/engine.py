@@ -25,17 +25,17 @@ from gotd.server.selection.costs import (
     CostConfig,
     Features,
     complete_sketches,
-    near_duplicates,
     pool_features,
     resolve_cost,
     sketch_hash,
     target_features,
 )
-from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode, top_k
+from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
 from gotd.server.service.config import Settings
 from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
+from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
     Progress,
     Ranked,
@@ -93,6 +93,7 @@ class SelectionEngine:
         self._scores: Lru[str, np.ndarray] = Lru(max(1, settings.cache_lru_entries // 8))
         self._fused: Lru[tuple[str, str, int, float], Features] = Lru(max(1, settings.pool_cache_entries))
         self._sketched: Lru[tuple[str, str, int], bool] = Lru(64)
+        self._ranker = Ranker(settings.near_copy_cosine)
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, params: SolverParams) -> SelectionConfig:
@@ -148,17 +149,9 @@ class SelectionEngine:
         job = self._prepare(params.pool, params.target, params.solver, params.domains, emit, stop, timings)
         with self._timed("score", timings):
             scores = job.scores(emit, stop)
-        eligible = np.ones(len(job.rows), dtype=bool)
-        if params.exclude_ids:
-            excluded = np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
-            eligible &= ~excluded
-        n_dups = 0
-        if params.near_duplicate_cosine is not None:
-            dups = near_duplicates(job.embeddings(), job.target.vectors.numpy(), params.near_duplicate_cosine)
-            n_dups = int((dups & eligible).sum())
-            eligible &= ~dups
-        n_eligible = int(eligible.sum())
-        order = top_k(scores, params.k, ids=list(job.ids), eligible=eligible)
+        with self._timed("rank", timings):
+            ranking = self._ranker.rank(params, job, scores)
+        order = ranking.order
         self._emit_ranking(params, job, order, emit)
         timings["total"] = (time.perf_counter() - started) * 1e3
         p = job.potential
@@ -166,9 +159,9 @@ class SelectionEngine:
             SelectSummary(
                 pool_version=job.arrays.version,
                 pool_size=len(job.arrays.ids),
-                eligible=n_eligible,
+                eligible=ranking.eligible,
                 returned=len(order),
-                k_exceeds_pool=params.k > n_eligible,
+                k_exceeds_pool=params.k > ranking.eligible,
                 mode=p.mode,
                 eps=p.eps,
                 ot_distance=p.cost,
@@ -182,7 +175,11 @@ class SelectionEngine:
                 timings_ms=timings,
                 cost=job.features.cost,
                 embedding_weight=job.features.embedding_weight,
-                near_duplicates_excluded=n_dups,
+                near_duplicates_excluded=ranking.near_duplicates,
+                near_copy_cosine=ranking.near_copy_cosine,
+                near_copies_skipped=ranking.near_copies_skipped,
+                too_few_distinct=ranking.too_few_distinct,
+                near_copies=ranking.near_copies,
             )
         )
 
@@ -328,6 +325,7 @@ class SelectionEngine:
         self._scores.discard_where(lambda _key: True)
         self._fused.discard_where(lambda key: key[0] == pool)
         self._sketched.discard_where(lambda key: key[0] == pool)
+        self._ranker.forget()
 
     @property
     def duals(self) -> DualCache:

@@ -46,6 +46,8 @@ class SelectParams:
     batch_size: int = 1000
     include_metadata: bool = False
     near_duplicate_cosine: float | None = None
+    near_copy_cosine: float | None = None
+    report_near_copies: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,15 @@ class RankedBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class NearCopy:
+    """A candidate skipped because it repeats the returned candidate ``copy_of``."""
+
+    id: str
+    copy_of: str
+    cosine: float
+
+
+@dataclass(frozen=True, slots=True)
 class SelectSummary:
     """Closes a selection."""
 
@@ -117,6 +128,10 @@ class SelectSummary:
     cost: Cost = Cost.EMBEDDING
     embedding_weight: float = 1.0
     near_duplicates_excluded: int = 0
+    near_copy_cosine: float = 0.0
+    near_copies_skipped: int = 0
+    too_few_distinct: bool = False
+    near_copies: tuple[NearCopy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

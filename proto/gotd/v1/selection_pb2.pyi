@@ -335,6 +335,8 @@ class SelectRequest(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     INCLUDE_METADATA_FIELD_NUMBER: _builtins.int
     NEAR_DUPLICATE_COSINE_FIELD_NUMBER: _builtins.int
+    NEAR_COPY_COSINE_FIELD_NUMBER: _builtins.int
+    REPORT_NEAR_COPIES_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """Pool name."""
     k: _builtins.int
@@ -352,6 +354,14 @@ class SelectRequest(_message.Message):
     target embedding (near-duplicates of the target set) are not returned. Like exclude_ids, they
     still take part in the solve.
     """
+    near_copy_cosine: _builtins.float
+    """Near-copies of each other (not of the targets): walking the ranking in order, a candidate whose
+    embedding has a cosine similarity of at least this with a candidate already returned is
+    skipped, so the best-ranked copy (ties by id) is the one returned and k distinct candidates
+    come back when the pool has them. Unset: the server default (on); 0 turns it off; else in (0, 1].
+    """
+    report_near_copies: _builtins.bool
+    """List each skipped near-copy in the Summary with the returned candidate it repeats."""
     @_builtins.property
     def target(self) -> Global___TargetSpec:
         """Target set."""
@@ -383,13 +393,20 @@ class SelectRequest(_message.Message):
         batch_size: _builtins.int = ...,
         include_metadata: _builtins.bool = ...,
         near_duplicate_cosine: _builtins.float | None = ...,
+        near_copy_cosine: _builtins.float | None = ...,
+        report_near_copies: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "solver", b"solver", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine", "_near_duplicate_cosine", b"_near_duplicate_cosine", "near_copy_cosine", b"near_copy_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine", "batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "near_duplicate_cosine", b"near_duplicate_cosine", "pool", b"pool", "solver", b"solver", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine", "_near_duplicate_cosine", b"_near_duplicate_cosine", "batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "near_copy_cosine", b"near_copy_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "pool", b"pool", "report_near_copies", b"report_near_copies", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__near_copy_cosine: _TypeAlias = _typing.Literal["near_copy_cosine"]  # noqa: Y015
+    _WhichOneofArgType__near_copy_cosine: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine"]  # noqa: Y015
     _WhichOneofReturnType__near_duplicate_cosine: _TypeAlias = _typing.Literal["near_duplicate_cosine"]  # noqa: Y015
     _WhichOneofArgType__near_duplicate_cosine: _TypeAlias = _typing.Literal["_near_duplicate_cosine", b"_near_duplicate_cosine"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__near_copy_cosine) -> _WhichOneofReturnType__near_copy_cosine | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__near_duplicate_cosine) -> _WhichOneofReturnType__near_duplicate_cosine | None: ...
 
 Global___SelectRequest: _TypeAlias = SelectRequest  # noqa: Y015
@@ -497,6 +514,7 @@ class Timings(_message.Message):
     SOLVE_MS_FIELD_NUMBER: _builtins.int
     SCORE_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
+    RANK_MS_FIELD_NUMBER: _builtins.int
     embed_ms: _builtins.float
     """Embedding the target texts."""
     load_ms: _builtins.float
@@ -507,6 +525,8 @@ class Timings(_message.Message):
     """Scoring and ranking candidates."""
     total_ms: _builtins.float
     """Whole request."""
+    rank_ms: _builtins.float
+    """Ranking: the top-k walk, near-copy tests included."""
     def __init__(
         self,
         *,
@@ -515,14 +535,45 @@ class Timings(_message.Message):
         solve_ms: _builtins.float = ...,
         score_ms: _builtins.float = ...,
         total_ms: _builtins.float = ...,
+        rank_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "load_ms", b"load_ms", "score_ms", b"score_ms", "solve_ms", b"solve_ms", "total_ms", b"total_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "load_ms", b"load_ms", "rank_ms", b"rank_ms", "score_ms", b"score_ms", "solve_ms", b"solve_ms", "total_ms", b"total_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Timings: _TypeAlias = Timings  # noqa: Y015
+
+@_typing.final
+class NearCopy(_message.Message):
+    """NearCopy is a candidate skipped because it repeats a returned one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    COPY_OF_FIELD_NUMBER: _builtins.int
+    COSINE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The skipped candidate."""
+    copy_of: _builtins.str
+    """The returned candidate it is a near-copy of (the most similar one)."""
+    cosine: _builtins.float
+    """Cosine similarity of their embeddings."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        copy_of: _builtins.str = ...,
+        cosine: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copy_of", b"copy_of", "cosine", b"cosine", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearCopy: _TypeAlias = NearCopy  # noqa: Y015
 
 @_typing.final
 class Summary(_message.Message):
@@ -549,6 +600,10 @@ class Summary(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
     NEAR_DUPLICATES_EXCLUDED_FIELD_NUMBER: _builtins.int
+    NEAR_COPIES_SKIPPED_FIELD_NUMBER: _builtins.int
+    TOO_FEW_DISTINCT_FIELD_NUMBER: _builtins.int
+    NEAR_COPY_COSINE_FIELD_NUMBER: _builtins.int
+    NEAR_COPIES_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version the ranking was computed on."""
     pool_size: _builtins.int
@@ -585,9 +640,19 @@ class Summary(_message.Message):
     """FUSED cost: weight of the embedding cost used (1 for EMBEDDING)."""
     near_duplicates_excluded: _builtins.int
     """Candidates not returned because they are near-duplicates of the target set."""
+    near_copies_skipped: _builtins.int
+    """Candidates skipped as near-copies of a returned candidate (within the ranking walked to k)."""
+    too_few_distinct: _builtins.bool
+    """True when fewer than k were returned because the rest of the eligible candidates were near-copies."""
+    near_copy_cosine: _builtins.float
+    """Near-copy threshold used (0: off)."""
     @_builtins.property
     def timings(self) -> Global___Timings:
         """Time spent per stage."""
+
+    @_builtins.property
+    def near_copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___NearCopy]:
+        """The skipped near-copies, in rank order (only with report_near_copies)."""
 
     def __init__(
         self,
@@ -611,10 +676,14 @@ class Summary(_message.Message):
         cost: Global___Cost.ValueType = ...,
         embedding_weight: _builtins.float = ...,
         near_duplicates_excluded: _builtins.int = ...,
+        near_copies_skipped: _builtins.int = ...,
+        too_few_distinct: _builtins.bool = ...,
+        near_copy_cosine: _builtins.float = ...,
+        near_copies: _abc.Iterable[Global___NearCopy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "warm_started", b"warm_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "warm_started", b"warm_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
