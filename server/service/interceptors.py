@@ -1,4 +1,5 @@
-"""The two server interceptors: the RPC boundary (errors → status codes, metrics) and bearer-token auth.
+"""The server interceptors: the RPC boundary (errors → status codes, metrics), bearer-token auth and
+decoding of large requests off the event loop.
 
 :class:`BoundaryInterceptor` is the only place where exceptions become gRPC statuses: a
 :class:`~gotd.cache.errors.GotdError` maps to its code with its safe message; anything else is a bug,
@@ -17,9 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from gotd.cache.errors import GotdError, ResourceExhausted, Unauthenticated
+from gotd.cache.errors import GotdError, InvalidArgument, ResourceExhausted, Unauthenticated
 from gotd.server.service.metrics import Metrics
 
 LOG = logging.getLogger(__name__)
@@ -31,10 +33,13 @@ _Around = Callable[[Any, Ctx, str], Any]
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _rebuild(handler: Handler, unary: Any, stream: Any) -> Handler:
-    """Return ``handler`` with its behaviour replaced by ``unary`` or ``stream`` (same call shape)."""
+def _rebuild(handler: Handler, unary: Any, stream: Any, *, raw_requests: bool = False) -> Handler:
+    """Return ``handler`` with its behaviour replaced by ``unary`` or ``stream`` (same call shape).
+
+    ``raw_requests``: grpc hands the new behaviour the request bytes (no deserializer).
+    """
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": None if raw_requests else handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
@@ -180,3 +185,56 @@ class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
             return call
 
         return _rebuild(handler, reject, reject_stream)
+
+
+class DecodeOffLoop(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Decodes request messages of ``threshold`` bytes or more on a worker thread, not on the event loop.
+
+    Installed innermost: grpc hands over the raw bytes, and this wrapper decodes them (in a thread when
+    large) before the servicer runs, so a 64 MiB Ingest batch does not stall health checks or other
+    calls. A message that does not decode is INVALID_ARGUMENT.
+    """
+
+    def __init__(self, threshold: int = 64 << 10) -> None:
+        self._threshold = threshold
+
+    async def intercept_service(
+        self, continuation: _Continuation, details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        threshold = self._threshold
+
+        async def decode(raw: bytes) -> Any:
+            try:
+                if len(raw) < threshold:
+                    return parse(raw)
+                return await asyncio.to_thread(parse, raw)
+            except DecodeError:
+                raise InvalidArgument("the request is not a valid message of this method") from None
+
+        async def decoded(raw_iterator: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for raw in raw_iterator:
+                yield await decode(raw)
+
+        streaming = handler.stream_unary is not None or handler.stream_stream is not None
+
+        async def request_of(raw: Any) -> Any:
+            return decoded(raw) if streaming else await decode(raw)
+
+        def unary(behavior: Any) -> Any:
+            async def call(raw: Any, context: Ctx) -> Any:
+                return await behavior(await request_of(raw), context)
+
+            return call
+
+        def stream(behavior: Any) -> Any:
+            async def call(raw: Any, context: Ctx) -> AsyncIterator[Any]:
+                async for item in behavior(await request_of(raw), context):
+                    yield item
+
+            return call
+
+        return _rebuild(handler, unary, stream, raw_requests=True)

@@ -1,6 +1,9 @@
 """gRPC servicer: thin. Proto in → engine (in worker threads) → proto out.
 
 Errors are raised, never aborted here: the boundary interceptor maps them to status codes.
+Nothing but moving bytes runs on the event loop: request conversion and validation run on the worker
+pool with the store and engine work they feed (so large record lists are also freed there), and large
+messages are decoded off the loop (:class:`~gotd.server.service.interceptors.DecodeOffLoop`).
 Select is an async generator fed by the engine running in a worker thread; a cancelled or expired
 call sets a stop flag the engine checks between blocks.
 """
@@ -20,7 +23,7 @@ from grpc import aio
 
 from gotd.cache.errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
 from gotd.cache.records import validate_name
-from gotd.cache.store.core import Store
+from gotd.cache.store.core import Store, UpsertResult
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.service import convert
 from gotd.server.service.engine import SelectionEngine
@@ -79,6 +82,26 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
             raise Unavailable("the server is shutting down")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def _ingest_batch(self, pool: str, request: pb.IngestRequest) -> tuple[UpsertResult, int] | None:
+        """One batch converted, validated and stored, and the pool's count after it (None: empty).
+
+        Runs on a worker: the records are built and freed there, never on the event loop.
+        """
+        records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
+        if not records:
+            return None
+        result = self._ingestor.ingest_batch(pool, records)
+        return result, self._store.get_pool(pool).count
+
+    def _score(self, request: pb.ScoreRequest, stop: Callable[[], None]) -> pb.ScoreResponse:
+        params = convert.score_params(request, max_text_bytes=self._max_text_bytes)
+        return convert.score_result(self._engine.score(params, stop))
+
+    def _put_target_set(self, request: pb.PutTargetSetRequest) -> pb.PutTargetSetResponse:
+        records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
+        info = self._targets.put(request.name, records)
+        return pb.PutTargetSetResponse(info=convert.target_set_info(info))
+
     async def Ingest(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.IngestRequest], context: Ctx
     ) -> pb.IngestResponse:
@@ -93,14 +116,14 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                 raise InvalidArgument(
                     f"one Ingest stream takes one pool: got {request.pool!r} after {pool!r}"
                 )
-            records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
-            if not records:
+            done = await self._run(self._ingest_batch, pool, request)
+            if done is None:
                 continue
-            result = await self._run(self._ingestor.ingest_batch, pool, records)
+            result, count = done
             for name in totals:
                 totals[name] += int(getattr(result, name, 0))
             batches += 1
-            self._engine.metrics.pool_candidates.labels(pool).set(self._store.get_pool(pool).count)
+            self._engine.metrics.pool_candidates.labels(pool).set(count)
         if not pool:
             raise InvalidArgument("the Ingest stream carried no pool name")
         for outcome in ("inserted", "updated", "unchanged"):
@@ -111,7 +134,6 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
     async def Select(  # noqa: N802
         self, request: pb.SelectRequest, context: Ctx
     ) -> AsyncIterator[pb.SelectResponse]:
-        params = convert.select_params(request, max_text_bytes=self._max_text_bytes)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = StopFlag(context)
@@ -121,6 +143,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
 
         def work() -> None:
             try:
+                params = convert.select_params(request, max_text_bytes=self._max_text_bytes)
                 self._engine.select(params, emit, stop.check)
             except BaseException as err:
                 loop.call_soon_threadsafe(queue.put_nowait, err)
@@ -140,8 +163,8 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                 if isinstance(item, SelectSummary):
                     LOG.info(
                         "select pool=%s k=%d mode=%s cache_hit=%s total_ms=%.1f",
-                        params.pool,
-                        params.k,
+                        request.pool,
+                        request.k,
                         item.mode.value,
                         item.cache_hit,
                         item.timings_ms.get("total", 0.0),
@@ -152,20 +175,16 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
             await asyncio.shield(future)
 
     async def Score(self, request: pb.ScoreRequest, context: Ctx) -> pb.ScoreResponse:  # noqa: N802
-        params = convert.score_params(request, max_text_bytes=self._max_text_bytes)
         stop = StopFlag(context)
         try:
-            result = await self._run(self._engine.score, params, stop.check)
+            return await self._run(self._score, request, stop.check)
         finally:
             stop.set()
-        return convert.score_result(result)
 
     async def PutTargetSet(  # noqa: N802
         self, request: pb.PutTargetSetRequest, context: Ctx
     ) -> pb.PutTargetSetResponse:
-        records = convert.records(request.records, max_text_bytes=self._max_text_bytes)
-        info = await self._run(self._targets.put, request.name, records)
-        return pb.PutTargetSetResponse(info=convert.target_set_info(info))
+        return await self._run(self._put_target_set, request)
 
     async def GetTargetSet(  # noqa: N802
         self, request: pb.GetTargetSetRequest, context: Ctx

@@ -26,6 +26,7 @@ AREAS = [
     ("test_bad_input", "Bad input (hypothesis)"),
     ("test_cancel", "Deadlines and cancellation"),
     ("test_names", "Security: names and tokens"),
+    ("test_event_loop", "Event loop under a maximal request"),
 ]
 FINDINGS = [
     (
@@ -68,6 +69,23 @@ HARDENING = [
         "fixed inputs (tokens, IDF, k-means, the three modes' rankings) fails until the version is bumped; "
         "a server whose sketch width or block size changed misses the potential cached before.",
         "code part `a1.592ea67a19e290a0`; 2 of 2 changed defaults missed",
+    ),
+    (
+        "The event loop only moves bytes",
+        "Record conversion and validation (JSON metadata, embeddings, 20k inline targets) run on the worker "
+        "pool with the work they feed, so large record lists are built and freed there; the pool count after "
+        "an Ingest batch is read there too; messages of 64 KiB or more are decoded on a thread "
+        "(`DecodeOffLoop`, innermost interceptor; an undecodable message is INVALID_ARGUMENT instead of "
+        "grpc's generic failure); shutdown joins the workers and closes the caches and the store off the "
+        "loop; `gotd serve` runs with a 1 ms GIL switch interval.",
+        "tests/reliability/test_event_loop.py: a real `gotd serve` gets one 64 MiB Ingest batch (21,604 "
+        "records with embeddings and JSON metadata) and a Select with 20,000 inline targets while a thread "
+        "probes health; every check must be answered within 1 s (the goal is 100 ms; bound generous for "
+        "the shared machine).",
+        "same machine, load average 11: health during the Ingest p50 2.8 ms, p99 45.9 ms, max 299.9 ms "
+        "(idle in the same run: p99 44.6 ms, max 362.4 ms); during the Select max 131.8 ms. Old code, same "
+        "test: max 4684 ms during the Ingest, 1406 ms during the Select. Remaining stalls: grpc's own "
+        "receive of a 64 MiB message and the machine's load",
     ),
 ]
 KNOWN_LIMITS = (
@@ -128,6 +146,12 @@ def _key_figures(module: str, figures: dict[str, Any]) -> str:
         return f"codes {_fmt(f.get('codes', {}))}"
     if module == "test_bad_input":
         return f"{f.get('examples')} examples: {_fmt(f.get('codes', {}))}"
+    if module == "test_event_loop" and "health_during_ingest" in f:
+        during, idle = f["health_during_ingest"], f["health_idle"]
+        return (
+            f"health during a {f['ingest_mib']} MiB Ingest: p50 {during['p50_ms']} ms, "
+            f"p99 {during['p99_ms']} ms, max {during['max_ms']} ms (idle p99 {idle['p99_ms']} ms)"
+        )
     if "scenarios" in f:
         return f"{len(f['scenarios'])} scenarios, all with the healthy ranking"
     return _fmt({k: v for k, v in f.items() if not isinstance(v, dict | list)})
