@@ -84,6 +84,10 @@ def evaluate(
         str | None, typer.Option("--report-name", help="report stem: OUT/NAME.md (default evaluation-CORPUS)")
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the PNG plots")] = False,
+    near_copies: Annotated[
+        str | None,
+        typer.Option("--near-copies", help="stress: FRAC[,COPIES] of the texts get near-copies (e.g. 0.1,4)"),
+    ] = None,
 ) -> None:
     """Selection quality on a labelled corpus: GOT-D modes vs DSIR, centroid cosine, random."""
     from gotd.lab.corpora.registry import CORPORA
@@ -95,6 +99,12 @@ def evaluate(
         )
     if embed not in EMBED_MODES:
         raise typer.BadParameter(f"choose from {', '.join(EMBED_MODES)}", param_hint="--embed")
+    from gotd.lab.evaluation.stress import parse_near_copies
+
+    try:
+        near = parse_near_copies(near_copies) if near_copies is not None else None
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--near-copies") from None
     seed_list = parse_seeds(seeds)
     names = parse_names(method, methods)
     stem = report_name or f"evaluation-{corpus}"
@@ -104,7 +114,7 @@ def evaluate(
             heldout_size=heldout_size, pool_fraction=pool_fraction, ks=tuple(k) if k else DEFAULT_KS,
             methods=names, eps=eps, seed=seed, seeds=seed_list, repeats=repeats, model_path=model_path,
             cache_dir=cache_dir, plots=not no_plots, command=" ".join(["gotd", *sys.argv[1:]]),
-            corpus_key=corpus, report_name=stem, embed=embed,
+            corpus_key=corpus, report_name=stem, embed=embed, near_copies=near,
         )  # fmt: skip
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)

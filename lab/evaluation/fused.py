@@ -42,6 +42,7 @@ from gotd.server.selection.costs import (
     target_features,
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, score, solve, top_k
+from gotd.server.selection.nearcopy import DEFAULT_NEAR_COPY_COSINE, distinct_top_k
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
 
 __all__ = ["DUP_COSINE", "FusedSelector", "sketch_rows"]
@@ -95,6 +96,7 @@ class FusedSelector:
     eps: float = 0.1
     relative_eps: float | None = None
     dup_cosine: float | None = None
+    near_copy_cosine: float | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
@@ -108,7 +110,13 @@ class FusedSelector:
         eligible = np.ones(len(scores), dtype=bool)
         if self.dup_cosine is not None:
             eligible = ~near_duplicates(inp.pool_vectors, inp.target_vectors, self.dup_cosine)
-        ranked = [r for r, _ in top_k(scores, k, eligible=eligible)]
+        if self.near_copy_cosine:  # the server's walk; copies fill the end when too few are distinct
+            walk = distinct_top_k(
+                scores, k, vectors=inp.pool_vectors, cosine=self.near_copy_cosine, eligible=eligible
+            )
+            ranked = [r for r, _ in walk.taken] + [r for r, _, _ in walk.skipped][: k - len(walk.taken)]
+        else:
+            ranked = [r for r, _ in top_k(scores, k, eligible=eligible)]
         if len(ranked) < k:  # a selection has k rows: near-duplicates fill the end, best first
             ranked += [r for r, _ in top_k(scores, k - len(ranked), eligible=~eligible)]
         self.diagnostics = {
@@ -122,7 +130,7 @@ class FusedSelector:
         return np.asarray(ranked, dtype=np.int64)
 
 
-def _default_selector(name: str, options: MethodOptions, *, nodup: bool) -> Selector:
+def _default_selector(name: str, options: MethodOptions, *, nodup: bool, copies: bool = False) -> Selector:
     """The server's defaults (``Settings``), imported late: the settings module reads the environment."""
     from gotd.server.service.config import Settings
 
@@ -136,6 +144,7 @@ def _default_selector(name: str, options: MethodOptions, *, nodup: bool) -> Sele
         eps=s.eps,
         relative_eps=s.relative_eps,
         dup_cosine=DUP_COSINE if nodup else None,
+        near_copy_cosine=None if copies else s.near_copy_cosine,
     )
 
 
@@ -172,8 +181,14 @@ def _register() -> None:
     add(
         "gotd-default",
         "GOT-D with the server's default settings (cost auto = fused for texts, "
-        f"w = {DEFAULT_EMBEDDING_WEIGHT:g}, the default ε), auto mode.",
+        f"w = {DEFAULT_EMBEDDING_WEIGHT:g}, the default ε, near-copies of a selected candidate skipped "
+        f"at embedding cosine >= {DEFAULT_NEAR_COPY_COSINE:g}), auto mode.",
         lambda n, o: _default_selector(n, o, nodup=False),
+    )
+    add(
+        "gotd-default-copies",
+        "`gotd-default` with near-copy skipping off (`near_copy_cosine` 0): the plain top-k.",
+        lambda n, o: _default_selector(n, o, nodup=False, copies=True),
     )
     add(
         "gotd-default-nodup",

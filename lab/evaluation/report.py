@@ -63,6 +63,8 @@ PACKAGES = ("torch", "numpy", "pot", "data-selection", "sentence-transformers", 
 METRICS = (
     ("precision", "precision", "{:.3f}"),
     ("ceiling", "ceiling", "{:.3f}"),
+    ("distinct_precision", "distinct precision", "{:.3f}"),
+    ("redundancy", "redundancy", "{:.3f}"),
     ("ppl", "ppl (size k)", "{:.0f}"),
     ("ppl_budget", "ppl (equal tokens)", "{:.0f}"),
     ("ot", "OT to held-out", "{:.4f}"),
@@ -71,7 +73,7 @@ METRICS = (
     ("seconds", "select s/task (mean)", "{:.2f}"),
 )
 #: Metrics shown as mean ± standard error across seeds (when a run has several).
-WITH_SE = ("precision", "ppl", "ppl_budget")
+WITH_SE = ("precision", "distinct_precision", "ppl", "ppl_budget")
 
 
 def environment() -> dict[str, Any]:
@@ -149,6 +151,17 @@ def _cell(entry: dict[str, Any], key: str, template: str) -> str:
     return text
 
 
+def _stress_text(near: Sequence[float]) -> str:
+    frac, copies = near
+    return (
+        f"- **Near-copy stress**: {100 * frac:g}% of the corpus texts (by id hash, the same in every task) "
+        f"get {int(copies)} near-copies each in any pool that holds them (in turn: exact copy, re-cased, a "
+        "boilerplate line appended, one word dropped; copies keep their source's label), shuffled in; "
+        "k is a share of the clean pool. `distinct precision` = distinct texts of the label in the top k "
+        "/ k; `redundancy` = share of the top k repeating a text already selected."
+    )
+
+
 def _seeds_text(s: dict[str, Any]) -> str:
     seeds = s.get("seeds") or [s["seed"]]
     head = f"Seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
@@ -200,6 +213,7 @@ def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
         )
         + f"this run {'loaded' if emb.get('cached', True) else 'loaded or encoded'} them in "
         + f"{emb['load_seconds']:.2f} s. Selection times below exclude embedding.",
+        *([_stress_text(s["near_copies"])] if s.get("near_copies") else []),
         "- **Methods** (none sees a label; each gets pool and target texts and embeddings):",
         *[f"  - `{m}`: {METHOD_NOTES.get(m, 'plugged-in method')}" for m in methods],
         "- **Metrics**: `precision` = share of the top k with the target label; `OT to held-out` = entropic "
@@ -242,7 +256,8 @@ def _markdown(result: dict[str, Any], images: Sequence[Path], name: str) -> str:
             [[f"`{e['method']}`", *[_cell(e, key, t) for key, _, t in METRICS]] for e in means],
         )
         out += [""]
-        for key, label, template in (METRICS[0], METRICS[3], METRICS[2], METRICS[4]):
+        named = {m[0]: m for m in METRICS}
+        for key, label, template in (named[n] for n in ("precision", "ppl_budget", "ppl", "ot")):
             over = f" (mean over {n_seeds} seeds)" if n_seeds > 1 else ""
             out += [f"<details><summary>Per topic{over}: {label}, k = {_pct(k)}</summary>", ""]
             out += _per_topic(topic_rows, methods, s["topics"], k, key, template)

@@ -31,12 +31,14 @@ from gotd.cache.store.embeddings import normalise_text
 from gotd.lab.corpora.registry import CORPORA, DEFAULT_CORPUS, WIKI_NAME, check_corpus_key, load_corpus
 from gotd.lab.corpora.wiki import Doc
 from gotd.lab.evaluation import fused as eval_fused  # noqa: F401  (registers the fused-cost and default-settings methods)
+from gotd.lab.evaluation import tsds as eval_tsds  # noqa: F401  (registers tsds)
 from gotd.lab.evaluation.embed import embed_corpus, embed_texts, embedding_cache_path
 from gotd.lab.evaluation.methods import DEFAULT_METHODS, MethodOptions, Selector, make_method
 from gotd.lab.evaluation.metrics import BigramKN, ot_distance, precision, tokenize, truncate_to_budget
 from gotd.lab.evaluation.report import environment, write_report
+from gotd.lab.evaluation.stress import NearCopies, distinct_precision, redundancy, stress_tasks, text_encoder
 from gotd.lab.evaluation.summary import summarise
-from gotd.lab.evaluation.tasks import Task, TaskSpec, build_task, selection_input
+from gotd.lab.evaluation.tasks import Task, TaskSpec, build_task, choose_topics, selection_input
 
 __all__ = [
     "DEFAULT_KS",
@@ -101,7 +103,7 @@ def evaluate_task(
         ranking time for the task, shared by its rows), ``diagnostics`` (what the selector reports
         in its optional ``diagnostics`` attribute after ranking, e.g. solver convergence).
     """
-    sizes = task_sizes(task.pool.size, ks)
+    sizes = task_sizes(task.clean_size or task.pool.size, ks)
     inp = selection_input(task, corpus.texts, corpus.vectors, seed=seed)
     heldout = [corpus.tokens[i] for i in task.heldout]
     vocab = {w for i in np.concatenate([task.pool, task.heldout]) for w in corpus.tokens[i]}
@@ -142,6 +144,8 @@ def evaluate_task(
                     "k_frac": frac,
                     "k": k,
                     "precision": precision(top, task.pool_is_target),
+                    "distinct_precision": distinct_precision(top, task.sources, task.pool_is_target),
+                    "redundancy": redundancy(top, task.sources),
                     "ceiling": task.ceiling(k),
                     "ot": ot.value,
                     "ot_converged": ot.converged,
@@ -184,6 +188,7 @@ def run(
     report_name: str | None = None,
     corpus_key: str | None = None,
     embed: str = "auto",
+    near_copies: NearCopies | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation and write ``out_dir/<report_name>.md`` (plots, JSON in ``out_dir/<report_name>/``).
 
@@ -237,6 +242,8 @@ def run(
         through the per-text cache (:func:`~gotd.lab.evaluation.embed.embed_texts`); ``all``, the whole
         corpus as one cached matrix (:func:`~gotd.lab.evaluation.embed.embed_corpus`); ``auto``, the
         whole-corpus matrix when it is already cached, else ``used``.
+    near_copies : (float, int), optional
+        Near-copy stress ``(frac, copies)``: see :mod:`gotd.lab.evaluation.stress`.
 
     Returns
     -------
@@ -264,7 +271,7 @@ def run(
     labels = tuple(d.topic for d in docs)
     shape = QUICK_SPEC if quick else TaskSpec(pool_size, target_size, heldout_size, pool_fraction)
     spec = replace(shape, seed=seed_list[0])
-    chosen = _choose_topics(labels, topics, quick)
+    chosen = choose_topics(labels, topics, quick, QUICK_TOPICS)
     tasks = [(s, build_task(labels, t, replace(shape, seed=s))) for s in seed_list for t in chosen]
     names = list(methods) if methods is not None else list(DEFAULT_METHODS)
     n_repeats = repeats if repeats is not None else (1 if quick else 3)
@@ -273,6 +280,13 @@ def run(
     texts = tuple(normalise_text(d.text) for d in docs)
     used = np.unique(np.concatenate([np.concatenate([t.target, t.heldout, t.pool]) for _, t in tasks]))
     vectors, emb_info = _embeddings(docs, texts, used, embeddings, embed, cache_dir, model_path)
+    if near_copies is not None:
+        encode = text_encoder(model_path, cache_dir)
+        tasks, extra, src, extra_vectors = stress_tasks(
+            tasks, [d.id for d in docs], texts, near_copies, encode, vectors
+        )
+        texts, labels = texts + tuple(extra), labels + tuple(labels[i] for i in src.tolist())
+        vectors, used = np.concatenate([vectors, extra_vectors]), np.arange(len(texts))
     tokens: list[tuple[str, ...]] = [()] * len(texts)  # only the rows of the tasks are scored
     for i in used.tolist():
         tokens[i] = tuple(tokenize(texts[i]))
@@ -296,6 +310,7 @@ def run(
         "corpus": name,
         "corpus_key": key if registered else None,
         "corpus_size": len(docs),
+        "near_copies": list(near_copies) if near_copies is not None else None,
     }
     result: dict[str, Any] = {
         "settings": settings,
@@ -328,19 +343,6 @@ def _check_ranking(name: str, ranking: np.ndarray, k: int, n: int) -> None:
         or (k and (ranking.min() < 0 or ranking.max() >= n))
     ):
         raise RuntimeError(f"method {name!r} returned an invalid ranking (need {k} distinct rows of {n})")
-
-
-def _choose_topics(labels: Sequence[str], topics: list[str] | None, quick: bool) -> list[str]:
-    known = sorted(set(labels))
-    if topics is not None:
-        unknown = [t for t in topics if t not in known]
-        if unknown or not topics:
-            raise ValueError(f"unknown topics {unknown}; the corpus has {known}")
-        return list(topics)[:2] if quick else list(topics)
-    if quick:
-        preferred = [t for t in QUICK_TOPICS if t in known]
-        return preferred if len(preferred) == 2 else known[:2]
-    return known
 
 
 def _embeddings(

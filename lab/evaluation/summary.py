@@ -19,6 +19,8 @@ __all__ = ["MEAN_KEYS", "SE_KEYS", "label_means", "row_seed", "summarise"]
 #: Numeric row fields averaged by :func:`summarise` and :func:`label_means`.
 MEAN_KEYS = (
     "precision",
+    "distinct_precision",
+    "redundancy",
     "ceiling",
     "ot",
     "ppl",
@@ -29,12 +31,17 @@ MEAN_KEYS = (
     "seconds",
 )
 #: Fields that also get a standard error across seeds (``<key>_se``).
-SE_KEYS = ("precision", "ppl", "ppl_budget")
+SE_KEYS = ("precision", "distinct_precision", "ppl", "ppl_budget")
 
 
 def row_seed(row: dict[str, Any]) -> int:
     """The seed of a row's task (0 for rows written before runs had several seeds)."""
     return int(row.get("seed", 0))
+
+
+def _value(row: dict[str, Any], key: str) -> float:
+    """A row's metric; NaN for metrics added after the row was written (near-copy metrics)."""
+    return float(row.get(key, math.nan))
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -68,9 +75,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             by_seed.setdefault(row_seed(row), []).append(row)
         entry["seeds"] = len(by_seed)
         for key in MEAN_KEYS:
-            entry[key] = _mean([float(r[key]) for r in group])
+            entry[key] = _mean([_value(r, key) for r in group])
         for key in SE_KEYS:
-            per_seed = np.array([_mean([float(r[key]) for r in rs]) for rs in by_seed.values()])
+            per_seed = np.array([_mean([_value(r, key) for r in rs]) for rs in by_seed.values()])
             entry[f"{key}_se"] = (
                 float(per_seed.std(ddof=1) / math.sqrt(per_seed.size)) if per_seed.size > 1 else math.nan
             )
@@ -90,7 +97,7 @@ def label_means(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for group in _group(rows, "label", "method", "k_frac").values():
         row = dict(group[0])
         row.pop("seed", None)
-        row.update({key: _mean([float(r[key]) for r in group]) for key in MEAN_KEYS})
+        row.update({key: _mean([_value(r, key) for r in group]) for key in MEAN_KEYS})
         row["seeds"] = len(group)
         row["ot_converged"] = all(bool(r["ot_converged"]) for r in group)
         out.append(row)

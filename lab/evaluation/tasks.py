@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
-__all__ = ["SelectionInput", "Task", "TaskSpec", "build_task", "selection_input"]
+__all__ = ["SelectionInput", "Task", "TaskSpec", "build_task", "choose_topics", "selection_input"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,11 @@ class Task:
         Corpus rows; ``pool`` in the (shuffled) order the selectors see.
     pool_is_target : numpy.ndarray of bool, shape (len(pool),)
         Whether each pool row has the target label (metrics only).
+    pool_source : numpy.ndarray of int64 or None
+        Near-copy stress (:mod:`gotd.lab.evaluation.stress`): the original corpus row of each pool
+        row (metrics only); None for a clean pool (every row its own).
+    clean_size : int or None
+        Near-copy stress: the pool size before copies were added (``k`` is a share of it).
     """
 
     label: str
@@ -73,6 +78,13 @@ class Task:
     heldout: np.ndarray
     pool: np.ndarray
     pool_is_target: np.ndarray
+    pool_source: np.ndarray | None = None
+    clean_size: int | None = None
+
+    @property
+    def sources(self) -> np.ndarray:
+        """The original corpus row of each pool row (the pool itself when clean)."""
+        return self.pool if self.pool_source is None else self.pool_source
 
     @property
     def positives(self) -> int:
@@ -152,3 +164,20 @@ def selection_input(task: Task, texts: Sequence[str], vectors: np.ndarray, *, se
         target_vectors=np.ascontiguousarray(vectors[task.target], dtype=np.float32),
         seed=seed,
     )
+
+
+def choose_topics(
+    labels: Sequence[str], topics: list[str] | None, quick: bool, quick_topics: Sequence[str]
+) -> list[str]:
+    """The labels to build tasks for: ``topics`` (checked), else all; the first two (preferably
+    ``quick_topics``) when ``quick``."""
+    known = sorted(set(labels))
+    if topics is not None:
+        unknown = [t for t in topics if t not in known]
+        if unknown or not topics:
+            raise ValueError(f"unknown topics {unknown}; the corpus has {known}")
+        return list(topics)[:2] if quick else list(topics)
+    if quick:
+        preferred = [t for t in quick_topics if t in known]
+        return preferred if len(preferred) == 2 else known[:2]
+    return known
