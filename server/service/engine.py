@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -17,7 +17,7 @@ import numpy as np
 import xxhash
 
 from gotd.cache.duals.cache import DualCache, cache_key
-from gotd.cache.errors import InvalidArgument
+from gotd.cache.errors import InvalidArgument, Unavailable
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
@@ -50,21 +50,35 @@ from gotd.server.service.requests import (
 from gotd.server.service.targets import Target, TargetResolver
 
 LOG = logging.getLogger(__name__)
+#: Snapshots a request reads before giving up (UNAVAILABLE, retried by clients) when the pool keeps
+#: changing under it: a later snapshot includes whatever made the earlier one stale.
+SNAPSHOT_ATTEMPTS = 3
+
+
+def in_snapshot(arrays: PoolArrays, ids: Sequence[str], rows: np.ndarray) -> bool:
+    """Whether ``rows`` (read after ``arrays``) name the same ids in the snapshot ``arrays``.
+
+    Rows are append-only and an id keeps its row, so a row past the snapshot is an id added since, and
+    a different id at a row is a pool replaced since: either way the request needs a newer snapshot.
+    """
+    n = len(arrays.ids)
+    return all(0 <= r < n and arrays.ids[r] == cid for cid, r in zip(ids, rows.tolist(), strict=True))
 
 
 class _PoolArraysCache:
-    """The last few pools read, keyed by (name, version): repeated selections skip the bulk read."""
+    """The last few pools read, keyed by (name, uid, version): repeated selections skip the bulk read."""
 
     def __init__(self, store: Store, entries: int) -> None:
         self._store = store
-        self._items: Lru[tuple[str, int], PoolArrays] = Lru(entries)
+        self._items: Lru[tuple[str, str, int], PoolArrays] = Lru(entries)
 
     def get(self, pool: str) -> PoolArrays:
-        found = self._items.get((pool, self._store.get_pool(pool).version))
+        info = self._store.get_pool(pool)
+        found = self._items.get((pool, info.uid, info.version))
         if found is not None:
             return found
         arrays = self._store.load_vectors(pool)
-        self._items.put((pool, arrays.version), arrays)
+        self._items.put((pool, arrays.uid, arrays.version), arrays)
         return arrays
 
     def forget(self, pool: str) -> None:
@@ -193,8 +207,17 @@ class SelectionEngine:
         if not params.ids:
             raise InvalidArgument("ids must not be empty")
         noop: Emit = lambda _event: None  # noqa: E731
-        job = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {}, reuse_latest=True)
-        pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            job = self._prepare(
+                params.pool, params.target, params.solver, (), noop, stop, {}, reuse_latest=True
+            )
+            pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
+            if in_snapshot(job.arrays, params.ids, pool_rows):
+                break
+            self._metrics.snapshot_retries.labels("score").inc()
+            LOG.info("score: pool %s changed during the request (attempt %d)", params.pool, attempt + 1)
+        else:
+            raise Unavailable(f"pool {params.pool!r} kept changing during the request; retry")
         positions = np.searchsorted(job.rows, pool_rows)
         inside = (positions < len(job.rows)) & (
             job.rows[np.minimum(positions, len(job.rows) - 1)] == pool_rows
@@ -226,14 +249,21 @@ class SelectionEngine:
         *,
         reuse_latest: bool = False,
     ) -> Job:
-        info = self._store.get_pool(pool)
-        with self._timed("embed", timings):
-            target = self._targets.resolve(target_input, info, emit)  # type: ignore[arg-type]
-        stop()
-        with self._timed("load", timings):
-            emit(Progress(Stage.LOAD, 0, info.count))
-            arrays = self._pools.get(pool)
-            emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            info = self._store.get_pool(pool)
+            with self._timed("embed", timings):
+                target = self._targets.resolve(target_input, info, emit)  # type: ignore[arg-type]
+            stop()
+            with self._timed("load", timings):
+                emit(Progress(Stage.LOAD, 0, info.count))
+                arrays = self._pools.get(pool)
+                emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
+            if (arrays.uid, arrays.model, arrays.dim) == (info.uid, info.model, info.dim):
+                break  # the target was resolved against the snapshot's pool incarnation
+            self._metrics.snapshot_retries.labels("prepare").inc()
+            LOG.info("pool %s was replaced during the request (attempt %d)", pool, attempt + 1)
+        else:
+            raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
         rows = np.arange(len(arrays.ids), dtype=np.int64)
         if domains:
             rows = np.flatnonzero(np.isin(np.asarray(arrays.domains, dtype=object), list(domains)))
@@ -244,7 +274,7 @@ class SelectionEngine:
         features = self._features(arrays, target, self.cost_config(solver))
         family = cache_key(
             pool=pool,
-            pool_uid=info.uid,
+            pool_uid=arrays.uid,
             target=target.content_hash,
             sketch=sketch_hash(target.sketches) if features.cost is Cost.FUSED else "",
             cost=features.tag,
@@ -257,7 +287,7 @@ class SelectionEngine:
             cells=config.summary_cells if config.mode is Mode.GLOBAL else 0,
             paper=config.paper_domains if config.mode is Mode.PAPER else 0,
             domains=xxhash.xxh3_64_hexdigest("\x1f".join(sorted(domains)).encode()),
-            model=info.model,
+            model=arrays.model,
             code=code_version(config),
         )
         y = target_features(features, target.vectors, target.sketches)

@@ -42,6 +42,12 @@ class Metrics:
         )
         self.embedded_texts = Counter("gotd_embedded_texts", "Texts sent to the encoder", registry=r)
         self.pool_candidates = Gauge("gotd_pool_candidates", "Candidates per pool", ["pool"], registry=r)
+        self.snapshot_retries = Counter(
+            "gotd_snapshot_retries",
+            "Requests that read a newer pool snapshot because the pool changed under them, by step",
+            ["step"],
+            registry=r,
+        )
         self.blocks_scored = Counter(
             "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
         )
