@@ -1,5 +1,9 @@
 # gotd server image (CPU). Build: docker build -t gotd .
-# Run:   docker run -p 50051:50051 -p 9090:9090 -v gotd-data:/data gotd
+# Run:   docker run -p 50051:50051 -p 9090:9090 -v gotd-data:/data \
+#          -e GOTD_AUTH_TOKEN=... -e GOTD_TLS_CERT=/certs/tls.crt -e GOTD_TLS_KEY=/certs/tls.key gotd
+# The image listens on 0.0.0.0 and refuses to start without a token or TLS, unless told that a proxy
+# in front of it authenticates every call: -e GOTD_TRUSTED_PROXY=true. A token without TLS is logged
+# as a warning (it travels in plaintext). Redis, when used, must be private to gotd (docs/reliability.md).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     GOTD_LISTEN=0.0.0.0:50051 \
     GOTD_DATA_DIR=/data \
-    GOTD_METRICS_PORT=9090
+    GOTD_METRICS_PORT=9090 \
+    GOTD_METRICS_HOST=0.0.0.0
 
 WORKDIR /app
 # CPU torch first, from the CPU index: a plain `torch` requirement would pull a multi-GB CUDA build.

@@ -41,6 +41,14 @@ def serve(
         str | None, typer.Option(envvar="GOTD_AUTH_TOKEN", help="required bearer token")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port")] = None,
+    metrics_host: Annotated[str | None, typer.Option(help="address the Prometheus port binds")] = None,
+    trusted_proxy: Annotated[
+        bool | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="serve a non-loopback address without token or TLS (a proxy authenticates)",
+        ),
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="server certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="server key (PEM)")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="CA of client certificates (mTLS)")] = None,
@@ -60,7 +68,8 @@ def serve(
     try:
         settings = load_settings(
             config, listen=listen, data_dir=data_dir, redis_url=redis_url, auth_token=auth_token,
-            metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
+            metrics_port=metrics_port, metrics_host=metrics_host, trusted_proxy=trusted_proxy,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             model_path=model_path, max_concurrent_rpcs=max_concurrent_rpcs, log_json=log_json,
             ray_address=ray_address,
         )  # fmt: skip

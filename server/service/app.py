@@ -101,7 +101,13 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def start_server(settings: Settings, *, embedder: Embedder | None = None) -> RunningServer:
     """Build and start a server from validated settings; returns once it accepts calls."""
     loop = asyncio.get_running_loop()
-    metrics = Metrics()
+    metrics = Metrics(max_pools=settings.metrics_max_pools)
+    if settings.plaintext_token:
+        LOG.warning(
+            "a bearer token is accepted over plaintext gRPC on %s: anyone on the path can read it; "
+            "set tls_cert and tls_key, or terminate TLS in a trusted proxy",
+            settings.listen,
+        )
     health = HealthServicer()
     embedder = embedder or Embedder(
         settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
@@ -160,7 +166,11 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         port = server.add_insecure_port(settings.listen)
     else:
         port = server.add_secure_port(settings.listen, credentials)
-    metrics_port = metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
+    metrics_port = (
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+        if settings.metrics_port is not None
+        else None
+    )
     await server.start()
     await health.set("", _SERVING)
     await health.set(SERVICE_NAME, _SERVING)

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(None, description="CA bundle: require client certs (mTLS)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port (absent: off)")
+    metrics_host: str = Field("127.0.0.1", description="address the Prometheus exporter binds")
+    metrics_max_pools: int = Field(
+        100, ge=1, description="pools with their own metric label; the rest are summed under _other"
+    )
+    trusted_proxy: bool = Field(
+        False,
+        description="allow a non-loopback listen without token or TLS: a proxy in front authenticates",
+    )
     model_path: str | None = Field(None, description="local sentence-transformers model directory")
     device: str | None = None
     embed_batch_size: int = Field(64, ge=1)
@@ -110,6 +118,23 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"file not found: {path}")
         return self
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> Settings:
+        host = self.host_port[0].strip("[]").lower()
+        loopback = host in {"localhost", "::1"} or host.startswith("127.")
+        if not loopback and self.auth_token is None and self.tls_cert is None and not self.trusted_proxy:
+            raise ValueError(
+                f"listen {self.listen!r} is reachable from other hosts but neither auth_token nor TLS is "
+                "set: set GOTD_AUTH_TOKEN or GOTD_TLS_CERT and GOTD_TLS_KEY, or GOTD_TRUSTED_PROXY=true "
+                "when a proxy in front of gotd authenticates every call"
+            )
+        return self
+
+    @property
+    def plaintext_token(self) -> bool:
+        """A bearer token is accepted over plaintext gRPC (no TLS): it can be read on the wire."""
+        return self.auth_token is not None and self.tls_cert is None
 
     @classmethod
     def settings_customise_sources(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -9,11 +11,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+OTHER_POOLS = "_other"
+"""The ``pool`` label of the pools past ``max_pools`` (pool names are user input: labels stay bounded)."""
+
+
 @dataclass
 class Metrics:
-    """Counters, gauges and histograms exported on ``--metrics-port``."""
+    """Counters, gauges and histograms exported on ``--metrics-port``.
+
+    Every label set is bounded: methods, codes, stages and events are fixed lists; pools (named by
+    users) get their own label up to ``max_pools``, the rest are summed under :data:`OTHER_POOLS`.
+    """
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    max_pools: int = 100
+    http_address: tuple[str, int] | None = None
+    _untracked: dict[str, int] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -52,7 +66,33 @@ class Metrics:
             "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
         )
 
+    def set_pool_size(self, pool: str, count: int) -> None:
+        """Record a pool's candidate count under its own label, or under ``_other`` past ``max_pools``."""
+        with self._lock:
+            tracked = pool != OTHER_POOLS and pool not in self._untracked
+            labelled = {labels[0] for labels in self._labelled_pools()}
+            if tracked and (pool in labelled or len(labelled - {OTHER_POOLS}) < self.max_pools):
+                self.pool_candidates.labels(pool).set(count)
+                return
+            self._untracked[pool] = count
+            self.pool_candidates.labels(OTHER_POOLS).set(sum(self._untracked.values()))
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop a deleted pool's label (or its share of ``_other``)."""
+        with self._lock:
+            if self._untracked.pop(pool, None) is not None:
+                self.pool_candidates.labels(OTHER_POOLS).set(sum(self._untracked.values()))
+                return
+            with contextlib.suppress(KeyError):
+                self.pool_candidates.remove(pool)
+
+    def _labelled_pools(self) -> list[tuple[str, ...]]:
+        return [
+            tuple(k) for k in self.pool_candidates._metrics
+        ]  # prometheus-client keeps no public list of children
+
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start the HTTP exporter; returns the bound port (``0`` picks a free one)."""
+        """Start the HTTP exporter on ``host``; returns the bound port (``0`` picks a free one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.http_address = (str(server.server_address[0]), int(server.server_port))
         return int(server.server_port)

@@ -11,7 +11,6 @@ call sets a stop flag the engine checks between blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -123,7 +122,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
             for name in totals:
                 totals[name] += int(getattr(result, name, 0))
             batches += 1
-            self._engine.metrics.pool_candidates.labels(pool).set(count)
+            self._engine.metrics.set_pool_size(pool, count)
         if not pool:
             raise InvalidArgument("the Ingest stream carried no pool name")
         for outcome in ("inserted", "updated", "unchanged"):
@@ -218,6 +217,5 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         await self._run(self._store.delete_pool, request.name)
         self._engine.forget_pool(request.name)
         await self._run(self._engine.duals.delete_prefix, request.name)
-        with contextlib.suppress(KeyError):
-            self._engine.metrics.pool_candidates.remove(request.name)
+        self._engine.metrics.forget_pool(request.name)
         return pb.DeletePoolResponse()

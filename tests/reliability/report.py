@@ -103,6 +103,27 @@ HARDENING = [
         'consistent. Old code, same test: 25 of 70 Scores INVALID_ARGUMENT ("ids outside the domains '
         'kept by the exact mode")',
     ),
+    (
+        "Safe deployment defaults",
+        "`metrics_host` setting (`--metrics-host`, image: 0.0.0.0); a non-loopback listen address without "
+        "token or TLS is a configuration error unless `trusted_proxy` is set (the image listens on 0.0.0.0, "
+        "so it refuses to start without one of the three); a token over plaintext is a start-up warning; "
+        "pool labels of `gotd_pool_candidates` are bounded by `metrics_max_pools` (100), the rest summed "
+        'under `pool="_other"`.',
+        "tests/test_deploy_defaults.py: the Dockerfile's ENV does not load without a token, TLS or "
+        "trusted proxy; loopback-only without them; the warning; the metrics bind address; 7 pools under a "
+        "bound of 3 export 2 labels + _other with the right sums after deletions; 1,000 pool names make 3 "
+        "series.",
+        "1,000 user pool names → 3 series (bound 2 + _other)",
+    ),
+    (
+        "Redis trust boundary",
+        "Documented (README, Deployment): the codec's checksum and checks catch corruption, not forgery; "
+        "whoever can write to gotd's Redis can steer rankings, so that Redis must be private to gotd "
+        "(private network, no other tenants, AUTH/ACLs, TLS via `rediss://` when remote).",
+        "documentation only; garbage and poisoned entries are covered by test_cache_faults (above)",
+        "",
+    ),
 ]
 KNOWN_LIMITS = (
     "Known limit, not changed: a cancel during a Sinkhorn solve takes effect at the next pass (the stop is "
