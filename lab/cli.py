@@ -146,6 +146,7 @@ BENCHMARKS = {
     "ingest": "Ingest vs the bare encoder; vector ingest; bulk read.",
     "service": "Cold vs cached Select, grown pool, first batch latency, concurrency, fused vs embedding.",
     "ray": "Sharded scoring on Ray workers vs the in-process pass (needs the ray extra).",
+    "nearcopy": "Near-copy skipping: GEMM vs FAISS walk, Select with skipping on vs off.",
 }
 Out = Annotated[Path, typer.Option("--out", help="output directory")]
 Quick = Annotated[bool, typer.Option("--quick", help="tiny smoke version")]
