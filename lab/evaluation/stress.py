@@ -24,6 +24,7 @@ __all__ = [
     "BOILERPLATE",
     "NearCopies",
     "copied_rows",
+    "copy_cosines",
     "distinct_precision",
     "make_copy",
     "parse_near_copies",
@@ -151,3 +152,36 @@ def text_encoder(model_path: str | None, cache_dir: Path | None) -> Callable[[li
     return lambda texts: (
         embed_texts(texts, lambda: Embedder(model_path), model_id=model_id, cache_dir=cache_dir).vectors
     )
+
+
+def copy_cosines(
+    ids: Sequence[str],
+    texts: Sequence[str],
+    vectors: np.ndarray,
+    near: NearCopies,
+    encode: Callable[[list[str]], np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Cosine of each kind of near-copy to its source, and of every text to its nearest other text.
+
+    What the near-copy threshold has to separate: ``{variant: cosines}`` for the copies that
+    :func:`stress_tasks` makes of the rows :func:`copied_rows` picks, and ``"nearest other"``: for each
+    corpus row, the largest cosine to a row with a different text.
+    """
+    frac, copies = near
+    chosen = copied_rows(ids, frac)
+    out: dict[str, list[float]] = {}
+    for variant in range(1, min(copies, len(VARIANTS))):
+        made = [make_copy(texts[s], variant, ids[s]) for s in chosen.tolist()]
+        v = np.asarray(encode(made), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        out[VARIANTS[variant]] = np.einsum("ij,ij->i", v, vectors[chosen]).tolist()
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    codes = np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1]
+    nearest = np.empty(len(x), dtype=np.float32)
+    for start in range(0, len(x), 2048):
+        sims = x[start : start + 2048] @ x.T
+        sims[codes[start : start + 2048, None] == codes[None, :]] = -1.0  # itself and identical texts
+        nearest[start : start + len(sims)] = sims.max(axis=1)
+    result = {name: np.asarray(values) for name, values in out.items()}
+    result["nearest other"] = nearest
+    return result
