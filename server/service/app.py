@@ -113,7 +113,8 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
     )
     store = Store(settings.data_dir, sketcher=tf_rows)
-    embcache = EmbeddingCache(store)
+    embcache = EmbeddingCache(store, max_entries=settings.embedding_cache_entries)
+    metrics.watch_embedding_cache(embcache)
 
     def cache_health(ok: bool) -> None:
         metrics.cache_healthy.set(1 if ok else 0)
@@ -140,7 +141,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         engine = SelectionEngine(settings, store, targets, duals, metrics)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="gotd-worker")
     servicer = SelectionServicer(
-        engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes
+        engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes, embcache=embcache
     )
     interceptors: list[aio.ServerInterceptor[Any, Any]] = [
         BoundaryInterceptor(metrics, settings.max_concurrent_rpcs)

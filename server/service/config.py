@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gotd.cache.store.embeddings import DEFAULT_MAX_ENTRIES
 from gotd.server.selection.config import DEFAULT_SUMMARY_SIZE
 from gotd.server.selection.costs import DEFAULT_EMBEDDING_WEIGHT
 from gotd.server.selection.nearcopy import DEFAULT_NEAR_COPY_COSINE
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     max_k: int = Field(10_000_000, ge=1)
     workers: int = Field(4, ge=1, description="threads for embedding, solving and storage")
     grace_seconds: float = Field(10.0, ge=0)
+    embedding_cache_entries: int = Field(
+        DEFAULT_MAX_ENTRIES, ge=2, description="bound of the text-to-embedding cache (entries)"
+    )
     pool_cache_entries: int = Field(2, ge=0, description="pools kept in memory between requests")
     default_mode: ModeName = "auto"
     eps: float = Field(0.1, gt=0)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gotd.cache.store.embeddings import EmbeddingCache
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -65,6 +67,15 @@ class Metrics:
         self.blocks_scored = Counter(
             "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
         )
+
+    def watch_embedding_cache(self, cache: EmbeddingCache) -> None:
+        """Export the embedding cache's size and evictions (read from the store at each scrape)."""
+        Gauge(
+            "gotd_embedding_cache_entries", "Texts whose embedding is cached", registry=self.registry
+        ).set_function(lambda: cache.stats().entries)
+        Gauge(
+            "gotd_embedding_cache_evicted", "Embedding cache entries evicted so far", registry=self.registry
+        ).set_function(lambda: cache.stats().evicted)
 
     def set_pool_size(self, pool: str, count: int) -> None:
         """Record a pool's candidate count under its own label, or under ``_other`` past ``max_pools``."""

@@ -23,6 +23,7 @@ from grpc import aio
 from gotd.cache.errors import Cancelled, DeadlineExceeded, InvalidArgument, Unavailable
 from gotd.cache.records import validate_name
 from gotd.cache.store.core import Store, UpsertResult
+from gotd.cache.store.embeddings import EmbeddingCache, forget_pool_texts
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.service import convert
 from gotd.server.service.engine import SelectionEngine
@@ -67,7 +68,9 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         executor: Executor,
         *,
         max_text_bytes: int,
+        embcache: EmbeddingCache | None = None,
     ) -> None:
+        self._embcache = embcache
         self._engine = engine
         self._store = store
         self._ingestor = ingestor
@@ -201,8 +204,22 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
 
     async def GetPool(self, request: pb.GetPoolRequest, context: Ctx) -> pb.GetPoolResponse:  # noqa: N802
         validate_name(request.name)
-        info = await self._run(self._store.get_pool, request.name)
-        return pb.GetPoolResponse(info=convert.pool_info(info))
+        return await self._run(self._get_pool, request.name)
+
+    def _get_pool(self, name: str) -> pb.GetPoolResponse:
+        reply = pb.GetPoolResponse(info=convert.pool_info(self._store.get_pool(name)))
+        if self._embcache is not None:
+            stats = self._embcache.stats()
+            reply.embedding_cache.entries = stats.entries
+            reply.embedding_cache.max_entries = stats.max_entries
+            reply.embedding_cache.evicted = stats.evicted
+        return reply
+
+    def _delete_pool(self, name: str) -> None:
+        """Delete a pool and the cached embeddings of its texts (they do not outlive it)."""
+        if self._embcache is not None:
+            forget_pool_texts(self._store, self._embcache, name)
+        self._store.delete_pool(name)
 
     async def ListPools(  # noqa: N802
         self, request: pb.ListPoolsRequest, context: Ctx
@@ -214,7 +231,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         self, request: pb.DeletePoolRequest, context: Ctx
     ) -> pb.DeletePoolResponse:
         validate_name(request.name)
-        await self._run(self._store.delete_pool, request.name)
+        await self._run(self._delete_pool, request.name)
         self._engine.forget_pool(request.name)
         await self._run(self._engine.duals.delete_prefix, request.name)
         self._engine.metrics.forget_pool(request.name)

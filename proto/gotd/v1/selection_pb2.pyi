@@ -1155,22 +1155,58 @@ class GetPoolResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INFO_FIELD_NUMBER: _builtins.int
+    EMBEDDING_CACHE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def info(self) -> Global___PoolInfo:
         """The pool."""
+
+    @_builtins.property
+    def embedding_cache(self) -> Global___EmbeddingCacheInfo:
+        """The server's text-to-embedding cache (shared by every pool and target set)."""
 
     def __init__(
         self,
         *,
         info: Global___PoolInfo | None = ...,
+        embedding_cache: Global___EmbeddingCacheInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_cache", b"embedding_cache", "info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_cache", b"embedding_cache", "info", b"info"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPoolResponse: _TypeAlias = GetPoolResponse  # noqa: Y015
+
+@_typing.final
+class EmbeddingCacheInfo(_message.Message):
+    """EmbeddingCacheInfo sizes the server's text-to-embedding cache."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    EVICTED_FIELD_NUMBER: _builtins.int
+    entries: _builtins.int
+    """Entries kept (texts whose embedding is cached, over every model)."""
+    max_entries: _builtins.int
+    """Bound on the entries kept (the oldest generation is evicted past half of it)."""
+    evicted: _builtins.int
+    """Entries evicted since the store was created."""
+    def __init__(
+        self,
+        *,
+        entries: _builtins.int = ...,
+        max_entries: _builtins.int = ...,
+        evicted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "evicted", b"evicted", "max_entries", b"max_entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingCacheInfo: _TypeAlias = EmbeddingCacheInfo  # noqa: Y015
 
 @_typing.final
 class ListPoolsRequest(_message.Message):
