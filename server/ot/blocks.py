@@ -1,8 +1,10 @@
-r"""Blockwise kernels of the OT engine: cost blocks from one GEMM, in-place softmax/logsumexp passes.
+r"""Blockwise kernels of the OT engine: cost blocks from GEMMs, in-place softmax/logsumexp passes.
 
 Shared by :mod:`gotd.server.ot.sinkhorn` and the distributed scorer; pure torch, no state. The cost
 :math:`C_{ij} = \|x_i\|^2 + \|y_j\|^2 - 2 x_i \cdot y_j` is built block by block of rows and
-never held whole.
+never held whole. The candidates are a dense tensor (one GEMM per block) or compact stored rows
+(:class:`gotd.server.ot.rows.StackedRows`: each block upcast to float32, one GEMM per part into one
+accumulator).
 """
 
 from __future__ import annotations
@@ -13,28 +15,34 @@ from dataclasses import dataclass
 
 import torch
 
+from gotd.server.ot.rows import Rows, addmm_rows, sq_norms, target_parts
+
 BLOCK_BYTES = 64 << 20  # one block of scaled cost; 16k rows for m = 1k in float32
 
 
 @dataclass(frozen=True, slots=True)
 class Geometry:
-    """Candidates and targets with squared norms, walked in blocks of ``rows`` rows."""
+    """Candidates and targets with squared norms, walked in blocks of ``rows`` rows.
 
-    x: torch.Tensor
+    ``ys`` are the targets as multiplied with the candidates' parts (``(y,)`` for dense candidates).
+    """
+
+    x: Rows
     y: torch.Tensor
     xn: torch.Tensor
     yn: torch.Tensor
     rows: int
+    ys: tuple[torch.Tensor, ...]
 
     @staticmethod
-    def of(x: torch.Tensor, y: torch.Tensor, block_size: int | None) -> Geometry:
+    def of(x: Rows, y: torch.Tensor, block_size: int | None) -> Geometry:
         n, m = x.shape[0], y.shape[0]
         if block_size is not None and block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size!r}")
         rows = max(1, BLOCK_BYTES // (m * x.element_size())) if block_size is None else block_size
         rows = min(n, rows)
-        xn = torch.linalg.vector_norm(x, dim=1).square_()  # fused: no (n, d) temporary
-        return Geometry(x=x, y=y, xn=xn, yn=torch.linalg.vector_norm(y, dim=1).square_(), rows=rows)
+        yn = torch.linalg.vector_norm(y, dim=1).square_()
+        return Geometry(x=x, y=y, xn=sq_norms(x), yn=yn, rows=rows, ys=target_parts(x, y))
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         n = self.x.shape[0]
@@ -51,7 +59,7 @@ class Pass:
     col_marginal: torch.Tensor  # float64 column marginal of (f, input g)
 
 
-def check_pair(x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[int, int]:
+def check_pair(x: Rows, y: torch.Tensor, eps: float) -> tuple[int, int]:
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or x.shape[0] < 1 or y.shape[0] < 1:
         raise ValueError(f"x, y must be non-empty (n, d) and (m, d), got {tuple(x.shape)}, {tuple(y.shape)}")
     if x.dtype not in (torch.float32, torch.float64) or y.dtype != x.dtype:
@@ -63,7 +71,7 @@ def check_pair(x: torch.Tensor, y: torch.Tensor, eps: float) -> tuple[int, int]:
     return x.shape[0], y.shape[0]
 
 
-def weights(w: torch.Tensor | None, size: int, like: torch.Tensor, name: str) -> torch.Tensor:
+def weights(w: torch.Tensor | None, size: int, like: Rows, name: str) -> torch.Tensor:
     """Probability weights of length ``size`` in ``like``'s dtype and device (uniform when None)."""
     if w is None:
         return torch.full((size,), 1.0 / size, dtype=like.dtype, device=like.device)
@@ -75,7 +83,7 @@ def weights(w: torch.Tensor | None, size: int, like: torch.Tensor, name: str) ->
     return (w64 / w64.sum()).to(like.dtype)
 
 
-def potential(v: torch.Tensor, size: int, like: torch.Tensor, name: str) -> torch.Tensor:
+def potential(v: torch.Tensor, size: int, like: Rows, name: str) -> torch.Tensor:
     if v.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},), got {tuple(v.shape)}")
     out = v.detach().to(device=like.device, dtype=like.dtype)
@@ -88,7 +96,7 @@ def softmax_rows(
     geo: Geometry, start: int, h: torch.Tensor, eps: float, out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out <- exp(S - max_j S)``, ``S = h + (2/eps) x y^T`` for one block; returns (LSE_j S, sum_j)."""
-    torch.addmm(h, geo.x[start : start + out.shape[0]], geo.y.T, alpha=2.0 / eps, out=out)
+    addmm_rows(h, geo.x, start, start + out.shape[0], geo.ys, alpha=2.0 / eps, out=out)
     mx = out.amax(1, keepdim=True)
     out.sub_(mx).exp_()
     r = out.sum(1)
@@ -140,11 +148,11 @@ def col_sum(e: torch.Tensor, w: torch.Tensor, chunk: int = 512) -> torch.Tensor:
 
 def col_lse(geo: Geometry, cols: torch.Tensor, k: torch.Tensor, eps: float) -> torch.Tensor:
     """``yn_j - eps * LSE_i(k_i + (2/eps) x_i.y_j)`` for ``cols``, streamed with a running max per column."""
-    y = geo.y[cols]
-    run_max = torch.full((y.shape[0],), -math.inf, dtype=y.dtype, device=y.device)
+    ys = tuple(y[cols] for y in geo.ys)
+    run_max = torch.full((len(cols),), -math.inf, dtype=geo.y.dtype, device=geo.y.device)
     run_sum = torch.zeros_like(run_max)
     for start, stop in geo.blocks():
-        t = torch.addmm(k[start:stop, None], geo.x[start:stop], y.T, alpha=2.0 / eps)
+        t = addmm_rows(k[start:stop, None], geo.x, start, stop, ys, alpha=2.0 / eps)
         new_max = torch.maximum(run_max, t.amax(0))
         run_sum = run_sum * (run_max - new_max).exp() + t.sub_(new_max).exp_().sum(0)
         run_max = new_max

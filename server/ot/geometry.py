@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from gotd.server.ot.rows import Rows, block
+
 __all__ = ["median_cost", "project_to_targets", "worth_projecting"]
+
+_PROJECT_ROWS = 1 << 14
 
 
 def median_cost(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -45,13 +49,13 @@ def worth_projecting(n_targets: int, dim: int) -> bool:
     return 2 * (n_targets + 1) <= dim
 
 
-def project_to_targets(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project_to_targets(x: Rows, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinates ``(x Q, r)`` and ``(y Q, 0)`` that keep every candidate-target distance.
 
     Parameters
     ----------
-    x, y : torch.Tensor, shapes (n, d) and (m, d)
-        Candidates and targets (same dtype and device).
+    x, y : torch.Tensor or StackedRows, and torch.Tensor; shapes (n, d) and (m, d)
+        Candidates and targets (same dtype and device); compact rows are projected block by block.
 
     Returns
     -------
@@ -63,8 +67,14 @@ def project_to_targets(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
         raise ValueError(f"need (n, d) and (m, d) tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
     q64, _ = torch.linalg.qr(y.double().T)  # (d, r)
     q = q64.to(x.dtype)
-    xq = x @ q
-    norms = (x.double() * x.double()).sum(1) - (xq.double() * xq.double()).sum(1)
-    resid = norms.clamp_min(0.0).sqrt().to(x.dtype)
+    n = x.shape[0]
+    step = n if isinstance(x, torch.Tensor) else _PROJECT_ROWS
+    out = torch.empty((n, q.shape[1] + 1), dtype=x.dtype, device=x.device)
+    for start in range(0, n, step):
+        xb = block(x, start, min(n, start + step))
+        xq = xb @ q
+        norms = (xb.double() * xb.double()).sum(1) - (xq.double() * xq.double()).sum(1)
+        out[start : start + len(xb), :-1] = xq
+        out[start : start + len(xb), -1] = norms.clamp_min(0.0).sqrt().to(x.dtype)
     yq = (y.double() @ q64).to(y.dtype)
-    return torch.cat([xq, resid[:, None]], 1), torch.cat([yq, torch.zeros_like(yq[:, :1])], 1)
+    return out, torch.cat([yq, torch.zeros_like(yq[:, :1])], 1)

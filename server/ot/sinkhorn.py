@@ -22,6 +22,7 @@ References
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from gotd.server.ot.blocks import Geometry, check_pair, fused_pass, potential, softmax_rows, weights
+from gotd.server.ot.rows import Rows
 
 LOG = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def epsilon_schedule(eps: float, diameter: float) -> list[float]:
 
 
 def sinkhorn(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     *,
     eps: float,
@@ -120,8 +122,9 @@ def sinkhorn(
 
     Parameters
     ----------
-    x, y : torch.Tensor, shapes (n, d) and (m, d)
-        Candidates and targets, both float32 or both float64, on one device.
+    x, y : torch.Tensor or StackedRows, and torch.Tensor; shapes (n, d) and (m, d)
+        Candidates and targets, both float32 or both float64, on one device (compact
+        :class:`gotd.server.ot.rows.StackedRows` candidates are read as float32, block by block).
     eps : float
         Entropic regularisation :math:`\\varepsilon > 0` (stable down to 0.01 on unit-norm data).
     a, b : torch.Tensor, shape (n,) and (m,), optional
@@ -201,7 +204,7 @@ def sinkhorn(
 
 
 def c_transform(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     g: torch.Tensor,
     *,
@@ -223,8 +226,9 @@ def c_transform(
 
     Parameters
     ----------
-    x, y : torch.Tensor, shapes (n, d) and (m, d)
-        Candidates and targets, both float32 or both float64, on one device.
+    x, y : torch.Tensor or StackedRows, and torch.Tensor; shapes (n, d) and (m, d)
+        Candidates and targets, both float32 or both float64, on one device (compact
+        :class:`gotd.server.ot.rows.StackedRows` candidates are read as float32, block by block).
     g : torch.Tensor, shape (m,)
         Target potential (cast to ``x.dtype``).
     eps : float
@@ -286,5 +290,8 @@ def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:
         if n < 2:
             return f.detach().clone()
         f64 = f.detach().to(torch.float64)
-        total = math.fsum(f64.cpu().tolist())
+        # exactly rounded, streamed in chunks: no list of n Python floats at once
+        arr, step = f64.cpu().numpy(), 1 << 16
+        chunks = (arr[s : s + step].tolist() for s in range(0, n, step))
+        total = math.fsum(itertools.chain.from_iterable(chunks))
         return (f64 - (total - f64) / (n - 1)).to(f.dtype)

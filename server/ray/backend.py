@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xxhash
 
+from gotd.server.ot.rows import Rows, block
 from gotd.server.ray.runtime import (
     RequestBytes,
     content_key,
@@ -121,7 +122,7 @@ class RayScorer:
     # -- Scorer -------------------------------------------------------------------------------------
     def __call__(
         self,
-        x: torch.Tensor,
+        x: Rows,
         y: torch.Tensor,
         g: torch.Tensor,
         *,
@@ -137,7 +138,7 @@ class RayScorer:
 
     def rank(
         self,
-        x: torch.Tensor,
+        x: Rows,
         y: torch.Tensor,
         g: torch.Tensor,
         *,
@@ -159,7 +160,7 @@ class RayScorer:
             raise ValueError(f"k must be >= 0 or None, got {k!r}")
         if ids is not None and len(ids) != x.shape[0]:
             raise ValueError(f"ids must have length {x.shape[0]}, got {len(ids)}")
-        key = snapshot if snapshot is not None else content_key(x, ids)
+        key = snapshot if snapshot is not None else content_key(block(x, 0, x.shape[0]), ids)
         layout = (
             shards or self._shards,
             block_rows(y.shape[0], x.element_size(), block_size or self._block_size),
@@ -200,7 +201,7 @@ class RayScorer:
 
     def _f(
         self,
-        x: torch.Tensor,
+        x: Rows,
         y: torch.Tensor,
         g: torch.Tensor,
         *,
@@ -240,7 +241,7 @@ class RayScorer:
 
     def _rank(
         self,
-        x: torch.Tensor,
+        x: Rows,
         y: torch.Tensor,
         g: torch.Tensor,
         *,
@@ -288,7 +289,7 @@ class RayScorer:
 
     def _place(
         self,
-        x: torch.Tensor,
+        x: Rows,
         ids: Sequence[str] | None,
         snapshot: str,
         layout: tuple[int, int],
@@ -305,11 +306,11 @@ class RayScorer:
             ranges = plan_shards(x.shape[0], rows, shards)
             owners = [i % len(self._workers) for i in range(len(ranges))]
             keys = [f"{name}|{i}" for i in range(len(ranges))]
-            data = x.detach().cpu().numpy()
             acks = []
             for (a, b), o, key in zip(ranges, owners, keys, strict=True):
                 shard_ids = None if ids is None else [str(i) for i in ids[a:b]]
-                acks.append(self._workers[o].hold.remote(key, a, data[a:b], shard_ids))
+                part = x[a:b].detach().cpu().numpy() if isinstance(x, torch.Tensor) else x.span(a, b)
+                acks.append(self._workers[o].hold.remote(key, a, part, shard_ids))
             stats.sent += sum(self._ray.get(acks))
             stats.shards_shipped = len(ranges)
             place = _Placement(ranges, owners, keys, ids is not None)
@@ -345,7 +346,7 @@ class RayScorer:
 
 
 def sharded_rank(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     g: torch.Tensor,
     *,

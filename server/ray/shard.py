@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gotd.server.ot.blocks import BLOCK_BYTES
+from gotd.server.ot.rows import Rows, StackedRows
 from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.topk import top_k
 
@@ -113,7 +114,7 @@ def scores_from_f(f: torch.Tensor, total: float, n: int) -> np.ndarray:
 @dataclass(slots=True)
 class _Shard:
     start: int
-    x: torch.Tensor
+    x: Rows
     ids: list[str] | None
 
 
@@ -136,14 +137,21 @@ class ShardWorker:
     def ping(self) -> int:
         return torch.get_num_threads()
 
-    def hold(self, key: str, start: int, x: np.ndarray, ids: Sequence[str] | None) -> int:
-        """Keep a private copy of shard rows ``x`` (first row ``start``); returns its bytes."""
-        shard = _Shard(start, torch.from_numpy(np.array(x, dtype=x.dtype, order="C")), None)
+    def hold(self, key: str, start: int, x: np.ndarray | StackedRows, ids: Sequence[str] | None) -> int:
+        """Keep a private copy of shard rows ``x`` (first row ``start``); returns its bytes.
+
+        Compact rows (float16 embeddings, fused parts) stay compact and are scored block by block
+        exactly as in process.
+        """
+        rows = torch.from_numpy(np.array(x, dtype=x.dtype, order="C")) if isinstance(x, np.ndarray) else x
+        shard = _Shard(start, rows, None)
         shard.ids = None if ids is None else list(ids)
         self._shards[key] = shard
         self._shards.move_to_end(key)
         while len(self._shards) > self._capacity:
             self._shards.popitem(last=False)
+        if isinstance(shard.x, StackedRows):
+            return shard.x.nbytes
         return int(shard.x.numel() * shard.x.element_size())
 
     def holds(self, keys: Sequence[str]) -> list[bool]:

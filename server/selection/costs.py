@@ -7,8 +7,11 @@ bigrams, weighted ``w`` and ``1 - w``: every candidate and target becomes the fu
 distances are exactly that weighted sum, so the OT engine runs unchanged on fused rows and the
 ranking is still the calibrated OT gradient. The sketches are stored once per text at ingest
 (term frequencies); the IDF weights come from the pool's document frequencies, so they are a
-property of the pool version, like the pool itself, and are applied when the pool's fused rows are
-built (cached per pool version and weight by the engine).
+property of the pool version, like the pool itself. A pool's fused rows are never materialised:
+they are :class:`gotd.server.ot.rows.StackedRows` over the stored embeddings and term frequencies
+with the IDF weights and each row's inverse norm as factors (:class:`SketchFactors`, 4 bytes per
+candidate besides the stored rows, cached per pool version by the engine), upcast and multiplied block by
+block inside the OT passes (one GEMM per part into one accumulator).
 
 Also :func:`near_duplicates`: candidates whose embedding is almost a target's.
 """
@@ -24,13 +27,15 @@ import torch
 import xxhash
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
-from gotd.server.selection.sketches import document_frequency, fused_matrix, idf_from_df
+from gotd.server.ot.rows import Part, Rows, StackedRows
+from gotd.server.selection.sketches import document_frequency, fused_matrix, idf_from_df, inverse_norms
 
 __all__ = [
     "DEFAULT_EMBEDDING_WEIGHT",
     "Cost",
     "CostConfig",
     "Features",
+    "SketchFactors",
     "complete_sketches",
     "near_duplicates",
     "pool_features",
@@ -87,8 +92,9 @@ class Features:
 
     Attributes
     ----------
-    x : torch.Tensor, shape (n, D), float32
-        Embeddings (``EMBEDDING``, shared with the pool snapshot) or fused rows.
+    x : torch.Tensor or StackedRows, shape (n, D)
+        Embeddings (``EMBEDDING``, shared with the pool snapshot) or the compact fused rows (the
+        pool's stored embeddings and term frequencies, not copied).
     cost : Cost
         ``EMBEDDING`` or ``FUSED``.
     embedding_weight : float
@@ -97,7 +103,7 @@ class Features:
         ``FUSED``: IDF weights of the pool, applied to the targets' sketches too.
     """
 
-    x: torch.Tensor
+    x: Rows
     cost: Cost
     embedding_weight: float
     idf: np.ndarray | None = None
@@ -143,14 +149,59 @@ def resolve_cost(config: CostConfig, *, pool: str, pool_sketched: bool, target_s
     return Cost.EMBEDDING
 
 
-def pool_features(vectors: np.ndarray, tf: np.ndarray | None, cost: Cost, weight: float) -> Features:
-    """A pool's rows for ``cost`` (``FUSED``: IDF from the pool's document frequencies)."""
+@dataclass(frozen=True, slots=True)
+class SketchFactors:
+    """What the fused rows need besides a pool's stored arrays: a property of the pool version.
+
+    Attributes
+    ----------
+    idf : numpy.ndarray, shape (buckets,), float32
+        IDF weights from the pool's document frequencies.
+    inverse_norms : numpy.ndarray, shape (n,), float32
+        ``1 / ||tf_i * idf||`` of every row.
+    """
+
+    idf: np.ndarray
+    inverse_norms: np.ndarray
+
+    @staticmethod
+    def of(tf: np.ndarray) -> SketchFactors:
+        idf = idf_from_df(document_frequency(tf), tf.shape[0])
+        return SketchFactors(idf, inverse_norms(tf, idf))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.idf.nbytes + self.inverse_norms.nbytes)
+
+
+def pool_features(
+    vectors: np.ndarray,
+    tf: np.ndarray | None,
+    cost: Cost,
+    weight: float,
+    factors: SketchFactors | None = None,
+) -> Features:
+    """A pool's rows for ``cost`` (``FUSED``: IDF from the pool's document frequencies).
+
+    The stored arrays are used as they are, never copied (float16 embeddings stay float16, upcast per
+    block); ``factors`` are the pool's :class:`SketchFactors` when already known.
+    """
     if cost is Cost.EMBEDDING:
-        return Features(torch.from_numpy(vectors), Cost.EMBEDDING, 1.0)
+        x = torch.from_numpy(vectors)
+        if x.dtype in (torch.float32, torch.float64):
+            return Features(x, Cost.EMBEDDING, 1.0)
+        return Features(StackedRows((Part(x),)), Cost.EMBEDDING, 1.0)  # float16: upcast per block
     if tf is None:
         raise FailedPrecondition("the pool has no n-gram sketches")
-    idf = idf_from_df(document_frequency(tf), tf.shape[0])
-    return Features(torch.from_numpy(fused_matrix(vectors, tf, idf, weight)), Cost.FUSED, weight, idf)
+    factors = factors or SketchFactors.of(tf)
+    embeddings = Part(torch.from_numpy(vectors), math.sqrt(weight))
+    sketches = Part(
+        torch.from_numpy(tf),
+        math.sqrt(1.0 - weight),
+        columns=torch.from_numpy(factors.idf),
+        rows=torch.from_numpy(factors.inverse_norms),
+    )
+    return Features(StackedRows((embeddings, sketches)), Cost.FUSED, weight, factors.idf)
 
 
 def target_features(features: Features, vectors: torch.Tensor, tf: np.ndarray | None) -> torch.Tensor:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from gotd.server.ot.rows import Rows, block, rows_of, sq_norms
+
 __all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "splitmix64", "stratified_weights"]
 
 _MASK = (1 << 64) - 1
@@ -65,7 +67,7 @@ def key_uniforms(keys: np.ndarray, seed: int, stream: int) -> np.ndarray:
 
 
 def kmeans_labels(
-    x: torch.Tensor,
+    x: Rows,
     k: int,
     *,
     keys: np.ndarray,
@@ -115,7 +117,7 @@ def kmeans_labels(
 
 
 def stratified_weights(
-    x: torch.Tensor, rows: np.ndarray, keys: np.ndarray, *, cells: int, block_size: int = 65536
+    x: Rows, rows: np.ndarray, keys: np.ndarray, *, cells: int, block_size: int = 65536
 ) -> np.ndarray:
     """Post-stratification weights of a subsample: each cell's pool count over its subsample count.
 
@@ -147,10 +149,10 @@ def stratified_weights(
         raise ValueError(f"cells must be >= 1, got {cells!r}")
     centre_rows = rows[key_order(keys[rows])[:cells]]
     with torch.no_grad():
-        centres = x[torch.from_numpy(centre_rows).to(x.device)]
+        centres = rows_of(x, torch.from_numpy(centre_rows).to(x.device))
         cn = torch.linalg.vector_norm(centres, dim=1).square_()
         pool = torch.cat(
-            [_assign_to(x[s : s + block_size], centres, cn) for s in range(0, x.shape[0], block_size)]
+            [_assign_to(block(x, s, s + block_size), centres, cn) for s in range(0, x.shape[0], block_size)]
         )
     labels = pool.cpu().numpy()
     pool_counts = np.bincount(labels, minlength=len(centre_rows)).astype(np.float64)
@@ -160,25 +162,30 @@ def stratified_weights(
     return out
 
 
+def _row(x: Rows, i: int) -> torch.Tensor:
+    """Row ``i`` of ``x`` in float64."""
+    return block(x, i, i + 1)[0].double()
+
+
 def _assign_to(xb: torch.Tensor, centers: torch.Tensor, cn: torch.Tensor) -> torch.Tensor:
     return torch.addmm(cn, xb, centers.T, alpha=-2.0).argmin(1)
 
 
 def _kmeans(
-    x: torch.Tensor, k: int, keys: np.ndarray, seed: int, max_iter: int, block_size: int
+    x: Rows, k: int, keys: np.ndarray, seed: int, max_iter: int, block_size: int
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Labels (row order) and float64 centres of a deterministic, row-order-invariant k-means."""
     n = x.shape[0]
     order = torch.from_numpy(key_order(keys)).to(x.device)
     spans = [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
     with torch.no_grad():
-        xn = torch.linalg.vector_norm(x, dim=1).square_().double()
+        xn = sq_norms(x).double()
         centers = _seed(x, xn, spans, k, keys, seed)
         labels = torch.full((n,), -1, dtype=torch.int64, device=x.device)
         for _ in range(max_iter):
             c = centers.to(x.dtype)
             cn = (c * c).sum(1)
-            new = torch.cat([_assign_to(x[s:e], c, cn) for s, e in spans])
+            new = torch.cat([_assign_to(block(x, s, e), c, cn) for s, e in spans])
             if bool((new == labels).all()):
                 break
             labels = new
@@ -187,7 +194,7 @@ def _kmeans(
             for s, e in spans:  # key order: the float64 sums do not depend on the row order
                 rows = order[s:e]
                 onehot = torch.nn.functional.one_hot(labels[rows], k).to(torch.float64)
-                sums += onehot.T @ x[rows].double()
+                sums += onehot.T @ rows_of(x, rows).double()
                 counts += onehot.sum(0)
             filled = counts > 0
             centers[filled] = sums[filled] / counts[filled, None]
@@ -195,7 +202,7 @@ def _kmeans(
 
 
 def _seed(
-    x: torch.Tensor, xn: torch.Tensor, spans: list[tuple[int, int]], k: int, keys: np.ndarray, seed: int
+    x: Rows, xn: torch.Tensor, spans: list[tuple[int, int]], k: int, keys: np.ndarray, seed: int
 ) -> torch.Tensor:
     """k-means++ centres (float64) by exponential races over key-derived uniforms."""
 
@@ -203,14 +210,14 @@ def _seed(
         return torch.from_numpy(-np.log(key_uniforms(keys, seed, stream))).to(xn.device)
 
     def dist2(c: torch.Tensor) -> torch.Tensor:
-        cross = torch.cat([x[s:e] @ c.to(x.dtype) for s, e in spans]).double()
+        cross = torch.cat([block(x, s, e) @ c.to(x.dtype) for s, e in spans]).double()
         return (xn - 2.0 * cross + c @ c).clamp_min_(0.0)
 
-    centers = [x[int(torch.argmin(race(0)))].double()]
+    centers = [_row(x, int(torch.argmin(race(0))))]
     d2 = dist2(centers[0])
     for stream in range(1, k):
         e = race(stream)
         pick = int(torch.argmax(d2 / e)) if bool((d2 > 0).any()) else int(torch.argmin(e))
-        centers.append(x[pick].double())
+        centers.append(_row(x, pick))
         d2 = torch.minimum(d2, dist2(centers[-1]))
     return torch.stack(centers)

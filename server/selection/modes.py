@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from gotd.server.ot.geometry import median_cost, project_to_targets, worth_projecting
+from gotd.server.ot.rows import Rows, rows_of, take
 from gotd.server.ot.sinkhorn import SinkhornResult, c_transform, calibrated_gradient, sinkhorn
 from gotd.server.selection.config import (
     RELATIVE_EPS_ROWS,
@@ -68,7 +69,7 @@ __all__ = [
 
 
 def solve(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     config: SelectionConfig,
     *,
@@ -122,7 +123,7 @@ def solve(
         config = replace(config, eps=relative_eps(x, y, keys, config.relative_eps), relative_eps=None)
 
     def run(rows: np.ndarray | None, warm: torch.Tensor | None) -> SinkhornResult:
-        pts = x if rows is None else x[torch.from_numpy(rows).to(x.device)]
+        pts = x if rows is None else take(x, torch.from_numpy(rows).to(x.device))
         return _sinkhorn(pts, y, config, warm, None, callback, on_block)
 
     rows_out: np.ndarray | None = None
@@ -139,7 +140,7 @@ def solve(
         if config.summary_cells > 0 and len(picked) < n:
             w = stratified_weights(x, picked, keys, cells=config.summary_cells)
             weights_a = torch.from_numpy(w).to(device=x.device, dtype=x.dtype)
-        pts = x[torch.from_numpy(picked).to(x.device)]
+        pts = rows_of(x, torch.from_numpy(picked).to(x.device))  # the summary: small, dense
         res = _sinkhorn(pts, y, config, init_g, weights_a, callback, on_block)
     elif mode is Mode.PAPER:
         rows_out = _paper_rows(x, config, keys, domains, run)
@@ -169,18 +170,18 @@ def solve(
     )
 
 
-def relative_eps(x: torch.Tensor, y: torch.Tensor, keys: np.ndarray, c: float) -> float:
+def relative_eps(x: Rows, y: torch.Tensor, keys: np.ndarray, c: float) -> float:
     """``c`` times the median cost between the candidates of smallest id hash and spaced targets.
 
     Both samples have at most :data:`RELATIVE_EPS_ROWS` rows; the result does not depend on row order.
     """
     rows = summary_rows(np.asarray(keys, dtype=np.uint64), RELATIVE_EPS_ROWS)
     step = max(1, -(-y.shape[0] // RELATIVE_EPS_ROWS))
-    return c * median_cost(x[torch.from_numpy(rows).to(x.device)], y[::step])
+    return c * median_cost(rows_of(x, torch.from_numpy(rows).to(x.device)), y[::step])
 
 
 def _sinkhorn(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     config: SelectionConfig,
     init_g: torch.Tensor | None,
@@ -206,7 +207,7 @@ def _sinkhorn(
 
 
 def _paper_rows(
-    x: torch.Tensor,
+    x: Rows,
     config: SelectionConfig,
     keys: np.ndarray,
     domains: np.ndarray | None,
@@ -234,7 +235,7 @@ def _paper_rows(
 
 
 def score(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     potential_or_g: Potential | torch.Tensor,
     *,
@@ -291,7 +292,7 @@ def score(
 
 
 def rank(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     *,
     mode: Mode | str,
@@ -351,6 +352,6 @@ def rank(
         ranked = top_k(score(x, y, potential).numpy(), k, ids=ids)
     else:
         sub_ids = None if ids is None else [ids[i] for i in rows.tolist()]
-        sub = top_k(score(x[torch.from_numpy(rows).to(x.device)], y, potential).numpy(), k, ids=sub_ids)
+        sub = top_k(score(take(x, torch.from_numpy(rows).to(x.device)), y, potential).numpy(), k, ids=sub_ids)
         ranked = [(int(rows[i]), s) for i, s in sub]
     return (ranked[s : s + batch_size] for s in range(0, len(ranked), batch_size))

@@ -38,6 +38,7 @@ __all__ = [
     "fused_matrix",
     "hashed_counts",
     "idf_from_df",
+    "inverse_norms",
     "ngrams",
     "tf_rows",
     "unit_sketches",
@@ -224,6 +225,25 @@ def unit_sketches(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
     for start in range(0, tf.shape[0], _BLOCK_ROWS):
         out[start : start + _BLOCK_ROWS] = _unit_block(tf[start : start + _BLOCK_ROWS], weights)
     return out.numpy()
+
+
+def inverse_norms(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """``1 / ||tf_i * idf||`` per row, float32 (1 for a zero row), blockwise: with the IDF weights, all
+    :func:`unit_sketches` needs besides the stored rows, so compact rows can be normalised per block.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), float32
+    """
+    if idf.shape != (tf.shape[1],):
+        raise ValueError(f"idf must have shape ({tf.shape[1]},), got {idf.shape}")
+    out = np.empty(tf.shape[0], dtype=np.float32)
+    weights = torch.from_numpy(np.ascontiguousarray(idf, dtype=np.float32))
+    for start in range(0, tf.shape[0], _BLOCK_ROWS):
+        block = torch.from_numpy(np.ascontiguousarray(tf[start : start + _BLOCK_ROWS])).to(torch.float32)
+        norms = torch.linalg.vector_norm(block.mul_(weights), dim=1)
+        out[start : start + len(block)] = torch.where(norms > 0, norms, torch.ones_like(norms)).reciprocal_()
+    return out
 
 
 def _unit_block(tf: np.ndarray, idf: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import xxhash
 from gotd.cache.duals.cache import DualCache
 from gotd.cache.duals.codec import PotentialEntry
 from gotd.cache.store.core import PoolArrays
+from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.selection.costs import Features
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
@@ -40,7 +41,7 @@ class Scorer(Protocol):
 
     def __call__(
         self,
-        x: torch.Tensor,
+        x: Rows,
         y: torch.Tensor,
         g: torch.Tensor,
         *,
@@ -51,7 +52,7 @@ class Scorer(Protocol):
 
 
 def local_scorer(
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     g: torch.Tensor,
     *,
@@ -121,13 +122,13 @@ class Job:
         """Whether the job's rows are the whole pool, in order (sorted and unique, so ``arange(n)``)."""
         return len(self.rows) == len(self.arrays.ids)
 
-    def _x(self, rows: np.ndarray | None = None) -> torch.Tensor:
+    def _x(self, rows: np.ndarray | None = None) -> Rows:
         """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all)."""
         if rows is None:
             if self.every_row:
                 return self.features.x
             rows = self.rows
-        return self.features.x[torch.from_numpy(rows)]
+        return take(self.features.x, torch.from_numpy(rows))
 
     def embeddings(self) -> np.ndarray:
         """Unit embeddings of the job's rows (the pool's own array, not a copy, for all rows)."""
