@@ -91,7 +91,8 @@ class PoolArrays:
     Attributes
     ----------
     vectors : numpy.ndarray
-        Unit vectors, shape ``(n, d)``, float32, C-contiguous.
+        Unit vectors, shape ``(n, d)``, C-contiguous; float32, or the pool's storage dtype (float16)
+        when loaded with ``upcast=False``.
     ids : list of str
         Candidate id of each row.
     keys : numpy.ndarray

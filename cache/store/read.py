@@ -39,15 +39,18 @@ def require_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> PoolRecord:
     return record
 
 
-def load_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = True) -> PoolArrays:
+def load_pool(
+    txn: lmdb.Transaction, dbs: Dbs, pool: str, *, sketches: bool = True, upcast: bool = True
+) -> PoolArrays:
     """The whole pool as row-aligned arrays: one copy per chunk straight from the memory map.
 
-    ``sketches=False`` skips the sketch rows (``PoolArrays.sketches`` is then None).
+    ``sketches=False`` skips the sketch rows (``PoolArrays.sketches`` is then None); ``upcast=False``
+    keeps the vectors in the pool's storage dtype (float16 pools stay float16 in memory).
     """
     rec = require_pool(txn, dbs, pool)
     n, d, size = rec.count, rec.dim, rec.chunk_rows
     dtype = VECTOR_DTYPES[rec.dtype]
-    vectors = np.empty((n, d), dtype=np.float32)
+    vectors = np.empty((n, d), dtype=np.float32 if upcast else dtype.newbyteorder("="))
     flat = vectors.reshape(-1)
     seen = 0
     for chunk, value in pool_chunks(txn, dbs["vectors"], rec.prefix):

@@ -112,7 +112,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     embedder = embedder or Embedder(
         settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
     )
-    store = Store(settings.data_dir, sketcher=tf_rows)
+    store = Store(settings.data_dir, sketcher=tf_rows, vector_dtype=settings.vector_dtype)
     embcache = EmbeddingCache(store, max_entries=settings.embedding_cache_entries)
     metrics.watch_embedding_cache(embcache)
 

@@ -72,7 +72,18 @@ class Settings(BaseSettings):
     embedding_cache_entries: int = Field(
         DEFAULT_MAX_ENTRIES, ge=2, description="bound of the text-to-embedding cache (entries)"
     )
-    pool_cache_entries: int = Field(2, ge=0, description="pools kept in memory between requests")
+    pool_cache_bytes: int = Field(
+        8 << 30, ge=0, description="bytes of pool snapshots kept in memory between requests (0: none)"
+    )
+    score_cache_bytes: int = Field(
+        512 << 20, ge=0, description="bytes of per-potential score vectors kept between requests"
+    )
+    memory_limit_bytes: int | None = Field(
+        None, ge=1, description="memory a Select may use (absent: the machine's available memory)"
+    )
+    vector_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="storage and in-memory dtype of new pools' embeddings"
+    )
     default_mode: ModeName = "auto"
     eps: float = Field(0.1, gt=0)
     tol: float = Field(1e-4, gt=0)

@@ -14,16 +14,18 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
+import psutil
 import xxhash
 
 from gotd.cache.duals.cache import DualCache, cache_key
-from gotd.cache.errors import InvalidArgument, Unavailable
+from gotd.cache.errors import InvalidArgument, ResourceExhausted, Unavailable
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
     Cost,
     CostConfig,
     Features,
+    SketchFactors,
     complete_sketches,
     pool_features,
     resolve_cost,
@@ -35,6 +37,7 @@ from gotd.server.service.config import Settings
 from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
+from gotd.server.service.pools import PoolSnapshots, score_bytes, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
     Progress,
@@ -65,26 +68,6 @@ def in_snapshot(arrays: PoolArrays, ids: Sequence[str], rows: np.ndarray) -> boo
     return all(0 <= r < n and arrays.ids[r] == cid for cid, r in zip(ids, rows.tolist(), strict=True))
 
 
-class _PoolArraysCache:
-    """The last few pools read, keyed by (name, uid, version): repeated selections skip the bulk read."""
-
-    def __init__(self, store: Store, entries: int) -> None:
-        self._store = store
-        self._items: Lru[tuple[str, str, int], PoolArrays] = Lru(entries)
-
-    def get(self, pool: str) -> PoolArrays:
-        info = self._store.get_pool(pool)
-        found = self._items.get((pool, info.uid, info.version))
-        if found is not None:
-            return found
-        arrays = self._store.load_vectors(pool)
-        self._items.put((pool, arrays.uid, arrays.version), arrays)
-        return arrays
-
-    def forget(self, pool: str) -> None:
-        self._items.discard_where(lambda key: key[0] == pool)
-
-
 class SelectionEngine:
     """Ranks pools against targets; thread-safe, called from the servicer's worker threads."""
 
@@ -103,10 +86,13 @@ class SelectionEngine:
         self._targets = targets
         self._duals = duals
         self._metrics = metrics
-        self._pools = _PoolArraysCache(store, settings.pool_cache_entries)
-        self._scores: Lru[str, np.ndarray] = Lru(max(1, settings.cache_lru_entries // 8))
-        self._fused: Lru[tuple[str, str, int, float], Features] = Lru(max(1, settings.pool_cache_entries))
-        self._sketched: Lru[tuple[str, str, int], bool] = Lru(64)
+        self._pools = PoolSnapshots(store, settings.pool_cache_bytes)
+        self._scores: Lru[str, np.ndarray] = Lru(settings.score_cache_bytes, sizeof=score_bytes)
+        # per pool version: the fused rows' factors (4 bytes a row), or that some row has no sketch
+        self._factors: Lru[tuple[str, str, int], SketchFactors] = Lru(
+            max(1 << 20, settings.pool_cache_bytes // 16), sizeof=lambda f: f.nbytes
+        )
+        self._unsketched: Lru[tuple[str, str, int], bool] = Lru(64)
         self._ranker = Ranker(settings.near_copy_cosine)
 
     # -- configuration -------------------------------------------------------------------------
@@ -158,6 +144,7 @@ class SelectionEngine:
             raise InvalidArgument(f"k must be <= {self._settings.max_k}, got {params.k}")
         if not 0 <= params.batch_size <= 100_000:
             raise InvalidArgument(f"batch_size must be in [0, 100000], got {params.batch_size}")
+        self._admit(params)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         job = self._prepare(params.pool, params.target, params.solver, params.domains, emit, stop, timings)
@@ -237,6 +224,22 @@ class SelectionEngine:
         )
 
     # -- internals -----------------------------------------------------------------------------
+    def _admit(self, params: SelectParams) -> None:
+        """RESOURCE_EXHAUSTED when the Select's estimated peak memory exceeds what is available."""
+        info = self._store.get_pool(params.pool)
+        sketches = not self.cost_config(params.solver).embedding_only
+        need = select_bytes(
+            info, params.k, sketches=sketches, loaded=self._pools.cached(info, sketches=sketches)
+        )
+        limit = self._settings.memory_limit_bytes
+        free = psutil.virtual_memory().available if limit is None else limit
+        if need > free:
+            raise ResourceExhausted(
+                f"a Select of k={params.k} on pool {params.pool!r} ({info.count} candidates) needs about "
+                f"{need / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are available; ask for a smaller k, "
+                "use the embedding cost (no sketch rows) or a float16 pool, or give the server more memory"
+            )
+
     def _prepare(
         self,
         pool: str,
@@ -256,7 +259,8 @@ class SelectionEngine:
             stop()
             with self._timed("load", timings):
                 emit(Progress(Stage.LOAD, 0, info.count))
-                arrays = self._pools.get(pool)
+                arrays = self._pools.get(pool, sketches=not self.cost_config(solver).embedding_only)
+                self._metrics.pool_snapshot_bytes.set(self._pools.size_bytes)
                 emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
             if (arrays.uid, arrays.model, arrays.dim) == (info.uid, info.model, info.dim):
                 break  # the target was resolved against the snapshot's pool incarnation
@@ -297,26 +301,27 @@ class SelectionEngine:
         return job
 
     def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
-        """The pool's rows in the request's feature space (fused rows cached per pool version)."""
+        """The pool's rows in the request's feature space (fused rows' factors cached per pool version)."""
         if cost.embedding_only:  # decided without reading any sketch
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         tf = arrays.sketches
         key = (arrays.name, arrays.uid, arrays.version)
-        sketched = self._sketched.get(key)
-        if sketched is None:
-            sketched = complete_sketches(tf)
-            self._sketched.put(key, sketched)
+        known = self._factors.get(key)
+        if known is None and self._unsketched.get(key) is None:
+            if tf is not None and complete_sketches(tf):
+                known = SketchFactors.of(tf)
+                self._factors.put(key, known)
+            else:
+                self._unsketched.put(key, True)
         kind = resolve_cost(
-            cost, pool=arrays.name, pool_sketched=sketched, target_sketched=complete_sketches(target.sketches)
+            cost,
+            pool=arrays.name,
+            pool_sketched=known is not None,
+            target_sketched=complete_sketches(target.sketches),
         )
         if kind is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, kind, 1.0)
-        fkey = (*key, cost.embedding_weight)
-        built = self._fused.get(fkey)
-        if built is None:
-            built = pool_features(arrays.vectors, tf, kind, cost.embedding_weight)
-            self._fused.put(fkey, built)
-        return built
+        return pool_features(arrays.vectors, tf, kind, cost.embedding_weight, known)
 
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
@@ -353,8 +358,8 @@ class SelectionEngine:
         """Drop in-memory state of a pool (after deletion)."""
         self._pools.forget(pool)
         self._scores.discard_where(lambda _key: True)
-        self._fused.discard_where(lambda key: key[0] == pool)
-        self._sketched.discard_where(lambda key: key[0] == pool)
+        self._factors.discard_where(lambda key: key[0] == pool)
+        self._unsketched.discard_where(lambda key: key[0] == pool)
         self._ranker.forget()
 
     @property

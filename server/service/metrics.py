@@ -64,6 +64,12 @@ class Metrics:
             ["step"],
             registry=r,
         )
+        self.select_buffered = Gauge(
+            "gotd_select_buffered_events", "Select events produced and not yet sent to a client", registry=r
+        )
+        self.pool_snapshot_bytes = Gauge(
+            "gotd_pool_snapshot_bytes", "Bytes of the pool snapshots held in memory", registry=r
+        )
         self.blocks_scored = Counter(
             "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
         )

@@ -4,8 +4,9 @@ Errors are raised, never aborted here: the boundary interceptor maps them to sta
 Nothing but moving bytes runs on the event loop: request conversion and validation run on the worker
 pool with the store and engine work they feed (so large record lists are also freed there), and large
 messages are decoded off the loop (:class:`~gotd.server.service.interceptors.DecodeOffLoop`).
-Select is an async generator fed by the engine running in a worker thread; a cancelled or expired
-call sets a stop flag the engine checks between blocks.
+Select is an async generator fed by the engine running in a worker thread through a buffer of at most
+``SELECT_BUFFER_EVENTS`` events (backpressure); a cancelled or expired call sets a stop flag the
+engine checks between blocks and while it waits for the client.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ LOG = logging.getLogger(__name__)
 Ctx = aio.ServicerContext[Any, Any]
 T = TypeVar("T")
 _DONE = object()
+#: Select events produced and not yet sent, per call: the engine waits (a slow client slows the
+#: producer) instead of queueing a ranking of millions in memory.
+SELECT_BUFFER_EVENTS = 8
 
 
 class StopFlag:
@@ -139,8 +143,13 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = StopFlag(context)
+        slots = threading.Semaphore(SELECT_BUFFER_EVENTS)
+        buffered = self._engine.metrics.select_buffered
 
-        def emit(event: SelectEvent) -> None:
+        def emit(event: SelectEvent) -> None:  # blocks while the client lags SELECT_BUFFER_EVENTS behind
+            while not slots.acquire(timeout=0.1):
+                stop.check()
+            buffered.inc()
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         def work() -> None:
@@ -171,10 +180,17 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                         item.cache_hit,
                         item.timings_ms.get("total", 0.0),
                     )
-                yield convert.select_event(item)
+                message = convert.select_event(item)
+                buffered.dec()
+                slots.release()
+                yield message  # returns once gRPC has taken it (HTTP/2 flow control)
         finally:
             stop.set()
             await asyncio.shield(future)
+            while not queue.empty():  # events never sent (the call failed or was cancelled)
+                left = queue.get_nowait()
+                if left is not _DONE and not isinstance(left, BaseException):
+                    buffered.dec()
 
     async def Score(self, request: pb.ScoreRequest, context: Ctx) -> pb.ScoreResponse:  # noqa: N802
         stop = StopFlag(context)

@@ -1,0 +1,120 @@
+"""Pool snapshots in memory: bounded in bytes, one load per (pool, version) however many requests wait.
+
+A snapshot keeps the pool's vectors in their storage dtype (float16 pools stay float16; the OT passes
+upcast one block at a time), its sketch rows, keys, row versions, ids and domains.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+
+from gotd.cache.store.core import PoolArrays, PoolInfo, Store
+from gotd.server.selection.sketches import SKETCH_BUCKETS
+from gotd.server.service.lru import Lru
+
+__all__ = ["PoolSnapshots", "score_bytes", "select_bytes", "snapshot_bytes"]
+
+#: Working bytes of a Select per candidate: f (float32), its float64 calibrated gradient, the float32
+#: scores and their cached copy, the eligibility mask, top-k's row and partition indices, the id array.
+SELECT_BYTES_PER_ROW = 4 + 8 + 4 + 4 + 1 + 8 + 8 + 8
+#: Bytes per returned candidate: its (row, score) pair and its place in the streamed batches.
+RANKED_BYTES_PER_ROW = 160
+#: Bytes per candidate of a snapshot besides its vectors and sketches: key, row version, id and domain.
+_ROW_BYTES = 8 + 8 + 8 + 80
+
+#: Bytes of one short id or domain string in a Python list (object header + pointer), beyond its characters.
+_STR_OVERHEAD = 49 + 8
+
+
+def snapshot_bytes(arrays: PoolArrays) -> int:
+    """Bytes a snapshot holds: its arrays plus an estimate of its id and domain strings."""
+    total = arrays.vectors.nbytes + arrays.keys.nbytes + arrays.row_versions.nbytes
+    if arrays.sketches is not None:
+        total += arrays.sketches.nbytes
+    n = len(arrays.ids)
+    if n:
+        sample = arrays.ids[:: max(1, n // 64)]
+        total += n * (_STR_OVERHEAD + sum(len(i) for i in sample) // len(sample))
+        total += n * 8 + sys.getsizeof("") * len(set(arrays.domains[:: max(1, n // 64)]))
+    return int(total)
+
+
+def select_bytes(info: PoolInfo, k: int, *, sketches: bool, loaded: bool) -> int:
+    """Estimated peak bytes of a Select on ``info`` returning ``k`` rows (and the load unless ``loaded``)."""
+    n = info.count
+    need = n * SELECT_BYTES_PER_ROW + min(k, n) * RANKED_BYTES_PER_ROW
+    if not loaded:
+        itemsize = 2 if info.dtype == "float16" else 4
+        need += n * (info.dim * itemsize + _ROW_BYTES + (2 * SKETCH_BUCKETS if sketches else 0))
+    return need
+
+
+class PoolSnapshots:
+    """The pools read last, keyed by (name, uid, version, with sketches), at most ``limit_bytes`` together.
+
+    Concurrent requests for a pool that is not in memory share one load (the first loads, the others
+    wait for its result), so a burst of cold requests costs one read and one copy of the pool.
+    """
+
+    def __init__(self, store: Store, limit_bytes: int) -> None:
+        self._store = store
+        self._items: Lru[tuple[str, str, int, bool], PoolArrays] = Lru(limit_bytes, sizeof=snapshot_bytes)
+        self._loading: dict[tuple[str, str, int, bool], Future[PoolArrays]] = {}
+        self._guard = threading.Lock()
+        self.loads = 0  # reads from the store
+        self.waiting = 0  # requests waiting for another one's load
+
+    def cached(self, info: PoolInfo, *, sketches: bool) -> bool:
+        """Whether a snapshot of this pool version (with sketches when asked) is in memory."""
+        keys = [(info.name, info.uid, info.version, s) for s in (True, sketches)]
+        return any(self._items.get(key) is not None for key in keys)
+
+    def get(self, pool: str, *, sketches: bool = True) -> PoolArrays:
+        """The pool's snapshot; ``sketches=False``: one without sketch rows will do."""
+        info = self._store.get_pool(pool)
+        for with_sketches in (True, sketches):
+            found = self._items.get((pool, info.uid, info.version, with_sketches))
+            if found is not None:
+                return found
+        key = (pool, info.uid, info.version, sketches)
+        with self._guard:
+            pending = self._loading.get(key)
+            owner = pending is None
+            if pending is None:
+                pending = self._loading[key] = Future()
+        if not owner:
+            with self._guard:
+                self.waiting += 1
+            try:
+                return pending.result()
+            finally:
+                with self._guard:
+                    self.waiting -= 1
+        try:
+            arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False)
+            self.loads += 1
+            self._items.put((pool, arrays.uid, arrays.version, sketches), arrays)
+            pending.set_result(arrays)
+        except BaseException as err:
+            pending.set_exception(err)
+            raise
+        finally:
+            with self._guard:
+                del self._loading[key]
+        return arrays
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self._items.size)
+
+    def forget(self, pool: str) -> None:
+        self._items.discard_where(lambda key: key[0] == pool)
+
+
+def score_bytes(scores: np.ndarray) -> int:
+    """Bytes of a cached score vector."""
+    return int(scores.nbytes)
