@@ -211,3 +211,31 @@ def test_distinct_top_k_equals_a_brute_force_walk() -> None:
             part = got.prefix(j)
             assert [r for r, _ in part.taken] == kept[:j]
             assert [(r, of) for r, of, _ in part.skipped] == [(r, of) for r, of in skipped if before[r] < j]
+
+
+def test_appended_and_updated_candidates_are_walked_afresh(client: Client) -> None:
+    vectors = _pool(n=200)
+    _ingest(client, vectors)
+    first, _ = _select(client, 20)
+    best = first[0].id
+    added = {f"b{i}": vectors[best].copy() for i in range(3)}  # copies of the best, ids sorting first
+    client.ingest("pool", [{"id": cid, "embedding": v.tolist()} for cid, v in added.items()])
+    vectors |= added
+    full, _ = _select(client, len(vectors), near_copy_cosine=0)
+    ranked, _ = _select(client, 20)
+    assert [c.id for c in ranked] == _walk(full, vectors, 20)[0]
+    group = [c.id for c in full if np.array_equal(vectors[c.id], vectors[best])]
+    assert len(group) >= 4
+    assert group[0] in {c.id for c in ranked}  # the best-ranked copy is kept
+    assert set(group[1:]).isdisjoint(c.id for c in ranked)
+    moved = clustered(1, seed=77)[0]  # b1 is no longer a copy of anything
+    client.ingest("pool", [{"id": "b1", "embedding": moved.tolist()}])
+    vectors["b1"] = moved
+    full, _ = _select(client, len(vectors), near_copy_cosine=0)
+    ranked, _ = _select(client, 20)
+    assert [c.id for c in ranked] == _walk(full, vectors, 20)[0]
+    client.delete_pool("pool")
+    _ingest(client, _pool(n=200, seed=3))
+    again, _ = _select(client, 20)
+    fresh, _ = _select(client, 400, near_copy_cosine=0)
+    assert [c.id for c in again] == _walk(fresh, _pool(n=200, seed=3), 20)[0]
