@@ -36,7 +36,8 @@ __all__ = ["DEFAULT_NEAR_COPY_COSINE", "DistinctRanking", "check_near_copy_cosin
 DEFAULT_NEAR_COPY_COSINE = 0.95
 """Server default threshold (see docs/evaluation.md, near-copy stress, for the measurements)."""
 
-_BLOCK = 512
+_BLOCK = 1024
+_BLOCK_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,8 @@ def distinct_top_k(
     """
     if not 0.0 < cosine <= 1.0:
         raise ValueError(f"cosine must be in (0, 1], got {cosine!r}")
+    if not 1 <= block <= _BLOCK_MAX:
+        raise ValueError(f"block must be in [1, {_BLOCK_MAX}], got {block}")
     if vectors.ndim != 2 or vectors.shape[0] != scores.shape[0]:
         raise ValueError(f"vectors must have shape ({scores.shape[0]}, d), got {vectors.shape}")
     if k <= 0:
@@ -149,7 +152,7 @@ class _Walk:
         self.vectors = vectors
         self.k = k
         self.cosine = cosine
-        self.kept = torch.empty((max(k, 1), vectors.shape[1]), dtype=torch.float32)
+        self.kept = np.empty((max(k, 1) + _BLOCK_MAX, vectors.shape[1]), dtype=np.float32)
         self.taken: list[tuple[int, float]] = []
         self.skipped: list[tuple[int, int, float]] = []
         self.taken_at: list[int] = []
@@ -157,16 +160,22 @@ class _Walk:
         self.position = 0
 
     def step(self, chunk: list[tuple[int, float]]) -> None:
-        """Decide the next ranked rows (at most until ``k`` are taken)."""
+        """Decide the next ranked rows (at most until ``k`` are taken).
+
+        One GEMM per chunk (the chunk against the rows taken and itself); the rest is numpy, so a
+        busy machine's thread barriers are paid once per chunk.
+        """
         rows = np.fromiter((r for r, _ in chunk), dtype=np.int64, count=len(chunk))
-        v = torch.from_numpy(np.ascontiguousarray(self.vectors[rows], dtype=np.float32))
-        a = len(self.taken)
+        a, b = len(self.taken), len(rows)
+        self.kept[a : a + b] = self.vectors[rows]
+        v = self.kept[a : a + b].copy()
+        sims = (torch.from_numpy(v) @ torch.from_numpy(self.kept[: a + b]).T).numpy()
         if a:
-            best, arg = (v @ self.kept[:a].T).max(dim=1)
-            best_np, arg_np = best.numpy(), arg.numpy()
+            arg_np = sims[:, :a].argmax(axis=1)
+            best_np = sims[np.arange(b), arg_np]
         else:
-            best_np, arg_np = np.full(len(rows), -np.inf, dtype=np.float32), np.zeros(len(rows), np.int64)
-        gram = torch.triu(v @ v.T, diagonal=1).numpy()  # gram[i, j], i < j: j against earlier rows
+            best_np, arg_np = np.full(b, -np.inf, dtype=np.float32), np.zeros(b, np.int64)
+        gram = np.triu(sims[:, a:], 1)  # gram[i, j], i < j: j against earlier rows
         close = gram >= self.cosine
         conflicted = close.any(axis=0)
         take = best_np < self.cosine
@@ -182,7 +191,7 @@ class _Walk:
         order = np.cumsum(take)
         stop = len(rows) if order[-1] + a < self.k else int(np.searchsorted(order, self.k - a)) + 1
         chosen = np.flatnonzero(take[:stop])
-        self.kept[a : a + len(chosen)] = v[torch.from_numpy(chosen)]
+        self.kept[a : a + len(chosen)] = v[chosen]
         self.taken.extend(chunk[j] for j in chosen.tolist())
         self.taken_at.extend((self.position + chosen).tolist())
         for j in np.flatnonzero(~take[:stop]).tolist():
