@@ -149,4 +149,6 @@ def run_demo(
         "warm_s": warm_s,
         "ingest_s": ingest_s,
         "cache_hit": warm_summary.cache_hit,
+        "ranking": [(c.id, c.score) for c in cold],
+        "same_ranking": [(c.id, c.score) for c in cold] == [(c.id, c.score) for c in warm],
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gotd.lab.bench.service import run
 
 
@@ -24,6 +26,10 @@ def test_quick_service_bench_writes_report(tmp_path: Path) -> None:
     assert costs["auto"]["cost"] == "fused"
     assert costs["auto"]["cache_hit"] is True
     assert set(costs["ratios"]) == {"cold", "cached", "cached_inline", "steady"}
+    for phase, ratio in costs["ratios"].items():  # each ratio pairs two Selects of this run
+        assert ratio == pytest.approx(costs[phase]["fused"]["s"] / costs[phase]["embedding"]["s"])
+    assert scenario["cached_speedup"] == pytest.approx(scenario["cold_s"] / scenario["cached_s"])
+    assert scenario["grown_speedup"] == pytest.approx(scenario["cold_s"] / scenario["grown_s"])
     assert report["costs"]["store_ingest"]["sketched_per_s"] > 0
     text = (tmp_path / "service-smoke.md").read_text()
     assert "cached speed-up" in text

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,91 @@ def test_console_script_is_installed() -> None:
     help_text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
     for command in ("serve", "ingest", "select", "pools", "demo", "bench"):
         assert command in help_text
+
+
+# -- the CLI as a new user meets it: every input mistake is one `error:` line, no traceback --------
+
+
+@dataclass(frozen=True)
+class Case:
+    reason: str
+    args: tuple[str, ...]
+    code: int
+    stderr: str  # regex the (whole, for exit 1: single-line) stderr must match
+
+
+def _files(tmp: Path) -> None:
+    unit = clustered(3, seed=5)
+    rec = [json.dumps({"id": f"f{i}", "embedding": v.tolist()}) for i, v in enumerate(unit)]
+    nan = {"id": "n", "embedding": [float("nan"), *unit[0].tolist()[1:]]}
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "good.jsonl").write_text("\n".join(rec) + "\n")
+    (tmp / "badjson.jsonl").write_text(rec[0] + "\n{not json\n")
+    more = [json.dumps({"id": f"m{i}", "embedding": v.tolist()}) for i, v in enumerate(unit)]
+    (tmp / "late.jsonl").write_text("\n".join(rec + more) + "\n[1, 2]\n")  # line 7, after 3 batches of 2
+    (tmp / "noid.jsonl").write_text(json.dumps({"embedding": unit[0].tolist()}) + "\n")
+    (tmp / "nan.jsonl").write_text(json.dumps(nan) + "\n")
+    (tmp / "dim.jsonl").write_text(json.dumps({"id": "d", "embedding": [1.0, 0.0, 0.0]}) + "\n")
+
+
+ING = ("ingest", "--pool", "cli-cases")
+SEL = ("select", "--pool", "cli-cases", "-k", "2", "--target")
+SELECT = (*SEL, "{tmp}/good.jsonl")
+CASES = [
+    Case("empty file", (*ING, "{tmp}/empty.jsonl"), 1, r"error: .*empty\.jsonl: no records"),
+    Case("bad JSON line", (*ING, "{tmp}/badjson.jsonl"), 1, r"error: .*:2: not valid JSON"),
+    Case("bad line after sent batches", (*ING, "--batch-size", "2", "{tmp}/late.jsonl"), 1,
+         r"error: .*late\.jsonl:7: "),
+    Case("missing id", (*ING, "{tmp}/noid.jsonl"), 1, r"error: .*:1: 'id' must be"),
+    Case("NaN embedding", (*ING, "{tmp}/nan.jsonl"), 1, r"error: .*:1: 'embedding' has NaN"),
+    Case("missing file", (*ING, "{tmp}/absent.jsonl"), 1, r"error: .*absent\.jsonl: no such file"),
+    Case("server refuses a record", (*ING, "{tmp}/dim.jsonl"), 1, r"error: FAILED_PRECONDITION: .*dim.* 3"),
+    Case("unknown --mode", (*SELECT, "--mode", "fast"), 2, r"--mode.*'fast' is not one of"),
+    Case("unknown --cost", (*SELECT, "--cost", "cheap"), 2, r"--cost.*'cheap' is not one of"),
+    Case("k below 1", ("select", "--pool", "cli-cases", "-k", "0", "--target", "{tmp}/good.jsonl"), 2,
+         r"'-k' / '--k'"),
+    Case("--output into a missing folder", (*SELECT, "--output", "{tmp}/nodir/out.jsonl"), 1,
+         r"error: --output .*nodir/out\.jsonl: folder .*nodir does not exist"),
+    Case("empty target file", (*SEL, "{tmp}/empty.jsonl"), 1,
+         r"error: .*empty\.jsonl: no records \(a target set needs at least one\)"),
+    Case("bad target file", (*SEL, "{tmp}/badjson.jsonl"), 1, r"error: .*badjson\.jsonl:2: not valid JSON"),
+    Case("unknown pool", ("select", "--pool", "nope", "-k", "2", "--target", "{tmp}/good.jsonl"), 1,
+         r"error: NOT_FOUND: pool 'nope' does not exist"),
+    Case("server down", ("pools", "--server", "127.0.0.1:1", "--timeout", "5"), 1, r"error: UNAVAILABLE: "),
+]  # fmt: skip
+
+
+def test_cli_mistakes_are_one_clear_line(served: str, tmp_path: Path) -> None:
+    _files(tmp_path)
+    _gotd("ingest", "--server", served, "--pool", "cli-cases", str(tmp_path / "good.jsonl"))
+    failed = []
+    for case in CASES:
+        args = [a.replace("{tmp}", str(tmp_path)) for a in case.args]
+        if "--server" not in args:
+            args[1:1] = ["--server", served]
+        result = _gotd(*args, check=False)
+        lines = result.stderr.strip().splitlines()
+        ok = (
+            result.returncode == case.code
+            and "Traceback" not in result.stderr
+            and re.search(case.stderr, result.stderr) is not None
+            and (case.code != 1 or len(lines) == 1)
+            and "Exception iterating requests" not in result.stderr
+        )
+        if not ok:
+            failed.append((case.reason, result.returncode, result.stderr))
+    assert not failed, failed
+
+
+def test_cli_progress_degrades_off_a_terminal(served: str, tmp_path: Path) -> None:
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(
+        "".join(json.dumps({"id": f"x{i}", "text": f"note {i} on rivers"}) + "\n" for i in range(40))
+    )
+    ingest = _gotd("ingest", "--server", served, "--pool", "cli-texts", "--batch-size", "8", str(texts))
+    select = _gotd("select", "--server", served, "--pool", "cli-texts", "--target", str(texts), "-k", "3")
+    for run in (ingest, select):  # stderr is a pipe here: no carriage-return bars
+        assert "\r" not in run.stderr
+    assert select.stderr.strip().splitlines() == [select.stderr.strip()]
+    assert select.stderr.startswith("selected 3 of 40 ")
+    assert len(select.stdout.splitlines()) == 3

@@ -23,8 +23,15 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out
     assert "precision of 'Mathematics' in the top 10" in out
     assert result["cache_hit"] is True
-    assert 0.0 <= result["precision"] <= 1.0
-    # A second run re-uses the embedding cache: nothing is embedded again.
+    assert result["same_ranking"] is True  # the cached Select ranks exactly as the cold one
+    topic_of = {d.id: d.topic for d in load_wiki()}
+    pool, _targets = split_task(load_wiki(), "Mathematics", 60)
+    ranked_ids = [cid for cid, _ in result["ranking"]]
+    assert len(ranked_ids) == 10
+    assert set(ranked_ids) <= {d.id for d in pool}
+    assert result["precision"] == sum(topic_of[cid] == "Mathematics" for cid in ranked_ids) / 10
+    assert result["precision"] > result["base_rate"]  # better than a random draw from the pool
+    # A second run re-uses the embedding cache: nothing is embedded again, and ranks identically.
     again = run_demo(data_dir=tmp_path / "demo", pool_size=60, topic="Mathematics", k=10)
     assert "0 embedded" in capsys.readouterr().out
-    assert again["precision"] == result["precision"]
+    assert again["ranking"] == result["ranking"]

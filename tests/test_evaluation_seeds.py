@@ -182,7 +182,10 @@ def test_per_text_cache_embeds_only_missing_texts(tmp_path: Path) -> None:
     assert np.array_equal(second.vectors[[0, 2]], first.vectors[[1, 0]])
     third = embed_texts(["three", "one"], _Encoder, model_id=_Encoder.model_id, cache_dir=tmp_path)
     assert third.cached
-    assert third.encode_seconds >= 0
+    # each text carries its share of the encode call that stored it: "one" half of the first call,
+    # "three" all of the second, so third = second - first / 3 (first = 1.5 calls' shares of "one"/"two")
+    assert third.encode_seconds > 0
+    assert third.encode_seconds == pytest.approx(second.encode_seconds - first.encode_seconds / 3)
     assert len(list(text_store_dir(_Encoder.model_id, tmp_path).glob("shard-*.npz"))) == 2
     (text_store_dir(_Encoder.model_id, tmp_path) / "shard-broken.npz").write_bytes(b"not a zip")
     again = embed_texts(["one"], _Encoder, model_id=_Encoder.model_id, cache_dir=tmp_path)

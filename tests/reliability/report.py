@@ -131,6 +131,33 @@ HARDENING = [
         "2,748 after 12,000 (unbounded: about 675 pages per 1,000 entries, ≈8,100)",
     ),
     (
+        "Tests that compare rankings, not lengths",
+        "`tests/reliability/reference.py` computes what a default server must answer from the committed "
+        "vectors (the library's solve, score and near-copy walk, the store's id hashes).",
+        "test_crash: after the restart and after the re-sent calls, the top 10 (ids and scores, rtol 1e-5) "
+        "equals the reference on the store's rows; test_load: every Select on a target set under load "
+        "equals its reference top 50 and every Score its reference scores (else WRONG_ANSWER, a failure); "
+        "test_names: each odd name ranks as the reference; test_demo: the cached ranking equals the cold "
+        "one, precision recomputed from the returned ids and above the pool's base rate, a re-run ranks "
+        "identically; test_evaluation_seeds: encode seconds follow the per-text shares exactly; benchmark "
+        "smoke tests: report keys, every ratio equal to the quotient of the same run's numbers, and the "
+        "report prints those ratios.",
+        "load in process: 605 RPCs, all equal to the reference; crash seed 0 (exact) and seed 1 (global, "
+        "50k): rankings equal to the reference",
+    ),
+    (
+        "The CLI as a new user meets it",
+        "Verified by hand against a real `gotd serve` (the lead's client/cli.py fixes): each case below "
+        "prints one `error: ...` line, exit 1 (usage errors: click's usage message, exit 2), no "
+        "traceback, no spurious `UNKNOWN: Exception iterating requests`; progress bars are off when stderr "
+        "is not a terminal.",
+        "tests/test_cli.py, table-driven: empty file, bad JSON line, bad line after batches were sent, "
+        "missing id, NaN embedding, missing file, a record the server refuses, --mode fast, --cost "
+        "cheap, -k 0, --output into a missing folder, empty or bad target file, unknown pool, server "
+        "down; progress off a terminal (no carriage returns, one summary line).",
+        "15 cases, all one line (or a usage error) with the right exit code",
+    ),
+    (
         "Redis trust boundary",
         "Documented (README, Deployment): the codec's checksum and checks catch corruption, not forgery; "
         "whoever can write to gotd's Redis can steer rankings, so that Redis must be private to gotd "

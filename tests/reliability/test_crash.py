@@ -26,6 +26,7 @@ from gotd.client.client import Client
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 from tests.conftest import DIM, clustered
+from tests.reliability.reference import as_ranking, assert_same_ranking, reference_ranking
 from tests.reliability.support import ServeProcess, wait_until
 
 pytestmark = pytest.mark.reliability
@@ -170,15 +171,22 @@ def run_crash(seed: int, n: int, tmp: Path, model: str) -> dict[str, Any]:
         figures["restart_s"] = round(second.startup_seconds, 1)
         with Client(second.address, timeout=300) as client:
             assert client.pool(POOL).count == figures["records_present"]
-            target = clustered(16, seed=seed + 1).tolist()
-            assert len(client.select(POOL, target, k=10)[0]) == 10
+            target = clustered(16, seed=seed + 1)
+            after_restart = as_ranking(client.select(POOL, target.tolist(), k=10)[0])
             for c in range(max(acked) + 1, len(calls)):  # the client re-sends what was not acknowledged
                 _ingest(second.address, calls[c])
             assert client.pool(POOL).count == n
-            ranked, summary = client.select(POOL, target, k=10)
-            assert len(ranked) == 10
+            grown_target = clustered(16, seed=seed + 2)  # a cold solve on the completed pool
+            ranked, summary = client.select(POOL, grown_target.tolist(), k=10)
             figures["select_after_restart_mode"] = summary.mode
         assert second.stop() == 0
+    with Store(data) as store:  # rows are append-only: the first rows are the pool after the restart
+        arrays = store.load_vectors(POOL)
+    present = figures["records_present"]
+    want = reference_ranking(arrays.vectors[:present], arrays.ids[:present], target, 10)
+    assert_same_ranking(after_restart, want)
+    assert_same_ranking(as_ranking(ranked), reference_ranking(arrays.vectors, arrays.ids, grown_target, 10))
+    figures["rankings_equal_reference"] = 2
     return figures
 
 

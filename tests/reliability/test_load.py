@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,17 @@ import grpc
 import pytest
 
 from gotd.client.client import Client
+from gotd.client.types import RankedCandidate, ScoredCandidate
 from gotd.lab.demo import BackgroundServer
 from tests.conftest import clustered, vector_records
+from tests.reliability.reference import (
+    Ranking,
+    as_ranking,
+    assert_same_ranking,
+    reference_ranking,
+    reference_scores,
+    same_ranking,
+)
 from tests.reliability.support import (
     ServeProcess,
     latency_summary,
@@ -39,16 +49,47 @@ POOL = 5000
 TARGET_SETS = ("t0", "t1", "t2", "t3")
 
 
-def _prepare(address: str) -> list[str]:
+@dataclass(frozen=True)
+class References:
+    """The reference answers of the load: per target set, the top-50 ranking and every row's score."""
+
+    ids: list[str]
+    rankings: dict[str, Ranking]
+    scores: dict[str, dict[str, float]]
+
+
+def _prepare(address: str) -> References:
+    pool = clustered(POOL, seed=31)
+    ids = [f"c{i:05d}" for i in range(POOL)]
+    targets = {name: clustered(32, seed=40 + i, centers=2) for i, name in enumerate(TARGET_SETS)}
     with Client(address, timeout=300) as client:
-        client.ingest("main", vector_records(clustered(POOL, seed=31)), batch_size=1000)
-        for i, name in enumerate(TARGET_SETS):
-            client.put_target_set(name, clustered(32, seed=40 + i, centers=2).tolist())
-    return [f"c{i:05d}" for i in range(POOL)]
+        client.ingest("main", vector_records(pool), batch_size=1000)
+        for name, vectors in targets.items():
+            client.put_target_set(name, vectors.tolist())
+    return References(
+        ids,
+        {name: reference_ranking(pool, ids, y, 50) for name, y in targets.items()},
+        {
+            name: dict(zip(ids, reference_scores(pool, ids, y).tolist(), strict=True))
+            for name, y in targets.items()
+        },
+    )
+
+
+def _check_select(reference: Ranking | None, answer: tuple[list[RankedCandidate], Any]) -> bool:
+    """A Select on a target set ranks exactly as the reference (an inline cold target: 50 in order)."""
+    got = as_ranking(answer[0])
+    if reference is None:
+        return len(got) == 50 and [s for _, s in got] == sorted(s for _, s in got)
+    return same_ranking(got, reference)
+
+
+def _check_score(reference: dict[str, float], answer: list[ScoredCandidate]) -> bool:
+    return same_ranking([(c.id, c.score) for c in answer], [(c.id, reference[c.id]) for c in answer])
 
 
 def _client_loop(
-    address: str, index: int, until: float, ids: list[str], out: list[tuple[str, float, str]]
+    address: str, index: int, until: float, refs: References, out: list[tuple[str, float, str]]
 ) -> None:
     """One client: a seeded mix of 55% Select, 30% Score, 15% Ingest until ``until``."""
     rng = random.Random(index)
@@ -59,29 +100,38 @@ def _client_loop(
             roll = rng.random()
             target: Any = rng.choice(TARGET_SETS)
             call: Callable[[], Any]
+            check: Callable[[Any], bool] = lambda _answer: True  # noqa: E731
             if roll < 0.55:
                 method = "Select"
+                reference = refs.rankings[target]
                 if rng.random() < 0.1:  # a cold solve on an inline target
-                    target = clustered(8, seed=1000 * index + calls).tolist()
+                    target, reference = clustered(8, seed=1000 * index + calls).tolist(), None
                 call = functools.partial(client.select, "main", target, k=50)
+                check = functools.partial(_check_select, reference)
             elif roll < 0.85:
                 method = "Score"
-                call = functools.partial(client.score, "main", target, rng.sample(ids, 16))
+                call = functools.partial(client.score, "main", target, rng.sample(refs.ids, 16))
+                check = functools.partial(_check_score, refs.scores[target])
             else:
                 method = "Ingest"
                 vectors = clustered(64, seed=100_000 + 1000 * index + calls)
                 records = vector_records(vectors, prefix=f"w{index:02d}-{calls:05d}-")
                 call = functools.partial(client.ingest, "ingest", records)
-            out.append(_timed(method, call))
+            out.append(_timed(method, call, check))
 
 
-def _timed(method: str, call: Callable[[], Any]) -> tuple[str, float, str]:
+def _timed(
+    method: str, call: Callable[[], Any], check: Callable[[Any], bool] = lambda _answer: True
+) -> tuple[str, float, str]:
+    """Run one call: its method, seconds and code (WRONG_ANSWER when it differs from the reference)."""
     started = time.perf_counter()
     code = "OK"
     try:
-        call()
+        answer = call()
     except grpc.RpcError as err:
         code = err.code().name
+    else:
+        code = "OK" if check(answer) else "WRONG_ANSWER"
     return method, time.perf_counter() - started, code
 
 
@@ -89,17 +139,17 @@ def run_load(
     address: str, rss_of: Callable[[], int], seconds: float, clients: int = CLIENTS
 ) -> dict[str, Any]:
     """Run ``clients`` client threads for ``seconds``; the figures of the run (RSS sampled every 0.25 s)."""
-    ids = _prepare(address)
+    refs = _prepare(address)
     with Client(address, timeout=120) as warm:  # first solves and pool loads happen before the clock
         for name in TARGET_SETS:
-            warm.select("main", name, k=50)
+            assert_same_ranking(as_ranking(warm.select("main", name, k=50)[0]), refs.rankings[name])
     rss_before = rss_of()
     samples: list[tuple[float, int]] = []
     results: list[tuple[str, float, str]] = []
     started = time.monotonic()
     until = started + seconds
     threads = [
-        threading.Thread(target=_client_loop, args=(address, i, until, ids, results)) for i in range(clients)
+        threading.Thread(target=_client_loop, args=(address, i, until, refs, results)) for i in range(clients)
     ]
     for t in threads:
         t.start()
@@ -198,6 +248,8 @@ def test_over_the_concurrency_limit_is_resource_exhausted(
         assert codes["OK"] >= 4
         assert wait_until(lambda: metric_value(srv.running.metrics.in_flight) == 0, 60)
         with Client(srv.address, timeout=120) as client:
-            assert len(client.select("main", clustered(4, seed=9).tolist(), k=5)[0]) == 5
+            target = clustered(4, seed=9)
+            want = reference_ranking(clustered(POOL, seed=31), [f"c{i:05d}" for i in range(POOL)], target, 5)
+            assert_same_ranking(as_ranking(client.select("main", target.tolist(), k=5)[0]), want)
     finally:
         srv.stop()

@@ -25,6 +25,7 @@ from gotd.client.client import Client
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
 from tests.conftest import clustered, vector_records
+from tests.reliability.reference import as_ranking, assert_same_ranking, reference_ranking
 
 pytestmark = pytest.mark.reliability
 
@@ -117,11 +118,14 @@ def test_odd_valid_names_stay_inside(make_server: Any, tmp_path: Path, figures: 
     """Valid names that look like paths or flags work and every file they cause lives in the data dir."""
     data = tmp_path / "data"
     srv = make_server(data_dir=data)
+    pool = clustered(20, seed=1)
+    targets = clustered(2, seed=2)
+    want = reference_ranking(pool, [f"c{i:05d}" for i in range(20)], targets, 3)
     with Client(srv.address, timeout=60) as client:
         for name in ODD_BUT_VALID:
-            client.ingest(name, vector_records(clustered(20, seed=1)))
-            client.put_target_set(name, clustered(2, seed=2).tolist())
-            assert len(client.select(name, name, k=3)[0]) == 3
+            client.ingest(name, vector_records(pool))
+            client.put_target_set(name, targets.tolist())
+            assert_same_ranking(as_ranking(client.select(name, name, k=3)[0]), want)
     for name in ODD_BUT_VALID:
         index = ensure_index(srv.running.store, name)
         assert index.ntotal == 20
