@@ -99,10 +99,14 @@ def delete_prefix(url: str, prefix: str) -> int:
     return removed
 
 
-def _server_pid(host: str, port: int, timeout: float = 0.2) -> int | None:
+def _server_pid(host: str, port: int, timeout: float = 0.2, password: str | None = None) -> int | None:
     """``process_id`` from ``INFO server`` of the Redis at ``host:port``, or None if it does not answer."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return None
             sock.sendall(b"INFO server\r\n")
             reply = b""
             while b"\r\n" not in reply or len(reply) < _bulk_end(reply):
@@ -139,11 +143,19 @@ class RedisServer:
         More ``redis-server`` arguments, e.g. ``("--enable-debug-command", "local")``.
     startup_timeout : float
         Seconds to wait for the server to answer PING.
+    password : str, optional
+        ``requirepass``: clients must AUTH (``url`` then carries it).
     """
 
     def __init__(
-        self, port: int | None = None, *, extra_args: Sequence[str] = (), startup_timeout: float = 10.0
+        self,
+        port: int | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+        password: str | None = None,
     ) -> None:
+        self.password = password
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
@@ -166,7 +178,8 @@ class RedisServer:
         return self.url_for(0)
 
     def url_for(self, db: int) -> str:
-        return f"redis://{self.host}:{self.port}/{db}"
+        auth = f":{self.password}@" if self.password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/{db}"
 
     @property
     def running(self) -> bool:
@@ -230,6 +243,7 @@ class RedisServer:
             "--appendonly", "no",
             "--dir", str(self._dir),
             "--logfile", str(self._dir / "redis.log"),
+            *(("--requirepass", self.password) if self.password is not None else ()),
             *self._extra_args,
         ]  # fmt: skip
         proc = subprocess.Popen(
@@ -240,7 +254,9 @@ class RedisServer:
             if proc.poll() is not None:  # exited: port in use, bad argument, ...
                 proc.wait()
                 return False
-            if _server_pid(self.host, self.port) == proc.pid:  # ours, not a squatter on the port
+            if (
+                _server_pid(self.host, self.port, password=self.password) == proc.pid
+            ):  # ours, not a squatter on the port
                 self._proc = proc
                 return True
             time.sleep(0.02)

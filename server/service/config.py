@@ -29,6 +29,11 @@ _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 ModeName = Literal["auto", "exact", "global", "paper"]
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its credentials (``user:password@``) replaced by ``***@``: safe to print or log."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message says which setting and why."""
 
@@ -120,7 +125,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+            raise ValueError(f"expected redis://host:port/db, got {redact_url(value)!r}")
         return value
 
     @model_validator(mode="after")

@@ -161,9 +161,13 @@ HARDENING = [
         "Redis trust boundary",
         "Documented (README, Deployment): the codec's checksum and checks catch corruption, not forgery; "
         "whoever can write to gotd's Redis can steer rankings, so that Redis must be private to gotd "
-        "(private network, no other tenants, AUTH/ACLs, TLS via `rediss://` when remote).",
-        "documentation only; garbage and poisoned entries are covered by test_cache_faults (above)",
-        "",
+        "(private network, no other tenants, AUTH/ACLs, TLS via `rediss://` when remote). A Redis URL "
+        "in a configuration error has its credentials replaced by `***@`.",
+        "tests/test_redis_auth.py: a `requirepass` Redis through `redis://:password@...`: cache health "
+        "SERVING, the potential written there, a repeat Select a hit with the same ranking; a wrong "
+        "password: cache NOT_SERVING, the same ranking; the password in no log line (DEBUG) and not in "
+        "the error of a bad URL. TLS (`rediss://`) is passed to redis-py as given, not tested here.",
+        "garbage and poisoned entries: test_cache_faults (above)",
     ),
 ]
 KNOWN_LIMITS = (
