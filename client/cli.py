@@ -278,6 +278,7 @@ def _extra_module(command: str, module: str, extra: str) -> ModuleType:
 DISPATCHED: dict[str, tuple[str, str, str]] = {
     "serve": ("gotd.server.cli", "server", "Run the gRPC server until SIGTERM (extra: server)."),
     "sketch-backfill": ("gotd.server.cli", "server", "Sketch older pools from stored texts (extra: server)."),
+    "compact": ("gotd.server.cli", "server", "Copy a store without its free pages (extra: server)."),
     "demo": ("gotd.lab.cli", "lab", "End to end on the wiki corpus (extra: lab)."),
     "eval": ("gotd.lab.cli", "lab", "Selection quality on a labelled corpus vs baselines (extra: lab)."),
     "bench": ("gotd.lab.cli", "lab", "Benchmarks, written to docs/benchmarks/ (extra: lab)."),

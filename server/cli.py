@@ -111,6 +111,30 @@ def ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, ad
     )
 
 
+@app.command()
+def compact(
+    data_dir: Annotated[Path, typer.Option(help="data directory of the store (as given to serve)")],
+    output: Annotated[Path, typer.Option(help="new data directory (must not hold a store)")],
+) -> None:
+    """Copy a store without its free pages (evicted embeddings, deleted pools): a smaller data dir.
+
+    Safe beside a running server; point the server at OUTPUT once the copy is done.
+    """
+    import shutil
+
+    from gotd.cache.store.core import INDEX_DIRNAME
+    from gotd.cache.store.env import compact_copy
+
+    try:
+        before, after = compact_copy(data_dir, output)
+    except (FileNotFoundError, FileExistsError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    if (data_dir / INDEX_DIRNAME).is_dir():
+        shutil.copytree(data_dir / INDEX_DIRNAME, output / INDEX_DIRNAME, dirs_exist_ok=True)
+    typer.echo(f"compacted {data_dir} into {output}: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB")
+
+
 @app.command("sketch-backfill")
 def sketch_backfill(
     data_dir: Annotated[Path, typer.Option(help="data directory of the store (as given to serve)")],

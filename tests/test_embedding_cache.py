@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,3 +92,38 @@ def test_delete_pool_drops_its_texts_and_get_pool_reports_the_size(make_server: 
         assert (info.entries, info.max_entries, info.evicted) == (12, 1000, 0)
         client.delete_pool("gone")
         assert _cache_info(srv.address, "keep").entries == 4
+
+
+def _compact(source: Path, output: Path) -> subprocess.CompletedProcess[str]:
+    command = ["compact", "--data-dir", str(source), "--output", str(output)]
+    return subprocess.run(
+        [sys.executable, "-m", "gotd.client.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_compact_copy_drops_the_free_pages(tmp_path: Path) -> None:
+    """After evictions the file keeps its high-water size; `gotd compact` writes a smaller copy."""
+    source, copy = tmp_path / "data", tmp_path / "compacted"
+    with Store(source) as store:
+        cache = EmbeddingCache(store, max_entries=2000)
+        for round_ in range(6):
+            cache.put_many("m", [f"r{round_} t{i}" for i in range(1000)], _vectors(1000, round_))
+        kept = cache.stats()
+        probe = cache.get_many("m", ["r5 t7"])[0]
+    done = _compact(source, copy)
+    assert done.returncode == 0, done.stderr
+    before = (source / "lmdb" / "data.mdb").stat().st_size
+    after = (copy / "lmdb" / "data.mdb").stat().st_size
+    assert after < 0.8 * before, (before, after)
+    with Store(copy) as store:
+        cache = EmbeddingCache(store, max_entries=2000)
+        assert cache.stats() == kept
+        np.testing.assert_array_equal(cache.get_many("m", ["r5 t7"])[0], probe)
+    again = _compact(source, copy)
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ")
+    assert "already holds a store" in again.stderr

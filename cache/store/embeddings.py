@@ -10,7 +10,7 @@ a lookup also reads the previous one and copies what it finds there into the cur
 current generation holds ``max_entries / 2`` entries, the previous one is deleted and the current one
 becomes the previous. So at most about ``max_entries`` entries are kept, and an entry used at least once
 per ``max_entries / 2`` insertions is never evicted. LMDB reuses the freed pages, so the file stops
-growing once the cache is full (``gotd compact`` is not needed for that; a smaller file needs a copy).
+growing once the cache is full; ``gotd compact`` writes a copy without the free pages (a smaller file).
 Entries written by an older gotd (24-byte keys) are deleted at the first rotation.
 """
 

@@ -214,6 +214,28 @@ class Env:
             self.env.close()
 
 
+def compact_copy(data_dir: Path, output: Path) -> tuple[int, int]:
+    """Copy the LMDB environment of ``data_dir`` into ``output`` without its free pages.
+
+    LMDB reuses the pages of deleted entries (an evicted embedding cache, a deleted pool) but never
+    shrinks its file; a compacted copy does. Safe beside a running server (one read transaction);
+    ``output`` must not hold a store yet. Returns the bytes of the data file before and after.
+    """
+    source = Path(data_dir) / ENV_DIRNAME / "data.mdb"
+    if not source.is_file():
+        raise FileNotFoundError(f"no store at {source.parent}")
+    target = Path(output) / ENV_DIRNAME
+    if (target / "data.mdb").exists():
+        raise FileExistsError(f"{target} already holds a store")
+    target.mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(source.parent), readonly=True, lock=True, max_dbs=len(DATABASES) + 1, subdir=True)
+    try:
+        env.copy(str(target), compact=True)
+    finally:
+        env.close()
+    return source.stat().st_size, (target / "data.mdb").stat().st_size
+
+
 class Abort(Exception):  # noqa: N818 (control flow, not an error)
     """Raised inside :meth:`Env.write` to roll back and return ``value`` (e.g. "nothing changed")."""
 
