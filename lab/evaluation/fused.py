@@ -51,6 +51,7 @@ __all__ = ["DUP_COSINE", "FusedSelector", "sketch_rows"]
 DUP_COSINE = 0.95
 WEIGHTS = (0.3, 0.5, 0.7)
 RELATIVE = (0.03, 0.05, 0.1)
+NEAR_COPY_THRESHOLDS = (0.9, 0.925, 0.95)
 _TF: dict[str, np.ndarray] = {}
 
 
@@ -130,7 +131,9 @@ class FusedSelector:
         return np.asarray(ranked, dtype=np.int64)
 
 
-def _default_selector(name: str, options: MethodOptions, *, nodup: bool, copies: bool = False) -> Selector:
+def _default_selector(
+    name: str, options: MethodOptions, *, nodup: bool, copies: bool = False, near_copy: float | None = None
+) -> Selector:
     """The server's defaults (``Settings``), imported late: the settings module reads the environment."""
     from gotd.server.service.config import Settings
 
@@ -144,7 +147,7 @@ def _default_selector(name: str, options: MethodOptions, *, nodup: bool, copies:
         eps=s.eps,
         relative_eps=s.relative_eps,
         dup_cosine=DUP_COSINE if nodup else None,
-        near_copy_cosine=None if copies else s.near_copy_cosine,
+        near_copy_cosine=None if copies else (near_copy or s.near_copy_cosine),
     )
 
 
@@ -190,6 +193,12 @@ def _register() -> None:
         "`gotd-default` with near-copy skipping off (`near_copy_cosine` 0): the plain top-k.",
         lambda n, o: _default_selector(n, o, nodup=False, copies=True),
     )
+    for t in NEAR_COPY_THRESHOLDS:
+        add(
+            f"gotd-default-nc{t}",
+            f"`gotd-default` with near-copies skipped at embedding cosine >= {t:g}.",
+            lambda n, o, t=t: _default_selector(n, o, nodup=False, near_copy=t),
+        )
     add(
         "gotd-default-nodup",
         f"`gotd-default`, candidates with embedding cosine > {DUP_COSINE} to a target ranked last.",
