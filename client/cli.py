@@ -183,6 +183,10 @@ def select(
         float | None,
         typer.Option(help="skip candidates within this cosine of one returned (default: server's; 0: off)"),
     ] = None,
+    max_staleness: Annotated[
+        float | None,
+        typer.Option(help="reuse the potential while at most this share of the pool changed (0: solve)"),
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="output JSONL (default stdout)")] = None,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
@@ -205,6 +209,7 @@ def select(
                     pool, targets, k=k, mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
                     relative_eps=relative_eps, near_duplicate_cosine=near_duplicate_cosine,
                     near_copy_cosine=near_copy_cosine,
+                    max_staleness=max_staleness,
                 )  # fmt: skip
                 for event in events:
                     if isinstance(event, RankedCandidate):
@@ -229,7 +234,9 @@ def select(
             f"selected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
             f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, near-copies skipped "
             f"{summary.near_copies_skipped}{short}, cache_hit "
-            f"{summary.cache_hit}, converged {summary.converged}, {summary.total_ms:.0f} ms)",
+            f"{summary.cache_hit}, converged {summary.converged}, epoch v{summary.epoch_version} "
+            f"(staleness {summary.staleness:.3g}, {'solved' if summary.solved else 'reused'}, "
+            f"{summary.rows_scored} rows scored), {summary.total_ms:.0f} ms)",
             err=True,
         )
 

@@ -115,6 +115,7 @@ def solver_options(
     cost: str = "auto",
     embedding_weight: float | None = None,
     relative_eps: float | None = None,
+    max_staleness: float | None = None,
 ) -> pb.SolverOptions:
     """Wire solver options; None leaves a setting to the server's default."""
     if cost not in COSTS:
@@ -124,6 +125,8 @@ def solver_options(
         options.embedding_weight = embedding_weight
     if relative_eps is not None:
         options.relative_epsilon = relative_eps
+    if max_staleness is not None:
+        options.max_staleness = max_staleness
     if eps is not None:
         options.epsilon = eps
     if tol is not None:
@@ -212,6 +215,7 @@ class Client:
         cost: str = "auto",
         embedding_weight: float | None = None,
         relative_eps: float | None = None,
+        max_staleness: float | None = None,
         exclude_ids: Sequence[str] = (),
         domains: Sequence[str] = (),
         near_duplicate_cosine: float | None = None,
@@ -228,6 +232,8 @@ class Client:
         the median pool-target cost; ``near_duplicate_cosine`` drops candidates that close to a target;
         ``near_copy_cosine`` skips candidates that close to one already returned (None: the server's
         default, 0: off), and ``report_near_copies`` lists them in the summary.
+        ``max_staleness`` bounds the share of the pool written since the potential epoch that may
+        answer (0: solve every new pool version; None: the server's bound).
         """
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
@@ -244,6 +250,7 @@ class Client:
                 cost=cost,
                 embedding_weight=embedding_weight,
                 relative_eps=relative_eps,
+                max_staleness=max_staleness,
             ),
             exclude_ids=list(exclude_ids),
             domains=list(domains),
@@ -290,6 +297,7 @@ class Client:
         cost: str = "auto",
         embedding_weight: float | None = None,
         relative_eps: float | None = None,
+        max_staleness: float | None = None,
         timeout: float | None = None,
     ) -> list[ScoredCandidate]:
         """Scores of the given candidate ids, in order (same options as :meth:`select_stream`)."""
@@ -299,7 +307,11 @@ class Client:
             ids=list(ids),
             mode=_MODES[mode],
             solver=solver_options(
-                eps, cost=cost, embedding_weight=embedding_weight, relative_eps=relative_eps
+                eps,
+                cost=cost,
+                embedding_weight=embedding_weight,
+                relative_eps=relative_eps,
+                max_staleness=max_staleness,
             ),
         )
         response = self._stub.Score(request, **self._kw(timeout))

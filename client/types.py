@@ -132,6 +132,10 @@ class SelectSummary:
     too_few_distinct: bool = False
     near_copies: tuple[NearCopy, ...] = ()
     rank_ms: float = 0.0
+    epoch_version: int = 0  # pool version the answering potential was solved at
+    rows_scored: int = 0  # rows put through the c-transform by this request
+    staleness: float = 0.0  # share of the pool written since the epoch
+    solved: bool = False  # whether this request solved (opened the epoch)
 
     @classmethod
     def from_pb(cls, m: pb.Summary) -> SelectSummary:
@@ -144,6 +148,8 @@ class SelectSummary:
             COST_NAMES.get(m.cost, "embedding"), m.embedding_weight, m.near_duplicates_excluded,
             m.near_copy_cosine, m.near_copies_skipped, m.too_few_distinct,
             tuple(NearCopy(c.id, c.copy_of, c.cosine) for c in m.near_copies), t.rank_ms,
+            epoch_version=m.epoch.pool_version, rows_scored=m.epoch.rows_scored,
+            staleness=m.epoch.staleness, solved=m.epoch.solved,
         )  # fmt: skip
 
 

@@ -147,6 +147,7 @@ BENCHMARKS = {
     "service": "Cold vs cached Select, grown pool, first batch latency, concurrency, fused vs embedding.",
     "ray": "Sharded scoring on Ray workers vs the in-process pass (needs the ray extra).",
     "nearcopy": "Near-copy skipping: GEMM vs FAISS walk, Select with skipping on vs off.",
+    "incremental": "Re-select after growth with a potential epoch vs cold; drift vs a fresh solve.",
 }
 Out = Annotated[Path, typer.Option("--out", help="output directory")]
 Quick = Annotated[bool, typer.Option("--quick", help="tiny smoke version")]

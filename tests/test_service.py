@@ -79,12 +79,14 @@ def test_grown_pool_warm_starts_and_new_ids_are_scored(client: Client) -> None:
     first, _ = client.select("pool", _targets(), k=10)
     extra = clustered(25, seed=9)
     client.ingest("pool", vector_records(extra, prefix="new"))
-    ranked, summary = client.select("pool", _targets(), k=525)
+    ranked, summary = client.select("pool", _targets(), k=525, max_staleness=0.0)
     assert summary.warm_started
+    assert summary.solved
+    assert summary.epoch_version == summary.pool_version
     assert not summary.cache_hit
     assert summary.pool_size == 525
     assert summary.returned == 525
-    scores = client.score("pool", _targets(), ["new00003", first[0].id])
+    scores = client.score("pool", _targets(), ["new00003", first[0].id], max_staleness=0.0)
     by_id = {c.id: c.score for c in ranked}
     assert abs(scores[0].score - by_id["new00003"]) < 1e-4
     assert abs(scores[1].score - by_id[first[0].id]) < 1e-4
@@ -156,16 +158,18 @@ def test_cache_fallback_gives_the_same_ranking(make_server: object) -> None:
             assert srv.running.duals.healthy is False
 
 
-def test_score_new_ids_with_the_cached_potential_without_a_solve(client: Client) -> None:
+def test_score_after_growth_is_the_select_of_the_same_epoch(client: Client) -> None:
     _ingest_pool(client, n=400)
-    before, _ = client.select("pool", _targets(), k=400)
+    client.select("pool", _targets(), k=400)
     client.ingest("pool", vector_records(clustered(10, seed=11), prefix="late"))
-    scored = client.score("pool", _targets(), ["late00004", before[0].id, before[-1].id])
-    old = {c.id: c.score for c in before}
-    # Old candidates keep the score Select gave them; the new one is scored by the same potential.
-    assert abs(scored[1].score - old[before[0].id]) < 1e-4
-    assert abs(scored[2].score - old[before[-1].id]) < 1e-4
-    assert old[before[0].id] - 1.0 < scored[0].score < old[before[-1].id] + 1.0
+    ids = ["late00004", "c00001", "c00399"]
+    scored = client.score("pool", _targets(), ids)  # first at this version: Score opens nothing new
+    after, summary = client.select("pool", _targets(), k=410)
+    assert not summary.solved
+    assert summary.epoch_version < summary.pool_version
+    by_id = {c.id: c.score for c in after}
+    # One rule: the calibrated gradient over the pool as it is now, under the epoch's potential.
+    assert [s.score for s in scored] == [by_id[i] for i in ids]
     assert client.pool("pool").count == 410
 
 

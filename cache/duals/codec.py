@@ -11,7 +11,8 @@ Layout of one encoded :class:`PotentialEntry` (all integers little-endian)::
 
 Each array descriptor is ``{"name", "dtype", "shape", "offset", "length"}``; ``offset`` counts from the
 first byte after the JSON header, ``length`` is ``prod(shape) * itemsize``. Arrays are raw little-endian
-bytes (``<f4`` for the potential ``g``, ``<i8`` for ``rows``), so a round trip is bit-exact. No pickle:
+bytes (``<f4`` for the potential ``g`` and the row values ``f``, ``<i8`` for ``rows``), so a round trip
+is bit-exact. No pickle:
 a value from Redis is untrusted input, and :func:`decode_entry` either returns a well-formed entry or
 raises :class:`CorruptEntry`.
 """
@@ -38,7 +39,11 @@ _PREFIX = struct.Struct("<7sHI")  # magic, version, JSON length
 _CHECKSUM = struct.Struct("<Q")
 _MIN_SIZE = _PREFIX.size + _CHECKSUM.size
 # name -> (wire dtype, required)
-_ARRAYS: Final[dict[str, tuple[str, bool]]] = {"g": ("<f4", True), "rows": ("<i8", False)}
+_ARRAYS: Final[dict[str, tuple[str, bool]]] = {
+    "g": ("<f4", True),
+    "rows": ("<i8", False),
+    "f": ("<f4", False),
+}
 _DESCRIPTOR_KEYS: Final = frozenset({"name", "dtype", "shape", "offset", "length"})
 
 
@@ -57,6 +62,9 @@ class PotentialEntry:
     rows : numpy.ndarray or None
         PAPER mode: the eligible pool rows (positions in the filtered pool) of the kept domains,
         shape ``(r,)``, dtype int64. None in the other modes.
+    f : numpy.ndarray or None
+        Row values of a potential epoch: the c-transform of ``g`` per pool row at one pool version
+        (NaN for rows not scored), shape ``(n,)``, float32. None in a potential entry.
     meta : Mapping[str, Any]
         JSON-serialisable solve metadata (mode, eps, n_iter, marginal_error, converged, cost,
         pool_version, target_hash, f_sum, n, created_at, ...). After a round trip it is a read-only
@@ -70,6 +78,7 @@ class PotentialEntry:
     g: np.ndarray
     rows: np.ndarray | None
     meta: Mapping[str, Any]
+    f: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.g, np.ndarray) or self.g.ndim != 1 or self.g.dtype != np.float32:
@@ -78,6 +87,10 @@ class PotentialEntry:
             not isinstance(self.rows, np.ndarray) or self.rows.ndim != 1 or self.rows.dtype != np.int64
         ):
             raise ValueError("rows must be None or a 1-D int64 array")
+        if self.f is not None and (
+            not isinstance(self.f, np.ndarray) or self.f.ndim != 1 or self.f.dtype != np.float32
+        ):
+            raise ValueError("f must be None or a 1-D float32 array")
         if not isinstance(self.meta, Mapping) or not all(isinstance(k, str) for k in self.meta):
             raise ValueError("meta must be a mapping with str keys")
 
@@ -103,6 +116,8 @@ def encode_entry(entry: PotentialEntry) -> bytes:
     arrays: list[tuple[str, np.ndarray]] = [("g", entry.g)]
     if entry.rows is not None:
         arrays.append(("rows", entry.rows))
+    if entry.f is not None:
+        arrays.append(("f", entry.f))
     descriptors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     offset = 0
@@ -165,7 +180,9 @@ def decode_entry(data: bytes | bytearray | memoryview) -> PotentialEntry:
         raise CorruptEntry("checksum mismatch")
     header = _parse_header(buf[_PREFIX.size : data_start])
     arrays = _read_arrays(header["arrays"], buf, data_start, data_end)
-    return PotentialEntry(g=arrays["g"], rows=arrays.get("rows"), meta=MappingProxyType(header["meta"]))
+    return PotentialEntry(
+        g=arrays["g"], rows=arrays.get("rows"), meta=MappingProxyType(header["meta"]), f=arrays.get("f")
+    )
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:

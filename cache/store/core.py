@@ -259,16 +259,19 @@ class Store:
         return backfill_sketches(self.env, self.sketcher, pool, batch_rows=batch_rows, progress=progress)
 
     # -- reads ----------------------------------------------------------------------------------
-    def load_vectors(self, pool: str, *, sketches: bool = True, upcast: bool = True) -> PoolArrays:
+    def load_vectors(
+        self, pool: str, *, sketches: bool = True, upcast: bool = True, base: PoolArrays | None = None
+    ) -> PoolArrays:
         """A consistent snapshot of the whole pool as row-aligned arrays (see :class:`PoolArrays`).
 
         The vectors (and sketches, unless ``sketches=False``) are read with one copy per chunk straight
-        from the memory map; float32 unless ``upcast=False``, which keeps the storage dtype.
+        from the memory map; float32 unless ``upcast=False``, which keeps the storage dtype. ``base``,
+        an earlier load with the same options, grows by the rows written since when it can (changes.py).
         """
         started = time.perf_counter()
+        load = store_read.load_grown
         arrays = self.env.read(
-            lambda txn: store_read.load_pool(txn, self._dbs, pool, sketches=sketches, upcast=upcast),
-            buffers=True,
+            lambda txn: load(txn, self._dbs, pool, base, sketches=sketches, upcast=upcast), buffers=True
         )
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays

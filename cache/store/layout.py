@@ -10,6 +10,7 @@ walks a pool's chunks in order, little-endian in values)::
     rows      P + u64 chunk -> u32 n, u64[n] row versions, u64[n] xxh64(id), JSON [ids, domains]
     content   P + u64 row -> u32 len(domain), u32 len(meta), u32 len(text) or 0xFFFFFFFF, bytes
     sketches  P + u64 chunk -> float16 n-gram sketch rows (see :mod:`gotd.cache.store.sketch`)
+    changes   P + u64 version -> u64[] rows that version wrote (see :mod:`gotd.cache.store.changes`)
     targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors [+ sketches]
     embcache  u64 xxh3_64(model) + xxh3_128(text) -> float32 vector bytes
 
@@ -33,10 +34,21 @@ import xxhash
 from gotd.cache.errors import InvalidArgument
 
 FORMAT_VERSION: Final = 1
-DATABASES: Final = ("meta", "pools", "ids", "vectors", "rows", "content", "targets", "embcache", "sketches")
+DATABASES: Final = (
+    "meta",
+    "pools",
+    "ids",
+    "vectors",
+    "rows",
+    "content",
+    "targets",
+    "embcache",
+    "sketches",
+    "changes",
+)
 #: Databases newer than format 1: created on the first read-write open, absent from an older store
 #: opened read-only (its readers then find no handle for them).
-ADDED_DATABASES: Final = frozenset({"sketches"})
+ADDED_DATABASES: Final = frozenset({"sketches", "changes"})
 VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
 UNIT_TOLERANCE: Final = 1e-6

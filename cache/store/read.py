@@ -13,6 +13,8 @@ import numpy as np
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import validate_id, validate_name
+from gotd.cache.store.buffers import spare_rows
+from gotd.cache.store.changes import CHANGES_DB, grow_snapshot
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
     PoolArrays,
@@ -50,7 +52,8 @@ def load_pool(
     rec = require_pool(txn, dbs, pool)
     n, d, size = rec.count, rec.dim, rec.chunk_rows
     dtype = VECTOR_DTYPES[rec.dtype]
-    vectors = np.empty((n, d), dtype=np.float32 if upcast else dtype.newbyteorder("="))
+    # spare rows: the next versions' snapshots grow in place
+    vectors = spare_rows(n, d, dtype=np.float32 if upcast else dtype.newbyteorder("="))
     flat = vectors.reshape(-1)
     seen = 0
     for chunk, value in pool_chunks(txn, dbs["vectors"], rec.prefix):
@@ -91,6 +94,24 @@ def load_pool(
         uid=rec.uid,
         sketches=load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None,
     )
+
+
+def load_grown(
+    txn: lmdb.Transaction,
+    dbs: Dbs,
+    pool: str,
+    base: PoolArrays | None,
+    *,
+    sketches: bool = True,
+    upcast: bool = True,
+) -> PoolArrays:
+    """``base`` grown to the pool's version by its change log, else the whole pool loaded (``base`` must
+    be a load with the same ``sketches`` and ``upcast``)."""
+    if base is not None:
+        grown = grow_snapshot(txn, dbs, require_pool(txn, dbs, pool), base)
+        if grown is not None:
+            return grown
+    return load_pool(txn, dbs, pool, sketches=sketches, upcast=upcast)
 
 
 def rows_for_ids(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> np.ndarray:
@@ -190,7 +211,9 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
     """Delete every key of ``pool`` and its record (NotFound when absent)."""
     record = require_pool(txn, dbs, pool)
     prefix = record.prefix
-    for db in ("ids", "vectors", "rows", "content", SKETCH_DB):
+    for db in ("ids", "vectors", "rows", "content", SKETCH_DB, CHANGES_DB):
+        if db not in dbs:
+            continue
         with txn.cursor(db=dbs[db]) as cur:
             if not cur.set_range(prefix):
                 continue

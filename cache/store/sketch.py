@@ -30,6 +30,7 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
+from gotd.cache.store.buffers import spare_rows
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
 
 __all__ = [
@@ -130,7 +131,8 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
     n, width, size = pool.count, pool.sketch_buckets, pool.sketch_rows
     if db is None or width < 1 or size < 1:
         return None
-    out = np.zeros((n, width), dtype=SKETCH_DTYPE)
+    out = spare_rows(n, width, dtype=SKETCH_DTYPE)  # the next versions' snapshots grow in place
+    out[:] = 0
     for chunk, value in pool_chunks(txn, db, pool.prefix):
         start = chunk * size
         if len(value) % (width * SKETCH_DTYPE.itemsize):

@@ -23,6 +23,7 @@ import numpy as np
 import xxhash
 
 from gotd.cache.errors import FailedPrecondition
+from gotd.cache.store.changes import log_change
 from gotd.cache.store.env import Abort
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
@@ -252,6 +253,7 @@ def upsert_txn(
     )
     if pool.sketch_buckets:
         write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, _sketch_values(pool, sketches, write_idx))
+    log_change(txn, dbs, pool, version, write_rows)
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
         cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))

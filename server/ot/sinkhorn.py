@@ -30,8 +30,16 @@ from dataclasses import dataclass
 
 import torch
 
-from gotd.server.ot.blocks import Geometry, check_pair, fused_pass, potential, softmax_rows, weights
-from gotd.server.ot.rows import Rows
+from gotd.server.ot.blocks import (
+    BLOCK_BYTES,
+    Geometry,
+    check_pair,
+    fused_pass,
+    potential,
+    softmax_rows,
+    weights,
+)
+from gotd.server.ot.rows import Rows, take
 
 LOG = logging.getLogger(__name__)
 
@@ -203,6 +211,15 @@ def sinkhorn(
     )
 
 
+#: A row block of :func:`c_transform` with fewer than ``MIN_GEMM_ROWS`` rows, or not a multiple of
+#: ``GEMM_ROW_QUANTUM``, is computed inside a zero-padded block that is. The BLAS takes other kernels
+#: for small GEMMs (measured: below 57 rows at d = 384 on two threads) and the row reductions treat a
+#: ragged tail of rows apart, each with its own float32 rounding; padded, a row's value has the same
+#: bits in any block and any subset of rows.
+MIN_GEMM_ROWS = 512
+GEMM_ROW_QUANTUM = 64
+
+
 def c_transform(
     x: Rows,
     y: torch.Tensor,
@@ -222,7 +239,9 @@ def c_transform(
               x_i\\cdot y_j\\big), \\quad h_j = \\log b_j + (g_j - \\lVert y_j\\rVert^2)/\\varepsilon .
 
     Each row of ``f`` depends only on its own candidate, so any pool (or any shard of it) is scored
-    with the same ``g`` without a solve (Kang et al., 2024, "global" selection).
+    with the same ``g`` without a solve (Kang et al., 2024, "global" selection); ragged blocks are
+    padded (``MIN_GEMM_ROWS``), so a row's value has the same bits whichever rows it is scored with
+    (incremental selection scores only the rows that changed and merges).
 
     Parameters
     ----------
@@ -251,16 +270,35 @@ def c_transform(
     """
     n, m = check_pair(x, y, eps)
     b_w = weights(b, m, x, "b")
+    if block_size is None:  # whole quanta: only the last block is ragged
+        quanta = BLOCK_BYTES // (m * x.element_size()) // GEMM_ROW_QUANTUM
+        block_size = max(MIN_GEMM_ROWS, quanta * GEMM_ROW_QUANTUM)
     with torch.no_grad():
         geo = Geometry.of(x, y, block_size)
         h = b_w.log() + (potential(g, m, x, "g") - geo.yn) / eps
         lse = torch.empty_like(geo.xn)
         buf = geo.buffer()
         for start, stop in geo.blocks():
-            lse[start:stop] = softmax_rows(geo, start, h, eps, buf[: stop - start])[0]
+            size = stop - start
+            if size >= MIN_GEMM_ROWS and size % GEMM_ROW_QUANTUM == 0:
+                lse[start:stop] = softmax_rows(geo, start, h, eps, buf[:size])[0]
+            else:
+                lse[start:stop] = _padded_lse(x, start, stop, y, h, eps)
             if callback is not None:
                 callback(stop, n)
         return torch.sub(geo.xn, lse, alpha=eps)
+
+
+def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LSE_j(h_j + (2/eps) x_i.y_j)`` of the ragged block ``start:stop``, computed inside a block of
+    whole quanta (padded with copies of its first row, whose values are dropped)."""
+    n = stop - start
+    rows = max(MIN_GEMM_ROWS, -(-n // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM)
+    index = torch.full((rows,), start, dtype=torch.long, device=y.device)
+    index[:n] = torch.arange(start, stop, device=y.device)
+    geo = Geometry.of(take(x, index), y, rows)
+    buf = geo.buffer()
+    return softmax_rows(geo, 0, h, eps, buf)[0][:n]
 
 
 def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     exact_max_pool: int = Field(20_000, ge=1)
     summary_size: int = Field(DEFAULT_SUMMARY_SIZE, ge=2, description="global mode: summary rows")
     paper_domains: int = Field(2, ge=1)
+    max_staleness: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a potential epoch serves later pool versions while at most this share of the "
+        "pool's rows was written since it (0: solve every new version)",
+    )
+    epoch_values_redis_bytes: int = Field(
+        64 * 2**20, ge=0, description="row values of an epoch larger than this stay out of Redis"
+    )
     cost: Literal["auto", "embedding", "fused"] = Field(
         "auto", description="ground cost; auto: fused when the pool and the target have n-gram sketches"
     )

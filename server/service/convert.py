@@ -13,6 +13,7 @@ from gotd.cache.store.core import PoolInfo, TargetSetInfo
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
 from gotd.server.service.requests import (
+    Epoch,
     Progress,
     RankedBatch,
     ScoreParams,
@@ -75,6 +76,7 @@ def solver(mode: int, options: pb.SolverOptions) -> SolverParams:
         cost=_COSTS[options.cost],
         embedding_weight=options.embedding_weight if options.HasField("embedding_weight") else None,
         relative_eps=options.relative_epsilon if options.HasField("relative_epsilon") else None,
+        max_staleness=options.max_staleness if options.HasField("max_staleness") else None,
     )
 
 
@@ -177,6 +179,7 @@ def summary(s: SelectSummary) -> pb.Summary:
         too_few_distinct=s.too_few_distinct,
         near_copy_cosine=s.near_copy_cosine,
         near_copies=[pb.NearCopy(id=c.id, copy_of=c.copy_of, cosine=c.cosine) for c in s.near_copies],
+        epoch=epoch(s.epoch),
     )
 
 
@@ -186,6 +189,14 @@ def score_result(result: ScoreResult) -> pb.ScoreResponse:
         scores=[pb.ScoredCandidate(id=cid, score=value) for cid, value in result.scores],
         pool_version=result.pool_version,
         cache_hit=result.cache_hit,
+        epoch=epoch(result.epoch),
+    )
+
+
+def epoch(e: Epoch) -> pb.Epoch:
+    """The potential epoch that answered."""
+    return pb.Epoch(
+        pool_version=e.pool_version, rows_scored=e.rows_scored, staleness=e.staleness, solved=e.solved
     )
 
 

@@ -34,12 +34,14 @@ from gotd.server.selection.costs import (
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
 from gotd.server.service.config import Settings
+from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
-from gotd.server.service.pools import PoolSnapshots, score_bytes, select_bytes
+from gotd.server.service.pools import PoolSnapshots, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
+    Epoch,
     Progress,
     Ranked,
     RankedBatch,
@@ -87,7 +89,9 @@ class SelectionEngine:
         self._duals = duals
         self._metrics = metrics
         self._pools = PoolSnapshots(store, settings.pool_cache_bytes)
-        self._scores: Lru[str, np.ndarray] = Lru(settings.score_cache_bytes, sizeof=score_bytes)
+        self._epoch_values = EpochValueCache(
+            duals, max_bytes=settings.score_cache_bytes, redis_max_bytes=settings.epoch_values_redis_bytes
+        )
         # per pool version: the fused rows' factors (4 bytes a row), or that some row has no sketch
         self._factors: Lru[tuple[str, str, int], SketchFactors] = Lru(
             max(1 << 20, settings.pool_cache_bytes // 16), sizeof=lambda f: f.nbytes
@@ -121,6 +125,13 @@ class SelectionEngine:
             )
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
+
+    def max_staleness(self, params: SolverParams) -> float:
+        """The request's staleness bound (share of the pool's rows), else the server's."""
+        value = params.max_staleness if params.max_staleness is not None else self._settings.max_staleness
+        if not 0.0 <= value <= 1.0:  # NaN fails too
+            raise InvalidArgument(f"max_staleness must be in [0, 1], got {value}")
+        return value
 
     def cost_config(self, params: SolverParams) -> CostConfig:
         """The cost of a request: its options over the server defaults."""
@@ -181,23 +192,17 @@ class SelectionEngine:
                 near_copies_skipped=ranking.near_copies_skipped,
                 too_few_distinct=ranking.too_few_distinct,
                 near_copies=ranking.near_copies,
+                epoch=_epoch(job),
             )
         )
 
     def score(self, params: ScoreParams, stop: StopCheck) -> ScoreResult:
-        """Scores of given candidates (request order), with the same rule as Select.
-
-        The cached potential of this pool version is used when there is one; else the newest cached
-        potential of an earlier version, without a solve (candidates added since are scored with
-        it); else the potential is solved as for Select.
-        """
+        """Scores of given candidates (request order), with the same rule, epoch and values as Select."""
         if not params.ids:
             raise InvalidArgument("ids must not be empty")
         noop: Emit = lambda _event: None  # noqa: E731
         for attempt in range(SNAPSHOT_ATTEMPTS):
-            job = self._prepare(
-                params.pool, params.target, params.solver, (), noop, stop, {}, reuse_latest=True
-            )
+            job = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {})
             pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
             if in_snapshot(job.arrays, params.ids, pool_rows):
                 break
@@ -214,13 +219,12 @@ class SelectionEngine:
             raise InvalidArgument(
                 f"ids outside the domains kept by the {job.potential.mode} mode: {outside[:5]}"
             )
-        values = job.scores_of(positions)
-        if values is None:
-            values = job.scores(noop, stop)[positions]
+        values = job.scores(noop, stop)[positions]
         return ScoreResult(
             scores=tuple((cid, float(v)) for cid, v in zip(params.ids, values, strict=True)),
             pool_version=job.arrays.version,
             cache_hit=job.cache_hit,
+            epoch=_epoch(job),
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -249,9 +253,8 @@ class SelectionEngine:
         emit: Emit,
         stop: StopCheck,
         timings: dict[str, float],
-        *,
-        reuse_latest: bool = False,
     ) -> Job:
+        bound = self.max_staleness(solver)
         for attempt in range(SNAPSHOT_ATTEMPTS):
             info = self._store.get_pool(pool)
             with self._timed("embed", timings):
@@ -297,12 +300,15 @@ class SelectionEngine:
         y = target_features(features, target.vectors, target.sketches)
         job = Job(self, arrays, features, y, rows, target, config, family, timings)
         with self._timed("solve", timings):
-            job.potential_for(emit, stop, reuse_latest=reuse_latest)
+            job.potential_for(emit, stop, max_staleness=bound)
         return job
 
     def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
         """The pool's rows in the request's feature space (fused rows' factors cached per pool version)."""
         if cost.embedding_only:  # decided without reading any sketch
+            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
+        target_sketched = complete_sketches(target.sketches)
+        if cost.cost is Cost.AUTO and not target_sketched:  # embedding whatever the pool holds
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         tf = arrays.sketches
         key = (arrays.name, arrays.uid, arrays.version)
@@ -317,7 +323,7 @@ class SelectionEngine:
             cost,
             pool=arrays.name,
             pool_sketched=known is not None,
-            target_sketched=complete_sketches(target.sketches),
+            target_sketched=target_sketched,
         )
         if kind is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, kind, 1.0)
@@ -348,16 +354,10 @@ class SelectionEngine:
             timings[stage] = timings.get(stage, 0.0) + elapsed * 1e3
             self._metrics.stage_seconds.labels(stage).observe(elapsed)
 
-    def cached_scores(self, key: str) -> np.ndarray | None:
-        return self._scores.get(key)
-
-    def remember_scores(self, key: str, scores: np.ndarray) -> None:
-        self._scores.put(key, scores)
-
     def forget_pool(self, pool: str) -> None:
         """Drop in-memory state of a pool (after deletion)."""
         self._pools.forget(pool)
-        self._scores.discard_where(lambda _key: True)
+        self._epoch_values.forget()
         self._factors.discard_where(lambda key: key[0] == pool)
         self._unsketched.discard_where(lambda key: key[0] == pool)
         self._ranker.forget()
@@ -369,3 +369,16 @@ class SelectionEngine:
     @property
     def metrics(self) -> Metrics:
         return self._metrics
+
+    @property
+    def epoch_values(self) -> EpochValueCache:
+        return self._epoch_values
+
+
+def _epoch(job: Job) -> Epoch:
+    return Epoch(
+        pool_version=job.epoch_version,
+        rows_scored=job.rows_scored,
+        staleness=job.staleness,
+        solved=job.solved,
+    )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,8 +20,9 @@ from gotd.cache.duals.codec import PotentialEntry
 from gotd.cache.store.core import PoolArrays
 from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
-from gotd.server.selection.costs import Features
+from gotd.server.selection.costs import Cost, Features
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
+from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.requests import Progress, SelectEvent, Stage
 from gotd.server.service.targets import Target
@@ -65,7 +66,7 @@ def local_scorer(
 
 
 class JobHost(Protocol):
-    """What a job needs from the engine that runs it: the dual cache, metrics, the scorer, row scores."""
+    """What a job needs from the engine that runs it: the dual cache, metrics, the scorer, epoch values."""
 
     @property
     def duals(self) -> DualCache:
@@ -79,15 +80,18 @@ class JobHost(Protocol):
     def scorer(self) -> Scorer:
         """The c-transform pass (in process or on Ray)."""
 
-    def cached_scores(self, key: str) -> np.ndarray | None:
-        """Row values of a potential, when still held in memory."""
-
-    def remember_scores(self, key: str, scores: np.ndarray) -> None:
-        """Keep the row values of a potential for the next request."""
+    @property
+    def epoch_values(self) -> EpochValueCache:
+        """Row values of potential epochs."""
 
 
 class Job:
-    """One pool × target × configuration: finds or solves the potential, then scores."""
+    """One pool × target × configuration: finds the potential epoch (or solves one), then scores.
+
+    After :meth:`potential_for`: ``key`` names the epoch (``family:v<epoch version>``), ``epoch_version``
+    is the pool version its potential was solved at, ``staleness`` the share of the pool's rows written
+    since, ``solved`` whether this request ran the solve. After :meth:`scores`: ``rows_scored``.
+    """
 
     def __init__(
         self,
@@ -112,7 +116,10 @@ class Job:
         self.key = f"{family}:v{arrays.version}"
         self.cache_hit = False
         self.warm_started = False
-        self.entry_meta: Mapping[str, Any] | None = None
+        self.solved = False
+        self.epoch_version = arrays.version
+        self.staleness = 0.0
+        self.rows_scored = 0
         self.timings = timings
         self.potential: Potential
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
@@ -134,22 +141,26 @@ class Job:
         """Unit embeddings of the job's rows (the pool's own array, not a copy, for all rows)."""
         return self.arrays.vectors if self.every_row else self.arrays.vectors[self.rows]
 
-    def potential_for(self, emit: Emit, stop: StopCheck, *, reuse_latest: bool = False) -> None:
-        """Find the potential: this pool version's cached one, else solve (warm-started from the newest
-        cached potential of an earlier version). With ``reuse_latest`` (Score), that newest cached
-        potential is used as it is, without a solve, so candidates added since are scored cheaply.
+    def potential_for(self, emit: Emit, stop: StopCheck, *, max_staleness: float) -> None:
+        """Find the potential: this pool version's cached one; else the family's newest epoch when the
+        rows written since it are at most ``max_staleness`` of the pool (never for ``0``, the PAPER
+        mode or the fused cost, whose row features depend on the whole pool); else solve,
+        warm-started from that newest potential, opening a new epoch.
         """
-        duals = self.engine.duals
-        entry = duals.get(self.key)
+        epochs = self.engine.epoch_values
+        entry = epochs.potential(self.key)
         if entry is not None and self._usable(entry):
             self._use_entry(entry)
             return
         init_g = None
-        latest = duals.get_latest(self.family)
+        latest = epochs.latest(self.family)
         if latest is not None and latest != self.key:
-            previous = duals.get(latest)
+            previous = epochs.potential(latest)
             if previous is not None and self._usable(previous):
-                if reuse_latest and previous.rows is None:
+                since = int(previous.meta["pool_version"])
+                staleness = self._staleness(since)
+                if staleness is not None and max_staleness > 0 and staleness <= max_staleness:
+                    self.key, self.epoch_version, self.staleness = latest, since, staleness
                     self._use_entry(previous)
                     return
                 init_g = torch.from_numpy(previous.g.copy())
@@ -172,21 +183,34 @@ class Job:
             callback=on_iter,
             on_block=stop,
         )
+        self.solved = True
         self.engine.metrics.solve_iterations.observe(self.potential.n_iter)
         self._apply_rows()
+
+    def _staleness(self, since: int) -> float | None:
+        """Share of the pool's rows written after pool version ``since``; None when an epoch of that
+        version cannot serve this job."""
+        if (
+            self.config.mode is Mode.PAPER
+            or self.features.cost is not Cost.EMBEDDING
+            or not 0 <= since < self.arrays.version
+        ):
+            return None
+        return stale_rows(self.arrays.row_versions, since) / max(1, len(self.arrays.ids))
 
     def _usable(self, entry: PotentialEntry) -> bool:
         """Whether a cached entry is a finite potential of this job's family; anything else (garbage a
         checksum cannot catch: wrong shape, NaN, foreign or malformed metadata) is a miss."""
         try:
             p = _potential_from_entry(entry)
-            for name, kind in (("f_sum", float), ("n", int), ("pool_version", int)):
-                kind(entry.meta.get(name, 0))
+            version = int(entry.meta["pool_version"])
         except (KeyError, TypeError, ValueError, OverflowError):
-            p = None
+            p, version = None, -1
         rows = None if p is None else p.rows
         ok = (
             p is not None
+            and entry.f is None
+            and 0 <= version <= self.arrays.version
             and p.g.shape == (self.target.count,)
             and bool(torch.isfinite(p.g).all())
             and p.mode == self.config.mode
@@ -200,27 +224,9 @@ class Job:
 
     def _use_entry(self, entry: PotentialEntry) -> None:
         self.cache_hit = True
-        self.entry_meta = entry.meta
         self.potential = _potential_from_entry(entry)
+        self.engine.epoch_values.remember(self.family, self.key, entry)
         self._apply_rows()
-
-    def scores_of(self, positions: np.ndarray) -> np.ndarray | None:
-        """Scores of some of ``self.rows`` without a pass over the pool, or None when unknown.
-
-        Uses the sum of ``f`` over the pool recorded with a cached potential: a candidate that was
-        in the pool at that version gets :math:`f_i - (F - f_i)/(n-1)` (what Select gave it); one
-        added or changed since gets :math:`f_i - F/n` (the same rule, with the n others).
-        """
-        meta = self.entry_meta
-        if meta is None or "f_sum" not in meta or int(meta.get("n", 0)) < 2:
-            return None
-        rows = self.rows[positions]
-        g = self.potential.g.to(torch.float32)
-        f = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).double().numpy()
-        total, n = float(meta["f_sum"]), int(meta["n"])
-        known = np.asarray(self.arrays.row_versions)[rows] <= int(meta["pool_version"])
-        out: np.ndarray = np.where(known, f - (total - f) / (n - 1), f - total / n)
-        return out
 
     def _apply_rows(self) -> None:
         """PAPER mode ranks only the kept domains' rows."""
@@ -229,22 +235,56 @@ class Job:
             self.ids = np.asarray(self.arrays.ids, dtype=object)[self.rows]
 
     def scores(self, emit: Emit, stop: StopCheck) -> np.ndarray:
-        """Scores of ``self.rows`` (calibrated gradient of the c-transform of the potential).
+        """Scores of ``self.rows``: the calibrated gradient of the epoch's row values over the pool as
+        it is at this version (the values of the job's rows, exactly summed)."""
+        f = self.values(emit, stop)
+        return calibrated_gradient(torch.from_numpy(f)).numpy()
 
-        On a dual-cache hit the scores of the same key computed earlier in this process are reused:
-        they are what the c-transform would give again.
+    def values(self, emit: Emit, stop: StopCheck) -> np.ndarray:
+        """The c-transform of the epoch's ``g`` for ``self.rows`` (float32).
+
+        Values kept from an earlier request of the epoch serve the rows not written since; only the
+        rows written since (or never scored) go through the c-transform. Without kept values, one
+        pass over all rows (in process or on Ray). Each row's value has the same bits either way.
         """
-        known = self.engine.cached_scores(self.key) if self.cache_hit else None
-        if known is not None and len(known) == len(self.rows):
-            return known
-        n = len(self.rows)
+        g = self.potential.g.to(torch.float32)
+        g_np = g.numpy()
+        a, n_pool = self.arrays, len(self.arrays.ids)
+        cache = self.engine.epoch_values
+        known = cache.get(self.key, g_np, a.row_versions, a.version) if self.cache_hit else None
+        if known is not None:
+            values = np.full(n_pool, np.nan, dtype=np.float32)
+            values[: len(known.values)] = known.values
+            held = values[self.rows]
+            redo = np.flatnonzero(np.isnan(held) | (a.row_versions[self.rows] > np.uint64(known.version)))
+            rows = self.rows[redo]
+            if len(rows):
+                stop()
+                fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
+                values[rows] = fresh
+                emit(Progress(Stage.SCORE, len(rows), len(rows)))
+            self.rows_scored = len(rows)
+            kind = "incremental" if len(rows) else "cached"
+        else:
+            values = np.full(n_pool, np.nan, dtype=np.float32)
+            values[self.rows] = self._full_pass(g, emit, stop)
+            self.rows_scored = len(self.rows)
+            kind = "full"
+        self.engine.metrics.scoring_passes.labels(kind).inc()
+        self.engine.metrics.rows_scored.inc(self.rows_scored)
+        if known is None or known.version != a.version:
+            cache.put(self.key, g_np, EpochValues(a.version, values), share=True)
+        f: np.ndarray = values[self.rows]
+        if not self.cache_hit:
+            self._store_potential(float(np.sum(f, dtype=np.float64)), len(f))
+        return f
 
+    def _full_pass(self, g: torch.Tensor, emit: Emit, stop: StopCheck) -> np.ndarray:
         def on_block(done: int, total: int) -> None:
             stop()
             self.engine.metrics.blocks_scored.inc()
             emit(Progress(Stage.SCORE, done, total))
 
-        g = self.potential.g.to(torch.float32)
         # Names the rows only (not the target): a distributed scorer keeps one pool snapshot for all targets.
         a = self.arrays
         rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
@@ -252,11 +292,8 @@ class Job:
         f = self.engine.scorer(
             self._x(), self.y, g, eps=self.potential.eps, snapshot=snapshot, callback=on_block
         )
-        scores = calibrated_gradient(f).numpy().astype(np.float32, copy=False)
-        self.engine.remember_scores(self.key, scores)
-        if not self.cache_hit:
-            self._store_potential(float(f.double().sum()), n)
-        return scores
+        out: np.ndarray = f.to(torch.float32).numpy()
+        return out
 
     def _store_potential(self, f_sum: float, n: int) -> None:
         p = self.potential
@@ -282,6 +319,7 @@ class Job:
         )
         self.engine.duals.put(self.key, entry)
         self.engine.duals.set_latest(self.family, self.key)
+        self.engine.epoch_values.remember(self.family, self.key, entry)
 
 
 def _potential_from_entry(entry: PotentialEntry) -> Potential:

@@ -47,6 +47,11 @@ class Lru(Generic[K, V]):
             for key in [k for k in self._items if predicate(k)]:
                 del self._items[key]
 
+    def held_keys(self) -> list[K]:
+        """The keys held now (a copy; the order says nothing)."""
+        with self._lock:
+            return list(self._items.keys())
+
     @property
     def size(self) -> float:
         """Current size: items, or bytes with ``sizeof``."""

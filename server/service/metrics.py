@@ -73,6 +73,14 @@ class Metrics:
         self.blocks_scored = Counter(
             "gotd_blocks_scored", "Row blocks scored (c-transform passes)", registry=r
         )
+        self.scoring_passes = Counter(
+            "gotd_scoring_passes",
+            "Scoring passes: full (every row), incremental (rows written since the epoch's values), "
+            "cached (no row)",
+            ["kind"],
+            registry=r,
+        )
+        self.rows_scored = Counter("gotd_rows_scored", "Rows put through the c-transform", registry=r)
 
     def watch_embedding_cache(self, cache: EmbeddingCache) -> None:
         """Export the embedding cache's size and evictions (read from the store at each scrape)."""

@@ -1,4 +1,5 @@
-"""Pool snapshots in memory: bounded in bytes, one load per (pool, version) however many requests wait.
+"""Pool snapshots in memory: bounded in bytes, one load per (pool, version) however many requests wait;
+a new version's snapshot grows from the newest one held (:mod:`gotd.cache.store.changes`).
 
 A snapshot keeps the pool's vectors in their storage dtype (float16 pools stay float16; the OT passes
 upcast one block at a time), its sketch rows, keys, row versions, ids and domains.
@@ -95,8 +96,9 @@ class PoolSnapshots:
                 with self._guard:
                     self.waiting -= 1
         try:
-            arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False)
-            self.loads += 1
+            base = self._newest_before(info, sketches)
+            arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False, base=base)
+            self.loads += base is None or base.version == arrays.version
             self._items.put((pool, arrays.uid, arrays.version, sketches), arrays)
             pending.set_result(arrays)
         except BaseException as err:
@@ -106,6 +108,16 @@ class PoolSnapshots:
             with self._guard:
                 del self._loading[key]
         return arrays
+
+    def _newest_before(self, info: PoolInfo, sketches: bool) -> PoolArrays | None:
+        """The newest snapshot held of an earlier version of this pool incarnation: the new version's
+        snapshot grows from it (the rows written since, read from the store's change log)."""
+        older = [
+            key
+            for key in self._items.held_keys()
+            if key[0] == info.name and key[1] == info.uid and key[3] == sketches and key[2] < info.version
+        ]
+        return self._items.get(max(older, key=lambda key: key[2])) if older else None
 
     @property
     def size_bytes(self) -> int:

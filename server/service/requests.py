@@ -31,6 +31,7 @@ class SolverParams:
     cost: Cost | None = None
     embedding_weight: float | None = None
     relative_eps: float | None = None
+    max_staleness: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,17 @@ class NearCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class Epoch:
+    """The potential epoch that answered: the pool version its potential was solved at, the rows
+    scored by this request, the share of the pool's rows written since the epoch, whether it solved."""
+
+    pool_version: int = 0
+    rows_scored: int = 0
+    staleness: float = 0.0
+    solved: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SelectSummary:
     """Closes a selection."""
 
@@ -132,6 +144,7 @@ class SelectSummary:
     near_copies_skipped: int = 0
     too_few_distinct: bool = False
     near_copies: tuple[NearCopy, ...] = ()
+    epoch: Epoch = Epoch()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,7 @@ class ScoreResult:
     scores: tuple[tuple[str, float], ...]
     pool_version: int
     cache_hit: bool
+    epoch: Epoch = Epoch()
 
 
 SelectEvent = Progress | RankedBatch | SelectSummary

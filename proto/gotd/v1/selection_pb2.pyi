@@ -254,6 +254,7 @@ class SolverOptions(_message.Message):
     COST_FIELD_NUMBER: _builtins.int
     EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
     RELATIVE_EPSILON_FIELD_NUMBER: _builtins.int
+    MAX_STALENESS_FIELD_NUMBER: _builtins.int
     epsilon: _builtins.float
     """Entropic regularisation epsilon (> 0), in units of the squared Euclidean cost."""
     tolerance: _builtins.float
@@ -272,6 +273,11 @@ class SolverOptions(_message.Message):
     """Epsilon as a multiple (> 0) of the median pool-target cost, measured on a hash-chosen subsample
     of at most 1,024 candidates; set at most one of epsilon and relative_epsilon.
     """
+    max_staleness: _builtins.float
+    """Potential epochs: a potential solved at an earlier pool version keeps serving while the rows
+    added or changed since are at most this share of the pool, in [0, 1] (absent: the server's
+    bound; 0: solve every new pool version). Within the bound only the changed rows are scored.
+    """
     def __init__(
         self,
         *,
@@ -283,10 +289,11 @@ class SolverOptions(_message.Message):
         cost: Global___Cost.ValueType = ...,
         embedding_weight: _builtins.float | None = ...,
         relative_epsilon: _builtins.float | None = ...,
+        max_staleness: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_max_staleness", b"_max_staleness", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "max_staleness", b"max_staleness", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "cost", b"cost", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight", "_epsilon", b"_epsilon", "_max_iterations", b"_max_iterations", "_max_staleness", b"_max_staleness", "_paper_domains", b"_paper_domains", "_relative_epsilon", b"_relative_epsilon", "_summary_size", b"_summary_size", "_tolerance", b"_tolerance", "cost", b"cost", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "max_iterations", b"max_iterations", "max_staleness", b"max_staleness", "paper_domains", b"paper_domains", "relative_epsilon", b"relative_epsilon", "summary_size", b"summary_size", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__embedding_weight: _TypeAlias = _typing.Literal["embedding_weight"]  # noqa: Y015
     _WhichOneofArgType__embedding_weight: _TypeAlias = _typing.Literal["_embedding_weight", b"_embedding_weight"]  # noqa: Y015
@@ -294,6 +301,8 @@ class SolverOptions(_message.Message):
     _WhichOneofArgType__epsilon: _TypeAlias = _typing.Literal["_epsilon", b"_epsilon"]  # noqa: Y015
     _WhichOneofReturnType__max_iterations: _TypeAlias = _typing.Literal["max_iterations"]  # noqa: Y015
     _WhichOneofArgType__max_iterations: _TypeAlias = _typing.Literal["_max_iterations", b"_max_iterations"]  # noqa: Y015
+    _WhichOneofReturnType__max_staleness: _TypeAlias = _typing.Literal["max_staleness"]  # noqa: Y015
+    _WhichOneofArgType__max_staleness: _TypeAlias = _typing.Literal["_max_staleness", b"_max_staleness"]  # noqa: Y015
     _WhichOneofReturnType__paper_domains: _TypeAlias = _typing.Literal["paper_domains"]  # noqa: Y015
     _WhichOneofArgType__paper_domains: _TypeAlias = _typing.Literal["_paper_domains", b"_paper_domains"]  # noqa: Y015
     _WhichOneofReturnType__relative_epsilon: _TypeAlias = _typing.Literal["relative_epsilon"]  # noqa: Y015
@@ -308,6 +317,8 @@ class SolverOptions(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__epsilon) -> _WhichOneofReturnType__epsilon | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_iterations) -> _WhichOneofReturnType__max_iterations | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_staleness) -> _WhichOneofReturnType__max_staleness | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__paper_domains) -> _WhichOneofReturnType__paper_domains | None: ...
     @_typing.overload
@@ -576,6 +587,42 @@ class NearCopy(_message.Message):
 Global___NearCopy: _TypeAlias = NearCopy  # noqa: Y015
 
 @_typing.final
+class Epoch(_message.Message):
+    """A potential epoch: a target potential solved at one pool version, serving later versions while the
+    rows written since stay within the staleness bound.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_VERSION_FIELD_NUMBER: _builtins.int
+    ROWS_SCORED_FIELD_NUMBER: _builtins.int
+    STALENESS_FIELD_NUMBER: _builtins.int
+    SOLVED_FIELD_NUMBER: _builtins.int
+    pool_version: _builtins.int
+    """Pool version the epoch's potential was solved at."""
+    rows_scored: _builtins.int
+    """Rows put through the c-transform by this request (0: every value was kept from earlier)."""
+    staleness: _builtins.float
+    """Share of the pool's rows added or changed since the epoch's pool version."""
+    solved: _builtins.bool
+    """Whether this request solved (opened the epoch)."""
+    def __init__(
+        self,
+        *,
+        pool_version: _builtins.int = ...,
+        rows_scored: _builtins.int = ...,
+        staleness: _builtins.float = ...,
+        solved: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool_version", b"pool_version", "rows_scored", b"rows_scored", "solved", b"solved", "staleness", b"staleness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Epoch: _TypeAlias = Epoch  # noqa: Y015
+
+@_typing.final
 class Summary(_message.Message):
     """Summary closes a Select stream."""
 
@@ -604,6 +651,7 @@ class Summary(_message.Message):
     TOO_FEW_DISTINCT_FIELD_NUMBER: _builtins.int
     NEAR_COPY_COSINE_FIELD_NUMBER: _builtins.int
     NEAR_COPIES_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version the ranking was computed on."""
     pool_size: _builtins.int
@@ -654,6 +702,10 @@ class Summary(_message.Message):
     def near_copies(self) -> _containers.RepeatedCompositeFieldContainer[Global___NearCopy]:
         """The skipped near-copies, in rank order (only with report_near_copies)."""
 
+    @_builtins.property
+    def epoch(self) -> Global___Epoch:
+        """The potential epoch that answered."""
+
     def __init__(
         self,
         *,
@@ -680,10 +732,11 @@ class Summary(_message.Message):
         too_few_distinct: _builtins.bool = ...,
         near_copy_cosine: _builtins.float = ...,
         near_copies: _abc.Iterable[Global___NearCopy] | None = ...,
+        epoch: Global___Epoch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "warm_started", b"warm_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epoch", b"epoch", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "warm_started", b"warm_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -922,6 +975,7 @@ class ScoreResponse(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     POOL_VERSION_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version scored."""
     cache_hit: _builtins.bool
@@ -930,16 +984,21 @@ class ScoreResponse(_message.Message):
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScoredCandidate]:
         """One per requested id."""
 
+    @_builtins.property
+    def epoch(self) -> Global___Epoch:
+        """The potential epoch that answered (the same as a Select of the same request)."""
+
     def __init__(
         self,
         *,
         scores: _abc.Iterable[Global___ScoredCandidate] | None = ...,
         pool_version: _builtins.int = ...,
         cache_hit: _builtins.bool = ...,
+        epoch: Global___Epoch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "pool_version", b"pool_version", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "epoch", b"epoch", "pool_version", b"pool_version", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,71 @@
+"""Row buffers with spare capacity: a pool snapshot's arrays are views of longer buffers, so the
+snapshot of the next pool version appends its new rows in place instead of copying the pool.
+
+A buffer is extended at most once from a given length (the first snapshot to grow claims the spare
+rows; a second one growing from the same older snapshot gets a copy), so no snapshot ever sees its
+rows change.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Final
+
+import numpy as np
+
+__all__ = ["grown_rows", "spare_rows"]
+
+GROWTH: Final = 1.125  # spare capacity of a buffer: a pool grown by up to 12.5% is not copied
+
+
+class _Spare:
+    """Row buffers with spare capacity, and how far each is filled (a buffer is extended once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffers: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+        self._filled: dict[int, int] = {}
+
+    def claim(self, view: np.ndarray, n: int) -> np.ndarray | None:
+        """A view of ``n`` rows of ``view``'s buffer when ``view`` ends where the buffer is filled."""
+        buffer = view.base
+        if not isinstance(buffer, np.ndarray) or buffer.ndim != view.ndim or len(buffer) < n:
+            return None
+        with self._lock:
+            key = id(buffer)
+            if self._buffers.get(key) is not buffer or self._filled.get(key) != len(view):
+                return None
+            if buffer[: len(view)].__array_interface__["data"] != view.__array_interface__["data"]:
+                return None
+            self._filled[key] = n
+            return buffer[:n]
+
+    def allocate(self, view: np.ndarray, n: int) -> np.ndarray:
+        """A fresh buffer holding ``view`` with room to grow; the view of its first ``n`` rows."""
+        buffer = np.empty((int(n * GROWTH) + 16, *view.shape[1:]), dtype=view.dtype)
+        buffer[: len(view)] = view
+        with self._lock:
+            self._buffers[id(buffer)] = buffer
+            self._filled[id(buffer)] = n
+            for key in [k for k in self._filled if k not in self._buffers]:
+                del self._filled[key]
+        return buffer[:n]
+
+
+_SPARE = _Spare()
+
+
+def spare_rows(n: int, *row_shape: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """An uninitialised ``(n, *row_shape)`` array in a buffer with room for the pool to grow."""
+    return _SPARE.allocate(np.empty((0, *row_shape), dtype=dtype), n)
+
+
+def grown_rows(view: np.ndarray, n: int, appended: bool) -> np.ndarray:
+    """``view`` extended to ``n`` rows, writable: in its buffer's spare capacity when only rows past its
+    end are written (``appended``), else a copy in a new buffer."""
+    if appended:
+        claimed = _SPARE.claim(view, n)
+        if claimed is not None:
+            return claimed
+    return _SPARE.allocate(view, n)

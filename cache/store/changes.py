@@ -1,0 +1,145 @@
+"""The change log of a pool and snapshots that grow: a new version's snapshot is the previous one
+patched with the rows written since, read from LMDB row by row instead of reloading the pool.
+
+Every upsert that changes a pool writes, in its transaction, the rows it wrote under its new version
+(``changes`` database: ``P + u64 version -> little-endian u64 rows``). Versions without a log entry
+(written by an older gotd, or a sketch backfill, which rewrites sketches only) make
+:func:`grow_snapshot` answer None, and the caller reloads the pool whole.
+
+A grown snapshot shares nothing the older one can see change: rows appended past the older snapshot's
+end go into spare capacity of its row buffers (:mod:`gotd.cache.store.buffers`), anything else is
+copied.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import lmdb
+import numpy as np
+
+from gotd.cache.store.buffers import grown_rows
+from gotd.cache.store.layout import (
+    VECTOR_DTYPES,
+    PoolArrays,
+    PoolRecord,
+    RowChunk,
+    chunk_parts,
+    u64_key,
+)
+from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE
+
+__all__ = ["CHANGES_DB", "changed_rows", "grow_snapshot", "log_change"]
+
+CHANGES_DB: Final = "changes"
+
+Dbs = dict[str, lmdb._Database]
+
+
+def log_change(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, version: int, rows: np.ndarray) -> None:
+    """Record that ``version`` of ``pool`` wrote ``rows`` (inside the write transaction)."""
+    db = dbs.get(CHANGES_DB)
+    if db is not None:
+        txn.put(u64_key(pool.prefix, version), np.asarray(rows, dtype="<u8").tobytes(), db=db)
+
+
+def changed_rows(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, since: int) -> np.ndarray | None:
+    """Sorted unique rows written by versions ``since + 1 .. pool.version``; None when one is not logged."""
+    db = dbs.get(CHANGES_DB)
+    if db is None or since > pool.version:
+        return None
+    parts = []
+    for version in range(since + 1, pool.version + 1):
+        raw = txn.get(u64_key(pool.prefix, version), db=db)
+        if raw is None:
+            return None
+        parts.append(np.frombuffer(raw, dtype="<u8"))
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(parts)).astype(np.int64)
+
+
+def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays) -> PoolArrays | None:
+    """``base`` patched to ``pool``'s version by the rows written since; None when that is not possible
+    (another incarnation of the pool, an older version than ``base``, a version without a log entry)."""
+    if pool.uid != base.uid or pool.version < base.version or pool.count < len(base.ids):
+        return None
+    rows = changed_rows(txn, dbs, pool, base.version)
+    if rows is None or (len(rows) and (rows[-1] >= pool.count or rows[0] < 0)):
+        return None
+    if len(rows) == 0 and pool.count == len(base.ids):
+        return base if pool.version == base.version else _with_version(base, pool.version)
+    n_old, n = len(base.ids), pool.count
+    appended = len(rows) == n - n_old and (len(rows) == 0 or rows[0] == n_old)
+    vectors = grown_rows(base.vectors, n, appended)
+    ids, domains = list(base.ids), list(base.domains)
+    ids.extend([""] * (n - n_old))
+    domains.extend([""] * (n - n_old))
+    keys = grown_rows(base.keys, n, appended)
+    versions = grown_rows(base.row_versions, n, appended)
+    dtype = VECTOR_DTYPES[pool.dtype]
+    for chunk, part, local in chunk_parts(rows, pool.chunk_rows):
+        key = u64_key(pool.prefix, chunk)
+        raw = txn.get(key, db=dbs["vectors"])
+        meta_raw = txn.get(key, db=dbs["rows"])
+        if raw is None or meta_raw is None:
+            return None
+        block = np.frombuffer(raw, dtype=dtype).reshape(-1, pool.dim)
+        meta = RowChunk.decode(meta_raw)
+        if int(local.max()) >= min(len(block), len(meta.ids)):
+            return None
+        target = rows[part]
+        vectors[target] = block[local]
+        keys[target] = meta.keys[local]
+        versions[target] = meta.versions[local]
+        for r, j in zip(target.tolist(), local.tolist(), strict=True):
+            ids[r] = meta.ids[j]
+            domains[r] = meta.domains[j]
+    sketches = _grown_sketches(txn, dbs, pool, base, rows, appended)
+    return PoolArrays(
+        name=pool.name,
+        version=pool.version,
+        model=pool.model,
+        dim=pool.dim,
+        vectors=vectors,
+        ids=ids,
+        keys=keys,
+        domains=domains,
+        row_versions=versions,
+        uid=pool.uid,
+        sketches=sketches,
+    )
+
+
+def _grown_sketches(
+    txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays, rows: np.ndarray, appended: bool
+) -> np.ndarray | None:
+    db = dbs.get(SKETCH_DB)
+    width, size = pool.sketch_buckets, pool.sketch_rows
+    if base.sketches is None or db is None or width < 1 or base.sketches.shape[1] != width:
+        return None
+    out = grown_rows(base.sketches, pool.count, appended)
+    for chunk, part, local in chunk_parts(rows, size):
+        raw = txn.get(u64_key(pool.prefix, chunk), db=db)
+        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else np.frombuffer(raw, SKETCH_DTYPE)
+        block = block.reshape(-1, width)
+        inside = local < len(block)
+        out[rows[part]] = 0
+        out[rows[part][inside]] = block[local[inside]]
+    return out
+
+
+def _with_version(base: PoolArrays, version: int) -> PoolArrays:
+    return PoolArrays(
+        name=base.name,
+        version=version,
+        model=base.model,
+        dim=base.dim,
+        vectors=base.vectors,
+        ids=base.ids,
+        keys=base.keys,
+        domains=base.domains,
+        row_versions=base.row_versions,
+        uid=base.uid,
+        sketches=base.sketches,
+    )

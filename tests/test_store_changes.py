@@ -1,0 +1,90 @@
+"""Snapshots that grow: a new version's snapshot is the previous one patched with the rows written
+since (the store's change log), equal field for field to a whole reload, and the older snapshot is
+never touched."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gotd.cache.records import Record
+from gotd.cache.store.core import PoolArrays, Store
+from tests.conftest import clustered
+
+DIM = 16
+
+
+def _sketch(texts: Sequence[str | None]) -> np.ndarray:
+    out = np.zeros((len(texts), 8), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for ch in t or "":
+            out[i, ord(ch) % 8] += 1
+    return out
+
+
+def _records(prefix: str, n: int, seed: int, start: int = 0) -> list[Record]:
+    x = clustered(n, seed=seed, dim=DIM)
+    return [
+        Record(
+            id=f"{prefix}{start + i:04d}",
+            embedding=x[i],
+            domain=f"d{i % 3}",
+            text=f"text {prefix} {seed} {i}",
+        )
+        for i in range(n)
+    ]
+
+
+def _upsert(store: Store, records: list[Record]) -> int:
+    return store.upsert("p", records, model="m", dim=DIM).version
+
+
+def _same(a: PoolArrays, b: PoolArrays) -> None:
+    assert (a.version, a.uid, a.ids, a.domains) == (b.version, b.uid, b.ids, b.domains)
+    for name in ("vectors", "keys", "row_versions", "sketches"):
+        left, right = getattr(a, name), getattr(b, name)
+        assert (left is None) == (right is None), name
+        if left is not None:
+            assert np.array_equal(left, right), name
+            assert left.dtype == right.dtype, name
+
+
+def test_grown_snapshots_equal_a_reload_and_leave_the_old_one_alone(tmp_path: Path) -> None:
+    with Store(tmp_path, sketcher=_sketch) as store:
+        _upsert(store, _records("a", 100, seed=1))
+        base = store.load_vectors("p")
+        kept = {
+            name: np.array(getattr(base, name), copy=True) for name in ("vectors", "keys", "row_versions")
+        }
+        kept_ids = list(base.ids)
+        _upsert(store, _records("b", 10, seed=2) + _records("a", 3, seed=3, start=5))  # 10 new, 3 changed
+        grown = store.load_vectors("p", base=base)
+        _same(grown, store.load_vectors("p"))
+        _upsert(store, _records("c", 7, seed=4))  # appended only: written into spare capacity
+        again = store.load_vectors("p", base=grown)
+        _same(again, store.load_vectors("p"))
+        branch = store.load_vectors("p", base=base)  # from the same base again: no aliasing with `again`
+        _same(branch, again)
+        _upsert(store, _records("d", 4, seed=5))
+        _same(store.load_vectors("p", base=again), store.load_vectors("p"))
+        _same(store.load_vectors("p", base=branch), store.load_vectors("p"))
+        _same(again, branch)  # both unchanged by the later growths
+        for name, values in kept.items():
+            assert np.array_equal(getattr(base, name), values), name
+        assert base.ids == kept_ids
+        assert store.load_vectors("p", base=store.load_vectors("p")).version == store.get_pool("p").version
+
+
+def test_another_incarnation_or_no_log_reloads(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        _upsert(store, _records("a", 20, seed=1))
+        old = store.load_vectors("p")
+        store.delete_pool("p")
+        _upsert(store, _records("z", 5, seed=2))
+        _same(store.load_vectors("p", base=old), store.load_vectors("p"))
+        current = store.load_vectors("p")
+        store.env.write(lambda txn: txn.drop(store.env.dbs["changes"], delete=False))  # as an older gotd
+        _upsert(store, _records("y", 5, seed=3))
+        _same(store.load_vectors("p", base=current), store.load_vectors("p"))
