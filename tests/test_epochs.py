@@ -111,7 +111,7 @@ def test_bound_zero_solves_and_the_new_epoch_serves_after(client: Client) -> Non
     assert not hit.solved
     assert hit.rows_scored == 0
     assert hit.epoch_version == fresh.pool_version
-    _grow(client, added=200, seed=21)  # 200 / 820 rows: past the default bound of 0.05
+    _grow(client, added=200, seed=21)  # 205 / 825 rows: past the default bound of 0.2
     _, past = _select(client)
     assert past.solved
     assert past.epoch_version == past.pool_version
