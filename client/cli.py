@@ -150,11 +150,19 @@ def ingest(
 
     def records() -> Iterator[dict[str, Any]]:
         yield first
+        sent = 1
         try:
-            yield from items
+            for item in items:
+                yield item
+                sent += 1
         except _InputError as err:
+            if sent >= batch_size:  # whole batches went out before the bad record
+                err = _InputError(
+                    f"{err} (the batches before it, up to {sent - sent % batch_size} records, may have been "
+                    "ingested; ingest is an idempotent upsert: fix the file and run it again)"
+                )
             failures.append(err)
-            raise
+            raise err from None
 
     with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
         shown = tqdm(records(), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)

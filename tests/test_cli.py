@@ -132,7 +132,7 @@ CASES = [
     Case("empty file", (*ING, "{tmp}/empty.jsonl"), 1, r"error: .*empty\.jsonl: no records"),
     Case("bad JSON line", (*ING, "{tmp}/badjson.jsonl"), 1, r"error: .*:2: not valid JSON"),
     Case("bad line after sent batches", (*ING, "--batch-size", "2", "{tmp}/late.jsonl"), 1,
-         r"error: .*late\.jsonl:7: "),
+         r"error: .*late\.jsonl:7: .*up to 6 records, may have been ingested; .*run it again"),
     Case("missing id", (*ING, "{tmp}/noid.jsonl"), 1, r"error: .*:1: 'id' must be"),
     Case("NaN embedding", (*ING, "{tmp}/nan.jsonl"), 1, r"error: .*:1: 'embedding' has NaN"),
     Case("missing file", (*ING, "{tmp}/absent.jsonl"), 1, r"error: .*absent\.jsonl: no such file"),
