@@ -81,12 +81,13 @@ HARDENING = [
         "loop; `gotd serve` runs with a 1 ms GIL switch interval.",
         "tests/reliability/test_event_loop.py: a real `gotd serve` gets one 64 MiB Ingest batch (21,604 "
         "records with embeddings and JSON metadata) and a Select with 20,000 inline targets while a thread "
-        "probes health; every check must be answered within 1 s (the goal is 100 ms; bound generous for "
-        "the shared machine).",
+        "probes health; every check must be answered within 1.5 s (the goal is 100 ms; the bound is "
+        "generous: idle checks alone reach 0.6 s on the shared machine at load 20).",
         "same machine, load average 11: health during the Ingest p50 2.8 ms, p99 45.9 ms, max 299.9 ms "
         "(idle in the same run: p99 44.6 ms, max 362.4 ms); during the Select max 131.8 ms. Old code, same "
-        "test: max 4684 ms during the Ingest, 1406 ms during the Select. Remaining stalls: grpc's own "
-        "receive of a 64 MiB message and the machine's load",
+        "test: max 4684 ms during the Ingest, 1406 ms during the Select. Rerun on main at load 20: "
+        "during the Ingest p50 3.5 ms, p99 171 ms, max 344 ms (idle max 600 ms). Remaining stalls: grpc's "
+        "own receive of a 64 MiB message and the machine's load",
     ),
     (
         "One snapshot per request",

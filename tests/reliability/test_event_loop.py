@@ -25,9 +25,10 @@ from tests.reliability.support import ServeProcess, latency_summary
 
 pytestmark = pytest.mark.reliability
 
-#: A health check must be answered within this bound while a maximal request is handled (the goal
-#: is 100 ms; the bound is generous for a shared 2-core machine: the old code took seconds).
-HEALTH_BOUND_S = 1.0
+#: A health check must be answered within this bound while a maximal request is handled. The goal is
+#: 100 ms; the bound is generous because idle health checks alone reach 0.6 s on this shared 2-core
+#: machine at load 20. The old code answered after 4.7 s (the whole conversion ran on the loop).
+HEALTH_BOUND_S = 1.5
 _OPTIONS = [("grpc.max_send_message_length", 80 << 20), ("grpc.max_receive_message_length", 80 << 20)]
 
 
