@@ -13,7 +13,9 @@ def test_quick_service_bench_writes_report(tmp_path: Path) -> None:
     report = run(tmp_path, quick=True)
     (scenario,) = report["scenarios"]
     assert scenario["cache_hit"] is True
-    assert scenario["grown_warm_started"] is True
+    # pool +5% within the default staleness bound: the potential epoch serves, only new rows are scored
+    assert scenario["grown_solved"] is False
+    assert 0 < scenario["grown_rows_scored"] <= scenario["n"] // 10
     assert report["concurrency"]["requests"] == 16
     (costs,) = report["costs"]["scenarios"]
     for cost in ("embedding", "fused"):
