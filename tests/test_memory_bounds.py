@@ -78,6 +78,13 @@ def test_snapshots_are_bounded_in_bytes_and_keep_the_storage_dtype(tmp_path: Pat
         for pool in ("a", "b", "a", "b"):
             fits_two.get(pool)
         assert fits_two.loads == 2
+        x = clustered(500, seed=9, dim=32)
+        added = [Record(id=f"new{i}", embedding=x[i]) for i in range(500)]
+        store.upsert("a", added, model="m", dim=32, vectors=x)
+        grown = fits_two.get("a")
+        assert len(grown.ids) == 3500
+        held = snapshot_bytes(grown) + snapshot_bytes(fits_two.get("b"))
+        assert fits_two.size_bytes == held, "the older version of a was dropped"
         nothing = PoolSnapshots(store, 0)
         nothing.get("a")
         nothing.get("a")

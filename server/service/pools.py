@@ -95,6 +95,8 @@ class PoolSnapshots:
             finally:
                 with self._guard:
                     self.waiting -= 1
+        # older versions of the pool serve no new request: let them go before the new one is read
+        self._items.discard_where(lambda k: k[0] == pool and k[1:3] != key[1:3])
         try:
             base = self._newest_before(info, sketches)
             arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False, base=base)
