@@ -148,6 +148,7 @@ BENCHMARKS = {
     "ray": "Sharded scoring on Ray workers vs the in-process pass (needs the ray extra).",
     "nearcopy": "Near-copy skipping: GEMM vs FAISS walk, Select with skipping on vs off.",
     "incremental": "Re-select after growth with a potential epoch vs cold; drift vs a fresh solve.",
+    "scale": "Pools of 1M-10M candidates: ingest rate, cold and cached Select, peak RSS vs stored bytes.",
 }
 Out = Annotated[Path, typer.Option("--out", help="output directory")]
 Quick = Annotated[bool, typer.Option("--quick", help="tiny smoke version")]
@@ -173,9 +174,11 @@ for _name, _text in BENCHMARKS.items():
 
 @bench_app.command("all")
 def bench_all(out: Out = Path("docs/benchmarks"), quick: Quick = False) -> None:
-    """Every benchmark (ray only when the extra is installed)."""
+    """Every benchmark but scale (GiBs and tens of minutes: run it alone); ray only with its extra."""
     import importlib.util
 
-    names = [n for n in BENCHMARKS if n != "ray" or importlib.util.find_spec("ray") is not None]
+    names = [
+        n for n in BENCHMARKS if n != "scale" and (n != "ray" or importlib.util.find_spec("ray") is not None)
+    ]
     for name in names:
         _bench(name, out, quick)
