@@ -58,29 +58,42 @@ class _NoEncoder:
 
 
 class RssSampler:
-    """Samples a process's RSS every ``interval`` seconds on a thread; ``peak()`` since the last reset."""
+    """Samples a process's memory every ``interval`` seconds on a thread; peaks since the last reset.
+
+    Two figures: the RSS, and its anonymous part (RSS less file-backed and shared pages: the LMDB
+    memory map's pages the process touched count in its RSS but are page cache the kernel reclaims).
+    """
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self._proc = psutil.Process(pid)
         self._interval = interval
-        self._peak = 0
+        self._peak = self._peak_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _sample(self) -> tuple[int, int]:
+        info = self._proc.memory_info()
+        return int(info.rss), int(info.rss - getattr(info, "shared", 0))
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._peak = max(self._peak, self._proc.memory_info().rss)
+                rss, anon = self._sample()
             except psutil.Error:
                 return
+            self._peak, self._peak_anon = max(self._peak, rss), max(self._peak_anon, anon)
 
     def reset(self) -> int:
-        self._peak = rss = self._proc.memory_info().rss
-        return int(rss)
+        rss, self._peak_anon = self._sample()
+        self._peak = rss
+        return rss
 
     def peak(self) -> int:
-        return max(self._peak, self._proc.memory_info().rss)
+        return max(self._peak, self._sample()[0])
+
+    def peak_anon(self) -> int:
+        return max(self._peak_anon, self._sample()[1])
 
     def close(self) -> None:
         self._stop.set()
@@ -100,6 +113,8 @@ class Server:
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             self.proc.kill()
+            self.proc.wait(timeout=60)
+            self.proc.stdout.close()
             raise RuntimeError(f"gotd serve did not start: {line!r}")
         self.address = line.rsplit(" ", 1)[1].strip()
         self.rss = RssSampler(self.proc.pid)
@@ -111,6 +126,8 @@ class Server:
         self.rss.close()
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _centres() -> np.ndarray:
@@ -182,6 +199,7 @@ def _select(server: Server, client: Client, pool: str, targets: str, cost: str) 
         "seconds": seconds,
         "rss_before": base,
         "rss_peak": server.rss.peak(),
+        "anon_peak": server.rss.peak_anon(),
         "timings_ms": {
             "load": summary.load_ms,
             "solve": summary.solve_ms,
@@ -242,34 +260,35 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": host, "m": m, "sizes": [], "skipped": [], "ingest": []}
     results["budget_gib"] = PROCESS_BUDGET / 2**30
     texts = Texts()
-    with (
-        tempfile.TemporaryDirectory(prefix="gotd-scale-") as tmp,
-        Store(Path(tmp) / "data", sketcher=tf_rows, vector_dtype="float16") as store,
-        Server(Path(tmp) / "data") as server,
-        Client(server.address, timeout=3600) as client,
-    ):
-        ingestor = Ingestor(store, cast(Embedder, _NoEncoder()), None)
-        results["rss_idle"] = server.rss.reset()
-        client.put_target_set("emb-targets", _targets(m, None))
-        done = 0
-        for n in sizes:
-            fits, need, allowed = _fits(n, texts=False)
+    with tempfile.TemporaryDirectory(prefix="gotd-scale-") as tmp:
+        data = Path(tmp) / "data"
+        with Store(data, sketcher=tf_rows, vector_dtype="float16") as store:
+            ingestor = Ingestor(store, cast(Embedder, _NoEncoder()), None)
+            with Server(data) as server, Client(server.address, timeout=3600) as client:
+                results["rss_idle"] = server.rss.reset()
+                client.put_target_set("emb-targets", _targets(m, None))
+                done = 0
+                for n in sizes:
+                    fits, need, allowed = _fits(n, texts=False)
+                    if not fits:
+                        skip = {"n": n, "need_gib": need, "allowed_gib": allowed, "what": "embedding"}
+                        results["skipped"].append(skip)
+                        continue
+                    results["ingest"].append({"kind": "vectors", **_ingest(ingestor, "emb", done, n, None)})
+                    done = n
+                    results["sizes"].append(_measure(server, client, "emb", n, False, ("embedding",)))
+                client.delete_pool("emb")
+            fits, need, allowed = _fits(fused_n, texts=True)
             if not fits:
-                skip = {"n": n, "need_gib": need, "allowed_gib": allowed, "what": "embedding"}
+                skip = {"n": fused_n, "need_gib": need, "allowed_gib": allowed, "what": "fused"}
                 results["skipped"].append(skip)
-                continue
-            results["ingest"].append({"kind": "vectors", **_ingest(ingestor, "emb", done, n, None)})
-            done = n
-            results["sizes"].append(_measure(server, client, "emb", n, False, ("embedding",)))
-        client.delete_pool("emb")
-        fits, need, allowed = _fits(fused_n, texts=True)
-        if fits:
-            client.put_target_set("txt-targets", _targets(m, texts))
-            results["ingest"].append({"kind": "vectors+texts", **_ingest(ingestor, "txt", 0, fused_n, texts)})
-            results["fused"] = _measure(server, client, "txt", fused_n, True, ("embedding", "fused"))
-        else:
-            skip = {"n": fused_n, "need_gib": need, "allowed_gib": allowed, "what": "fused"}
-            results["skipped"].append(skip)
+            else:  # a fresh server: its memory holds nothing of the series above
+                kind = {"kind": "vectors+texts", **_ingest(ingestor, "txt", 0, fused_n, texts)}
+                results["ingest"].append(kind)
+                with Server(data) as server, Client(server.address, timeout=3600) as client:
+                    results["rss_idle_fused"] = server.rss.reset()
+                    client.put_target_set("txt-targets", _targets(m, texts))
+                    results["fused"] = _measure(server, client, "txt", fused_n, True, ("embedding", "fused"))
     results["load_end"] = psutil.getloadavg()[0]
     scale_report.write(out_dir, results, quick=quick)
     return results
