@@ -95,13 +95,16 @@ class PoolSnapshots:
             finally:
                 with self._guard:
                     self.waiting -= 1
-        # older versions of the pool serve no new request: let them go before the new one is read
-        self._items.discard_where(lambda k: k[0] == pool and k[1:3] != key[1:3])
         try:
             base = self._newest_before(info, sketches)
+            kept = None if base is None else (base.uid, base.version)
+            # older versions serve no new request: they leave before the new one is read (but the
+            # one it grows from), and that one once it is read
+            self._items.discard_where(lambda k: k[0] == pool and k[1:3] not in (key[1:3], kept))
             arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False, base=base)
             self.loads += base is None or base.version == arrays.version
             self._items.put((pool, arrays.uid, arrays.version, sketches), arrays)
+            self._items.discard_where(lambda k: k[0] == pool and k[1:3] != (arrays.uid, arrays.version))
             pending.set_result(arrays)
         except BaseException as err:
             pending.set_exception(err)
