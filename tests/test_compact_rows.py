@@ -16,6 +16,7 @@ from gotd.server.ot.blocks import Geometry
 from gotd.server.ot.geometry import project_to_targets
 from gotd.server.ot.rows import Part, StackedRows, addmm_rows, rows_of, take
 from gotd.server.ot.sinkhorn import c_transform, sinkhorn
+from gotd.server.selection import kmeans
 from gotd.server.selection.costs import Cost, pool_features, target_features
 from gotd.server.selection.kmeans import id_keys, kmeans_labels, stratified_weights
 from gotd.server.selection.modes import Mode, SelectionConfig, score, solve
@@ -136,6 +137,20 @@ def test_kmeans_helpers_read_compact_rows_like_dense_ones() -> None:
     np.testing.assert_array_equal(
         stratified_weights(x, rows, keys, cells=12, block_size=300),
         stratified_weights(dense, rows, keys, cells=12, block_size=300),
+    )
+
+
+def test_kmeans_helpers_walk_compact_rows_in_small_blocks_with_the_same_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x, dense, _ = _both(n=3000)
+    monkeypatch.setattr(kmeans, "_COMPACT_BLOCK_BYTES", 8 * x.shape[1] * 500)  # 500-row blocks
+    assert kmeans._block_rows(x, 65536) == 500
+    assert kmeans._block_rows(dense, 65536) == 65536
+    keys = id_keys([f"c{i}" for i in range(x.shape[0])])
+    rows = np.arange(0, 3000, 5)
+    np.testing.assert_array_equal(
+        stratified_weights(x, rows, keys, cells=16), stratified_weights(dense, rows, keys, cells=16)
     )
 
 

@@ -17,6 +17,7 @@ from gotd.server.ot.rows import Rows, block, rows_of, sq_norms
 __all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "splitmix64", "stratified_weights"]
 
 _MASK = (1 << 64) - 1
+_COMPACT_BLOCK_BYTES = 32 << 20
 
 
 def id_keys(ids: Sequence[str]) -> np.ndarray:
@@ -147,6 +148,7 @@ def stratified_weights(
     """
     if cells < 1:
         raise ValueError(f"cells must be >= 1, got {cells!r}")
+    block_size = _block_rows(x, block_size)
     centre_rows = rows[key_order(keys[rows])[:cells]]
     with torch.no_grad():
         centres = rows_of(x, torch.from_numpy(centre_rows).to(x.device))
@@ -160,6 +162,14 @@ def stratified_weights(
     sample_counts = np.bincount(sample_labels, minlength=len(centre_rows)).astype(np.float64)
     out: np.ndarray = pool_counts[sample_labels] / sample_counts[sample_labels]
     return out
+
+
+def _block_rows(x: Rows, block_size: int) -> int:
+    """``block_size``, or fewer rows for compact rows: a block read from them is a new float32 copy
+    (float64 for the centroid sums), kept to about 32 MB."""
+    if isinstance(x, torch.Tensor):
+        return block_size
+    return max(1, min(block_size, _COMPACT_BLOCK_BYTES // (8 * x.shape[1])))
 
 
 def _row(x: Rows, i: int) -> torch.Tensor:
@@ -176,6 +186,7 @@ def _kmeans(
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Labels (row order) and float64 centres of a deterministic, row-order-invariant k-means."""
     n = x.shape[0]
+    block_size = _block_rows(x, block_size)
     order = torch.from_numpy(key_order(keys)).to(x.device)
     spans = [(s, min(n, s + block_size)) for s in range(0, n, block_size)]
     with torch.no_grad():
