@@ -176,6 +176,9 @@ def _write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         f"p99 {c['p99_s']:.3f} s, wall {c['wall_s']:.1f} s.",
         "",
         f"![cold vs cached]({name}.png)",
+        "",
+        "Re-selection after growth of 1-50% against cold, and the drift of a potential epoch against a",
+        "fresh solve, are measured by `gotd bench incremental`: [incremental.md](incremental.md).",
         *bench_costs_report.section(report["costs"], name),
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
