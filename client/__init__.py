@@ -2,6 +2,7 @@
 
 from gotd.client.client import Client, TlsConfig
 from gotd.client.types import (
+    CostValidation,
     IngestResult,
     NearCopy,
     PoolInfo,
@@ -9,11 +10,13 @@ from gotd.client.types import (
     ScoredCandidate,
     SelectProgress,
     SelectSummary,
+    SettingScore,
     TargetSetInfo,
 )
 
 __all__ = [
     "Client",
+    "CostValidation",
     "IngestResult",
     "NearCopy",
     "PoolInfo",
@@ -21,6 +24,7 @@ __all__ = [
     "ScoredCandidate",
     "SelectProgress",
     "SelectSummary",
+    "SettingScore",
     "TargetSetInfo",
     "TlsConfig",
 ]

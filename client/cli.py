@@ -247,6 +247,8 @@ def select(
             f"{summary.rows_scored} rows scored), {summary.total_ms:.0f} ms)",
             err=True,
         )
+        if summary.validation is not None:
+            typer.echo(summary.validation.describe(), err=True)
 
 
 @app.command()

@@ -103,6 +103,62 @@ class NearCopy:
 
 
 @dataclass(frozen=True, slots=True)
+class SettingScore:
+    """Validation scores of one cost setting (``relative_eps`` None: an absolute epsilon)."""
+
+    embedding_weight: float
+    relative_eps: float | None
+    recall: float
+    mrr: float
+    auc: float
+
+    @property
+    def label(self) -> str:
+        eps = "abs" if self.relative_eps is None else f"{self.relative_eps:g}"
+        return f"w{self.embedding_weight:g}-rel{eps}"
+
+
+@dataclass(frozen=True, slots=True)
+class CostValidation:
+    """How the cost setting was chosen: ``status`` is validated, fallback, bypassed or no_sketches."""
+
+    status: str
+    detail: str
+    embedding_weight: float
+    relative_eps: float | None
+    settings: tuple[SettingScore, ...]
+    fraction: float
+    held_out: int
+    pool_sample: int
+    cache_hit: bool
+
+    @classmethod
+    def from_pb(cls, m: pb.CostValidation) -> CostValidation:
+        def rel(c: pb.CostSetting) -> float | None:
+            return c.relative_epsilon if c.HasField("relative_epsilon") else None
+
+        settings = tuple(
+            SettingScore(s.setting.embedding_weight, rel(s.setting), s.recall, s.mean_reciprocal_rank, s.auc)
+            for s in m.settings
+        )
+        status = pb.ValidationStatus.Name(m.status).removeprefix("VALIDATION_STATUS_").lower()
+        return cls(
+            status, m.detail, m.chosen.embedding_weight, rel(m.chosen), settings, m.fraction, m.held_out,
+            m.pool_sample, m.cache_hit,
+        )  # fmt: skip
+
+    def describe(self) -> str:
+        """One line: the status, the chosen setting and every setting's held-out recall."""
+        eps = "the absolute epsilon" if self.relative_eps is None else f"relative eps {self.relative_eps:g}"
+        text = f"cost {self.status}: w={self.embedding_weight:g}, {eps}"
+        if self.settings:
+            scores = ", ".join(f"{s.label} {s.recall:.3f}" for s in self.settings)
+            hit = ", from the cache" if self.cache_hit else ""
+            text += f" (held-out recall at {self.fraction:g} of the pool{hit}: {scores})"
+        return f"{text}; {self.detail}" if self.detail else text
+
+
+@dataclass(frozen=True, slots=True)
 class SelectSummary:
     pool_version: int
     pool_size: int
@@ -136,6 +192,8 @@ class SelectSummary:
     rows_scored: int = 0  # rows put through the c-transform by this request
     staleness: float = 0.0  # share of the pool written since the epoch
     solved: bool = False  # whether this request solved (opened the epoch)
+    validate_ms: float = 0.0
+    validation: CostValidation | None = None
 
     @classmethod
     def from_pb(cls, m: pb.Summary) -> SelectSummary:
@@ -149,7 +207,8 @@ class SelectSummary:
             m.near_copy_cosine, m.near_copies_skipped, m.too_few_distinct,
             tuple(NearCopy(c.id, c.copy_of, c.cosine) for c in m.near_copies), t.rank_ms,
             epoch_version=m.epoch.pool_version, rows_scored=m.epoch.rows_scored,
-            staleness=m.epoch.staleness, solved=m.epoch.solved,
+            staleness=m.epoch.staleness, solved=m.epoch.solved, validate_ms=t.validate_ms,
+            validation=CostValidation.from_pb(m.validation) if m.HasField("validation") else None,
         )  # fmt: skip
 
 

@@ -104,8 +104,9 @@ def section(costs: dict[str, Any], name: str) -> list[str]:
         "",
         *_breakdown(scenarios),
         "",
-        f"Default cost `auto` on the fused pool, same named targets: {autos} (auto resolves to fused "
-        "when every candidate and target has text, and shares its cache entry).",
+        f"Default cost `auto` on the fused pool, same named targets: {autos} (with text everywhere, auto "
+        "validates the fused cost's weight and ε on the target set and selects with the chosen setting, "
+        "whose cache entry it shares: [autocost.md](autocost.md)).",
         "",
         "### Ingest: sketching at ingest",
         "",

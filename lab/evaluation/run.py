@@ -30,6 +30,7 @@ import numpy as np
 from gotd.cache.store.embeddings import normalise_text
 from gotd.lab.corpora.registry import CORPORA, DEFAULT_CORPUS, WIKI_NAME, check_corpus_key, load_corpus
 from gotd.lab.corpora.wiki import Doc
+from gotd.lab.evaluation import autocost as eval_autocost  # noqa: F401  (registers gotd-auto and its grid)
 from gotd.lab.evaluation import fused as eval_fused  # noqa: F401  (registers the fused-cost and default-settings methods)
 from gotd.lab.evaluation import tsds as eval_tsds  # noqa: F401  (registers tsds)
 from gotd.lab.evaluation.embed import embed_corpus, embed_texts, embedding_cache_path

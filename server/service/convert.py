@@ -13,6 +13,7 @@ from gotd.cache.store.core import PoolInfo, TargetSetInfo
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
 from gotd.server.service.requests import (
+    CostValidation,
     Epoch,
     Progress,
     RankedBatch,
@@ -23,6 +24,7 @@ from gotd.server.service.requests import (
     SelectSummary,
     SolverParams,
     TargetInput,
+    ValidationStatus,
 )
 from gotd.v1 import selection_pb2 as pb
 
@@ -36,6 +38,9 @@ _MODES = {
 _MODE_TO_PB = {mode: value for value, mode in _MODES.items() if mode is not None}
 _COSTS = {pb.COST_UNSPECIFIED: None, pb.COST_EMBEDDING: Cost.EMBEDDING, pb.COST_FUSED: Cost.FUSED}
 _COST_TO_PB = {cost: value for value, cost in _COSTS.items() if cost is not None}
+_VALIDATION_TO_PB = {
+    status: pb.ValidationStatus.Value(f"VALIDATION_STATUS_{status.name}") for status in ValidationStatus
+}
 
 
 def record(message: pb.Record, *, max_text_bytes: int) -> Record:
@@ -171,6 +176,7 @@ def summary(s: SelectSummary) -> pb.Summary:
             score_ms=t.get("score", 0.0),
             total_ms=t.get("total", 0.0),
             rank_ms=t.get("rank", 0.0),
+            validate_ms=t.get("validate", 0.0),
         ),
         cost=_COST_TO_PB[s.cost],
         embedding_weight=s.embedding_weight,
@@ -180,6 +186,7 @@ def summary(s: SelectSummary) -> pb.Summary:
         near_copy_cosine=s.near_copy_cosine,
         near_copies=[pb.NearCopy(id=c.id, copy_of=c.copy_of, cosine=c.cosine) for c in s.near_copies],
         epoch=epoch(s.epoch),
+        validation=validation(s.validation),
     )
 
 
@@ -190,6 +197,7 @@ def score_result(result: ScoreResult) -> pb.ScoreResponse:
         pool_version=result.pool_version,
         cache_hit=result.cache_hit,
         epoch=epoch(result.epoch),
+        validation=validation(result.validation),
     )
 
 
@@ -197,6 +205,32 @@ def epoch(e: Epoch) -> pb.Epoch:
     """The potential epoch that answered."""
     return pb.Epoch(
         pool_version=e.pool_version, rows_scored=e.rows_scored, staleness=e.staleness, solved=e.solved
+    )
+
+
+def validation(v: CostValidation | None) -> pb.CostValidation | None:
+    """How the cost setting was chosen (None: not reported)."""
+    if v is None:
+        return None
+    return pb.CostValidation(
+        status=_VALIDATION_TO_PB[v.status],
+        detail=v.detail,
+        chosen=pb.CostSetting(embedding_weight=v.embedding_weight, relative_epsilon=v.relative_eps),
+        settings=[
+            pb.SettingScore(
+                setting=pb.CostSetting(
+                    embedding_weight=s.setting.embedding_weight, relative_epsilon=s.setting.relative_eps
+                ),
+                recall=s.recall,
+                mean_reciprocal_rank=s.mrr,
+                auc=s.auc,
+            )
+            for s in v.scores
+        ],
+        fraction=v.fraction,
+        held_out=v.held_out,
+        pool_sample=v.pool_sample,
+        cache_hit=v.cache_hit,
     )
 
 

@@ -33,6 +33,7 @@ from gotd.server.selection.costs import (
     target_features,
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
+from gotd.server.service.autocost import SCORE_FRACTION, CostChooser
 from gotd.server.service.config import Settings
 from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
@@ -41,6 +42,7 @@ from gotd.server.service.metrics import Metrics
 from gotd.server.service.pools import PoolSnapshots, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
+    CostValidation,
     Epoch,
     Progress,
     Ranked,
@@ -98,6 +100,7 @@ class SelectionEngine:
         )
         self._unsketched: Lru[tuple[str, str, int], bool] = Lru(64)
         self._ranker = Ranker(settings.near_copy_cosine)
+        self._costs = CostChooser(settings, duals)
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, params: SolverParams) -> SelectionConfig:
@@ -158,7 +161,9 @@ class SelectionEngine:
         self._admit(params)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        job = self._prepare(params.pool, params.target, params.solver, params.domains, emit, stop, timings)
+        job, validation = self._prepare(
+            params.pool, params.target, params.solver, params.domains, emit, stop, timings, k=params.k
+        )
         with self._timed("score", timings):
             scores = job.scores(emit, stop)
         with self._timed("rank", timings):
@@ -193,6 +198,7 @@ class SelectionEngine:
                 too_few_distinct=ranking.too_few_distinct,
                 near_copies=ranking.near_copies,
                 epoch=_epoch(job),
+                validation=validation,
             )
         )
 
@@ -202,7 +208,7 @@ class SelectionEngine:
             raise InvalidArgument("ids must not be empty")
         noop: Emit = lambda _event: None  # noqa: E731
         for attempt in range(SNAPSHOT_ATTEMPTS):
-            job = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {})
+            job, validation = self._prepare(params.pool, params.target, params.solver, (), noop, stop, {})
             pool_rows = self._store.rows_for_ids(params.pool, list(params.ids))
             if in_snapshot(job.arrays, params.ids, pool_rows):
                 break
@@ -225,6 +231,7 @@ class SelectionEngine:
             pool_version=job.arrays.version,
             cache_hit=job.cache_hit,
             epoch=_epoch(job),
+            validation=validation,
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -253,7 +260,9 @@ class SelectionEngine:
         emit: Emit,
         stop: StopCheck,
         timings: dict[str, float],
-    ) -> Job:
+        *,
+        k: int | None = None,
+    ) -> tuple[Job, CostValidation]:
         bound = self.max_staleness(solver)
         for attempt in range(SNAPSHOT_ATTEMPTS):
             info = self._store.get_pool(pool)
@@ -276,6 +285,16 @@ class SelectionEngine:
             rows = np.flatnonzero(np.isin(np.asarray(arrays.domains, dtype=object), list(domains)))
         if len(rows) == 0:
             raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
+        with self._timed("validate", timings):
+            fraction = SCORE_FRACTION if k is None else k / len(rows)
+            solver, validation = self._costs.choose(
+                arrays,
+                rows,
+                target,
+                solver,
+                fraction=fraction,
+                factors=lambda: self._sketch_factors(arrays),
+            )
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
         features = self._features(arrays, target, self.cost_config(solver))
@@ -301,7 +320,7 @@ class SelectionEngine:
         job = Job(self, arrays, features, y, rows, target, config, family, timings)
         with self._timed("solve", timings):
             job.potential_for(emit, stop, max_staleness=bound)
-        return job
+        return job, validation
 
     def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
         """The pool's rows in the request's feature space (fused rows' factors cached per pool version)."""
@@ -310,6 +329,19 @@ class SelectionEngine:
         target_sketched = complete_sketches(target.sketches)
         if cost.cost is Cost.AUTO and not target_sketched:  # embedding whatever the pool holds
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
+        factors = self._sketch_factors(arrays)
+        kind = resolve_cost(
+            cost,
+            pool=arrays.name,
+            pool_sketched=factors is not None,
+            target_sketched=target_sketched,
+        )
+        if kind is Cost.EMBEDDING:
+            return pool_features(arrays.vectors, None, kind, 1.0)
+        return pool_features(arrays.vectors, arrays.sketches, kind, cost.embedding_weight, factors)
+
+    def _sketch_factors(self, arrays: PoolArrays) -> SketchFactors | None:
+        """The pool version's sketch factors, None when some row has no sketch (both remembered)."""
         tf = arrays.sketches
         key = (arrays.name, arrays.uid, arrays.version)
         known = self._factors.get(key)
@@ -319,15 +351,7 @@ class SelectionEngine:
                 self._factors.put(key, known)
             else:
                 self._unsketched.put(key, True)
-        kind = resolve_cost(
-            cost,
-            pool=arrays.name,
-            pool_sketched=known is not None,
-            target_sketched=target_sketched,
-        )
-        if kind is Cost.EMBEDDING:
-            return pool_features(arrays.vectors, None, kind, 1.0)
-        return pool_features(arrays.vectors, tf, kind, cost.embedding_weight, known)
+        return known
 
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit

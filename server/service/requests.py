@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 from gotd.cache.records import Record
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
+from gotd.server.selection.validation import SettingScore
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,34 @@ class RankedBatch:
     candidates: tuple[Ranked, ...]
 
 
+class ValidationStatus(StrEnum):
+    """How the cost setting of a request was chosen (values match ``gotd.v1.ValidationStatus`` names)."""
+
+    VALIDATED = "validated"
+    FALLBACK = "fallback"
+    BYPASSED = "bypassed"
+    NO_SKETCHES = "no_sketches"
+
+
+@dataclass(frozen=True, slots=True)
+class CostValidation:
+    """The cost setting used and how it was chosen (:mod:`gotd.server.service.autocost`).
+
+    ``relative_eps`` is None when the absolute epsilon of the summary was used; ``scores`` lists every
+    setting tried (``VALIDATED`` only).
+    """
+
+    status: ValidationStatus
+    detail: str
+    embedding_weight: float
+    relative_eps: float | None
+    scores: tuple[SettingScore, ...] = ()
+    fraction: float = 0.0
+    held_out: int = 0
+    pool_sample: int = 0
+    cache_hit: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class NearCopy:
     """A candidate skipped because it repeats the returned candidate ``copy_of``."""
@@ -145,6 +174,7 @@ class SelectSummary:
     too_few_distinct: bool = False
     near_copies: tuple[NearCopy, ...] = ()
     epoch: Epoch = Epoch()
+    validation: CostValidation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +185,7 @@ class ScoreResult:
     pool_version: int
     cache_hit: bool
     epoch: Epoch = Epoch()
+    validation: CostValidation | None = None
 
 
 SelectEvent = Progress | RankedBatch | SelectSummary

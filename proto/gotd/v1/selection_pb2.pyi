@@ -141,6 +141,38 @@ STAGE_SCORE: Stage.ValueType  # 4
 """Scoring candidates with the target potential (done/total in candidates)."""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
+class _ValidationStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ValidationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ValidationStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VALIDATION_STATUS_UNSPECIFIED: _ValidationStatus.ValueType  # 0
+    """Not reported."""
+    VALIDATION_STATUS_VALIDATED: _ValidationStatus.ValueType  # 1
+    """The grid was validated on the target set; `chosen` is its best setting."""
+    VALIDATION_STATUS_FALLBACK: _ValidationStatus.ValueType  # 2
+    """Too few targets to validate: the server's fixed default setting is used."""
+    VALIDATION_STATUS_BYPASSED: _ValidationStatus.ValueType  # 3
+    """The request (or the server's configuration) fixed the cost, weight or epsilon."""
+    VALIDATION_STATUS_NO_SKETCHES: _ValidationStatus.ValueType  # 4
+    """The pool or the target set has rows without text: the embedding cost, nothing to choose."""
+
+class ValidationStatus(_ValidationStatus, metaclass=_ValidationStatusEnumTypeWrapper):
+    """ValidationStatus says whether and how the cost setting was validated."""
+
+VALIDATION_STATUS_UNSPECIFIED: ValidationStatus.ValueType  # 0
+"""Not reported."""
+VALIDATION_STATUS_VALIDATED: ValidationStatus.ValueType  # 1
+"""The grid was validated on the target set; `chosen` is its best setting."""
+VALIDATION_STATUS_FALLBACK: ValidationStatus.ValueType  # 2
+"""Too few targets to validate: the server's fixed default setting is used."""
+VALIDATION_STATUS_BYPASSED: ValidationStatus.ValueType  # 3
+"""The request (or the server's configuration) fixed the cost, weight or epsilon."""
+VALIDATION_STATUS_NO_SKETCHES: ValidationStatus.ValueType  # 4
+"""The pool or the target set has rows without text: the embedding cost, nothing to choose."""
+Global___ValidationStatus: _TypeAlias = ValidationStatus  # noqa: Y015
+
 @_typing.final
 class Record(_message.Message):
     """Record is one candidate (or target) text. Give `text`, `embedding`, or both: with text only, the
@@ -526,6 +558,7 @@ class Timings(_message.Message):
     SCORE_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     RANK_MS_FIELD_NUMBER: _builtins.int
+    VALIDATE_MS_FIELD_NUMBER: _builtins.int
     embed_ms: _builtins.float
     """Embedding the target texts."""
     load_ms: _builtins.float
@@ -538,6 +571,8 @@ class Timings(_message.Message):
     """Whole request."""
     rank_ms: _builtins.float
     """Ranking: the top-k walk, near-copy tests included."""
+    validate_ms: _builtins.float
+    """Validating the cost on the target set (cost AUTO; 0 when the validation came from the cache)."""
     def __init__(
         self,
         *,
@@ -547,10 +582,11 @@ class Timings(_message.Message):
         score_ms: _builtins.float = ...,
         total_ms: _builtins.float = ...,
         rank_ms: _builtins.float = ...,
+        validate_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "load_ms", b"load_ms", "rank_ms", b"rank_ms", "score_ms", b"score_ms", "solve_ms", b"solve_ms", "total_ms", b"total_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_ms", b"embed_ms", "load_ms", b"load_ms", "rank_ms", b"rank_ms", "score_ms", b"score_ms", "solve_ms", b"solve_ms", "total_ms", b"total_ms", "validate_ms", b"validate_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -652,6 +688,7 @@ class Summary(_message.Message):
     NEAR_COPY_COSINE_FIELD_NUMBER: _builtins.int
     NEAR_COPIES_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version the ranking was computed on."""
     pool_size: _builtins.int
@@ -706,6 +743,10 @@ class Summary(_message.Message):
     def epoch(self) -> Global___Epoch:
         """The potential epoch that answered."""
 
+    @_builtins.property
+    def validation(self) -> Global___CostValidation:
+        """How the cost setting (embedding weight, epsilon) was chosen."""
+
     def __init__(
         self,
         *,
@@ -733,14 +774,138 @@ class Summary(_message.Message):
         near_copy_cosine: _builtins.float = ...,
         near_copies: _abc.Iterable[Global___NearCopy] | None = ...,
         epoch: Global___Epoch | None = ...,
+        validation: Global___CostValidation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "timings", b"timings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "timings", b"timings", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epoch", b"epoch", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "warm_started", b"warm_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epoch", b"epoch", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "validation", b"validation", "warm_started", b"warm_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Summary: _TypeAlias = Summary  # noqa: Y015
+
+@_typing.final
+class CostValidation(_message.Message):
+    """CostValidation reports how the cost setting of a request was chosen. With cost AUTO (the default)
+    and no embedding_weight, epsilon or relative_epsilon in the request, the server validates a small
+    grid of settings on the target set itself: folds of the targets are held out, ranked with a sample
+    of the pool against the other folds, and the setting whose ranking puts the most held-out targets
+    within the requested share of the pool is used.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    CHOSEN_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    FRACTION_FIELD_NUMBER: _builtins.int
+    HELD_OUT_FIELD_NUMBER: _builtins.int
+    POOL_SAMPLE_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_FIELD_NUMBER: _builtins.int
+    status: Global___ValidationStatus.ValueType
+    """What happened."""
+    detail: _builtins.str
+    """A readable reason (why the validation was bypassed or fell back)."""
+    fraction: _builtins.float
+    """Share of the pool the held-out recall was measured at (k / candidates; Score: 0.05)."""
+    held_out: _builtins.int
+    """Held-out targets ranked, over all folds."""
+    pool_sample: _builtins.int
+    """Pool candidates ranked with them."""
+    cache_hit: _builtins.bool
+    """True when the validation came from the dual cache (nothing was validated)."""
+    @_builtins.property
+    def chosen(self) -> Global___CostSetting:
+        """The setting used."""
+
+    @_builtins.property
+    def settings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SettingScore]:
+        """Every setting tried with its validation scores (VALIDATED only), in the server's grid order."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___ValidationStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+        chosen: Global___CostSetting | None = ...,
+        settings: _abc.Iterable[Global___SettingScore] | None = ...,
+        fraction: _builtins.float = ...,
+        held_out: _builtins.int = ...,
+        pool_sample: _builtins.int = ...,
+        cache_hit: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chosen", b"chosen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "chosen", b"chosen", "detail", b"detail", "fraction", b"fraction", "held_out", b"held_out", "pool_sample", b"pool_sample", "settings", b"settings", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CostValidation: _TypeAlias = CostValidation  # noqa: Y015
+
+@_typing.final
+class CostSetting(_message.Message):
+    """CostSetting is one setting of the cost."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
+    RELATIVE_EPSILON_FIELD_NUMBER: _builtins.int
+    embedding_weight: _builtins.float
+    """Weight of the embedding cost in the fused cost (0: n-gram only, 1: embedding only)."""
+    relative_epsilon: _builtins.float
+    """Epsilon as a multiple of the median pool-target cost; unset when an absolute epsilon is used."""
+    def __init__(
+        self,
+        *,
+        embedding_weight: _builtins.float = ...,
+        relative_epsilon: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon", "relative_epsilon", b"relative_epsilon"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon", "embedding_weight", b"embedding_weight", "relative_epsilon", b"relative_epsilon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__relative_epsilon: _TypeAlias = _typing.Literal["relative_epsilon"]  # noqa: Y015
+    _WhichOneofArgType__relative_epsilon: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__relative_epsilon) -> _WhichOneofReturnType__relative_epsilon | None: ...
+
+Global___CostSetting: _TypeAlias = CostSetting  # noqa: Y015
+
+@_typing.final
+class SettingScore(_message.Message):
+    """SettingScore is the validation score of one setting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTING_FIELD_NUMBER: _builtins.int
+    RECALL_FIELD_NUMBER: _builtins.int
+    MEAN_RECIPROCAL_RANK_FIELD_NUMBER: _builtins.int
+    AUC_FIELD_NUMBER: _builtins.int
+    recall: _builtins.float
+    """Share of held-out targets ranked within `fraction` of the pool sample (the criterion)."""
+    mean_reciprocal_rank: _builtins.float
+    """Mean of 1 / (1 + pool candidates ranked ahead of a held-out target)."""
+    auc: _builtins.float
+    """Mean share of pool candidates ranked behind a held-out target."""
+    @_builtins.property
+    def setting(self) -> Global___CostSetting:
+        """The setting."""
+
+    def __init__(
+        self,
+        *,
+        setting: Global___CostSetting | None = ...,
+        recall: _builtins.float = ...,
+        mean_reciprocal_rank: _builtins.float = ...,
+        auc: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["setting", b"setting"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auc", b"auc", "mean_reciprocal_rank", b"mean_reciprocal_rank", "recall", b"recall", "setting", b"setting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SettingScore: _TypeAlias = SettingScore  # noqa: Y015
 
 @_typing.final
 class SelectResponse(_message.Message):
@@ -976,6 +1141,7 @@ class ScoreResponse(_message.Message):
     POOL_VERSION_FIELD_NUMBER: _builtins.int
     CACHE_HIT_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    VALIDATION_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version scored."""
     cache_hit: _builtins.bool
@@ -988,6 +1154,10 @@ class ScoreResponse(_message.Message):
     def epoch(self) -> Global___Epoch:
         """The potential epoch that answered (the same as a Select of the same request)."""
 
+    @_builtins.property
+    def validation(self) -> Global___CostValidation:
+        """How the cost setting was chosen (as in Summary)."""
+
     def __init__(
         self,
         *,
@@ -995,10 +1165,11 @@ class ScoreResponse(_message.Message):
         pool_version: _builtins.int = ...,
         cache_hit: _builtins.bool = ...,
         epoch: Global___Epoch | None = ...,
+        validation: Global___CostValidation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "epoch", b"epoch", "pool_version", b"pool_version", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "epoch", b"epoch", "pool_version", b"pool_version", "scores", b"scores", "validation", b"validation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,241 @@
+"""Cost ``auto``: the cost setting of a request, validated on its target set and cached with the potentials.
+
+:func:`gotd.server.selection.validation.validate` does the math; this module decides when it runs,
+turns its choice into solver options (fused cost at the chosen weight, epsilon relative to that cost's
+scale) and keeps its result in the dual cache under a key naming everything it depends on (pool, uid
+and version, the rows, the target set and its sketches, the measured fraction, the grid, the code), so
+a repeated request reads one small entry instead of validating again. The choice is deterministic:
+a cold request, a cache hit and a recompute after a cache failure give the same setting.
+
+The validation runs when the effective cost is ``auto`` and the request sets none of
+``embedding_weight``, ``epsilon`` and ``relative_epsilon``; otherwise the request's (or the server's)
+settings are used and the report says so. Without sketches on every row there is nothing to choose
+(the embedding cost); with fewer targets than ``ValidationConfig.min_targets`` the server's fixed
+defaults are used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import xxhash
+
+from gotd.cache.duals.cache import DualCache, cache_key
+from gotd.cache.duals.codec import PotentialEntry
+from gotd.cache.store.core import PoolArrays
+from gotd.server.selection.algorithm import code_version
+from gotd.server.selection.costs import Cost, SketchFactors, complete_sketches, sketch_hash
+from gotd.server.selection.validation import Setting, SettingScore, Validation, ValidationConfig, validate
+from gotd.server.service.config import Settings
+from gotd.server.service.requests import CostValidation, SolverParams, ValidationStatus
+from gotd.server.service.targets import Target
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["SCORE_FRACTION", "CostChooser"]
+
+#: Fraction of the pool the validation measures at for Score, which has no k.
+SCORE_FRACTION = 0.05
+_FIELDS = ("recall", "mrr", "auc")
+
+
+class CostChooser:
+    """Chooses the cost setting of each request (thread-safe: the caches are locked LRUs)."""
+
+    def __init__(self, settings: Settings, duals: DualCache, config: ValidationConfig | None = None) -> None:
+        self._settings = settings
+        self._duals = duals
+        self.config = config or ValidationConfig()
+        self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(dataclasses.asdict(self.config)).encode())
+
+    def choose(
+        self,
+        arrays: PoolArrays,
+        rows: np.ndarray,
+        target: Target,
+        solver: SolverParams,
+        *,
+        fraction: float,
+        factors: Callable[[], SketchFactors | None],
+    ) -> tuple[SolverParams, CostValidation]:
+        """The request's solver options with the chosen setting filled in, and the report.
+
+        Parameters
+        ----------
+        arrays : PoolArrays
+            The pool snapshot (with sketches when it keeps them).
+        rows : numpy.ndarray of int64
+            Sorted eligible rows (the domain filter); the pool sample is drawn from them.
+        target : Target
+            The resolved target set.
+        solver : SolverParams
+            The request's options.
+        fraction : float
+            Share of ``rows`` the request keeps (``k / len(rows)``, capped at 1).
+        factors : callable
+            The pool version's sketch factors, None when some row has no sketch (called only when the
+            cost is to be chosen).
+        """
+        s = self._settings
+        fixed = _fixed_by_request(solver) or ("" if s.cost == "auto" else f"the server's cost is {s.cost!r}")
+        if fixed:
+            return solver, self._report(ValidationStatus.BYPASSED, fixed, solver)
+        pool_tf, target_tf = arrays.sketches, target.sketches
+        known = factors() if pool_tf is not None and complete_sketches(target_tf) else None
+        if pool_tf is None or target_tf is None or known is None:
+            why = "rows sent as embeddings without text have no n-gram sketch: the embedding cost"
+            return solver, CostValidation(ValidationStatus.NO_SKETCHES, why, 1.0, solver.relative_eps)
+        if target.count < self.config.min_targets:
+            why = f"{target.count} targets, fewer than {self.config.min_targets}: the fixed default setting"
+            return solver, self._report(ValidationStatus.FALLBACK, why, solver)
+        q = float(f"{min(1.0, max(fraction, 1e-6)):.2g}")
+        key = self._key(arrays, rows, target, q)
+        result = self._cached(key)
+        hit = result is not None
+        if result is None:  # reported as read back, so every path reports the same float32 scores
+            result = _decode(
+                self._store(key, self._validate(arrays, rows, target, q, pool_tf, target_tf, known.idf)),
+                self.config.grid,
+            )
+        chosen = result.chosen
+        report = CostValidation(
+            ValidationStatus.VALIDATED,
+            f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool",
+            chosen.embedding_weight,
+            chosen.relative_eps,
+            result.scores,
+            q,
+            result.held_out,
+            result.pool_sample,
+            cache_hit=hit,
+        )
+        weight, eps = chosen.embedding_weight, chosen.relative_eps
+        return replace(solver, cost=Cost.FUSED, embedding_weight=weight, relative_eps=eps), report
+
+    def _report(self, status: ValidationStatus, detail: str, solver: SolverParams) -> CostValidation:
+        s = self._settings
+        weight = solver.embedding_weight if solver.embedding_weight is not None else s.embedding_weight
+        if solver.cost is Cost.EMBEDDING or (solver.cost is None and s.cost == "embedding"):
+            weight = 1.0
+        relative = solver.relative_eps if solver.eps is None else None
+        if solver.eps is None and relative is None:
+            relative = s.relative_eps
+        return CostValidation(status, detail, weight, relative)
+
+    def _validate(
+        self,
+        arrays: PoolArrays,
+        rows: np.ndarray,
+        target: Target,
+        q: float,
+        tf: np.ndarray,
+        target_tf: np.ndarray,
+        idf: np.ndarray,
+    ) -> Validation:
+        every = len(rows) == len(arrays.ids)
+        vectors = arrays.vectors if every else arrays.vectors[rows]
+        started = time.perf_counter()
+        result = validate(
+            vectors,
+            tf if every else tf[rows],
+            np.asarray(arrays.keys) if every else np.asarray(arrays.keys)[rows],
+            idf,
+            target.vectors.numpy(),
+            target_tf,
+            seed=int(xxhash.xxh3_64_intdigest(target.content_hash.encode())),
+            fraction=q,
+            config=self.config,
+        )
+        LOG.info(
+            "cost validation of %s on %d targets: %s in %.0f ms",
+            arrays.name,
+            target.count,
+            result.chosen.label,
+            (time.perf_counter() - started) * 1e3,
+        )
+        return result
+
+    def _key(self, arrays: PoolArrays, rows: np.ndarray, target: Target, q: float) -> str:
+        every = len(rows) == len(arrays.ids)
+        return cache_key(
+            kind="cost_validation",
+            pool=arrays.name,
+            pool_uid=arrays.uid,
+            version=arrays.version,
+            rows="all" if every else xxhash.xxh3_64_hexdigest(rows.tobytes()),
+            target=target.content_hash,
+            sketch=sketch_hash(target.sketches),
+            fraction=q,
+            grid=self._grid_tag,
+            model=arrays.model,
+            code=code_version(None),
+        )
+
+    def _cached(self, key: str) -> Validation | None:
+        entry = self._duals.get(key)
+        if entry is None:
+            return None
+        try:
+            return _decode(entry, self.config.grid)
+        except (KeyError, TypeError, ValueError, IndexError):
+            LOG.warning("dual cache: unusable cost validation under %s; validating again", key)
+            return None
+
+    def _store(self, key: str, result: Validation) -> PotentialEntry:
+        values = [getattr(s, name) for s in result.scores for name in _FIELDS]
+        chosen = [s.setting for s in result.scores].index(result.chosen)
+        meta = {
+            "kind": "cost_validation",
+            "grid": [[s.embedding_weight, s.relative_eps] for s in self.config.grid],
+            "chosen": chosen,
+            "fraction": result.fraction,
+            "held_out": result.held_out,
+            "pool_sample": result.pool_sample,
+        }
+        entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta)
+        self._duals.put(key, entry)
+        return entry
+
+
+def _fixed_by_request(solver: SolverParams) -> str:
+    """Why the request's own settings bypass the validation ("" when they do not)."""
+    if solver.cost is not None and solver.cost is not Cost.AUTO:
+        return f"the request sets cost {solver.cost.value!r}"
+    named = [
+        name
+        for name, value in (
+            ("embedding_weight", solver.embedding_weight),
+            ("epsilon", solver.eps),
+            ("relative_epsilon", solver.relative_eps),
+        )
+        if value is not None
+    ]
+    return f"the request sets {' and '.join(named)}" if named else ""
+
+
+def _decode(entry: PotentialEntry, grid: Sequence[Setting]) -> Validation:
+    """A cached validation, checked against this server's grid (anything else raises)."""
+    meta = entry.meta
+    if meta["kind"] != "cost_validation" or [tuple(map(float, s)) for s in meta["grid"]] != [
+        (s.embedding_weight, s.relative_eps) for s in grid
+    ]:
+        raise ValueError("another grid")
+    values = np.asarray(entry.g, dtype=np.float64).reshape(len(grid), len(_FIELDS))
+    if not np.isfinite(values).all():
+        raise ValueError("non-finite scores")
+    scores = tuple(
+        SettingScore(setting, *(float(v) for v in row)) for setting, row in zip(grid, values, strict=True)
+    )
+    return Validation(
+        grid[int(meta["chosen"])],
+        scores,
+        float(meta["fraction"]),
+        int(meta["held_out"]),
+        int(meta["pool_sample"]),
+    )

@@ -1,0 +1,150 @@
+"""Cost ``auto`` validated per request over gRPC: deterministic, cached, bypassed, falls back, one choice.
+
+A real server on 127.0.0.1 port 0, real LMDB in tmp_path, real Redis (shared, or a private one that
+is poisoned and stopped), the real default model on a small slice of the wiki corpus.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from gotd.client.client import Client
+from gotd.client.types import CostValidation, SelectSummary
+from gotd.lab.corpora.wiki import load_wiki
+from gotd.server.selection.validation import DEFAULT_GRID
+from tests.conftest import BackgroundServer
+
+TOPIC = "Mathematics"
+K = 12
+
+
+@pytest.fixture(scope="module")
+def corpus() -> tuple[list[dict[str, Any]], list[str]]:
+    """120 pool records (20 of the topic) and 36 other texts of the topic as the target set."""
+    docs = load_wiki()
+    maths = [d for d in docs if d.topic == TOPIC][:56]
+    others = [d for d in docs if d.topic != TOPIC][::83][:100]
+    pool = [{"id": d.id, "text": d.text[:300]} for d in maths[36:] + others]
+    return pool, [d.text[:300] for d in maths[:36]]
+
+
+def _validation(summary: SelectSummary) -> CostValidation:
+    assert summary.validation is not None
+    return summary.validation
+
+
+def _best(v: CostValidation) -> tuple[float, float | None]:
+    """The setting with the best recall, ties to the higher MRR, then to the earlier one."""
+    best = max(range(len(v.settings)), key=lambda i: (v.settings[i].recall, v.settings[i].mrr, -i))
+    return v.settings[best].embedding_weight, v.settings[best].relative_eps
+
+
+def test_auto_validates_on_the_target_set_and_reuses_the_cache(
+    client: Client, corpus: tuple[list[dict[str, Any]], list[str]], redis_url: str, redis_prefix: str
+) -> None:
+    pool, targets = corpus
+    client.ingest("wiki", pool)
+    ranked, summary = client.select("wiki", targets, k=K)
+    v = _validation(summary)
+    assert v.status == "validated"
+    assert not v.cache_hit
+    assert [(s.embedding_weight, s.relative_eps) for s in v.settings] == [
+        (s.embedding_weight, s.relative_eps) for s in DEFAULT_GRID
+    ]
+    assert (v.embedding_weight, v.relative_eps) == _best(v)
+    assert v.fraction == pytest.approx(K / len(pool), rel=0.05)
+    assert (v.held_out, v.pool_sample) == (36, len(pool))
+    assert summary.embedding_weight == pytest.approx(v.embedding_weight)
+    assert summary.cost == ("embedding" if v.embedding_weight == 1.0 else "fused")
+    assert summary.validate_ms > 0
+    again, second = client.select("wiki", targets, k=K)
+    assert second.validation is not None
+    assert second.validation.cache_hit
+    assert second.cache_hit, "the potential of the chosen setting is cached too"
+    assert second.validation.settings == v.settings
+    assert [(r.id, r.score) for r in again] == [(r.id, r.score) for r in ranked]
+    r = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in r.scan_iter(match=f"{redis_prefix}*kind=cost_validation*")]
+    finally:
+        r.close()
+    assert len(keys) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "detail"),
+    [
+        ({"cost": "fused"}, "cost 'fused'"),
+        ({"cost": "embedding"}, "cost 'embedding'"),
+        ({"embedding_weight": 0.3}, "embedding_weight"),
+        ({"eps": 0.1}, "epsilon"),
+        ({"relative_eps": 0.05}, "relative_epsilon"),
+    ],
+)
+def test_explicit_settings_bypass_the_validation(
+    client: Client, corpus: tuple[list[dict[str, Any]], list[str]], options: dict[str, Any], detail: str
+) -> None:
+    pool, targets = corpus
+    client.ingest("wiki", pool)
+    _, summary = client.select("wiki", targets, k=K, **options)
+    v = _validation(summary)
+    assert v.status == "bypassed"
+    assert detail in v.detail
+    assert v.settings == ()
+    assert summary.embedding_weight == pytest.approx(options.get("embedding_weight", v.embedding_weight))
+    expected_w = 1.0 if options.get("cost") == "embedding" else options.get("embedding_weight", 0.5)
+    assert summary.embedding_weight == pytest.approx(expected_w)
+
+
+def test_small_target_set_falls_back_to_the_fixed_default(
+    client: Client, corpus: tuple[list[dict[str, Any]], list[str]]
+) -> None:
+    pool, targets = corpus
+    client.ingest("wiki", pool)
+    _, summary = client.select("wiki", targets[:10], k=K)
+    v = _validation(summary)
+    assert v.status == "fallback"
+    assert "10 targets" in v.detail
+    assert (v.embedding_weight, v.relative_eps) == (0.5, None)
+    assert (summary.cost, summary.embedding_weight, summary.eps) == ("fused", 0.5, pytest.approx(0.1))
+
+
+def test_vector_targets_have_nothing_to_choose(
+    client: Client, corpus: tuple[list[dict[str, Any]], list[str]], embedder: Any
+) -> None:
+    pool, targets = corpus
+    client.ingest("wiki", pool)
+    vectors = list(embedder.encode(targets))
+    _, summary = client.select("wiki", vectors, k=K)
+    assert _validation(summary).status == "no_sketches"
+    assert summary.cost == "embedding"
+
+
+def test_same_choice_cold_cached_and_after_a_redis_failure(
+    make_server: Any, corpus: tuple[list[dict[str, Any]], list[str]]
+) -> None:
+    from tests.redis_fixtures import RedisServer
+
+    pool, targets = corpus
+    with RedisServer() as private:
+        srv: BackgroundServer = make_server(redis_url=private.url, redis_timeout_seconds=0.2)
+        with Client(srv.address, timeout=120) as client:
+            client.ingest("wiki", pool)
+            cold_ranked, cold = client.select("wiki", targets, k=K)
+            cached_ranked, cached = client.select("wiki", targets, k=K)
+            r = redis.Redis.from_url(private.url)
+            for key in r.scan_iter(match="gotd:*"):
+                r.set(key, b"garbage")
+            r.close()
+            poisoned_ranked, poisoned = client.select("wiki", targets, k=K)
+            private.stop()
+            down_ranked, down = client.select("wiki", targets, k=K)
+    runs = [cold, cached, poisoned, down]
+    assert [_validation(s).cache_hit for s in runs[:3]] == [False, True, False]
+    assert len({(_validation(s).embedding_weight, _validation(s).relative_eps) for s in runs}) == 1
+    assert len({_validation(s).settings for s in runs}) == 1
+    rankings = [[(c.id, c.score) for c in ranked] for ranked in (cold_ranked, cached_ranked, poisoned_ranked)]
+    assert rankings[0] == rankings[1] == rankings[2] == [(c.id, c.score) for c in down_ranked]
