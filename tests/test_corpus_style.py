@@ -88,3 +88,20 @@ def test_subset_keeps_the_largest_labels_and_a_deterministic_sample() -> None:
     assert [d.id for d in sub] == sorted(d.id for d in sub)
     assert sub == load_style(labels=3, per_label=50)
     assert {d.id for d in sub} <= {d.id for d in load_style()}
+
+
+def test_bible_passages_are_labelled_by_genre_within_one_chapter() -> None:
+    from gotd.lab.corpora.bible import GENRES, MIN_VERSES, VERSES, load_bible
+    from gotd.lab.corpora.registry import BIBLE_PER_LABEL, load_corpus
+
+    everything = load_bible()
+    assert len({d.id for d in everything}) == len(everything)
+    assert {d.topic for d in everything} == set(GENRES)
+    first_verses = [int(d.id.rsplit("/", 1)[1]) for d in everything]
+    assert all((v - 1) % VERSES == 0 for v in first_verses)  # passages start on the chapter's grid
+    assert min(len(d.text.split()) for d in everything) >= MIN_VERSES
+    docs, name = load_corpus("bible")
+    assert Counter(d.topic for d in docs) == dict.fromkeys(GENRES, BIBLE_PER_LABEL)
+    assert docs == load_corpus("bible")[0]
+    assert "genre" in name
+    assert docs[0].topic == "law"  # canon order

@@ -8,17 +8,23 @@ and says how its labels are defined (it is quoted in the report's Setup section)
 - ``sotu``: State of the Union paragraphs labelled by president, a style/speaker-defined target
   (:func:`gotd.lab.corpora.sotu.load_style`: the :data:`SOTU_LABELS` presidents with the most
   chunks, :data:`SOTU_PER_LABEL` chunks each chosen by id hash, so every task's rows fit one
-  embedding pass of a few minutes on a CPU).
+  embedding pass of a few minutes on a CPU);
+- ``bible``: King James Bible passages labelled by genre (law, history, wisdom, prophecy, gospels,
+  epistles), a genre-defined target (:func:`gotd.lab.corpora.bible.load_bible`: :data:`BIBLE_PER_LABEL`
+  passages per genre chosen by id hash).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from gotd.lab.corpora.bible import MIN_VERSES, VERSES, load_bible
 from gotd.lab.corpora.sotu import MAX_WORDS, MIN_CHUNKS, MIN_WORDS, load_style
 from gotd.lab.corpora.wiki import Doc, load_wiki
 
 __all__ = [
+    "BIBLE_NAME",
+    "BIBLE_PER_LABEL",
     "CORPORA",
     "DEFAULT_CORPUS",
     "SOTU_LABELS",
@@ -42,6 +48,16 @@ SOTU_NAME = (
     "not a topic)"
 )
 
+#: Passages per genre of the ``bible`` evaluation corpus (the smallest genre, the epistles, has 475).
+BIBLE_PER_LABEL = 400
+BIBLE_NAME = (
+    f"King James Bible passages of bbible 0.2.1 ({VERSES} consecutive verses of one chapter, a tail under "
+    f"{MIN_VERSES} verses joined to the previous passage; label = the book's genre in the traditional "
+    "division of the canon: law, history, wisdom, prophecy (with Revelation), gospels (with Acts), "
+    f"epistles; {BIBLE_PER_LABEL} passages per genre, those of smallest xxh3_64 id hash; one translation's "
+    "voice throughout and overlapping topics: a genre-defined target, not a topic or a speaker)"
+)
+
 
 Loader = Callable[[], Sequence[Doc]]
 
@@ -49,6 +65,7 @@ Loader = Callable[[], Sequence[Doc]]
 CORPORA: dict[str, tuple[Loader, str]] = {
     "wiki": (load_wiki, WIKI_NAME),
     "sotu": (lambda: load_style(labels=SOTU_LABELS, per_label=SOTU_PER_LABEL), SOTU_NAME),
+    "bible": (lambda: load_bible(per_label=BIBLE_PER_LABEL), BIBLE_NAME),
 }
 DEFAULT_CORPUS = "wiki"
 
@@ -58,6 +75,9 @@ _CAVEATS = {
     "sotu": "- Labels are speakers (presidents), a style- and era-defined target: neighbouring "
     "presidents share topics and vocabulary, so precision is far from the ceiling for every method and "
     "n-gram features (DSIR) may do better than sentence embeddings.",
+    "bible": "- Labels are genres of one translation (law, history, wisdom, prophecy, gospels, epistles): "
+    "the kind of text (narrative, legal code, poetry, oracle, letter) defines the target, topics overlap "
+    'across labels, and recurring formulas ("thus saith the LORD", "grace be unto you") are n-gram cues.',
 }
 
 

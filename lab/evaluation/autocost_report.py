@@ -1,0 +1,113 @@
+"""Tables of docs/evaluation.md's "Validated cost" section, from ``gotd eval`` results.
+
+Reads the ``results.json`` of runs that included ``gotd-auto`` and the fixed settings of its grid
+(:mod:`gotd.lab.evaluation.autocost`) and prints, per corpus, at one k:
+
+- every fixed setting, the validated cost (``gotd-auto``), the server's former fixed default and the
+  baselines: precision, perplexity and equal-token perplexity, mean ± standard error (across seeds
+  when there are several, else across labels);
+- the hindsight-best fixed setting of the corpus and the per-task best, how often the validation picked
+  each, and what the validation would have reached with another criterion (mean reciprocal rank, AUC)
+  on the same tasks: every setting's scores are in ``gotd-auto``'s diagnostics, so no rerun is needed.
+
+Run: ``python -m gotd.lab.evaluation.autocost_report RESULTS.json [...]`` (one file per corpus).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gotd.lab.evaluation.autocost import grid_name
+from gotd.server.selection.validation import DEFAULT_GRID
+
+__all__ = ["corpus_tables", "main"]
+
+GRID = [grid_name(s) for s in DEFAULT_GRID]
+OTHERS = ("gotd-auto", "gotd-default", "dsir", "centroid")
+CRITERIA = {"recall (used)": 0, "mean reciprocal rank": 1, "AUC": 2}
+
+
+def _mean_se(rows: list[dict[str, Any]], key: str) -> tuple[float, float]:
+    seeds = sorted({r["seed"] for r in rows})
+    if len(seeds) > 1:
+        per = [np.mean([r[key] for r in rows if r["seed"] == s]) for s in seeds]
+    else:
+        per = [r[key] for r in rows]
+    return float(np.mean(per)), float(np.std(per, ddof=1) / np.sqrt(len(per))) if len(per) > 1 else 0.0
+
+
+def _pick(scores: dict[str, list[float]], criterion: int) -> str:
+    """The setting a criterion picks (ties: recall -> MRR -> grid order, others -> grid order)."""
+
+    def key(i: int) -> tuple[float, ...]:
+        s = scores[GRID[i]]
+        return (s[0], s[1], -i) if criterion == 0 else (s[criterion], -i)
+
+    return GRID[max(range(len(GRID)), key=key)]
+
+
+def corpus_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
+    """Markdown lines for one corpus's results."""
+    rows = [r for r in result["rows"] if abs(r["k_frac"] - k_frac) < 1e-9]
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_method[r["method"]].append(r)
+    prec = {(r["method"], r["label"], r["seed"]): r["precision"] for r in rows}
+    tasks = sorted({(r["label"], r["seed"]) for r in by_method["gotd-auto"]})
+    grid_means = {m: _mean_se(by_method[m], "precision")[0] for m in GRID if by_method[m]}
+    best_fixed = max(grid_means, key=lambda m: grid_means[m])
+    lines = [
+        f"k = {k_frac:g}, {len(tasks)} tasks ({len({t[0] for t in tasks})} labels × "
+        f"{len({t[1] for t in tasks})} seeds); hindsight-best fixed setting: `{best_fixed}`.",
+        "",
+        "| method | precision | ppl | ppl (equal tokens) |",
+        "|---|---|---|---|",
+    ]
+    for method in [*OTHERS, *GRID]:
+        if not by_method[method]:
+            continue
+        cells = [_mean_se(by_method[method], key) for key in ("precision", "ppl", "ppl_budget")]
+        name = f"**`{method}`**" if method in ("gotd-auto", best_fixed) else f"`{method}`"
+        lines.append(
+            f"| {name} | {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.0f} ± {cells[1][1]:.0f} "
+            f"| {cells[2][0]:.0f} ± {cells[2][1]:.0f} |"
+        )
+    diag = {(r["label"], r["seed"]): r["diagnostics"] for r in by_method["gotd-auto"]}
+    lines += ["", "| criterion | precision reached | picks the corpus's best fixed | picks a per-task best |"]
+    lines.append("|---|---|---|---|")
+    for name, index in CRITERIA.items():
+        picks = [_pick(diag[t]["scores"], index) for t in tasks if diag[t].get("scores")]
+        reached = [prec[(p, *t)] for p, t in zip(picks, tasks, strict=True)]
+        per_task_best = [max(prec[(m, *t)] for m in GRID) for t in tasks]
+        hits = sum(p == best_fixed for p in picks)
+        task_hits = sum(prec[(p, *t)] >= b for p, t, b in zip(picks, tasks, per_task_best, strict=True))
+        lines.append(f"| {name} | {np.mean(reached):.3f} | {hits}/{len(picks)} | {task_hits}/{len(picks)} |")
+    chosen: dict[str, int] = defaultdict(int)
+    for t in tasks:
+        chosen[diag[t]["chosen"]] += 1
+    counts = sorted(chosen.items(), key=lambda item: -item[1])
+    seconds = [diag[t]["validate_seconds"] for t in tasks]
+    lines += [
+        "",
+        "Settings chosen: " + ", ".join(f"`{m}` × {c}" for m, c in counts) + ".",
+        f"Validation time per task: median {np.median(seconds):.2f} s.",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the tables of every results file named on the command line."""
+    for path in argv if argv is not None else sys.argv[1:]:
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
+        print(f"### {result.get('corpus_key') or path}\n")
+        print("\n".join(corpus_tables(result)) + "\n")
+
+
+if __name__ == "__main__":
+    main()
