@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from gotd.server.ot.sinkhorn import SinkhornResult
@@ -57,19 +58,34 @@ def sinkhorn_dense(
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be positive, got {eps!r}")
     n, m = cost.shape
-    scaled = cost / eps
+    # numpy, single-threaded: torch's intra-op threads cost more than they save on matrices this
+    # small, and far more on a loaded machine (measured: 63 ms vs about 1 ms per logsumexp)
+    c = cost.detach().cpu().numpy()
+    scaled_rows = np.ascontiguousarray(c / eps)  # reductions over j: rows contiguous
+    scaled_cols = np.ascontiguousarray(scaled_rows.T)  # reductions over i
     log_a, log_b = -math.log(n), -math.log(m)
-    g = torch.zeros(m, dtype=cost.dtype)
-    f = -eps * torch.logsumexp((g / eps + log_b) - scaled, dim=1)
+    g = np.zeros(m, dtype=c.dtype)
+    f = -eps * _lse(g / eps + log_b - scaled_rows)
     error, passes = math.inf, 0
     while passes < max_iter:
-        g = -eps * torch.logsumexp((f / eps + log_a)[:, None] - scaled, dim=0)
-        f_next = -eps * torch.logsumexp((g / eps + log_b) - scaled, dim=1)
+        g = -eps * _lse((f / eps + log_a) - scaled_cols)
+        f_next = -eps * _lse((g / eps + log_b) - scaled_rows)
         passes += 1
-        error = float(torch.expm1((f - f_next).double() / eps).abs().sum()) / n
+        error = float(np.abs(np.expm1((f - f_next).astype(np.float64) / eps)).sum()) / n
         f = f_next
         if error <= tol or not math.isfinite(error):
             break
-    value = float(f.double().mean() + g.double().mean())
-    finite = bool(torch.isfinite(f).all() and torch.isfinite(g).all())
-    return SinkhornResult(f, g, passes, error, finite and error <= tol, value, eps)
+    value = float(f.astype(np.float64).mean() + g.astype(np.float64).mean())
+    finite = bool(np.isfinite(f).all() and np.isfinite(g).all())
+    return SinkhornResult(
+        torch.from_numpy(f), torch.from_numpy(g), passes, error, finite and error <= tol, value, eps
+    )
+
+
+def _lse(z: np.ndarray) -> np.ndarray:
+    """Log-sum-exp of every row of ``z`` (modified in place)."""
+    top = z.max(axis=1)
+    np.subtract(z, top[:, None], out=z)
+    np.exp(z, out=z)
+    out: np.ndarray = top + np.log(z.sum(axis=1))
+    return out

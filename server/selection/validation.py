@@ -38,7 +38,6 @@ import torch
 
 from gotd.server.ot.dense import sinkhorn_dense
 from gotd.server.selection.config import summary_rows
-from gotd.server.selection.sketches import unit_sketches
 
 __all__ = [
     "DEFAULT_GRID",
@@ -240,12 +239,13 @@ def validate(
             np.concatenate([pool_tf[sample], target_tf[held]]),
         )
         c_emb = _cost(rows_x[0], target_vectors[train])
-        c_sketch = _cost(unit_sketches(rows_x[1], idf), unit_sketches(target_tf[train], idf))
+        c_sketch = _cost(_unit(rows_x[1], idf), _unit(target_tf[train], idf))
         for setting in config.grid:
             w = setting.embedding_weight
-            cost = c_emb * w + c_sketch * (1.0 - w)
-            eps = setting.relative_eps * float(torch.quantile(cost[: len(sample)].double().flatten(), 0.5))
-            f = sinkhorn_dense(cost, eps=eps, tol=config.tol, max_iter=config.max_iter).f.double().numpy()
+            cost = c_emb * np.float32(w) + c_sketch * np.float32(1.0 - w)
+            eps = setting.relative_eps * float(np.median(cost[: len(sample)]))
+            solved = sinkhorn_dense(torch.from_numpy(cost), eps=eps, tol=config.tol, max_iter=config.max_iter)
+            f = solved.f.double().numpy()
             ahead[setting].append(_rows_ahead(f[: len(sample)], f[len(sample) :]))
     budget = max(1.0, fraction * len(sample))
     scores = tuple(
@@ -269,12 +269,21 @@ def _spaced(size: int, at_most: int) -> np.ndarray:
     return np.unique(np.linspace(0, size - 1, at_most).round().astype(np.int64))
 
 
-def _cost(x: np.ndarray, y: np.ndarray) -> torch.Tensor:
-    """Dense squared Euclidean costs (float32) between small row sets."""
-    a = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    b = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    out = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return out.clamp_min_(0.0)
+def _unit(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
+    """:func:`gotd.server.selection.sketches.unit_sketches` of a few rows, in numpy (no thread start-up)."""
+    rows = tf.astype(np.float32) * idf.astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    return out
+
+
+def _cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Dense squared Euclidean costs (float32) between small row sets (numpy: no thread start-up)."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    b = np.ascontiguousarray(y, dtype=np.float32)
+    out: np.ndarray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    np.maximum(out, 0.0, out=out)
+    return out
 
 
 def _rows_ahead(pool_scores: np.ndarray, held_scores: np.ndarray) -> np.ndarray:
