@@ -240,15 +240,14 @@ def select(
         short = " (too few distinct)" if summary.too_few_distinct else ""
         typer.echo(
             f"selected {summary.returned} of {summary.eligible} (mode {summary.mode}, cost "
-            f"{summary.cost} w={summary.embedding_weight:g}, eps {summary.eps:.4g}, near-copies skipped "
+            f"{summary.cost} w={summary.embedding_weight:g}{_validated(summary)}, eps {summary.eps:.4g}, "
+            "near-copies skipped "
             f"{summary.near_copies_skipped}{short}, cache_hit "
             f"{summary.cache_hit}, converged {summary.converged}, epoch v{summary.epoch_version} "
             f"(staleness {summary.staleness:.3g}, {'solved' if summary.solved else 'reused'}, "
             f"{summary.rows_scored} rows scored), {summary.total_ms:.0f} ms)",
             err=True,
         )
-        if summary.validation is not None:
-            typer.echo(summary.validation.describe(), err=True)
 
 
 @app.command()
@@ -323,6 +322,12 @@ def main() -> None:
     # grpc logs a traceback when a request stream raises; the CLI reports that input error itself.
     logging.getLogger("grpc._channel").setLevel(logging.CRITICAL)
     app()
+
+
+def _validated(summary: SelectSummary) -> str:
+    """`` (validated)``, `` (fallback)``, ...: how the cost setting was chosen (nothing when unknown)."""
+    v = summary.validation
+    return "" if v is None else f" ({v.status}{', cached' if v.cache_hit else ''})"
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class CostChooser:
         target: Target,
         solver: SolverParams,
         *,
-        fraction: float,
+        k: int | None,
         factors: Callable[[], SketchFactors | None],
     ) -> tuple[SolverParams, CostValidation]:
         """The request's solver options with the chosen setting filled in, and the report.
@@ -76,8 +76,8 @@ class CostChooser:
             The resolved target set.
         solver : SolverParams
             The request's options.
-        fraction : float
-            Share of ``rows`` the request keeps (``k / len(rows)``, capped at 1).
+        k : int or None
+            Candidates the request keeps (None for Score: :data:`SCORE_FRACTION` of the rows).
         factors : callable
             The pool version's sketch factors, None when some row has no sketch (called only when the
             cost is to be chosen).
@@ -94,6 +94,7 @@ class CostChooser:
         if target.count < self.config.min_targets:
             why = f"{target.count} targets, fewer than {self.config.min_targets}: the fixed default setting"
             return solver, self._report(ValidationStatus.FALLBACK, why, solver)
+        fraction = SCORE_FRACTION if k is None else k / len(rows)
         q = float(f"{min(1.0, max(fraction, 1e-6)):.2g}")
         key = self._key(arrays, rows, target, q)
         result = self._cached(key)

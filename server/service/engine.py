@@ -33,7 +33,7 @@ from gotd.server.selection.costs import (
     target_features,
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
-from gotd.server.service.autocost import SCORE_FRACTION, CostChooser
+from gotd.server.service.autocost import CostChooser
 from gotd.server.service.config import Settings
 from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
@@ -286,15 +286,8 @@ class SelectionEngine:
         if len(rows) == 0:
             raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
         with self._timed("validate", timings):
-            fraction = SCORE_FRACTION if k is None else k / len(rows)
-            solver, validation = self._costs.choose(
-                arrays,
-                rows,
-                target,
-                solver,
-                fraction=fraction,
-                factors=lambda: self._sketch_factors(arrays),
-            )
+            factors = lambda: self._sketch_factors(arrays)  # noqa: E731
+            solver, validation = self._costs.choose(arrays, rows, target, solver, k=k, factors=factors)
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
         features = self._features(arrays, target, self.cost_config(solver))
@@ -331,10 +324,7 @@ class SelectionEngine:
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         factors = self._sketch_factors(arrays)
         kind = resolve_cost(
-            cost,
-            pool=arrays.name,
-            pool_sketched=factors is not None,
-            target_sketched=target_sketched,
+            cost, pool=arrays.name, pool_sketched=factors is not None, target_sketched=target_sketched
         )
         if kind is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, kind, 1.0)
