@@ -23,6 +23,7 @@ from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.selection.modes import top_k
+from gotd.server.selection.scoring import ScorePass
 from tests.conftest import clustered
 
 pytestmark = [
@@ -111,15 +112,13 @@ def test_ray_scorer_f_is_the_in_process_c_transform(ray_local: Any) -> None:
     x, y, g, _ = _problem(RankCase("", 20_000, 4096, 10, 4), 7)
     progress: list[tuple[int, int]] = []
     with RayScorer(workers=2, shards=4) as scorer:
-        f = scorer(
-            x, y, g, eps=0.1, snapshot="pool:uid:v1:all", callback=lambda d, n: progress.append((d, n))
-        )
+        f = scorer(ScorePass(x, y, g, 0.1, "pool:uid:v1:all", lambda d, n: progress.append((d, n))))
         assert torch.equal(f, c_transform(x, y, g, eps=0.1))
         assert len(progress) == 4
         assert progress[-1] == (20_000, 20_000)
         # A worker that restarts loses its shards: the request places them again and still agrees.
         ray_local.kill(scorer._workers[0], no_restart=False)
-        f2 = scorer(x, y, g, eps=0.1, snapshot="pool:uid:v1:all", callback=lambda d, n: None)
+        f2 = scorer(ScorePass(x, y, g, 0.1, "pool:uid:v1:all", lambda d, n: None))
         assert torch.equal(f2, f)
 
 

@@ -21,6 +21,7 @@ from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.ray.backend import RayScorer, init_ray, require_ray
 from gotd.server.ray.shard import block_rows, plan_shards
 from gotd.server.selection.modes import top_k
+from gotd.server.selection.scoring import ScorePass
 
 __all__ = ["run"]
 
@@ -46,9 +47,7 @@ def _ray_case(workers: int, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, k
         placed = scorer.last
         rank_s = best_seconds(lambda: scorer.rank(x, y, g, eps=0.1, k=k, ids=ids, snapshot="bench"), ROUNDS)
         rank_bytes = scorer.last
-        f_s = best_seconds(
-            lambda: scorer(x, y, g, eps=0.1, snapshot="bench", callback=lambda _d, _n: None), ROUNDS
-        )
+        f_s = best_seconds(lambda: scorer(ScorePass(x, y, g, 0.1, "bench", lambda _d, _n: None)), ROUNDS)
         f_bytes = scorer.last
         tiny = x[:1000]
         scorer.rank(tiny, y, g, eps=0.1, k=k, ids=ids[:1000], snapshot="tiny")

@@ -2,9 +2,9 @@
 
 The pool is split into shards of whole c-transform blocks (by row range) held by worker actors, one
 torch thread each. A request puts ``g`` into the object store once; every worker computes the
-c-transform of its shards. :class:`RayScorer` is a :class:`gotd.server.service.job.Scorer` (it returns ``f``
-for the engine); :meth:`RayScorer.rank` and :func:`sharded_rank` return only each shard's top-k and
-merge them into the global ranking, identical to the single-process
+c-transform of its shards. :class:`RayScorer` is a :class:`gotd.server.selection.scoring.Scorer`
+(it returns ``f`` for the engine); :meth:`RayScorer.rank` and :func:`sharded_rank` return only each
+shard's top-k and merge them into the global ranking, identical to the single-process
 ``top_k(calibrated_gradient(c_transform(x, y, g)))`` (same ids, same order, same scores).
 
 Shards stay in the workers per snapshot (pool, uid, version, rows), and target sets per content
@@ -37,6 +37,7 @@ from gotd.server.ray.runtime import (
     require_ray,
 )
 from gotd.server.ray.shard import ExactSum, ShardWorker, block_rows, plan_shards
+from gotd.server.selection.scoring import ScorePass
 from gotd.server.selection.topk import top_k
 
 __all__ = ["RayScorer", "RequestBytes", "init_ray", "require_ray", "sharded_rank"]
@@ -54,7 +55,7 @@ class _Placement:
 
 
 class RayScorer:
-    """Scores pool rows on Ray workers; a drop-in :class:`gotd.server.service.job.Scorer` for the engine.
+    """Scores pool rows on Ray workers; a :class:`gotd.server.selection.scoring.Scorer` for the engine.
 
     Parameters
     ----------
@@ -120,21 +121,10 @@ class RayScorer:
         self.close()
 
     # -- Scorer -------------------------------------------------------------------------------------
-    def __call__(
-        self,
-        x: Rows,
-        y: torch.Tensor,
-        g: torch.Tensor,
-        *,
-        eps: float,
-        snapshot: str,
-        callback: Callable[[int, int], None],
-    ) -> torch.Tensor:
+    def __call__(self, work: ScorePass, /) -> torch.Tensor:
         """The c-transform ``f`` (n,) of ``g`` over ``x``, computed shard by shard on the workers."""
-        layout = (self._shards, block_rows(y.shape[0], x.element_size(), self._block_size))
-        return self._with_retry(
-            lambda: self._f(x, y, g, eps=eps, snapshot=snapshot, callback=callback, layout=layout), snapshot
-        )
+        layout = (self._shards, block_rows(work.y.shape[0], work.x.element_size(), self._block_size))
+        return self._with_retry(lambda: self._f(work, layout), work.snapshot)
 
     def rank(
         self,
@@ -199,24 +189,15 @@ class RayScorer:
                     raise
                 time.sleep(0.2)
 
-    def _f(
-        self,
-        x: Rows,
-        y: torch.Tensor,
-        g: torch.Tensor,
-        *,
-        eps: float,
-        snapshot: str,
-        callback: Callable[[int, int], None],
-        layout: tuple[int, int],
-    ) -> torch.Tensor:
+    def _f(self, work: ScorePass, layout: tuple[int, int]) -> torch.Tensor:
+        x = work.x
         stats = RequestBytes()
         rows = layout[1]
-        place = self._place(x, None, snapshot, layout, stats)
-        y_key, y_ref = self._target(y, stats)
-        g_ref = self._put_g(g, x.dtype, stats)
+        place = self._place(x, None, work.snapshot, layout, stats)
+        y_key, y_ref = self._target(work.y, stats)
+        g_ref = self._put_g(work.g, x.dtype, stats)
         futures = {
-            self._workers[o].f.remote(key, y_key, [y_ref], g_ref, eps, rows): i
+            self._workers[o].f.remote(key, y_key, [y_ref], g_ref, work.eps, rows): i
             for i, (o, key) in enumerate(zip(place.owners, place.keys, strict=True))
         }
         parts: list[np.ndarray | None] = [None] * len(place.keys)
@@ -229,7 +210,7 @@ class RayScorer:
                 parts[i] = self._ray.get(ready[0])
                 start, stop = place.ranges[i]
                 done += stop - start
-                callback(done, n)
+                work.callback(done, n)
         except BaseException:
             for ref in pending:
                 self._ray.cancel(ref)

@@ -33,10 +33,11 @@ from gotd.server.selection.costs import (
     target_features,
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
+from gotd.server.selection.scoring import Scorer, local_scorer
 from gotd.server.service.autocost import CostChooser
 from gotd.server.service.config import Settings
 from gotd.server.service.epochs import EpochValueCache
-from gotd.server.service.job import Emit, Job, Scorer, StopCheck, local_scorer
+from gotd.server.service.job import Emit, Job, StopCheck
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.pools import PoolSnapshots, select_bytes

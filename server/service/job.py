@@ -22,6 +22,7 @@ from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.selection.costs import Cost, Features
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
+from gotd.server.selection.scoring import ScorePass, Scorer
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.requests import Progress, SelectEvent, Stage
@@ -30,39 +31,6 @@ from gotd.server.service.targets import Target
 LOG = logging.getLogger(__name__)
 Emit = Callable[[SelectEvent], None]
 StopCheck = Callable[[], None]
-
-
-class Scorer(Protocol):
-    """Computes the c-transform ``f`` (n,) of ``g`` over pool rows ``x`` (n, d).
-
-    ``snapshot`` names the rows (pool, uid, version and row selection), so a distributed scorer
-    can keep the pool's shards where they are and ship only ``g`` per request. ``callback(done,
-    total)`` is called after each block and may raise to stop the work.
-    """
-
-    def __call__(
-        self,
-        x: Rows,
-        y: torch.Tensor,
-        g: torch.Tensor,
-        *,
-        eps: float,
-        snapshot: str,
-        callback: Callable[[int, int], None],
-    ) -> torch.Tensor: ...
-
-
-def local_scorer(
-    x: Rows,
-    y: torch.Tensor,
-    g: torch.Tensor,
-    *,
-    eps: float,
-    snapshot: str,
-    callback: Callable[[int, int], None],
-) -> torch.Tensor:
-    """The in-process scorer: one blockwise c-transform pass."""
-    return c_transform(x, y, g, eps=eps, callback=callback)
 
 
 class JobHost(Protocol):
@@ -289,9 +257,7 @@ class Job:
         a = self.arrays
         rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
         snapshot = f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}:{rows_hash}"
-        f = self.engine.scorer(
-            self._x(), self.y, g, eps=self.potential.eps, snapshot=snapshot, callback=on_block
-        )
+        f = self.engine.scorer(ScorePass(self._x(), self.y, g, self.potential.eps, snapshot, on_block))
         out: np.ndarray = f.to(torch.float32).numpy()
         return out
 
