@@ -16,6 +16,13 @@ def test_quick_autocost_bench_writes_report(tmp_path: Path) -> None:
     assert cold["auto"]["cache_hit"] is False
     assert cached["auto"]["cache_hit"] is True
     assert cached["auto"]["validation_cache_hit"] is True
-    assert set(report["ratios"]) == {"cold", "steady", "cached"}
+    steady = report["steady"]
+    assert (steady["auto"]["w"], steady["auto"]["eps"]) == (
+        steady["explicit"]["w"],
+        steady["explicit"]["eps"],
+    )
+    for runs in report["cold_rounds"].values():
+        assert [r["cache_hit"] for r in runs] == [False, False]
+    assert set(report["ratios"]) == {"cold", "cold_auto_first", "cold_explicit_first", "steady", "cached"}
     text = (tmp_path / "autocost-smoke.md").read_text()
     assert "auto / explicit" in text
