@@ -4,6 +4,8 @@ Importing this module registers:
 
 - ``gotd-fused-w{w}-rel{c}`` for every setting of :data:`gotd.server.selection.validation.DEFAULT_GRID`:
   the fused cost at embedding weight ``w``, epsilon ``c`` times the median pool-target cost;
+- ``gotd-auto-always``: the same validation with no small-target fallback (it validates down to one
+  target per fold), to measure where the fallback threshold belongs;
 - ``gotd-auto``: what ``Select`` does with ``cost auto`` and no explicit weight or epsilon —
   :func:`gotd.server.selection.validation.validate` on the task's target set (its texts and embeddings
   only, never labels; the pool sample drawn by hashed row ids, the folds seeded by the targets'
@@ -93,6 +95,11 @@ def _register() -> None:
             name, f"GOT-D, fused cost {w:g} · embedding + {1 - w:g} · n-gram; ε = {c:g} × median cost."
         )
     register_method("gotd-auto", lambda n, o: AutoSelector(n), replace=True)
+    always = ValidationConfig(min_targets=ValidationConfig().folds)
+    register_method("gotd-auto-always", lambda n, o: AutoSelector(n, always), replace=True)
+    METHOD_NOTES.setdefault(
+        "gotd-auto-always", "`gotd-auto` without the small-target fallback (validates down to 3 targets)."
+    )
     METHOD_NOTES.setdefault(
         "gotd-auto",
         "GOT-D with the cost validated on the target set (server `cost auto`): the grid setting whose "
