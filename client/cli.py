@@ -195,6 +195,10 @@ def select(
         float | None,
         typer.Option(help="reuse the potential while at most this share of the pool changed (0: solve)"),
     ] = None,
+    exclude_set: Annotated[str, typer.Option(help="id set of the pool whose ids are not returned")] = "",
+    record_into: Annotated[
+        str, typer.Option(help="id set the returned ids are added to (created when absent)")
+    ] = "",
     output: Annotated[Path | None, typer.Option(help="output JSONL (default stdout)")] = None,
     token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
@@ -217,7 +221,7 @@ def select(
                     pool, targets, k=k, mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
                     relative_eps=relative_eps, near_duplicate_cosine=near_duplicate_cosine,
                     near_copy_cosine=near_copy_cosine,
-                    max_staleness=max_staleness,
+                    max_staleness=max_staleness, exclude_set=exclude_set, record_into=record_into,
                 )  # fmt: skip
                 for event in events:
                     if isinstance(event, RankedCandidate):
@@ -248,6 +252,11 @@ def select(
             f"{summary.rows_scored} rows scored), {summary.total_ms:.0f} ms)",
             err=True,
         )
+    if summary is not None and record_into:
+        typer.echo(
+            f"recorded {summary.recorded} new ids into {record_into} ({summary.record_set_count} ids)",
+            err=True,
+        )
 
 
 @app.command()
@@ -266,6 +275,51 @@ def pools(
             typer.echo(json.dumps(row))
         else:
             typer.echo(f"{p.name} {p.count} {p.version} {p.model} {p.dim}")
+
+
+id_sets = typer.Typer(no_args_is_help=True, help="Named id sets of a pool (list, show, delete).")
+app.add_typer(id_sets, name="id-sets")
+PoolOpt = Annotated[str, typer.Option("--pool", help="pool name")]
+
+
+@id_sets.command("list")
+def id_sets_list(
+    pool: PoolOpt, server: Server = "127.0.0.1:50051",
+    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
+    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
+) -> None:  # fmt: skip
+    """One line per id set of POOL: NAME COUNT."""
+    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        for s in _rpc(lambda: client.id_sets(pool)):
+            typer.echo(f"{s.name} {s.count}")
+
+
+@id_sets.command("show")
+def id_sets_show(
+    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
+    server: Server = "127.0.0.1:50051",
+    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
+    tls_server_name: TlsName = None, timeout: Timeout = 120.0,
+) -> None:  # fmt: skip
+    """The ids of the set NAME, one a line (sorted); the count on stderr."""
+    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        info, ids = _rpc(lambda: client.get_id_set(pool, name))
+    for record_id in ids:
+        typer.echo(record_id)
+    typer.echo(f"{info.name}: {info.count} ids", err=True)
+
+
+@id_sets.command("delete")
+def id_sets_delete(
+    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
+    server: Server = "127.0.0.1:50051",
+    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
+    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
+) -> None:  # fmt: skip
+    """Delete the id set NAME of POOL."""
+    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        _rpc(lambda: client.delete_id_set(pool, name))
+    typer.echo(f"deleted id set {name} of pool {pool}", err=True)
 
 
 # What each extra brings that the base install lacks (checked before a dispatched command runs).

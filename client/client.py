@@ -16,6 +16,7 @@ import grpc
 
 from gotd.client.types import (
     COSTS,
+    IdSetInfo,
     IngestResult,
     PoolInfo,
     RankedCandidate,
@@ -217,6 +218,8 @@ class Client:
         relative_eps: float | None = None,
         max_staleness: float | None = None,
         exclude_ids: Sequence[str] = (),
+        exclude_set: str = "",
+        record_into: str = "",
         domains: Sequence[str] = (),
         near_duplicate_cosine: float | None = None,
         near_copy_cosine: float | None = None,
@@ -234,6 +237,9 @@ class Client:
         default, 0: off), and ``report_near_copies`` lists them in the summary.
         ``max_staleness`` bounds the share of the pool written since the potential epoch that may
         answer (0: solve every new pool version; None: the server's bound).
+        ``exclude_set`` names an id set of the pool whose ids are not returned; ``record_into`` one
+        that the returned ids are added to once the whole ranking was sent (nothing when the call
+        fails first; the summary's ``recorded`` counts the new ids).
         """
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
@@ -253,6 +259,8 @@ class Client:
                 max_staleness=max_staleness,
             ),
             exclude_ids=list(exclude_ids),
+            exclude_set=exclude_set,
+            record_into=record_into,
             domains=list(domains),
             batch_size=batch_size,
             include_metadata=include_metadata,
@@ -339,3 +347,27 @@ class Client:
 
     def delete_pool(self, name: str, *, timeout: float | None = None) -> None:
         self._stub.DeletePool(pb.DeletePoolRequest(name=name), **self._kw(timeout))
+
+    def put_id_set(
+        self, pool: str, name: str, ids: Iterable[str], *, append: bool = False, timeout: float | None = None
+    ) -> tuple[IdSetInfo, int]:
+        """Store ``ids`` as the id set ``name`` of ``pool`` (or add them, ``append``); returns the set and
+        the ids written that it did not hold."""
+        request = pb.PutIdSetRequest(pool=pool, name=name, ids=list(ids), append=append)
+        response = self._stub.PutIdSet(request, **self._kw(timeout))
+        return IdSetInfo.from_pb(response.info), response.added
+
+    def get_id_set(
+        self, pool: str, name: str, *, timeout: float | None = None
+    ) -> tuple[IdSetInfo, list[str]]:
+        """An id set and its ids, sorted."""
+        response = self._stub.GetIdSet(pb.GetIdSetRequest(pool=pool, name=name), **self._kw(timeout))
+        return IdSetInfo.from_pb(response.info), list(response.ids)
+
+    def delete_id_set(self, pool: str, name: str, *, timeout: float | None = None) -> None:
+        self._stub.DeleteIdSet(pb.DeleteIdSetRequest(pool=pool, name=name), **self._kw(timeout))
+
+    def id_sets(self, pool: str, *, timeout: float | None = None) -> list[IdSetInfo]:
+        """The id sets of ``pool``, sorted by name."""
+        response = self._stub.ListIdSets(pb.ListIdSetsRequest(pool=pool), **self._kw(timeout))
+        return [IdSetInfo.from_pb(s) for s in response.sets]

@@ -47,6 +47,17 @@ class TargetSetInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class IdSetInfo:
+    pool: str
+    name: str
+    count: int
+
+    @classmethod
+    def from_pb(cls, m: pb.IdSetInfo) -> IdSetInfo:
+        return cls(m.pool, m.name, m.count)
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     pool: str
     inserted: int
@@ -194,6 +205,9 @@ class SelectSummary:
     solved: bool = False  # whether this request solved (opened the epoch)
     validate_ms: float = 0.0
     validation: CostValidation | None = None
+    recorded: int = 0  # record_into: returned ids the set did not hold yet
+    record_set_count: int = 0  # record_into: ids in the set after recording
+    excluded_by_set: int = 0  # exclude_set: ids of the set found in the pool
 
     @classmethod
     def from_pb(cls, m: pb.Summary) -> SelectSummary:
@@ -209,6 +223,7 @@ class SelectSummary:
             epoch_version=m.epoch.pool_version, rows_scored=m.epoch.rows_scored,
             staleness=m.epoch.staleness, solved=m.epoch.solved, validate_ms=t.validate_ms,
             validation=CostValidation.from_pb(m.validation) if m.HasField("validation") else None,
+            recorded=m.recorded, record_set_count=m.record_set_count, excluded_by_set=m.excluded_by_set,
         )  # fmt: skip
 
 

@@ -53,6 +53,9 @@ assert [r["rank"] for r in rows] == list(range(1, 21)), rows
 assert all(int(r["id"][1:]) % 4 == 0 for r in rows), [r["id"] for r in rows]
 print("base-install client: ingest 200, select top 20 all from the target's cluster")
 PY
+"$GOTD" select --server "$ADDR" --pool base --target "$WORK/target.jsonl" -k 5 --record-into given >/dev/null
+"$GOTD" id-sets list --server "$ADDR" --pool base | tee "$WORK/idsets.out"
+grep -q "^given 5$" "$WORK/idsets.out"
 set +e
 "$GOTD" serve --listen 127.0.0.1:0 2>"$WORK/serve.err"; status=$?
 set -e

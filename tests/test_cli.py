@@ -76,6 +76,37 @@ def test_cli_round_trip(served: str, tmp_path: Path) -> None:
     assert as_json["count"] == 120
 
 
+def test_cli_id_sets(served: str, tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "embedding": v.tolist()}) + "\n"
+            for i, v in enumerate(clustered(60, seed=3))
+        )
+    )
+    target = tmp_path / "t.jsonl"
+    target.write_text(json.dumps({"id": "t0", "embedding": clustered(1, seed=2)[0].tolist()}) + "\n")
+    _gotd("ingest", "--server", served, "--pool", "sets", str(pool))
+    base = ["select", "--server", served, "--pool", "sets", "--target", str(target), "--mode", "exact",
+            "--near-copy-cosine", "0"]  # fmt: skip
+    top = [json.loads(line)["id"] for line in _gotd(*base, "-k", "10").stdout.splitlines()]
+    rounds = []
+    for _ in range(2):
+        run = _gotd(*base, "-k", "5", "--exclude-set", "given", "--record-into", "given")
+        rounds.append([json.loads(line)["id"] for line in run.stdout.splitlines()])
+        assert "recorded 5 new ids into given" in run.stderr
+    assert rounds[0] + rounds[1] == top
+    assert _gotd("id-sets", "list", "--server", served, "--pool", "sets").stdout.split() == ["given", "10"]
+    shown = _gotd("id-sets", "show", "given", "--server", served, "--pool", "sets")
+    assert shown.stdout.split() == sorted(top)
+    _gotd("id-sets", "delete", "given", "--server", served, "--pool", "sets")
+    gone = _gotd("id-sets", "show", "given", "--server", served, "--pool", "sets", check=False)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("error: NOT_FOUND: ")
+    bad = _gotd(*base, "-k", "5", "--exclude-set", "a b", check=False)
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: INVALID_ARGUMENT: ")
+
+
 def test_cli_errors_print_the_status_code(served: str, tmp_path: Path) -> None:
     target = tmp_path / "t.jsonl"
     target.write_text(json.dumps({"id": "t0", "embedding": clustered(1, seed=2)[0].tolist()}) + "\n")

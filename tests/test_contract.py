@@ -19,6 +19,10 @@ RPCS = {
     "GetPool": (False, False),
     "ListPools": (False, False),
     "DeletePool": (False, False),
+    "PutIdSet": (False, False),
+    "GetIdSet": (False, False),
+    "DeleteIdSet": (False, False),
+    "ListIdSets": (False, False),
 }
 
 

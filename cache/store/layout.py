@@ -11,6 +11,7 @@ walks a pool's chunks in order, little-endian in values)::
     content   P + u64 row -> u32 len(domain), u32 len(meta), u32 len(text) or 0xFFFFFFFF, bytes
     sketches  P + u64 chunk -> float16 n-gram sketch rows (see :mod:`gotd.cache.store.sketch`)
     changes   P + u64 version -> u64[] rows that version wrote (see :mod:`gotd.cache.store.changes`)
+    idsets    P + xxh3_128(name) [+ xxh3_128(id)] -> named id sets (see :mod:`gotd.cache.store.idsets`)
     targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors [+ sketches]
     embcache  u64 xxh3_64(model) + xxh3_128(text) -> float32 vector bytes
 
@@ -45,10 +46,11 @@ DATABASES: Final = (
     "embcache",
     "sketches",
     "changes",
+    "idsets",
 )
 #: Databases newer than format 1: created on the first read-write open, absent from an older store
 #: opened read-only (its readers then find no handle for them).
-ADDED_DATABASES: Final = frozenset({"sketches", "changes"})
+ADDED_DATABASES: Final = frozenset({"sketches", "changes", "idsets"})
 VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
 UNIT_TOLERANCE: Final = 1e-6
@@ -237,8 +239,7 @@ def u64(value: int) -> bytes:
 
 
 def read_u64(raw: bytes | memoryview) -> int:
-    value: int = _U64.unpack(bytes(raw))[0]
-    return value
+    return int(_U64.unpack(bytes(raw))[0])
 
 
 def id_key(prefix: bytes, record_id: str) -> bytes:
@@ -255,8 +256,7 @@ def raw_id_value(row: int, raw_id: bytes) -> bytes:
 
 def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:
     data = bytes(raw)
-    row: int = _ROW.unpack_from(data)[0]
-    return row, data[_ROW.size :].decode("utf-8")
+    return int(_ROW.unpack_from(data)[0]), data[_ROW.size :].decode("utf-8")
 
 
 # -- values ----------------------------------------------------------------------------------------

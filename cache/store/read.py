@@ -15,6 +15,7 @@ from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import validate_id, validate_name
 from gotd.cache.store.buffers import spare_rows
 from gotd.cache.store.changes import CHANGES_DB, grow_snapshot
+from gotd.cache.store.idsets import IDSETS_DB
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
     PoolArrays,
@@ -211,7 +212,7 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
     """Delete every key of ``pool`` and its record (NotFound when absent)."""
     record = require_pool(txn, dbs, pool)
     prefix = record.prefix
-    for db in ("ids", "vectors", "rows", "content", SKETCH_DB, CHANGES_DB):
+    for db in ("ids", "vectors", "rows", "content", SKETCH_DB, CHANGES_DB, IDSETS_DB):
         if db not in dbs:
             continue
         with txn.cursor(db=dbs[db]) as cur:

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from gotd.cache.duals.cache import DualCache
 from gotd.cache.store.core import Store
 from gotd.cache.store.embeddings import EmbeddingCache
+from gotd.cache.store.idsets import IdSets
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.selection.sketches import tf_rows
@@ -132,13 +133,14 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
     )
     targets = TargetResolver(store, embedder, embcache, max_targets=settings.max_inline_targets)
     ingestor = Ingestor(store, embedder, embcache)
+    id_sets = IdSets(store.env, max_ids=settings.max_id_set_ids)
     if settings.ray_address is not None:
         from gotd.server.ray.backend import RayScorer
 
         scorer = RayScorer(settings.ray_address)
-        engine = SelectionEngine(settings, store, targets, duals, metrics, scorer=scorer)
+        engine = SelectionEngine(settings, store, targets, duals, metrics, scorer=scorer, id_sets=id_sets)
     else:
-        engine = SelectionEngine(settings, store, targets, duals, metrics)
+        engine = SelectionEngine(settings, store, targets, duals, metrics, id_sets=id_sets)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="gotd-worker")
     servicer = SelectionServicer(
         engine, store, ingestor, targets, executor, max_text_bytes=settings.max_text_bytes, embcache=embcache

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     max_inline_targets: int = Field(20_000, ge=1)
     max_text_bytes: int = Field(64 * 1024, ge=16)
     max_k: int = Field(10_000_000, ge=1)
+    max_id_set_ids: int = Field(1_000_000, ge=1, description="most ids one named id set may hold")
     workers: int = Field(4, ge=1, description="threads for embedding, solving and storage")
     grace_seconds: float = Field(10.0, ge=0)
     embedding_cache_entries: int = Field(

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from gotd.cache.errors import InvalidArgument
-from gotd.cache.records import Record
+from gotd.cache.records import Record, validate_name
 from gotd.cache.store.core import PoolInfo, TargetSetInfo
+from gotd.cache.store.idsets import IdSetInfo
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
 from gotd.server.service.requests import (
@@ -115,6 +116,8 @@ def select_params(request: pb.SelectRequest, *, max_text_bytes: int) -> SelectPa
         ),
         near_copy_cosine=request.near_copy_cosine if request.HasField("near_copy_cosine") else None,
         report_near_copies=request.report_near_copies,
+        exclude_set=request.exclude_set and validate_name(request.exclude_set, kind="exclude_set"),
+        record_into=request.record_into and validate_name(request.record_into, kind="record_into"),
     )
 
 
@@ -187,6 +190,9 @@ def summary(s: SelectSummary) -> pb.Summary:
         near_copies=[pb.NearCopy(id=c.id, copy_of=c.copy_of, cosine=c.cosine) for c in s.near_copies],
         epoch=epoch(s.epoch),
         validation=validation(s.validation),
+        recorded=s.recorded,
+        record_set_count=s.record_set_count,
+        excluded_by_set=s.excluded_by_set,
     )
 
 
@@ -237,6 +243,11 @@ def validation(v: CostValidation | None) -> pb.CostValidation | None:
 def pool_info(info: PoolInfo) -> pb.PoolInfo:
     """A pool's description."""
     return pb.PoolInfo(name=info.name, count=info.count, version=info.version, model=info.model, dim=info.dim)
+
+
+def id_set_info(info: IdSetInfo) -> pb.IdSetInfo:
+    """An id set's description."""
+    return pb.IdSetInfo(pool=info.pool, name=info.name, count=info.count)
 
 
 def target_set_info(info: TargetSetInfo) -> pb.TargetSetInfo:

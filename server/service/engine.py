@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -20,6 +20,7 @@ import xxhash
 from gotd.cache.duals.cache import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument, ResourceExhausted, Unavailable
 from gotd.cache.store.core import PoolArrays, Store
+from gotd.cache.store.idsets import IdSets
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
     Cost,
@@ -37,10 +38,11 @@ from gotd.server.selection.scoring import Scorer, local_scorer
 from gotd.server.service.autocost import CostChooser
 from gotd.server.service.config import Settings
 from gotd.server.service.epochs import EpochValueCache
+from gotd.server.service.idsets import SelectIdSets
 from gotd.server.service.job import Emit, Job, StopCheck
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
-from gotd.server.service.pools import PoolSnapshots, select_bytes
+from gotd.server.service.pools import PoolSnapshots, in_snapshot, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
     CostValidation,
@@ -63,16 +65,6 @@ LOG = logging.getLogger(__name__)
 SNAPSHOT_ATTEMPTS = 3
 
 
-def in_snapshot(arrays: PoolArrays, ids: Sequence[str], rows: np.ndarray) -> bool:
-    """Whether ``rows`` (read after ``arrays``) name the same ids in the snapshot ``arrays``.
-
-    Rows are append-only and an id keeps its row, so a row past the snapshot is an id added since, and
-    a different id at a row is a pool replaced since: either way the request needs a newer snapshot.
-    """
-    n = len(arrays.ids)
-    return all(0 <= r < n and arrays.ids[r] == cid for cid, r in zip(ids, rows.tolist(), strict=True))
-
-
 class SelectionEngine:
     """Ranks pools against targets; thread-safe, called from the servicer's worker threads."""
 
@@ -84,8 +76,10 @@ class SelectionEngine:
         duals: DualCache,
         metrics: Metrics,
         scorer: Scorer = local_scorer,
+        id_sets: IdSets | None = None,
     ) -> None:
         self.scorer = scorer
+        self.id_sets = SelectIdSets(id_sets or IdSets(store.env))
         self._settings = settings
         self._store = store
         self._targets = targets
@@ -159,7 +153,9 @@ class SelectionEngine:
             raise InvalidArgument(f"k must be <= {self._settings.max_k}, got {params.k}")
         if not 0 <= params.batch_size <= 100_000:
             raise InvalidArgument(f"batch_size must be in [0, 100000], got {params.batch_size}")
-        self._admit(params)
+        pool_size = self._admit(params)
+        self.id_sets.check_record(params, pool_size)
+        id_set = self.id_sets.excluded(params)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         job, validation = self._prepare(
@@ -168,7 +164,7 @@ class SelectionEngine:
         with self._timed("score", timings):
             scores = job.scores(emit, stop)
         with self._timed("rank", timings):
-            ranking = self._ranker.rank(params, job, scores)
+            ranking = self._ranker.rank(params, job, scores, id_set)
         order = ranking.order
         self._emit_ranking(params, job, order, emit)
         timings["total"] = (time.perf_counter() - started) * 1e3
@@ -200,6 +196,7 @@ class SelectionEngine:
                 near_copies=ranking.near_copies,
                 epoch=_epoch(job),
                 validation=validation,
+                excluded_by_set=ranking.excluded_by_set,
             )
         )
 
@@ -236,8 +233,9 @@ class SelectionEngine:
         )
 
     # -- internals -----------------------------------------------------------------------------
-    def _admit(self, params: SelectParams) -> None:
-        """RESOURCE_EXHAUSTED when the Select's estimated peak memory exceeds what is available."""
+    def _admit(self, params: SelectParams) -> int:
+        """The pool's size; RESOURCE_EXHAUSTED when the Select's estimated peak memory exceeds what
+        is available."""
         info = self._store.get_pool(params.pool)
         sketches = not self.cost_config(params.solver).embedding_only
         need = select_bytes(
@@ -251,6 +249,7 @@ class SelectionEngine:
                 f"{need / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are available; ask for a smaller k, "
                 "use the embedding cost (no sketch rows) or a float16 pool, or give the server more memory"
             )
+        return info.count
 
     def _prepare(
         self,

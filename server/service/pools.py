@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 
 import numpy as np
@@ -17,7 +18,7 @@ from gotd.cache.store.core import PoolArrays, PoolInfo, Store
 from gotd.server.selection.sketches import SKETCH_BUCKETS
 from gotd.server.service.lru import Lru
 
-__all__ = ["PoolSnapshots", "score_bytes", "select_bytes", "snapshot_bytes"]
+__all__ = ["PoolSnapshots", "in_snapshot", "score_bytes", "select_bytes", "snapshot_bytes"]
 
 #: Working bytes of a Select per candidate: f (float32), its float64 calibrated gradient, the float32
 #: scores and their cached copy, the eligibility mask, top-k's row and partition indices, the id array.
@@ -135,3 +136,13 @@ class PoolSnapshots:
 def score_bytes(scores: np.ndarray) -> int:
     """Bytes of a cached score vector."""
     return int(scores.nbytes)
+
+
+def in_snapshot(arrays: PoolArrays, ids: Sequence[str], rows: np.ndarray) -> bool:
+    """Whether ``rows`` (read after ``arrays``) name the same ids in the snapshot ``arrays``.
+
+    Rows are append-only and an id keeps its row, so a row past the snapshot is an id added since, and
+    a different id at a row is a pool replaced since: either way the request needs a newer snapshot.
+    """
+    n = len(arrays.ids)
+    return all(0 <= r < n and arrays.ids[r] == cid for cid, r in zip(ids, rows.tolist(), strict=True))

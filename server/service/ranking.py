@@ -7,7 +7,7 @@ of the eligible rows, threshold), so a repeated Select reuses the walk, and a sm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import xxhash
@@ -33,6 +33,7 @@ class Ranking:
     near_copies_skipped: int
     too_few_distinct: bool
     near_copies: tuple[NearCopy, ...]
+    excluded_by_set: int = 0
 
 
 class Ranker:
@@ -42,11 +43,22 @@ class Ranker:
         self._default = check_near_copy_cosine(default_cosine)
         self._walks: Lru[tuple[str, float, int], DistinctRanking] = Lru(walks)
 
-    def rank(self, params: SelectParams, job: Job, scores: np.ndarray) -> Ranking:
-        """The ranking of ``job``'s rows by ``scores`` under the request's filters."""
+    def rank(
+        self, params: SelectParams, job: Job, scores: np.ndarray, id_set: frozenset[str] = frozenset()
+    ) -> Ranking:
+        """The ranking of ``job``'s rows by ``scores`` under the request's filters (``id_set``: the
+        ids of the request's exclusion set)."""
         eligible = np.ones(len(job.rows), dtype=bool)
         if params.exclude_ids:
             eligible &= ~np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
+        in_set = (
+            np.isin(job.ids, np.array(sorted(id_set), dtype=object)) if id_set else np.zeros_like(eligible)
+        )
+        eligible &= ~in_set
+        ranking = self._rank(params, job, scores, eligible)
+        return replace(ranking, excluded_by_set=int(in_set.sum()))
+
+    def _rank(self, params: SelectParams, job: Job, scores: np.ndarray, eligible: np.ndarray) -> Ranking:
         n_dups = 0
         if params.near_duplicate_cosine is not None:
             dups = near_duplicates(job.embeddings(), job.target.vectors.numpy(), params.near_duplicate_cosine)

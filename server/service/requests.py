@@ -50,6 +50,8 @@ class SelectParams:
     near_duplicate_cosine: float | None = None
     near_copy_cosine: float | None = None
     report_near_copies: bool = False
+    exclude_set: str = ""
+    record_into: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,9 @@ class SelectSummary:
     near_copies: tuple[NearCopy, ...] = ()
     epoch: Epoch = Epoch()
     validation: CostValidation | None = None
+    excluded_by_set: int = 0
+    recorded: int = 0  # filled in by the servicer when it records the returned ids
+    record_set_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

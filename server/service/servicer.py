@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from grpc import aio
@@ -28,7 +29,7 @@ from gotd.cache.store.embeddings import EmbeddingCache, forget_pool_texts
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.service import convert
 from gotd.server.service.engine import SelectionEngine
-from gotd.server.service.requests import SelectEvent, SelectSummary
+from gotd.server.service.requests import RankedBatch, SelectEvent, SelectSummary
 from gotd.server.service.targets import TargetResolver
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
@@ -164,6 +165,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         if self.shutting_down:
             raise Unavailable("the server is shutting down")
         future = loop.run_in_executor(self._executor, work)
+        returned: list[str] = []  # ids sent, recorded into request.record_into before the Summary
         try:
             while True:
                 item = await queue.get()
@@ -171,7 +173,11 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, RankedBatch) and request.record_into:
+                    returned.extend(c.id for c in item.candidates)
                 if isinstance(item, SelectSummary):
+                    if request.record_into:
+                        item = await self._record(request, returned, stop, item)
                     LOG.info(
                         "select pool=%s k=%d mode=%s cache_hit=%s total_ms=%.1f",
                         request.pool,
@@ -191,6 +197,14 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                 left = queue.get_nowait()
                 if left is not _DONE and not isinstance(left, BaseException):
                     buffered.dec()
+
+    async def _record(
+        self, request: pb.SelectRequest, ids: list[str], stop: StopFlag, summary: SelectSummary
+    ) -> SelectSummary:
+        """Record the sent ids into ``record_into`` (one write; see :mod:`.idsets`) for the Summary."""
+        record = self._engine.id_sets.record
+        added, count = await self._run(record, request.pool, request.record_into, ids, stop.check)
+        return replace(summary, recorded=added, record_set_count=count)
 
     async def Score(self, request: pb.ScoreRequest, context: Ctx) -> pb.ScoreResponse:  # noqa: N802
         stop = StopFlag(context)
@@ -252,3 +266,26 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         await self._run(self._engine.duals.delete_prefix, request.name)
         self._engine.metrics.forget_pool(request.name)
         return pb.DeletePoolResponse()
+
+    async def PutIdSet(self, request: pb.PutIdSetRequest, context: Ctx) -> pb.PutIdSetResponse:  # noqa: N802
+        put = self._engine.id_sets.sets.put
+        info, added = await self._run(
+            lambda: put(request.pool, request.name, request.ids, append=request.append)
+        )
+        return pb.PutIdSetResponse(info=convert.id_set_info(info), added=added)
+
+    async def GetIdSet(self, request: pb.GetIdSetRequest, context: Ctx) -> pb.GetIdSetResponse:  # noqa: N802
+        info, ids = await self._run(self._engine.id_sets.sets.get, request.pool, request.name)
+        return pb.GetIdSetResponse(info=convert.id_set_info(info), ids=ids)
+
+    async def DeleteIdSet(  # noqa: N802
+        self, request: pb.DeleteIdSetRequest, context: Ctx
+    ) -> pb.DeleteIdSetResponse:
+        await self._run(self._engine.id_sets.sets.delete, request.pool, request.name)
+        return pb.DeleteIdSetResponse()
+
+    async def ListIdSets(  # noqa: N802
+        self, request: pb.ListIdSetsRequest, context: Ctx
+    ) -> pb.ListIdSetsResponse:
+        sets = await self._run(self._engine.id_sets.sets.list, request.pool)
+        return pb.ListIdSetsResponse(sets=[convert.id_set_info(s) for s in sets])

@@ -380,6 +380,8 @@ class SelectRequest(_message.Message):
     NEAR_DUPLICATE_COSINE_FIELD_NUMBER: _builtins.int
     NEAR_COPY_COSINE_FIELD_NUMBER: _builtins.int
     REPORT_NEAR_COPIES_FIELD_NUMBER: _builtins.int
+    EXCLUDE_SET_FIELD_NUMBER: _builtins.int
+    RECORD_INTO_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """Pool name."""
     k: _builtins.int
@@ -405,6 +407,17 @@ class SelectRequest(_message.Message):
     """
     report_near_copies: _builtins.bool
     """List each skipped near-copy in the Summary with the returned candidate it repeats."""
+    exclude_set: _builtins.str
+    """Name of an id set of the pool (PutIdSet) whose ids are never returned, as if they were listed
+    in exclude_ids (which still applies). NOT_FOUND when the set does not exist, unless it is also
+    the record_into set (then nothing is excluded and the set is created: the first round of a loop).
+    """
+    record_into: _builtins.str
+    """Name of an id set of the pool (created when absent) that the ids this Select returns are added
+    to, in one write when the whole ranking has been sent, just before the Summary: a Select that
+    fails, is cancelled or passes its deadline before that point records nothing. The Summary
+    reports what was recorded.
+    """
     @_builtins.property
     def target(self) -> Global___TargetSpec:
         """Target set."""
@@ -438,10 +451,12 @@ class SelectRequest(_message.Message):
         near_duplicate_cosine: _builtins.float | None = ...,
         near_copy_cosine: _builtins.float | None = ...,
         report_near_copies: _builtins.bool = ...,
+        exclude_set: _builtins.str = ...,
+        record_into: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine", "_near_duplicate_cosine", b"_near_duplicate_cosine", "near_copy_cosine", b"near_copy_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine", "_near_duplicate_cosine", b"_near_duplicate_cosine", "batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "near_copy_cosine", b"near_copy_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "pool", b"pool", "report_near_copies", b"report_near_copies", "solver", b"solver", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine", "_near_duplicate_cosine", b"_near_duplicate_cosine", "batch_size", b"batch_size", "domains", b"domains", "exclude_ids", b"exclude_ids", "exclude_set", b"exclude_set", "include_metadata", b"include_metadata", "k", b"k", "mode", b"mode", "near_copy_cosine", b"near_copy_cosine", "near_duplicate_cosine", b"near_duplicate_cosine", "pool", b"pool", "record_into", b"record_into", "report_near_copies", b"report_near_copies", "solver", b"solver", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__near_copy_cosine: _TypeAlias = _typing.Literal["near_copy_cosine"]  # noqa: Y015
     _WhichOneofArgType__near_copy_cosine: _TypeAlias = _typing.Literal["_near_copy_cosine", b"_near_copy_cosine"]  # noqa: Y015
@@ -689,6 +704,9 @@ class Summary(_message.Message):
     NEAR_COPIES_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     VALIDATION_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    RECORD_SET_COUNT_FIELD_NUMBER: _builtins.int
+    EXCLUDED_BY_SET_FIELD_NUMBER: _builtins.int
     pool_version: _builtins.int
     """Pool version the ranking was computed on."""
     pool_size: _builtins.int
@@ -731,6 +749,12 @@ class Summary(_message.Message):
     """True when fewer than k were returned because the rest of the eligible candidates were near-copies."""
     near_copy_cosine: _builtins.float
     """Near-copy threshold used (0: off)."""
+    recorded: _builtins.int
+    """record_into: returned ids that were not in the set yet (0 without record_into)."""
+    record_set_count: _builtins.int
+    """record_into: ids in the set after recording."""
+    excluded_by_set: _builtins.int
+    """exclude_set: ids of the set that are in the pool (each one excluded)."""
     @_builtins.property
     def timings(self) -> Global___Timings:
         """Time spent per stage."""
@@ -775,10 +799,13 @@ class Summary(_message.Message):
         near_copies: _abc.Iterable[Global___NearCopy] | None = ...,
         epoch: Global___Epoch | None = ...,
         validation: Global___CostValidation | None = ...,
+        recorded: _builtins.int = ...,
+        record_set_count: _builtins.int = ...,
+        excluded_by_set: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "timings", b"timings", "validation", b"validation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epoch", b"epoch", "epsilon", b"epsilon", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "validation", b"validation", "warm_started", b"warm_started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit", b"cache_hit", "converged", b"converged", "cost", b"cost", "eligible", b"eligible", "embedding_weight", b"embedding_weight", "epoch", b"epoch", "epsilon", b"epsilon", "excluded_by_set", b"excluded_by_set", "iterations", b"iterations", "k_exceeds_pool", b"k_exceeds_pool", "marginal_error", b"marginal_error", "mode", b"mode", "near_copies", b"near_copies", "near_copies_skipped", b"near_copies_skipped", "near_copy_cosine", b"near_copy_cosine", "near_duplicates_excluded", b"near_duplicates_excluded", "ot_distance", b"ot_distance", "pool_size", b"pool_size", "pool_version", b"pool_version", "record_set_count", b"record_set_count", "recorded", b"recorded", "returned", b"returned", "target_count", b"target_count", "target_hash", b"target_hash", "timings", b"timings", "too_few_distinct", b"too_few_distinct", "validation", b"validation", "warm_started", b"warm_started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1517,3 +1544,242 @@ class DeletePoolResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeletePoolResponse: _TypeAlias = DeletePoolResponse  # noqa: Y015
+
+@_typing.final
+class IdSetInfo(_message.Message):
+    """IdSetInfo describes a stored id set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool the set belongs to."""
+    name: _builtins.str
+    """Name (same rules as pool names)."""
+    count: _builtins.int
+    """Number of ids."""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        name: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "name", b"name", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IdSetInfo: _TypeAlias = IdSetInfo  # noqa: Y015
+
+@_typing.final
+class PutIdSetRequest(_message.Message):
+    """PutIdSetRequest stores ids into a named set of a pool (the pool must exist)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    APPEND_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    name: _builtins.str
+    """Set name (same rules as pool names)."""
+    append: _builtins.bool
+    """Add the ids to the set (created when absent) instead of replacing its content."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Candidate ids (1 to 512 UTF-8 bytes each; repeats count once). They need not be in the pool."""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        name: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+        append: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["append", b"append", "ids", b"ids", "name", b"name", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutIdSetRequest: _TypeAlias = PutIdSetRequest  # noqa: Y015
+
+@_typing.final
+class PutIdSetResponse(_message.Message):
+    """PutIdSetResponse describes the stored set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    added: _builtins.int
+    """Ids written that the set did not hold yet (append), or every id stored (replace)."""
+    @_builtins.property
+    def info(self) -> Global___IdSetInfo:
+        """The set after the write."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___IdSetInfo | None = ...,
+        added: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutIdSetResponse: _TypeAlias = PutIdSetResponse  # noqa: Y015
+
+@_typing.final
+class GetIdSetRequest(_message.Message):
+    """GetIdSetRequest names an id set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    name: _builtins.str
+    """Set name."""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdSetRequest: _TypeAlias = GetIdSetRequest  # noqa: Y015
+
+@_typing.final
+class GetIdSetResponse(_message.Message):
+    """GetIdSetResponse carries the set and its ids."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def info(self) -> Global___IdSetInfo:
+        """The set."""
+
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its ids, sorted."""
+
+    def __init__(
+        self,
+        *,
+        info: Global___IdSetInfo | None = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "info", b"info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetIdSetResponse: _TypeAlias = GetIdSetResponse  # noqa: Y015
+
+@_typing.final
+class DeleteIdSetRequest(_message.Message):
+    """DeleteIdSetRequest names an id set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    name: _builtins.str
+    """Set name."""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteIdSetRequest: _TypeAlias = DeleteIdSetRequest  # noqa: Y015
+
+@_typing.final
+class DeleteIdSetResponse(_message.Message):
+    """DeleteIdSetResponse confirms a deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteIdSetResponse: _TypeAlias = DeleteIdSetResponse  # noqa: Y015
+
+@_typing.final
+class ListIdSetsRequest(_message.Message):
+    """ListIdSetsRequest names a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdSetsRequest: _TypeAlias = ListIdSetsRequest  # noqa: Y015
+
+@_typing.final
+class ListIdSetsResponse(_message.Message):
+    """ListIdSetsResponse lists the pool's id sets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___IdSetInfo]:
+        """Sets, sorted by name."""
+
+    def __init__(
+        self,
+        *,
+        sets: _abc.Iterable[Global___IdSetInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sets", b"sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListIdSetsResponse: _TypeAlias = ListIdSetsResponse  # noqa: Y015

@@ -80,6 +80,26 @@ class SelectionServiceStub:
                 request_serializer=gotd_dot_v1_dot_selection__pb2.DeletePoolRequest.SerializeToString,
                 response_deserializer=gotd_dot_v1_dot_selection__pb2.DeletePoolResponse.FromString,
                 _registered_method=True)
+        self.PutIdSet = channel.unary_unary(
+                '/gotd.v1.SelectionService/PutIdSet',
+                request_serializer=gotd_dot_v1_dot_selection__pb2.PutIdSetRequest.SerializeToString,
+                response_deserializer=gotd_dot_v1_dot_selection__pb2.PutIdSetResponse.FromString,
+                _registered_method=True)
+        self.GetIdSet = channel.unary_unary(
+                '/gotd.v1.SelectionService/GetIdSet',
+                request_serializer=gotd_dot_v1_dot_selection__pb2.GetIdSetRequest.SerializeToString,
+                response_deserializer=gotd_dot_v1_dot_selection__pb2.GetIdSetResponse.FromString,
+                _registered_method=True)
+        self.DeleteIdSet = channel.unary_unary(
+                '/gotd.v1.SelectionService/DeleteIdSet',
+                request_serializer=gotd_dot_v1_dot_selection__pb2.DeleteIdSetRequest.SerializeToString,
+                response_deserializer=gotd_dot_v1_dot_selection__pb2.DeleteIdSetResponse.FromString,
+                _registered_method=True)
+        self.ListIdSets = channel.unary_unary(
+                '/gotd.v1.SelectionService/ListIdSets',
+                request_serializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.SerializeToString,
+                response_deserializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.FromString,
+                _registered_method=True)
 
 
 class SelectionServiceServicer:
@@ -153,6 +173,35 @@ class SelectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutIdSet(self, request, context):
+        """PutIdSet stores (replaces, or appends to) a named set of candidate ids of a pool: ids already
+        handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetIdSet(self, request, context):
+        """GetIdSet returns a stored id set with its ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteIdSet(self, request, context):
+        """DeleteIdSet removes a stored id set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdSets(self, request, context):
+        """ListIdSets describes every id set of a pool, sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SelectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +249,26 @@ def add_SelectionServiceServicer_to_server(servicer, server):
                     servicer.DeletePool,
                     request_deserializer=gotd_dot_v1_dot_selection__pb2.DeletePoolRequest.FromString,
                     response_serializer=gotd_dot_v1_dot_selection__pb2.DeletePoolResponse.SerializeToString,
+            ),
+            'PutIdSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutIdSet,
+                    request_deserializer=gotd_dot_v1_dot_selection__pb2.PutIdSetRequest.FromString,
+                    response_serializer=gotd_dot_v1_dot_selection__pb2.PutIdSetResponse.SerializeToString,
+            ),
+            'GetIdSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetIdSet,
+                    request_deserializer=gotd_dot_v1_dot_selection__pb2.GetIdSetRequest.FromString,
+                    response_serializer=gotd_dot_v1_dot_selection__pb2.GetIdSetResponse.SerializeToString,
+            ),
+            'DeleteIdSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteIdSet,
+                    request_deserializer=gotd_dot_v1_dot_selection__pb2.DeleteIdSetRequest.FromString,
+                    response_serializer=gotd_dot_v1_dot_selection__pb2.DeleteIdSetResponse.SerializeToString,
+            ),
+            'ListIdSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdSets,
+                    request_deserializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.FromString,
+                    response_serializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +515,114 @@ class SelectionService:
             '/gotd.v1.SelectionService/DeletePool',
             gotd_dot_v1_dot_selection__pb2.DeletePoolRequest.SerializeToString,
             gotd_dot_v1_dot_selection__pb2.DeletePoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutIdSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gotd.v1.SelectionService/PutIdSet',
+            gotd_dot_v1_dot_selection__pb2.PutIdSetRequest.SerializeToString,
+            gotd_dot_v1_dot_selection__pb2.PutIdSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetIdSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gotd.v1.SelectionService/GetIdSet',
+            gotd_dot_v1_dot_selection__pb2.GetIdSetRequest.SerializeToString,
+            gotd_dot_v1_dot_selection__pb2.GetIdSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteIdSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gotd.v1.SelectionService/DeleteIdSet',
+            gotd_dot_v1_dot_selection__pb2.DeleteIdSetRequest.SerializeToString,
+            gotd_dot_v1_dot_selection__pb2.DeleteIdSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gotd.v1.SelectionService/ListIdSets',
+            gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.SerializeToString,
+            gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

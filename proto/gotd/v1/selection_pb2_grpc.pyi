@@ -74,6 +74,16 @@ class SelectionServiceStub:
     """ListPools describes every pool, sorted by name."""
     DeletePool: _grpc.UnaryUnaryMultiCallable[_selection_pb2.DeletePoolRequest, _selection_pb2.DeletePoolResponse]
     """DeletePool removes a pool with its vectors, metadata and index."""
+    PutIdSet: _grpc.UnaryUnaryMultiCallable[_selection_pb2.PutIdSetRequest, _selection_pb2.PutIdSetResponse]
+    """PutIdSet stores (replaces, or appends to) a named set of candidate ids of a pool: ids already
+    handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
+    """
+    GetIdSet: _grpc.UnaryUnaryMultiCallable[_selection_pb2.GetIdSetRequest, _selection_pb2.GetIdSetResponse]
+    """GetIdSet returns a stored id set with its ids."""
+    DeleteIdSet: _grpc.UnaryUnaryMultiCallable[_selection_pb2.DeleteIdSetRequest, _selection_pb2.DeleteIdSetResponse]
+    """DeleteIdSet removes a stored id set."""
+    ListIdSets: _grpc.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]
+    """ListIdSets describes every id set of a pool, sorted by name."""
 
 @_typing.type_check_only
 class SelectionServiceAsyncStub(SelectionServiceStub):
@@ -105,6 +115,16 @@ class SelectionServiceAsyncStub(SelectionServiceStub):
     """ListPools describes every pool, sorted by name."""
     DeletePool: _aio.UnaryUnaryMultiCallable[_selection_pb2.DeletePoolRequest, _selection_pb2.DeletePoolResponse]  # type: ignore[assignment]
     """DeletePool removes a pool with its vectors, metadata and index."""
+    PutIdSet: _aio.UnaryUnaryMultiCallable[_selection_pb2.PutIdSetRequest, _selection_pb2.PutIdSetResponse]  # type: ignore[assignment]
+    """PutIdSet stores (replaces, or appends to) a named set of candidate ids of a pool: ids already
+    handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
+    """
+    GetIdSet: _aio.UnaryUnaryMultiCallable[_selection_pb2.GetIdSetRequest, _selection_pb2.GetIdSetResponse]  # type: ignore[assignment]
+    """GetIdSet returns a stored id set with its ids."""
+    DeleteIdSet: _aio.UnaryUnaryMultiCallable[_selection_pb2.DeleteIdSetRequest, _selection_pb2.DeleteIdSetResponse]  # type: ignore[assignment]
+    """DeleteIdSet removes a stored id set."""
+    ListIdSets: _aio.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]  # type: ignore[assignment]
+    """ListIdSets describes every id set of a pool, sorted by name."""
 
 class SelectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SelectionService keeps candidate pools and named target sets, and ranks pools against targets."""
@@ -187,5 +207,39 @@ class SelectionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_selection_pb2.DeletePoolResponse, _abc.Awaitable[_selection_pb2.DeletePoolResponse]]:
         """DeletePool removes a pool with its vectors, metadata and index."""
+
+    @_abc_1.abstractmethod
+    def PutIdSet(
+        self,
+        request: _selection_pb2.PutIdSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selection_pb2.PutIdSetResponse, _abc.Awaitable[_selection_pb2.PutIdSetResponse]]:
+        """PutIdSet stores (replaces, or appends to) a named set of candidate ids of a pool: ids already
+        handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
+        """
+
+    @_abc_1.abstractmethod
+    def GetIdSet(
+        self,
+        request: _selection_pb2.GetIdSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selection_pb2.GetIdSetResponse, _abc.Awaitable[_selection_pb2.GetIdSetResponse]]:
+        """GetIdSet returns a stored id set with its ids."""
+
+    @_abc_1.abstractmethod
+    def DeleteIdSet(
+        self,
+        request: _selection_pb2.DeleteIdSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selection_pb2.DeleteIdSetResponse, _abc.Awaitable[_selection_pb2.DeleteIdSetResponse]]:
+        """DeleteIdSet removes a stored id set."""
+
+    @_abc_1.abstractmethod
+    def ListIdSets(
+        self,
+        request: _selection_pb2.ListIdSetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selection_pb2.ListIdSetsResponse, _abc.Awaitable[_selection_pb2.ListIdSetsResponse]]:
+        """ListIdSets describes every id set of a pool, sorted by name."""
 
 def add_SelectionServiceServicer_to_server(servicer: SelectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
