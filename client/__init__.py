@@ -11,6 +11,7 @@ from gotd.client.types import (
     SelectProgress,
     SelectSummary,
     SettingScore,
+    SolverOptions,
     TargetSetInfo,
 )
 
@@ -25,6 +26,7 @@ __all__ = [
     "SelectProgress",
     "SelectSummary",
     "SettingScore",
+    "SolverOptions",
     "TargetSetInfo",
     "TlsConfig",
 ]

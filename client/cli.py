@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any, TypeVar
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from gotd.client.client import Client, TlsConfig
 from gotd.client.records import RecordFileError, read_items
-from gotd.client.types import RankedCandidate, SelectProgress, SelectSummary
+from gotd.client.types import COSTS, MODES, RankedCandidate, SelectProgress, SelectSummary, SolverOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gotd: GOT-D data selection service")
 T = TypeVar("T")
@@ -40,9 +40,6 @@ TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="client certifi
 TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="client key (mTLS)")]
 TlsName = Annotated[str | None, typer.Option("--tls-server-name", help="expected server name in its cert")]
 Timeout = Annotated[float, typer.Option("--timeout", help="deadline of the call, seconds")]
-
-MODES = ("auto", "exact", "global", "paper")
-COSTS = ("auto", "embedding", "fused")
 
 
 def _client(server: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None,
@@ -94,7 +91,7 @@ def _read_all(path: Path, what: str) -> list[dict[str, Any]]:
     return items
 
 
-def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
+def _choice(value: str, choices: Mapping[str, object], option: str) -> str:
     if value not in choices:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
     return value
@@ -217,11 +214,14 @@ def select(
 
             def run() -> SelectSummary | None:
                 summary = None
+                solver = SolverOptions(
+                    mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
+                    relative_eps=relative_eps, max_staleness=max_staleness,
+                )  # fmt: skip
                 events = client.select_stream(
-                    pool, targets, k=k, mode=mode, eps=eps, cost=cost, embedding_weight=embedding_weight,
-                    relative_eps=relative_eps, near_duplicate_cosine=near_duplicate_cosine,
+                    pool, targets, k=k, solver=solver, near_duplicate_cosine=near_duplicate_cosine,
                     near_copy_cosine=near_copy_cosine,
-                    max_staleness=max_staleness, exclude_set=exclude_set, record_into=record_into,
+                    exclude_set=exclude_set, record_into=record_into,
                 )  # fmt: skip
                 for event in events:
                     if isinstance(event, RankedCandidate):

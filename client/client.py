@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from gotd.client.types import (
-    COSTS,
     IdSetInfo,
     IngestResult,
     PoolInfo,
@@ -24,6 +23,7 @@ from gotd.client.types import (
     SelectEvent,
     SelectProgress,
     SelectSummary,
+    SolverOptions,
     TargetSetInfo,
 )
 from gotd.v1 import selection_pb2 as pb
@@ -45,12 +45,6 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
-_MODES = {
-    "auto": pb.SELECTION_MODE_AUTO,
-    "exact": pb.SELECTION_MODE_EXACT,
-    "global": pb.SELECTION_MODE_GLOBAL,
-    "paper": pb.SELECTION_MODE_PAPER,
-}
 Targets = str | Sequence[str] | Sequence[Mapping[str, Any]] | Sequence[Sequence[float]]
 
 
@@ -105,38 +99,6 @@ def target_spec(targets: Targets) -> pb.TargetSpec:
             values = item.tolist() if hasattr(item, "tolist") else item
             out.append(pb.Record(id=f"t{i}", embedding=values))  # type: ignore[arg-type]
     return pb.TargetSpec(records=pb.TargetRecords(records=out))
-
-
-def solver_options(
-    eps: float | None = None,
-    tol: float | None = None,
-    max_iter: int | None = None,
-    summary_size: int | None = None,
-    *,
-    cost: str = "auto",
-    embedding_weight: float | None = None,
-    relative_eps: float | None = None,
-    max_staleness: float | None = None,
-) -> pb.SolverOptions:
-    """Wire solver options; None leaves a setting to the server's default."""
-    if cost not in COSTS:
-        raise ValueError(f"cost must be one of {sorted(COSTS)}, got {cost!r}")
-    options = pb.SolverOptions(cost=COSTS[cost])
-    if embedding_weight is not None:
-        options.embedding_weight = embedding_weight
-    if relative_eps is not None:
-        options.relative_epsilon = relative_eps
-    if max_staleness is not None:
-        options.max_staleness = max_staleness
-    if eps is not None:
-        options.epsilon = eps
-    if tol is not None:
-        options.tolerance = tol
-    if max_iter is not None:
-        options.max_iterations = max_iter
-    if summary_size is not None:
-        options.summary_size = summary_size
-    return options
 
 
 class Client:
@@ -208,15 +170,7 @@ class Client:
         targets: Targets,
         *,
         k: int,
-        mode: str = "auto",
-        eps: float | None = None,
-        tol: float | None = None,
-        max_iter: int | None = None,
-        summary_size: int | None = None,
-        cost: str = "auto",
-        embedding_weight: float | None = None,
-        relative_eps: float | None = None,
-        max_staleness: float | None = None,
+        solver: SolverOptions | None = None,
         exclude_ids: Sequence[str] = (),
         exclude_set: str = "",
         record_into: str = "",
@@ -227,49 +181,36 @@ class Client:
         batch_size: int = 0,
         include_metadata: bool = False,
         timeout: float | None = None,
+        **options: Any,
     ) -> Iterator[SelectEvent]:
         """Stream of progress, ranked candidates (one per item, in rank order) and the summary.
 
-        ``cost`` is "auto" (the server's default), "embedding" or "fused" (weight
-        ``embedding_weight`` on the embedding cost); ``relative_eps`` sets epsilon as a multiple of
-        the median pool-target cost; ``near_duplicate_cosine`` drops candidates that close to a target;
-        ``near_copy_cosine`` skips candidates that close to one already returned (None: the server's
-        default, 0: off), and ``report_near_copies`` lists them in the summary.
-        ``max_staleness`` bounds the share of the pool written since the potential epoch that may
-        answer (0: solve every new pool version; None: the server's bound).
+        The solver is ``solver`` with any :class:`~gotd.client.types.SolverOptions` field given as a
+        keyword (``mode``, ``eps``, ``cost``, ``max_staleness``, ...) put over it.
+        ``near_duplicate_cosine`` drops candidates that close to a target; ``near_copy_cosine`` skips
+        candidates that close to one already returned (None: the server's default, 0: off), and
+        ``report_near_copies`` lists them in the summary.
         ``exclude_set`` names an id set of the pool whose ids are not returned; ``record_into`` one
         that the returned ids are added to once the whole ranking was sent (nothing when the call
         fails first; the summary's ``recorded`` counts the new ids).
         """
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}")
+        chosen = _solver(solver, options)
         request = pb.SelectRequest(
             pool=pool,
             target=target_spec(targets),
             k=k,
-            mode=_MODES[mode],
-            solver=solver_options(
-                eps,
-                tol,
-                max_iter,
-                summary_size,
-                cost=cost,
-                embedding_weight=embedding_weight,
-                relative_eps=relative_eps,
-                max_staleness=max_staleness,
-            ),
+            mode=chosen.mode_pb,
+            solver=chosen.to_pb(),
             exclude_ids=list(exclude_ids),
             exclude_set=exclude_set,
             record_into=record_into,
             domains=list(domains),
             batch_size=batch_size,
             include_metadata=include_metadata,
+            near_duplicate_cosine=near_duplicate_cosine,
+            near_copy_cosine=near_copy_cosine,
             report_near_copies=report_near_copies,
         )
-        if near_duplicate_cosine is not None:
-            request.near_duplicate_cosine = near_duplicate_cosine
-        if near_copy_cosine is not None:
-            request.near_copy_cosine = near_copy_cosine
         for message in self._stub.Select(request, **self._kw(timeout)):
             which = message.WhichOneof("message")
             if which == "progress":
@@ -300,27 +241,18 @@ class Client:
         targets: Targets,
         ids: Sequence[str],
         *,
-        mode: str = "auto",
-        eps: float | None = None,
-        cost: str = "auto",
-        embedding_weight: float | None = None,
-        relative_eps: float | None = None,
-        max_staleness: float | None = None,
+        solver: SolverOptions | None = None,
         timeout: float | None = None,
+        **options: Any,
     ) -> list[ScoredCandidate]:
-        """Scores of the given candidate ids, in order (same options as :meth:`select_stream`)."""
+        """Scores of the given candidate ids, in order (solver options as :meth:`select_stream`)."""
+        chosen = _solver(solver, options)
         request = pb.ScoreRequest(
             pool=pool,
             target=target_spec(targets),
             ids=list(ids),
-            mode=_MODES[mode],
-            solver=solver_options(
-                eps,
-                cost=cost,
-                embedding_weight=embedding_weight,
-                relative_eps=relative_eps,
-                max_staleness=max_staleness,
-            ),
+            mode=chosen.mode_pb,
+            solver=chosen.to_pb(),
         )
         response = self._stub.Score(request, **self._kw(timeout))
         return [ScoredCandidate(s.id, s.score) for s in response.scores]
@@ -371,3 +303,12 @@ class Client:
         """The id sets of ``pool``, sorted by name."""
         response = self._stub.ListIdSets(pb.ListIdSetsRequest(pool=pool), **self._kw(timeout))
         return [IdSetInfo.from_pb(s) for s in response.sets]
+
+
+def _solver(solver: SolverOptions | None, options: dict[str, Any]) -> SolverOptions:
+    """``solver`` (default: the server's settings) with the keyword options put over it."""
+    base = solver if solver is not None else SolverOptions()
+    unknown = sorted(set(options) - set(SolverOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(unknown)}")
+    return replace(base, **options)

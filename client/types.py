@@ -1,4 +1,9 @@
-"""Typed results of the client: plain frozen dataclasses built from ``gotd.v1`` messages."""
+"""The typed values of the API: plain frozen dataclasses, each mapped to its ``gotd.v1`` message here.
+
+This is the one definition of the results (summary, ranked candidates, near-copies, cost validation)
+and of the solver options: the client reads them with ``from_pb``, the server builds the same types and
+sends them with ``to_pb``.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,63 @@ from dataclasses import dataclass
 
 from gotd.v1 import selection_pb2 as pb
 
-_MODE_NAMES = {
-    pb.SELECTION_MODE_AUTO: "auto",
-    pb.SELECTION_MODE_EXACT: "exact",
-    pb.SELECTION_MODE_GLOBAL: "global",
-    pb.SELECTION_MODE_PAPER: "paper",
+MODES = {
+    "auto": pb.SELECTION_MODE_AUTO,
+    "exact": pb.SELECTION_MODE_EXACT,
+    "global": pb.SELECTION_MODE_GLOBAL,
+    "paper": pb.SELECTION_MODE_PAPER,
 }
+"""Selection mode names of the API and their wire values."""
+_MODE_NAMES = {value: name for name, value in MODES.items()}
+COSTS = {"auto": pb.COST_UNSPECIFIED, "embedding": pb.COST_EMBEDDING, "fused": pb.COST_FUSED}
+"""Cost names of the API ("auto": the server's default) and their wire values."""
+COST_NAMES = {value: name for name, value in COSTS.items() if name != "auto"}
 _STAGE_NAMES = {
     pb.STAGE_EMBED: "embed",
     pb.STAGE_LOAD: "load",
     pb.STAGE_SOLVE: "solve",
     pb.STAGE_SCORE: "score",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SolverOptions:
+    """The solver keywords of Select and Score; None leaves a setting to the server's default.
+
+    ``mode`` is "auto", "exact", "global" or "paper"; ``cost`` is "auto" (the server's default),
+    "embedding" or "fused" (weight ``embedding_weight`` on the embedding cost); ``relative_eps`` sets
+    epsilon as a multiple of the median pool-target cost; ``max_staleness`` bounds the share of the
+    pool written since the potential epoch that may answer (0: solve every new pool version).
+    """
+
+    mode: str = "auto"
+    eps: float | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+    summary_size: int | None = None
+    cost: str = "auto"
+    embedding_weight: float | None = None
+    relative_eps: float | None = None
+    max_staleness: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}, got {self.mode!r}")
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {sorted(COSTS)}, got {self.cost!r}")
+
+    @property
+    def mode_pb(self) -> pb.SelectionMode.ValueType:
+        """The wire value of ``mode`` (a field of the request, beside the solver options)."""
+        return MODES[self.mode]
+
+    def to_pb(self) -> pb.SolverOptions:
+        """The wire solver options (unset fields stay unset)."""
+        return pb.SolverOptions(
+            cost=COSTS[self.cost], epsilon=self.eps, tolerance=self.tol, max_iterations=self.max_iter,
+            summary_size=self.summary_size, embedding_weight=self.embedding_weight,
+            relative_epsilon=self.relative_eps, max_staleness=self.max_staleness,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +147,11 @@ class RankedCandidate:
     def from_pb(cls, m: pb.RankedCandidate) -> RankedCandidate:
         return cls(m.id, m.score, m.rank, m.domain, m.meta_json)
 
+    def to_pb(self) -> pb.RankedCandidate:
+        return pb.RankedCandidate(
+            id=self.id, score=self.score, rank=self.rank, domain=self.domain, meta_json=self.meta_json
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class ScoredCandidate:
@@ -111,6 +166,9 @@ class NearCopy:
     id: str
     copy_of: str
     cosine: float
+
+    def to_pb(self) -> pb.NearCopy:
+        return pb.NearCopy(id=self.id, copy_of=self.copy_of, cosine=self.cosine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +186,12 @@ class SettingScore:
         eps = "abs" if self.relative_eps is None else f"{self.relative_eps:g}"
         return f"w{self.embedding_weight:g}-rel{eps}"
 
+    def to_pb(self) -> pb.SettingScore:
+        setting = pb.CostSetting(embedding_weight=self.embedding_weight, relative_epsilon=self.relative_eps)
+        return pb.SettingScore(
+            setting=setting, recall=self.recall, mean_reciprocal_rank=self.mrr, auc=self.auc
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CostValidation:
@@ -137,11 +201,11 @@ class CostValidation:
     detail: str
     embedding_weight: float
     relative_eps: float | None
-    settings: tuple[SettingScore, ...]
-    fraction: float
-    held_out: int
-    pool_sample: int
-    cache_hit: bool
+    settings: tuple[SettingScore, ...] = ()
+    fraction: float = 0.0
+    held_out: int = 0
+    pool_sample: int = 0
+    cache_hit: bool = False
 
     @classmethod
     def from_pb(cls, m: pb.CostValidation) -> CostValidation:
@@ -157,6 +221,18 @@ class CostValidation:
             status, m.detail, m.chosen.embedding_weight, rel(m.chosen), settings, m.fraction, m.held_out,
             m.pool_sample, m.cache_hit,
         )  # fmt: skip
+
+    def to_pb(self) -> pb.CostValidation:
+        return pb.CostValidation(
+            status=pb.ValidationStatus.Value(f"VALIDATION_STATUS_{self.status.upper()}"),
+            detail=self.detail,
+            chosen=pb.CostSetting(embedding_weight=self.embedding_weight, relative_epsilon=self.relative_eps),
+            settings=[s.to_pb() for s in self.settings],
+            fraction=self.fraction,
+            held_out=self.held_out,
+            pool_sample=self.pool_sample,
+            cache_hit=self.cache_hit,
+        )
 
     def describe(self) -> str:
         """One line: the status, the chosen setting and every setting's held-out recall."""
@@ -226,8 +302,30 @@ class SelectSummary:
             recorded=m.recorded, record_set_count=m.record_set_count, excluded_by_set=m.excluded_by_set,
         )  # fmt: skip
 
+    def to_pb(self) -> pb.Summary:
+        return pb.Summary(
+            pool_version=self.pool_version, pool_size=self.pool_size, eligible=self.eligible,
+            returned=self.returned, k_exceeds_pool=self.k_exceeds_pool, mode=MODES[self.mode],
+            epsilon=self.eps, ot_distance=self.ot_distance, iterations=self.iterations,
+            marginal_error=self.marginal_error, converged=self.converged, cache_hit=self.cache_hit,
+            warm_started=self.warm_started, target_count=self.target_count, target_hash=self.target_hash,
+            timings=pb.Timings(
+                embed_ms=self.embed_ms, load_ms=self.load_ms, solve_ms=self.solve_ms,
+                score_ms=self.score_ms, total_ms=self.total_ms, rank_ms=self.rank_ms,
+                validate_ms=self.validate_ms,
+            ),
+            cost=COSTS[self.cost], embedding_weight=self.embedding_weight,
+            near_duplicates_excluded=self.near_duplicates_excluded,
+            near_copies_skipped=self.near_copies_skipped, too_few_distinct=self.too_few_distinct,
+            near_copy_cosine=self.near_copy_cosine, near_copies=[c.to_pb() for c in self.near_copies],
+            epoch=pb.Epoch(
+                pool_version=self.epoch_version, rows_scored=self.rows_scored, staleness=self.staleness,
+                solved=self.solved,
+            ),
+            validation=None if self.validation is None else self.validation.to_pb(),
+            recorded=self.recorded, record_set_count=self.record_set_count,
+            excluded_by_set=self.excluded_by_set,
+        )  # fmt: skip
+
 
 SelectEvent = SelectProgress | RankedCandidate | SelectSummary
-COSTS = {"auto": pb.COST_UNSPECIFIED, "embedding": pb.COST_EMBEDDING, "fused": pb.COST_FUSED}
-"""Cost names of the client API ("auto": the server's default) and their wire values."""
-COST_NAMES = {value: name for name, value in COSTS.items() if name != "auto"}

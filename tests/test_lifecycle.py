@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gotd.client.client import Client, solver_options, target_spec
-from gotd.client.types import SelectProgress
+from gotd.client.client import Client, target_spec
+from gotd.client.types import SelectProgress, SolverOptions
 from gotd.server.service.app import CACHE_HEALTH
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
@@ -97,7 +97,7 @@ def test_cancel_mid_stream_stops_the_work(make_server: Any) -> None:
             pool="big",
             target=target_spec(clustered(400, seed=4).tolist()),
             k=10,
-            solver=solver_options(0.01, 1e-9, 100000, None),
+            solver=SolverOptions(eps=0.01, tol=1e-9, max_iter=100000).to_pb(),
         )
         with grpc.insecure_channel(srv.address) as channel:
             stream = pb_grpc.SelectionServiceStub(channel).Select(request, timeout=120)

@@ -29,11 +29,13 @@ import xxhash
 from gotd.cache.duals.cache import DualCache, cache_key
 from gotd.cache.duals.codec import PotentialEntry
 from gotd.cache.store.core import PoolArrays
+from gotd.client.types import CostValidation
+from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import Cost, SketchFactors, complete_sketches, sketch_hash
 from gotd.server.selection.validation import Setting, SettingScore, Validation, ValidationConfig, validate
 from gotd.server.service.config import Settings
-from gotd.server.service.requests import CostValidation, SolverParams, ValidationStatus
+from gotd.server.service.requests import SolverParams, ValidationStatus
 from gotd.server.service.targets import Target
 
 LOG = logging.getLogger(__name__)
@@ -110,7 +112,10 @@ class CostChooser:
             f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool",
             chosen.embedding_weight,
             chosen.relative_eps,
-            result.scores,
+            tuple(
+                ClientScore(x.setting.embedding_weight, x.setting.relative_eps, x.recall, x.mrr, x.auc)
+                for x in result.scores
+            ),
             q,
             result.held_out,
             result.pool_sample,

@@ -14,18 +14,14 @@ from gotd.cache.store.idsets import IdSetInfo
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
 from gotd.server.service.requests import (
-    CostValidation,
-    Epoch,
     Progress,
     RankedBatch,
     ScoreParams,
     ScoreResult,
     SelectEvent,
     SelectParams,
-    SelectSummary,
     SolverParams,
     TargetInput,
-    ValidationStatus,
 )
 from gotd.v1 import selection_pb2 as pb
 
@@ -36,12 +32,7 @@ _MODES = {
     pb.SELECTION_MODE_GLOBAL: Mode.GLOBAL,
     pb.SELECTION_MODE_PAPER: Mode.PAPER,
 }
-_MODE_TO_PB = {mode: value for value, mode in _MODES.items() if mode is not None}
 _COSTS = {pb.COST_UNSPECIFIED: None, pb.COST_EMBEDDING: Cost.EMBEDDING, pb.COST_FUSED: Cost.FUSED}
-_COST_TO_PB = {cost: value for value, cost in _COSTS.items() if cost is not None}
-_VALIDATION_TO_PB = {
-    status: pb.ValidationStatus.Value(f"VALIDATION_STATUS_{status.name}") for status in ValidationStatus
-}
 
 
 def record(message: pb.Record, *, max_text_bytes: int) -> Record:
@@ -140,103 +131,21 @@ def select_event(event: SelectEvent) -> pb.SelectResponse:
             progress=pb.Progress(stage=int(event.stage), done=event.done, total=event.total)  # type: ignore[arg-type]
         )
     if isinstance(event, RankedBatch):
-        return pb.SelectResponse(
-            batch=pb.RankedBatch(
-                candidates=[
-                    pb.RankedCandidate(
-                        id=c.id, score=c.score, rank=c.rank, domain=c.domain, meta_json=c.meta_json
-                    )
-                    for c in event.candidates
-                ]
-            )
-        )
-    return pb.SelectResponse(summary=summary(event))
-
-
-def summary(s: SelectSummary) -> pb.Summary:
-    """The closing message of a Select stream."""
-    t = s.timings_ms
-    return pb.Summary(
-        pool_version=s.pool_version,
-        pool_size=s.pool_size,
-        eligible=s.eligible,
-        returned=s.returned,
-        k_exceeds_pool=s.k_exceeds_pool,
-        mode=_MODE_TO_PB[s.mode],
-        epsilon=s.eps,
-        ot_distance=s.ot_distance,
-        iterations=s.iterations,
-        marginal_error=s.marginal_error,
-        converged=s.converged,
-        cache_hit=s.cache_hit,
-        warm_started=s.warm_started,
-        target_count=s.target_count,
-        target_hash=s.target_hash,
-        timings=pb.Timings(
-            embed_ms=t.get("embed", 0.0),
-            load_ms=t.get("load", 0.0),
-            solve_ms=t.get("solve", 0.0),
-            score_ms=t.get("score", 0.0),
-            total_ms=t.get("total", 0.0),
-            rank_ms=t.get("rank", 0.0),
-            validate_ms=t.get("validate", 0.0),
-        ),
-        cost=_COST_TO_PB[s.cost],
-        embedding_weight=s.embedding_weight,
-        near_duplicates_excluded=s.near_duplicates_excluded,
-        near_copies_skipped=s.near_copies_skipped,
-        too_few_distinct=s.too_few_distinct,
-        near_copy_cosine=s.near_copy_cosine,
-        near_copies=[pb.NearCopy(id=c.id, copy_of=c.copy_of, cosine=c.cosine) for c in s.near_copies],
-        epoch=epoch(s.epoch),
-        validation=validation(s.validation),
-        recorded=s.recorded,
-        record_set_count=s.record_set_count,
-        excluded_by_set=s.excluded_by_set,
-    )
+        return pb.SelectResponse(batch=pb.RankedBatch(candidates=[c.to_pb() for c in event.candidates]))
+    return pb.SelectResponse(summary=event.to_pb())
 
 
 def score_result(result: ScoreResult) -> pb.ScoreResponse:
     """Scores in request order."""
+    e = result.epoch
     return pb.ScoreResponse(
         scores=[pb.ScoredCandidate(id=cid, score=value) for cid, value in result.scores],
         pool_version=result.pool_version,
         cache_hit=result.cache_hit,
-        epoch=epoch(result.epoch),
-        validation=validation(result.validation),
-    )
-
-
-def epoch(e: Epoch) -> pb.Epoch:
-    """The potential epoch that answered."""
-    return pb.Epoch(
-        pool_version=e.pool_version, rows_scored=e.rows_scored, staleness=e.staleness, solved=e.solved
-    )
-
-
-def validation(v: CostValidation | None) -> pb.CostValidation | None:
-    """How the cost setting was chosen (None: not reported)."""
-    if v is None:
-        return None
-    return pb.CostValidation(
-        status=_VALIDATION_TO_PB[v.status],
-        detail=v.detail,
-        chosen=pb.CostSetting(embedding_weight=v.embedding_weight, relative_epsilon=v.relative_eps),
-        settings=[
-            pb.SettingScore(
-                setting=pb.CostSetting(
-                    embedding_weight=s.setting.embedding_weight, relative_epsilon=s.setting.relative_eps
-                ),
-                recall=s.recall,
-                mean_reciprocal_rank=s.mrr,
-                auc=s.auc,
-            )
-            for s in v.scores
-        ],
-        fraction=v.fraction,
-        held_out=v.held_out,
-        pool_sample=v.pool_sample,
-        cache_hit=v.cache_hit,
+        epoch=pb.Epoch(
+            pool_version=e.pool_version, rows_scored=e.rows_scored, staleness=e.staleness, solved=e.solved
+        ),
+        validation=None if result.validation is None else result.validation.to_pb(),
     )
 
 

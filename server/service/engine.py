@@ -21,6 +21,7 @@ from gotd.cache.duals.cache import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument, ResourceExhausted, Unavailable
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.cache.store.idsets import IdSets
+from gotd.client.types import CostValidation, RankedCandidate, SelectSummary
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
     Cost,
@@ -45,15 +46,12 @@ from gotd.server.service.metrics import Metrics
 from gotd.server.service.pools import PoolSnapshots, in_snapshot, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
-    CostValidation,
     Epoch,
     Progress,
-    Ranked,
     RankedBatch,
     ScoreParams,
     ScoreResult,
     SelectParams,
-    SelectSummary,
     SolverParams,
     Stage,
 )
@@ -168,37 +166,23 @@ class SelectionEngine:
         order = ranking.order
         self._emit_ranking(params, job, order, emit)
         timings["total"] = (time.perf_counter() - started) * 1e3
-        p = job.potential
-        emit(
-            SelectSummary(
-                pool_version=job.arrays.version,
-                pool_size=len(job.arrays.ids),
-                eligible=ranking.eligible,
-                returned=len(order),
-                k_exceeds_pool=params.k > ranking.eligible,
-                mode=p.mode,
-                eps=p.eps,
-                ot_distance=p.cost,
-                iterations=0 if job.cache_hit else p.n_iter,
-                marginal_error=p.marginal_error,
-                converged=p.converged,
-                cache_hit=job.cache_hit,
-                warm_started=job.warm_started,
-                target_count=job.target.count,
-                target_hash=job.target.content_hash,
-                timings_ms=timings,
-                cost=job.features.cost,
-                embedding_weight=job.features.embedding_weight,
-                near_duplicates_excluded=ranking.near_duplicates,
-                near_copy_cosine=ranking.near_copy_cosine,
-                near_copies_skipped=ranking.near_copies_skipped,
-                too_few_distinct=ranking.too_few_distinct,
-                near_copies=ranking.near_copies,
-                epoch=_epoch(job),
-                validation=validation,
-                excluded_by_set=ranking.excluded_by_set,
-            )
-        )
+        p, t = job.potential, timings
+        summary = SelectSummary(
+            pool_version=job.arrays.version, pool_size=len(job.arrays.ids), eligible=ranking.eligible,
+            returned=len(order), k_exceeds_pool=params.k > ranking.eligible, mode=p.mode.value, eps=p.eps,
+            ot_distance=p.cost, iterations=0 if job.cache_hit else p.n_iter,
+            marginal_error=p.marginal_error, converged=p.converged, cache_hit=job.cache_hit,
+            warm_started=job.warm_started, target_count=job.target.count,
+            target_hash=job.target.content_hash, embed_ms=t.get("embed", 0.0), load_ms=t.get("load", 0.0),
+            solve_ms=t.get("solve", 0.0), score_ms=t.get("score", 0.0), total_ms=t["total"],
+            rank_ms=t.get("rank", 0.0), validate_ms=t.get("validate", 0.0), cost=job.features.cost.value,
+            embedding_weight=job.features.embedding_weight, near_duplicates_excluded=ranking.near_duplicates,
+            near_copy_cosine=ranking.near_copy_cosine, near_copies_skipped=ranking.near_copies_skipped,
+            too_few_distinct=ranking.too_few_distinct, near_copies=ranking.near_copies,
+            epoch_version=job.epoch_version, rows_scored=job.rows_scored, staleness=job.staleness,
+            solved=job.solved, validation=validation, excluded_by_set=ranking.excluded_by_set,
+        )  # fmt: skip
+        emit(summary)
 
     def score(self, params: ScoreParams, stop: StopCheck) -> ScoreResult:
         """Scores of given candidates (request order), with the same rule, epoch and values as Select."""
@@ -355,7 +339,7 @@ class SelectionEngine:
             for offset, (i, value) in enumerate(chunk):
                 domain, meta_json = (meta[offset][0], meta[offset][1]) if meta is not None else ("", "")
                 rank = start + offset + 1
-                batch.append(Ranked(str(job.ids[i]), float(value), rank, domain, meta_json))
+                batch.append(RankedCandidate(str(job.ids[i]), float(value), rank, domain, meta_json))
             emit(RankedBatch(tuple(batch)))
 
     @contextmanager

@@ -12,12 +12,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import xxhash
 
+from gotd.client.types import NearCopy
 from gotd.server.selection.costs import near_duplicates
 from gotd.server.selection.nearcopy import DistinctRanking, check_near_copy_cosine, distinct_top_k
 from gotd.server.selection.topk import top_k
 from gotd.server.service.job import Job
 from gotd.server.service.lru import Lru
-from gotd.server.service.requests import NearCopy, SelectParams
+from gotd.server.service.requests import SelectParams
 
 __all__ = ["Ranker", "Ranking"]
 

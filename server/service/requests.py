@@ -1,14 +1,18 @@
-"""Proto-free request and event types exchanged between the servicer and the selection engine."""
+"""Proto-free request and event types exchanged between the servicer and the selection engine.
+
+The results the client sees as well (the summary, ranked candidates, near-copies, the cost
+validation) are the client's types (:mod:`gotd.client.types`): one definition, sent with ``to_pb``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
 from gotd.cache.records import Record
+from gotd.client.types import CostValidation, RankedCandidate, SelectSummary
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.modes import Mode
-from gotd.server.selection.validation import SettingScore
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,21 +87,10 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
-class Ranked:
-    """One ranked candidate."""
-
-    id: str
-    score: float
-    rank: int
-    domain: str = ""
-    meta_json: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class RankedBatch:
     """Consecutive ranked candidates."""
 
-    candidates: tuple[Ranked, ...]
+    candidates: tuple[RankedCandidate, ...]
 
 
 class ValidationStatus(StrEnum):
@@ -110,34 +103,6 @@ class ValidationStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class CostValidation:
-    """The cost setting used and how it was chosen (:mod:`gotd.server.service.autocost`).
-
-    ``relative_eps`` is None when the absolute epsilon of the summary was used; ``scores`` lists every
-    setting tried (``VALIDATED`` only).
-    """
-
-    status: ValidationStatus
-    detail: str
-    embedding_weight: float
-    relative_eps: float | None
-    scores: tuple[SettingScore, ...] = ()
-    fraction: float = 0.0
-    held_out: int = 0
-    pool_sample: int = 0
-    cache_hit: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class NearCopy:
-    """A candidate skipped because it repeats the returned candidate ``copy_of``."""
-
-    id: str
-    copy_of: str
-    cosine: float
-
-
-@dataclass(frozen=True, slots=True)
 class Epoch:
     """The potential epoch that answered: the pool version its potential was solved at, the rows
     scored by this request, the share of the pool's rows written since the epoch, whether it solved."""
@@ -146,40 +111,6 @@ class Epoch:
     rows_scored: int = 0
     staleness: float = 0.0
     solved: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SelectSummary:
-    """Closes a selection."""
-
-    pool_version: int
-    pool_size: int
-    eligible: int
-    returned: int
-    k_exceeds_pool: bool
-    mode: Mode
-    eps: float
-    ot_distance: float
-    iterations: int
-    marginal_error: float
-    converged: bool
-    cache_hit: bool
-    warm_started: bool
-    target_count: int
-    target_hash: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    cost: Cost = Cost.EMBEDDING
-    embedding_weight: float = 1.0
-    near_duplicates_excluded: int = 0
-    near_copy_cosine: float = 0.0
-    near_copies_skipped: int = 0
-    too_few_distinct: bool = False
-    near_copies: tuple[NearCopy, ...] = ()
-    epoch: Epoch = Epoch()
-    validation: CostValidation | None = None
-    excluded_by_set: int = 0
-    recorded: int = 0  # filled in by the servicer when it records the returned ids
-    record_set_count: int = 0
 
 
 @dataclass(frozen=True, slots=True)

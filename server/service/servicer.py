@@ -26,10 +26,11 @@ from gotd.cache.errors import Cancelled, DeadlineExceeded, InvalidArgument, Unav
 from gotd.cache.records import validate_name
 from gotd.cache.store.core import Store, UpsertResult
 from gotd.cache.store.embeddings import EmbeddingCache, forget_pool_texts
+from gotd.client.types import SelectSummary
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.service import convert
 from gotd.server.service.engine import SelectionEngine
-from gotd.server.service.requests import RankedBatch, SelectEvent, SelectSummary
+from gotd.server.service.requests import RankedBatch, SelectEvent
 from gotd.server.service.targets import TargetResolver
 from gotd.v1 import selection_pb2 as pb
 from gotd.v1 import selection_pb2_grpc as pb_grpc
@@ -182,9 +183,9 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                         "select pool=%s k=%d mode=%s cache_hit=%s total_ms=%.1f",
                         request.pool,
                         request.k,
-                        item.mode.value,
+                        item.mode,
                         item.cache_hit,
-                        item.timings_ms.get("total", 0.0),
+                        item.total_ms,
                     )
                 message = convert.select_event(item)
                 buffered.dec()
