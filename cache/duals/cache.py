@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -30,6 +30,7 @@ from gotd.cache.duals.lru import TtlLru
 __all__ = ["EVENTS", "DualCache", "cache_key", "render_part"]
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Names passed to the ``events`` callback.
 EVENTS: Final = ("hit", "miss", "error", "corrupt", "put", "fallback_hit")
@@ -165,22 +166,10 @@ class DualCache:
             None on a miss, a corrupt value (deleted) or a failing Redis without a fallback copy.
         """
         rkey = self._entries_ns + _checked(key)
-        client = self._client_for_call()
-        if client is not None:
-            try:
-                raw = client.get(rkey)
-            except (redis.RedisError, OSError) as err:
-                if _wrong_type(err):
-                    self._succeeded()
-                    self._discard(client, rkey, CorruptEntry("not a string value"))
-                    self._emit("miss")
-                    return None
-                self._failed("get", err)
-            else:
-                self._succeeded()
-                entry = None if raw is None else self._decode(client, rkey, raw)
-                self._emit("miss" if entry is None else "hit")
-                return entry
+        answered, entry = self._redis_get(rkey, "get", self._decode)
+        if answered:
+            self._emit("miss" if entry is None else "hit")
+            return entry
         blob = self._lru.get(rkey)
         entry = None if blob is None else decode_entry(blob)  # written by this process: well formed
         self._emit("miss" if entry is None else "hit" if self._backend == "memory" else "fallback_hit")
@@ -222,19 +211,9 @@ class DualCache:
             The newest full key of the family; its entry may have expired or be evicted.
         """
         rkey = self._latest_ns + _checked(family)
-        client = self._client_for_call()
-        if client is not None:
-            try:
-                raw = client.get(rkey)
-            except (redis.RedisError, OSError) as err:
-                if _wrong_type(err):
-                    self._succeeded()
-                    self._discard(client, rkey, CorruptEntry("not a string value"))
-                    return None
-                self._failed("get_latest", err)
-            else:
-                self._succeeded()
-                return None if raw is None else self._decode_pointer(client, rkey, raw)
+        answered, latest = self._redis_get(rkey, "get_latest", self._decode_pointer)
+        if answered:
+            return latest
         blob = self._latest.get(rkey)
         return None if blob is None else blob.decode("utf-8")
 
@@ -322,6 +301,26 @@ class DualCache:
             return False
         self._succeeded()
         return True
+
+    def _redis_get(
+        self, rkey: str, op: str, decode: Callable[[redis.Redis, str, Any], T | None]
+    ) -> tuple[bool, T | None]:
+        """Read and decode ``rkey`` in Redis: ``(True, value)`` when Redis answered (None: a miss, or a
+        corrupt value, deleted), ``(False, None)`` when it is off or failed (read the in-process copy)."""
+        client = self._client_for_call()
+        if client is None:
+            return False, None
+        try:
+            raw = client.get(rkey)
+        except (redis.RedisError, OSError) as err:
+            if not _wrong_type(err):
+                self._failed(op, err)
+                return False, None
+            self._succeeded()
+            self._discard(client, rkey, CorruptEntry("not a string value"))
+            return True, None
+        self._succeeded()
+        return True, None if raw is None else decode(client, rkey, raw)
 
     def _decode(self, client: redis.Redis, rkey: str, raw: Any) -> PotentialEntry | None:
         try:

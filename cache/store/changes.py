@@ -13,20 +13,15 @@ copied.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 import lmdb
 import numpy as np
 
 from gotd.cache.store.buffers import grown_rows
-from gotd.cache.store.layout import (
-    VECTOR_DTYPES,
-    PoolArrays,
-    PoolRecord,
-    RowChunk,
-    chunk_parts,
-    u64_key,
-)
+from gotd.cache.store.chunks import read_chunk, snapshot
+from gotd.cache.store.layout import PoolArrays, PoolRecord, chunk_parts, u64_key
 from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE
 
 __all__ = ["CHANGES_DB", "changed_rows", "grow_snapshot", "log_change"]
@@ -68,7 +63,7 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
     if rows is None or (len(rows) and (rows[-1] >= pool.count or rows[0] < 0)):
         return None
     if len(rows) == 0 and pool.count == len(base.ids):
-        return base if pool.version == base.version else _with_version(base, pool.version)
+        return base if pool.version == base.version else replace(base, version=pool.version)
     n_old, n = len(base.ids), pool.count
     appended = len(rows) == n - n_old and (len(rows) == 0 or rows[0] == n_old)
     vectors = grown_rows(base.vectors, n, appended)
@@ -77,15 +72,11 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
     domains.extend([""] * (n - n_old))
     keys = grown_rows(base.keys, n, appended)
     versions = grown_rows(base.row_versions, n, appended)
-    dtype = VECTOR_DTYPES[pool.dtype]
     for chunk, part, local in chunk_parts(rows, pool.chunk_rows):
-        key = u64_key(pool.prefix, chunk)
-        raw = txn.get(key, db=dbs["vectors"])
-        meta_raw = txn.get(key, db=dbs["rows"])
-        if raw is None or meta_raw is None:
+        found = read_chunk(txn, dbs, pool, chunk)
+        if found is None:
             return None
-        block = np.frombuffer(raw, dtype=dtype).reshape(-1, pool.dim)
-        meta = RowChunk.decode(meta_raw)
+        block, meta = found
         if int(local.max()) >= min(len(block), len(meta.ids)):
             return None
         target = rows[part]
@@ -96,19 +87,7 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
             ids[r] = meta.ids[j]
             domains[r] = meta.domains[j]
     sketches = _grown_sketches(txn, dbs, pool, base, rows, appended)
-    return PoolArrays(
-        name=pool.name,
-        version=pool.version,
-        model=pool.model,
-        dim=pool.dim,
-        vectors=vectors,
-        ids=ids,
-        keys=keys,
-        domains=domains,
-        row_versions=versions,
-        uid=pool.uid,
-        sketches=sketches,
-    )
+    return snapshot(pool, vectors, ids, keys, domains, versions, sketches)
 
 
 def _grown_sketches(
@@ -127,19 +106,3 @@ def _grown_sketches(
         out[rows[part]] = 0
         out[rows[part][inside]] = block[local[inside]]
     return out
-
-
-def _with_version(base: PoolArrays, version: int) -> PoolArrays:
-    return PoolArrays(
-        name=base.name,
-        version=version,
-        model=base.model,
-        dim=base.dim,
-        vectors=base.vectors,
-        ids=base.ids,
-        keys=base.keys,
-        domains=base.domains,
-        row_versions=base.row_versions,
-        uid=base.uid,
-        sketches=base.sketches,
-    )

@@ -15,6 +15,7 @@ from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import validate_id, validate_name
 from gotd.cache.store.buffers import spare_rows
 from gotd.cache.store.changes import CHANGES_DB, grow_snapshot
+from gotd.cache.store.chunks import read_chunk, snapshot
 from gotd.cache.store.idsets import IDSETS_DB
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
@@ -82,19 +83,8 @@ def load_pool(
             f"pool {pool!r} is inconsistent: {n} rows recorded, {seen // max(d, 1)} vectors "
             f"and {len(ids)} ids stored"
         )
-    return PoolArrays(
-        name=rec.name,
-        version=rec.version,
-        model=rec.model,
-        dim=d,
-        vectors=vectors,
-        ids=ids,
-        keys=keys,
-        domains=domains,
-        row_versions=versions,
-        uid=rec.uid,
-        sketches=load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None,
-    )
+    tf = load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None
+    return snapshot(rec, vectors, ids, keys, domains, versions, tf)
 
 
 def load_grown(
@@ -133,15 +123,23 @@ def rows_for_ids(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str])
     return rows
 
 
-def metadata(
+def _pool_rows(
     txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray
-) -> list[tuple[str, str, str | None]]:
-    """``(domain, meta_json, text or None)`` of each row, in the order given."""
+) -> tuple[PoolRecord, list[int]]:
+    """The pool's record and ``rows`` as ints; InvalidArgument naming the rows the pool does not have."""
     rec = require_pool(txn, dbs, pool)
     wanted = [int(r) for r in rows]
     bad = [r for r in wanted if not 0 <= r < rec.count]
     if bad:
         raise InvalidArgument(f"pool {pool!r} has {rec.count} rows; no row {bad[:10]}")
+    return rec, wanted
+
+
+def metadata(
+    txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray
+) -> list[tuple[str, str, str | None]]:
+    """``(domain, meta_json, text or None)`` of each row, in the order given."""
+    rec, wanted = _pool_rows(txn, dbs, pool, rows)
     keys = [u64_key(rec.prefix, r) for r in wanted]
     found = dict(txn.cursor(db=dbs["content"]).getmulti(keys))
     return [decode_content(found[k]) for k in keys]
@@ -149,11 +147,7 @@ def metadata(
 
 def ids_for_rows(txn: lmdb.Transaction, dbs: Dbs, pool: str, rows: Sequence[int] | np.ndarray) -> list[str]:
     """Ids of ``rows`` in the order given (a row's id never changes within a pool)."""
-    rec = require_pool(txn, dbs, pool)
-    wanted = [int(r) for r in rows]
-    bad = [r for r in wanted if not 0 <= r < rec.count]
-    if bad:
-        raise InvalidArgument(f"pool {pool!r} has {rec.count} rows; no row {bad[:10]}")
+    rec, wanted = _pool_rows(txn, dbs, pool, rows)
     chunks: dict[int, RowChunk] = {}
     out = []
     for row in wanted:
@@ -169,7 +163,6 @@ def get_records(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) 
     rec = read_pool(txn, dbs, pool)
     if rec is None:
         return {}
-    dtype = VECTOR_DTYPES[rec.dtype]
     keys = [id_key(rec.prefix, i) for i in ids]
     found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
     out: dict[str, StoredRecord] = {}
@@ -183,9 +176,10 @@ def get_records(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) 
             continue
         chunk, local = divmod(row, rec.chunk_rows)
         if chunk not in chunks:
-            ckey = u64_key(rec.prefix, chunk)
-            vec = np.frombuffer(_must(txn, ckey, dbs["vectors"], pool), dtype=dtype).reshape(-1, rec.dim)
-            chunks[chunk] = (vec, RowChunk.decode(_must(txn, ckey, dbs["rows"], pool)))
+            found_chunk = read_chunk(txn, dbs, rec, chunk)
+            if found_chunk is None:
+                raise FailedPrecondition(f"pool {pool!r} is inconsistent: chunk {chunk} is missing")
+            chunks[chunk] = found_chunk
         vec, meta = chunks[chunk]
         content = _must(txn, u64_key(rec.prefix, row), dbs["content"], pool)
         domain, meta_json, text = decode_content(content)

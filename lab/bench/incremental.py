@@ -19,7 +19,6 @@ case where the pool's distribution moves toward the target as it grows.
 from __future__ import annotations
 
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.lab.bench import incremental_report
-from gotd.lab.bench.util import clustered_vectors, machine
+from gotd.lab.bench.util import bench_server, clustered_vectors, machine
 from gotd.lab.demo import BackgroundServer
 
 STEPS = (1, 5, 10, 20, 50)
@@ -180,11 +179,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     )
     started, host = time.perf_counter(), machine()
     rows: list[dict[str, Any]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="gotd-bench-") as data,
-        BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data)) as srv,
-        Client(srv.address, timeout=3600) as client,
-    ):
+    with bench_server() as (srv, client):
         for name, n, m, mode in scenarios:
             rows += _synthetic(srv, client, name, n, m, mode, steps)
         rows += _wiki(srv, client, steps, quick)
