@@ -109,6 +109,11 @@ def test_deterministic_and_reports_every_setting() -> None:
         assert 0.0 <= s.auc <= 1.0
 
 
+def test_folds_in_threads_give_the_same_result() -> None:
+    task = _task("ngram", seed=4)
+    assert _run(task, config=ValidationConfig(threads=1)) == _run(task, config=ValidationConfig(threads=3))
+
+
 def test_pool_row_order_does_not_matter() -> None:
     task = _task("ngram", seed=2)
     perm = np.random.default_rng(3).permutation(N_POOL)
@@ -139,6 +144,7 @@ def test_bounded_sample_and_folds() -> None:
         ({"folds": 1}, "folds"),
         ({"pool_sample": 0}, "pool_sample"),
         ({"min_targets": 2}, "min_targets"),
+        ({"threads": 0}, "threads"),
     ],
 )
 def test_config_is_validated(change: dict[str, Any], message: str) -> None:

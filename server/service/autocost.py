@@ -54,7 +54,8 @@ class CostChooser:
         self._settings = settings
         self._duals = duals
         self.config = config or ValidationConfig()
-        self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(dataclasses.asdict(self.config)).encode())
+        sizes = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "threads"}  # not in results
+        self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(sizes).encode())
 
     def choose(
         self,
