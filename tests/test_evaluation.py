@@ -237,20 +237,8 @@ def test_methods_receive_texts_and_vectors_only(tmp_path: Path) -> None:
             return np.arange(k, dtype=np.int64)
 
     register_method("spy-test", lambda n, o: Spy(), replace=True)
-    docs, vectors = _toy_corpus()
-    run(
-        tmp_path,
-        topics=["sky"],
-        pool_size=60,
-        target_size=10,
-        heldout_size=10,
-        pool_fraction=0.2,
-        methods=["spy-test"],
-        corpus=docs,
-        embeddings=vectors,
-        plots=False,
-        repeats=1,
-    )
+    _run_sky(tmp_path, "spy-test", repeats=1)
+    _, vectors = _toy_corpus()
     assert len(seen) == 1
     inp = seen[0]
     assert type(inp) is SelectionInput

@@ -17,13 +17,13 @@ speaker. Labels are for evaluation and display only.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
 
 import xxhash
 
+from gotd.lab.corpora import package_data
 from gotd.lab.corpora.wiki import Doc
 
 __all__ = ["GENRES", "INSTALL_HINT", "MIN_VERSES", "VERSES", "kjv_path", "load_bible"]
@@ -58,10 +58,7 @@ GENRES: dict[str, tuple[str, ...]] = {
 
 def kjv_path() -> Path:
     """``bbible/data/kjv.json`` inside the installed package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise RuntimeError(f"the genre corpus is not installed: {INSTALL_HINT}")
-    path = Path(spec.origin).parent / "data" / "kjv.json"
+    path = package_data(PACKAGE, "data/kjv.json", "genre corpus", INSTALL_HINT)
     if not path.is_file():
         raise RuntimeError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
     return path

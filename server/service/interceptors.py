@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import grpc
@@ -77,17 +78,8 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def _unary(self, method: str, limited: bool) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
             async def call(request: Any, context: Ctx) -> Any:
-                started = self._start()
-                code = "OK"
-                admitted = False
-                try:
-                    admitted = self._admit(limited)
+                async with self._boundary(method, limited, context):
                     return await behavior(request, context)
-                except BaseException as err:
-                    code = await self._fail(err, context, method)
-                    raise
-                finally:
-                    self._finish(method, code, started, admitted)
 
             return call
 
@@ -96,22 +88,28 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     def _stream(self, method: str, limited: bool) -> Callable[[Any], Any]:
         def wrap(behavior: Any) -> Any:
             async def call(request: Any, context: Ctx) -> AsyncIterator[Any]:
-                started = self._start()
-                code = "OK"
-                admitted = False
-                try:
-                    admitted = self._admit(limited)
+                async with self._boundary(method, limited, context):
                     async for item in behavior(request, context):
                         yield item
-                except BaseException as err:
-                    code = await self._fail(err, context, method)
-                    raise
-                finally:
-                    self._finish(method, code, started, admitted)
 
             return call
 
         return wrap
+
+    @asynccontextmanager
+    async def _boundary(self, method: str, limited: bool, context: Ctx) -> AsyncIterator[None]:
+        """One call of ``method``: its admission, its metrics, and its error as a status."""
+        started = self._start()
+        code = "OK"
+        admitted = False
+        try:
+            admitted = self._admit(limited)
+            yield
+        except BaseException as err:
+            code = await self._fail(err, context, method)
+            raise
+        finally:
+            self._finish(method, code, started, admitted)
 
     def _start(self) -> float:
         self._metrics.in_flight.inc()
