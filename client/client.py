@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from gotd.client.types import (
+    DeleteResult,
     IdSetInfo,
     IngestResult,
     PoolInfo,
@@ -279,6 +280,11 @@ class Client:
 
     def delete_pool(self, name: str, *, timeout: float | None = None) -> None:
         self._stub.DeletePool(pb.DeletePoolRequest(name=name), **self._kw(timeout))
+
+    def delete_records(self, pool: str, ids: Iterable[str], *, timeout: float | None = None) -> DeleteResult:
+        """Delete candidates from ``pool`` (one atomic batch); ids not in the pool are counted."""
+        request = pb.DeleteRecordsRequest(pool=pool, ids=list(ids))
+        return DeleteResult.from_pb(self._stub.DeleteRecords(request, **self._kw(timeout)))
 
     def put_id_set(
         self, pool: str, name: str, ids: Iterable[str], *, append: bool = False, timeout: float | None = None

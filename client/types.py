@@ -108,6 +108,18 @@ class IdSetInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteResult:
+    pool: str
+    deleted: int  # candidates deleted by the call
+    not_found: int  # ids not in the pool (unknown, or deleted before)
+    info: PoolInfo
+
+    @classmethod
+    def from_pb(cls, m: pb.DeleteRecordsResponse) -> DeleteResult:
+        return cls(m.pool, m.deleted, m.not_found, PoolInfo.from_pb(m.info))
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     pool: str
     inserted: int

@@ -23,6 +23,7 @@ RPCS = {
     "GetIdSet": (False, False),
     "DeleteIdSet": (False, False),
     "ListIdSets": (False, False),
+    "DeleteRecords": (False, False),
 }
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from gotd.cache.records import Record
 from gotd.cache.store.core import Store
-from gotd.cache.store.layout import content_hash
+from gotd.cache.store.vectors import content_hash
 from tests._store_helpers import unit_vectors, vector_records
 
 DIM = 32

@@ -43,7 +43,7 @@ def _upsert(store: Store, records: list[Record]) -> int:
 
 def _same(a: PoolArrays, b: PoolArrays) -> None:
     assert (a.version, a.uid, a.ids, a.domains) == (b.version, b.uid, b.ids, b.domains)
-    for name in ("vectors", "keys", "row_versions", "sketches"):
+    for name in ("vectors", "keys", "row_versions", "sketches", "deleted"):
         left, right = getattr(a, name), getattr(b, name)
         assert (left is None) == (right is None), name
         if left is not None:
@@ -88,3 +88,36 @@ def test_another_incarnation_or_no_log_reloads(tmp_path: Path) -> None:
         store.env.write(lambda txn: txn.drop(store.env.dbs["changes"], delete=False))  # as an older gotd
         _upsert(store, _records("y", 5, seed=3))
         _same(store.load_vectors("p", base=current), store.load_vectors("p"))
+
+
+def test_deletes_and_revivals_grow_snapshots_like_a_reload(tmp_path: Path) -> None:
+    with Store(tmp_path, sketcher=_sketch) as store:
+        _upsert(store, _records("a", 100, seed=1))
+        base = store.load_vectors("p")
+        versions_before = base.row_versions.copy()
+        result = store.delete_records("p", ["a0003", "a0050", "a0050", "nope"])
+        assert (result.deleted, result.not_found, result.version) == (2, 1, 2)  # repeats count once
+        info = store.get_pool("p")
+        assert (info.count, info.deleted, info.live) == (100, 2, 98)
+        grown = store.load_vectors("p", base=base)
+        _same(grown, store.load_vectors("p"))
+        assert grown.deleted is not None
+        assert np.flatnonzero(grown.deleted).tolist() == [3, 50]
+        assert grown.row_versions[[3, 50]].tolist() == [2, 2]
+        assert np.shares_memory(grown.vectors, base.vectors)  # a delete rewrites no vector
+        assert np.array_equal(base.row_versions, versions_before)
+        assert base.deleted is None
+        revived = store.upsert("p", [_records("a", 4, seed=1)[3]], model="m", dim=DIM)  # same content
+        assert (revived.inserted, revived.updated, revived.unchanged) == (1, 0, 0)
+        _upsert(store, _records("b", 5, seed=2))
+        store.delete_records("p", ["b0001", "a0010"])
+        again = store.load_vectors("p", base=grown)
+        _same(again, store.load_vectors("p"))
+        assert again.deleted is not None
+        assert [again.ids[i] for i in np.flatnonzero(again.deleted)] == ["a0010", "a0050", "b0001"]
+        assert (store.get_pool("p").live, again.live) == (102, 102)
+        assert store.delete_records("p", ["a0050"]).version == again.version  # nothing to delete
+        store.delete_pool("p")
+        _upsert(store, _records("a", 10, seed=1))
+        assert store.load_vectors("p").deleted is None
+        assert store.get_pool("p").deleted == 0

@@ -14,8 +14,9 @@ import pytest
 from gotd.cache.errors import InvalidArgument, NotFound
 from gotd.cache.records import Record
 from gotd.cache.store.core import Store
-from gotd.cache.store.layout import PoolRecord, content_hash
+from gotd.cache.store.layout import PoolRecord
 from gotd.cache.store.sketch import SKETCH_DB
+from gotd.cache.store.vectors import content_hash
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
 from tests._store_helpers import unit_vectors
 

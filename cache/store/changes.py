@@ -2,7 +2,9 @@
 patched with the rows written since, read from LMDB row by row instead of reloading the pool.
 
 Every upsert that changes a pool writes, in its transaction, the rows it wrote under its new version
-(``changes`` database: ``P + u64 version -> little-endian u64 rows``). Versions without a log entry
+(``changes`` database: ``P + u64 version -> little-endian u64 rows``); a delete writes the rows it
+marked deleted after the marker ``2**64 - 1`` (a row no pool has: an older gotd reloads instead of
+misreading it), so a grown snapshot only updates their mask and row versions. Versions without a log entry
 (written by an older gotd, or a sketch backfill, which rewrites sketches only) make
 :func:`grow_snapshot` answer None, and the caller reloads the pool whole.
 
@@ -21,37 +23,56 @@ import numpy as np
 
 from gotd.cache.store.buffers import grown_rows
 from gotd.cache.store.chunks import read_chunk, snapshot
-from gotd.cache.store.layout import PoolArrays, PoolRecord, chunk_parts, u64_key
+from gotd.cache.store.layout import PoolArrays, PoolRecord, RowChunk, chunk_parts, u64_key
 from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE
+from gotd.cache.store.tombstones import deleted_mask, deleted_of
 
 __all__ = ["CHANGES_DB", "changed_rows", "grow_snapshot", "log_change"]
 
 CHANGES_DB: Final = "changes"
+_DELETED_MARK: Final = np.uint64(2**64 - 1)
 
 Dbs = dict[str, lmdb._Database]
 
 
-def log_change(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, version: int, rows: np.ndarray) -> None:
-    """Record that ``version`` of ``pool`` wrote ``rows`` (inside the write transaction)."""
+def log_change(
+    txn: lmdb.Transaction,
+    dbs: Dbs,
+    pool: PoolRecord,
+    version: int,
+    rows: np.ndarray,
+    *,
+    deleted: bool = False,
+) -> None:
+    """Record that ``version`` of ``pool`` wrote ``rows`` (or marked them ``deleted``), inside the write
+    transaction."""
     db = dbs.get(CHANGES_DB)
     if db is not None:
-        txn.put(u64_key(pool.prefix, version), np.asarray(rows, dtype="<u8").tobytes(), db=db)
+        values = np.asarray(rows, dtype="<u8")
+        if deleted:
+            values = np.concatenate([np.asarray([_DELETED_MARK], dtype="<u8"), values])
+        txn.put(u64_key(pool.prefix, version), values.tobytes(), db=db)
 
 
-def changed_rows(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, since: int) -> np.ndarray | None:
-    """Sorted unique rows written by versions ``since + 1 .. pool.version``; None when one is not logged."""
+def changed_rows(
+    txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, since: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sorted unique rows written, and rows marked deleted, by versions ``since + 1 .. pool.version``;
+    None when one is not logged."""
     db = dbs.get(CHANGES_DB)
     if db is None or since > pool.version:
         return None
-    parts = []
+    parts: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for version in range(since + 1, pool.version + 1):
         raw = txn.get(u64_key(pool.prefix, version), db=db)
         if raw is None:
             return None
-        parts.append(np.frombuffer(raw, dtype="<u8"))
-    if not parts:
-        return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(parts)).astype(np.int64)
+        rows = np.frombuffer(raw, dtype="<u8")
+        deleted = int(len(rows) > 0 and rows[0] == _DELETED_MARK)
+        parts[deleted].append(rows[1:] if deleted else rows)
+    empty = np.zeros(0, dtype=np.int64)
+    written, deleted_rows = (np.unique(np.concatenate(p)).astype(np.int64) if p else empty for p in parts)
+    return written, deleted_rows
 
 
 def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays) -> PoolArrays | None:
@@ -59,10 +80,11 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
     (another incarnation of the pool, an older version than ``base``, a version without a log entry)."""
     if pool.uid != base.uid or pool.version < base.version or pool.count < len(base.ids):
         return None
-    rows = changed_rows(txn, dbs, pool, base.version)
-    if rows is None or (len(rows) and (rows[-1] >= pool.count or rows[0] < 0)):
+    changed = changed_rows(txn, dbs, pool, base.version)
+    if changed is None or any(len(r) and (r[-1] >= pool.count or r[0] < 0) for r in changed):
         return None
-    if len(rows) == 0 and pool.count == len(base.ids):
+    rows, deleted = changed
+    if len(rows) == 0 and len(deleted) == 0 and pool.count == len(base.ids):
         return base if pool.version == base.version else replace(base, version=pool.version)
     n_old, n = len(base.ids), pool.count
     appended = len(rows) == n - n_old and (len(rows) == 0 or rows[0] == n_old)
@@ -87,7 +109,31 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
             ids[r] = meta.ids[j]
             domains[r] = meta.domains[j]
     sketches = _grown_sketches(txn, dbs, pool, base, rows, appended)
-    return snapshot(pool, vectors, ids, keys, domains, versions, sketches)
+    touched = np.union1d(rows, deleted)
+    mask = _grown_mask(txn, dbs, pool, base, touched)
+    if len(deleted):  # their row versions changed; ``versions`` may share the older snapshot's buffer
+        versions = versions.copy()
+        for chunk, part, local in chunk_parts(deleted, pool.chunk_rows):
+            meta_raw = txn.get(u64_key(pool.prefix, chunk), db=dbs["rows"])
+            if meta_raw is None:
+                return None
+            versions[deleted[part]] = RowChunk.decode(meta_raw).versions[local]
+    return snapshot(pool, vectors, ids, keys, domains, versions, sketches, mask)
+
+
+def _grown_mask(
+    txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays, touched: np.ndarray
+) -> np.ndarray | None:
+    """The deleted-row mask of ``pool``: ``base``'s with the ``touched`` rows read again."""
+    if not pool.deleted:
+        return None
+    if base.deleted is None and not len(touched):
+        return deleted_mask(txn, dbs, pool)
+    mask = np.zeros(pool.count, dtype=bool)
+    if base.deleted is not None:
+        mask[: len(base.deleted)] = base.deleted
+    mask[touched] = deleted_of(txn, dbs, pool, touched)
+    return mask if mask.any() else None
 
 
 def _grown_sketches(

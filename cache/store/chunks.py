@@ -37,6 +37,7 @@ def snapshot(
     domains: list[str],
     row_versions: np.ndarray,
     sketches: np.ndarray | None,
+    deleted: np.ndarray | None = None,
 ) -> PoolArrays:
     """The row-aligned arrays as a snapshot of ``pool`` at its version."""
     return PoolArrays(
@@ -51,4 +52,5 @@ def snapshot(
         row_versions=row_versions,
         uid=pool.uid,
         sketches=sketches,
+        deleted=deleted,
     )

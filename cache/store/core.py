@@ -27,6 +27,7 @@ from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
 from gotd.cache.records import Record, check_unique_ids, validate_id, validate_name
 from gotd.cache.store import read as store_read
 from gotd.cache.store.backfill import BackfillResult, backfill_sketches
+from gotd.cache.store.deletes import DeleteResult, delete_txn
 from gotd.cache.store.env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Env
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
@@ -36,8 +37,6 @@ from gotd.cache.store.layout import (
     StoredRecord,
     TargetSetInfo,
     UpsertResult,
-    content_hash,
-    unit_rows,
 )
 from gotd.cache.store.sketch import (
     Sketcher,
@@ -47,9 +46,11 @@ from gotd.cache.store.sketch import (
     sketch_matrix,
 )
 from gotd.cache.store.upsert import upsert_txn
+from gotd.cache.store.vectors import content_hash, unit_rows
 
 __all__ = [
     "BackfillResult",
+    "DeleteResult",
     "PoolArrays",
     "PoolInfo",
     "Sketcher",
@@ -276,6 +277,15 @@ class Store:
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays
 
+    def delete_records(self, pool: str, ids: Sequence[str]) -> DeleteResult:
+        """Mark the rows of ``ids`` deleted in one write transaction (tombstones: see
+        :mod:`gotd.cache.store.deletes`); ids not in the pool are counted, not an error."""
+        if not ids:
+            raise InvalidArgument(f"pool {pool!r}: a delete needs at least one id")
+        return self.env.write(
+            lambda txn: delete_txn(txn, self._dbs, store_read.require_pool(txn, self._dbs, pool), ids)
+        )
+
     def rows_for_ids(self, pool: str, ids: Sequence[str]) -> np.ndarray:
         """Rows (int64, in the order of ``ids``) of the given ids; NotFound naming missing ids."""
         return self.env.read(lambda txn: store_read.rows_for_ids(txn, self._dbs, pool, ids))
@@ -357,28 +367,18 @@ class Store:
 
     def get_target_set(self, name: str) -> tuple[TargetSetInfo, list[str], np.ndarray]:
         """``(info, ids, vectors (m, d) float32)`` of a stored target set (NotFound when absent)."""
-        validate_name(name, kind="target set")
-
-        def read(txn: lmdb.Transaction) -> tuple[TargetSetInfo, list[str], np.ndarray]:
-            raw = txn.get(name.encode("utf-8"), db=self._dbs["targets"])
-            if raw is None:
-                raise NotFound(f"target set {name!r} does not exist")
-            return decode_target_set(name, raw)
-
-        return self.env.read(read)
+        return self.env.read(lambda txn: decode_target_set(name, self._target_raw(txn, name)))
 
     def get_target_sketches(self, name: str) -> np.ndarray | None:
         """Sketch rows ``(m, buckets)`` float16 of a stored target set, aligned with its ids; None when
         it was stored without (no texts or no sketch function). NotFound when absent."""
-        validate_name(name, kind="target set")
+        return self.env.read(lambda txn: decode_target_sketches(self._target_raw(txn, name)))
 
-        def read(txn: lmdb.Transaction) -> np.ndarray | None:
-            raw = txn.get(name.encode("utf-8"), db=self._dbs["targets"])
-            if raw is None:
-                raise NotFound(f"target set {name!r} does not exist")
-            return decode_target_sketches(raw)
-
-        return self.env.read(read)
+    def _target_raw(self, txn: lmdb.Transaction, name: str) -> bytes:
+        raw = txn.get(validate_name(name, kind="target set").encode("utf-8"), db=self._dbs["targets"])
+        if raw is None:
+            raise NotFound(f"target set {name!r} does not exist")
+        return bytes(raw)
 
     def list_target_sets(self) -> list[TargetSetInfo]:
         """All target sets, sorted by name."""

@@ -27,7 +27,7 @@ import xxhash
 
 from gotd.cache.errors import InvalidArgument
 from gotd.cache.store.core import PoolArrays, PoolInfo, Store
-from gotd.cache.store.layout import unit_rows
+from gotd.cache.store.vectors import unit_rows
 
 __all__ = [
     "DEFAULT_FACTORY",

@@ -12,6 +12,7 @@ walks a pool's chunks in order, little-endian in values)::
     sketches  P + u64 chunk -> float16 n-gram sketch rows (see :mod:`gotd.cache.store.sketch`)
     changes   P + u64 version -> u64[] rows that version wrote (see :mod:`gotd.cache.store.changes`)
     idsets    P + xxh3_128(name) [+ xxh3_128(id)] -> named id sets (see :mod:`gotd.cache.store.idsets`)
+    deleted   P + u64 row -> b"" (the row is deleted; see :mod:`gotd.cache.store.deletes`)
     targets   target-set name -> u32 len(header) + JSON header + JSON ids + float32 vectors [+ sketches]
     embcache  u64 xxh3_64(model) + xxh3_128(text) -> float32 vector bytes
 
@@ -32,8 +33,6 @@ import lmdb
 import numpy as np
 import xxhash
 
-from gotd.cache.errors import InvalidArgument
-
 FORMAT_VERSION: Final = 1
 DATABASES: Final = (
     "meta",
@@ -47,13 +46,13 @@ DATABASES: Final = (
     "sketches",
     "changes",
     "idsets",
+    "deleted",
 )
 #: Databases newer than format 1: created on the first read-write open, absent from an older store
 #: opened read-only (its readers then find no handle for them).
-ADDED_DATABASES: Final = frozenset({"sketches", "changes", "idsets"})
+ADDED_DATABASES: Final = frozenset({"sketches", "changes", "idsets", "deleted"})
 VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
-UNIT_TOLERANCE: Final = 1e-6
 
 _U64 = struct.Struct(">Q")
 _ROW = struct.Struct("<Q")
@@ -82,6 +81,12 @@ class PoolInfo:
     uid: str = ""
     created: float = 0.0
     updated: float = 0.0
+    deleted: int = 0  # rows deleted (tombstones); ``count`` includes them
+
+    @property
+    def live(self) -> int:
+        """Candidates in the pool: its rows but the deleted ones."""
+        return self.count - self.deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,8 @@ class PoolArrays:
         Hashed n-gram sketch rows aligned with ``vectors``, shape ``(n, buckets)``, float16; a zero row
         is "no sketch". None when the pool keeps no sketches (written by an older gotd or by a store
         without a sketch function) or when the load did not ask for them.
+    deleted : numpy.ndarray or None
+        Deleted-row mask, shape ``(n,)``, bool; None when no row is deleted.
     """
 
     name: str
@@ -134,6 +141,12 @@ class PoolArrays:
     row_versions: np.ndarray
     uid: str = ""
     sketches: np.ndarray | None = None
+    deleted: np.ndarray | None = None
+
+    @property
+    def live(self) -> int:
+        """Rows not deleted."""
+        return len(self.ids) - (0 if self.deleted is None else int(self.deleted.sum()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +194,7 @@ class PoolRecord:
     updated: float
     sketch_buckets: int = 0  # 0: no sketches (pools written before they existed)
     sketch_rows: int = 0  # sketch rows per chunk
+    deleted: int = 0  # rows marked deleted (tombstones)
 
     def encode(self) -> bytes:
         body = {k: getattr(self, k) for k in self.__slots__ if k != "name"}
@@ -202,6 +216,7 @@ class PoolRecord:
             uid=self.uid,
             created=self.created,
             updated=self.updated,
+            deleted=self.deleted,
         )
 
     @property
@@ -328,46 +343,6 @@ class RowChunk:
         self.keys = np.concatenate([self.keys, np.zeros(extra, np.uint64)])
         self.ids.extend([""] * extra)
         self.domains.extend([""] * extra)
-
-
-# -- vectors ---------------------------------------------------------------------------------------
-
-
-def unit_rows(vectors: np.ndarray, *, what: str, ids: list[str] | None = None) -> np.ndarray:
-    """Finite, non-zero rows scaled to unit L2 norm, as a float32 C-contiguous array (the input is
-    never modified).
-
-    Rows already of unit norm (within ``UNIT_TOLERANCE``) are kept bit for bit, so normalising is
-    idempotent: storing vectors read back from the store changes nothing.
-
-    Raises
-    ------
-    InvalidArgument
-        Naming the first row (its id when ``ids`` is given) that is not finite or is zero.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if x.ndim != 2:
-        raise InvalidArgument(f"{what}: vectors must be a 2-d array, got shape {x.shape}")
-    # float64 squares cannot overflow for float32 input: a row's norm is finite iff all its entries are
-    with np.errstate(invalid="ignore", over="ignore"):
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        name = f"record {ids[i]!r}" if ids is not None else f"row {i}"
-        raise InvalidArgument(f"{what}: {name}: embedding is not finite or is the zero vector")
-    scale = np.abs(norms - 1.0) > UNIT_TOLERANCE
-    if scale.any():  # x / 1.0 is exact, so unit rows keep their bits
-        x = x / np.where(scale, norms, 1.0).astype(np.float32)[:, None]
-    return x
-
-
-def content_hash(model: str, vectors: np.ndarray) -> str:
-    """xxh3_128 of the model id and the little-endian float32 vectors (names a target set)."""
-    h = xxhash.xxh3_128()
-    h.update(model.encode())
-    h.update(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-    return h.hexdigest()
 
 
 def chunk_parts(rows: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:

@@ -30,6 +30,7 @@ from gotd.cache.store.layout import (
     u64_key,
 )
 from gotd.cache.store.sketch import SKETCH_DB, backfill_marker, load_sketches
+from gotd.cache.store.tombstones import DELETED_DB, deleted_mask
 from gotd.cache.store.upsert import read_pool
 
 Dbs = dict[str, lmdb._Database]
@@ -84,7 +85,7 @@ def load_pool(
             f"and {len(ids)} ids stored"
         )
     tf = load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None
-    return snapshot(rec, vectors, ids, keys, domains, versions, tf)
+    return snapshot(rec, vectors, ids, keys, domains, versions, tf, deleted_mask(txn, dbs, rec))
 
 
 def load_grown(
@@ -206,7 +207,7 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
     """Delete every key of ``pool`` and its record (NotFound when absent)."""
     record = require_pool(txn, dbs, pool)
     prefix = record.prefix
-    for db in ("ids", "vectors", "rows", "content", SKETCH_DB, CHANGES_DB, IDSETS_DB):
+    for db in ("ids", "vectors", "rows", "content", SKETCH_DB, CHANGES_DB, IDSETS_DB, DELETED_DB):
         if db not in dbs:
             continue
         with txn.cursor(db=dbs[db]) as cur:

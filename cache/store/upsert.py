@@ -3,7 +3,8 @@
 Records whose id is new get the next rows; records whose id exists are compared with what is stored
 (vector bytes in the storage dtype, domain, canonical meta JSON, text) and rewritten only when
 something differs. When anything changed the pool version goes up by exactly one and every written row
-records that version; when nothing changed the transaction is rolled back and the version stays.
+records that version; when nothing changed the transaction is rolled back and the version stays. A
+deleted record's row (:mod:`gotd.cache.store.deletes`) is always rewritten, which revives it.
 
 A pool that keeps sketches (:mod:`gotd.cache.store.sketch`) gets the sketch row of every written row in
 the same transaction: the batch's row when the batch has sketches of the pool's width, a zero row ("no
@@ -42,6 +43,7 @@ from gotd.cache.store.layout import (
     u64_keys,
 )
 from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE, write_sketch_rows
+from gotd.cache.store.tombstones import deleted_of, undelete
 
 LOG = logging.getLogger(__name__)
 Content = tuple[str, str, str | None]  # domain, canonical meta JSON, text
@@ -223,11 +225,13 @@ def upsert_txn(
     if old_idx:
         content_keys = u64_keys(prefix, np.asarray(old_rows, dtype=np.uint64))
         old_content = dict(txn.cursor(db=dbs["content"]).getmulti(content_keys))
-        for i, row, ckey in zip(old_idx, old_rows, content_keys, strict=True):
+        dead = deleted_of(txn, dbs, pool, np.asarray(old_rows, dtype=np.int64))  # revived when written
+        for i, row, ckey, gone in zip(old_idx, old_rows, content_keys, dead.tolist(), strict=True):
             chunk, local = divmod(row, pool.chunk_rows)
             vec = chunks.vector_chunk(chunk)
             same = (
-                old_content.get(ckey) == encoded[i]
+                not gone
+                and old_content.get(ckey) == encoded[i]
                 and local < len(vec)
                 and vec[local].tobytes() == stored[i].tobytes()
             )
@@ -254,6 +258,7 @@ def upsert_txn(
     if pool.sketch_buckets:
         write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, _sketch_values(pool, sketches, write_idx))
     log_change(txn, dbs, pool, version, write_rows)
+    revived = undelete(txn, dbs, pool, np.asarray(changed_rows, dtype=np.int64))
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
         cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))
@@ -262,11 +267,17 @@ def upsert_txn(
             cur.putmulti(
                 [(keys[i], raw_id_value(r, raw_ids[i])) for i, r in zip(new_idx, new_rows, strict=True)]
             )
-    pool = replace(pool, count=pool.count + len(new_idx), version=version, updated=time.time())
+    pool = replace(
+        pool,
+        count=pool.count + len(new_idx),
+        version=version,
+        updated=time.time(),
+        deleted=pool.deleted - revived,
+    )
     txn.put(name.encode("utf-8"), pool.encode(), db=dbs["pools"])
-    return UpsertResult(
-        inserted=len(new_idx),
-        updated=len(changed_idx),
+    return UpsertResult(  # a revived (deleted, then written again) record counts as inserted
+        inserted=len(new_idx) + revived,
+        updated=len(changed_idx) - revived,
         unchanged=len(ids) - len(new_idx) - len(changed_idx),
         version=version,
     )

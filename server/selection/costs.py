@@ -165,8 +165,14 @@ class SketchFactors:
     inverse_norms: np.ndarray
 
     @staticmethod
-    def of(tf: np.ndarray) -> SketchFactors:
-        idf = idf_from_df(document_frequency(tf), tf.shape[0])
+    def of(tf: np.ndarray, deleted: np.ndarray | None = None) -> SketchFactors:
+        """The factors of the pool rows ``tf``; rows marked in ``deleted`` (bool mask) do not count
+        in the document frequencies (their inverse norms are computed all the same)."""
+        df, n = document_frequency(tf), tf.shape[0]
+        if deleted is not None and deleted.any():
+            df -= document_frequency(tf[deleted])
+            n -= int(deleted.sum())
+        idf = idf_from_df(df, n)
         return SketchFactors(idf, inverse_norms(tf, idf))
 
     @property

@@ -151,7 +151,7 @@ def score_result(result: ScoreResult) -> pb.ScoreResponse:
 
 def pool_info(info: PoolInfo) -> pb.PoolInfo:
     """A pool's description."""
-    return pb.PoolInfo(name=info.name, count=info.count, version=info.version, model=info.model, dim=info.dim)
+    return pb.PoolInfo(name=info.name, count=info.live, version=info.version, model=info.model, dim=info.dim)
 
 
 def id_set_info(info: IdSetInfo) -> pb.IdSetInfo:

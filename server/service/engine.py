@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
 import psutil
 import xxhash
 
@@ -43,7 +42,7 @@ from gotd.server.service.idsets import SelectIdSets
 from gotd.server.service.job import Emit, Job, StopCheck
 from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
-from gotd.server.service.pools import PoolSnapshots, in_snapshot, select_bytes
+from gotd.server.service.pools import PoolSnapshots, in_snapshot, job_positions, live_rows, select_bytes
 from gotd.server.service.ranking import Ranker
 from gotd.server.service.requests import (
     Epoch,
@@ -168,7 +167,7 @@ class SelectionEngine:
         timings["total"] = (time.perf_counter() - started) * 1e3
         p, t = job.potential, timings
         summary = SelectSummary(
-            pool_version=job.arrays.version, pool_size=len(job.arrays.ids), eligible=ranking.eligible,
+            pool_version=job.arrays.version, pool_size=job.arrays.live, eligible=ranking.eligible,
             returned=len(order), k_exceeds_pool=params.k > ranking.eligible, mode=p.mode.value, eps=p.eps,
             ot_distance=p.cost, iterations=0 if job.cache_hit else p.n_iter,
             marginal_error=p.marginal_error, converged=p.converged, cache_hit=job.cache_hit,
@@ -198,15 +197,7 @@ class SelectionEngine:
             LOG.info("score: pool %s changed during the request (attempt %d)", params.pool, attempt + 1)
         else:
             raise Unavailable(f"pool {params.pool!r} kept changing during the request; retry")
-        positions = np.searchsorted(job.rows, pool_rows)
-        inside = (positions < len(job.rows)) & (
-            job.rows[np.minimum(positions, len(job.rows) - 1)] == pool_rows
-        )
-        if not inside.all():
-            outside = [cid for cid, ok in zip(params.ids, inside, strict=True) if not ok]
-            raise InvalidArgument(
-                f"ids outside the domains kept by the {job.potential.mode} mode: {outside[:5]}"
-            )
+        positions = job_positions(job.arrays, job.rows, pool_rows, params.ids, job.potential.mode.value)
         values = job.scores(noop, stop)[positions]
         return ScoreResult(
             scores=tuple((cid, float(v)) for cid, v in zip(params.ids, values, strict=True)),
@@ -264,11 +255,7 @@ class SelectionEngine:
             LOG.info("pool %s was replaced during the request (attempt %d)", pool, attempt + 1)
         else:
             raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
-        rows = np.arange(len(arrays.ids), dtype=np.int64)
-        if domains:
-            rows = np.flatnonzero(np.isin(np.asarray(arrays.domains, dtype=object), list(domains)))
-        if len(rows) == 0:
-            raise InvalidArgument(f"no candidate of pool {pool!r} is in domains {list(domains)}")
+        rows = live_rows(arrays, domains)
         with self._timed("validate", timings):
             factors = lambda: self._sketch_factors(arrays)  # noqa: E731
             solver, validation = self._costs.choose(arrays, rows, target, solver, k=k, factors=factors)
@@ -321,7 +308,7 @@ class SelectionEngine:
         known = self._factors.get(key)
         if known is None and self._unsketched.get(key) is None:
             if tf is not None and complete_sketches(tf):
-                known = SketchFactors.of(tf)
+                known = SketchFactors.of(tf, arrays.deleted)
                 self._factors.put(key, known)
             else:
                 self._unsketched.put(key, True)

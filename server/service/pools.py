@@ -14,11 +14,20 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from gotd.cache.errors import InvalidArgument, NotFound
 from gotd.cache.store.core import PoolArrays, PoolInfo, Store
 from gotd.server.selection.sketches import SKETCH_BUCKETS
 from gotd.server.service.lru import Lru
 
-__all__ = ["PoolSnapshots", "in_snapshot", "score_bytes", "select_bytes", "snapshot_bytes"]
+__all__ = [
+    "PoolSnapshots",
+    "in_snapshot",
+    "job_positions",
+    "live_rows",
+    "score_bytes",
+    "select_bytes",
+    "snapshot_bytes",
+]
 
 #: Working bytes of a Select per candidate: f (float32), its float64 calibrated gradient, the float32
 #: scores and their cached copy, the eligibility mask, top-k's row and partition indices, the id array.
@@ -146,3 +155,35 @@ def in_snapshot(arrays: PoolArrays, ids: Sequence[str], rows: np.ndarray) -> boo
     """
     n = len(arrays.ids)
     return all(0 <= r < n and arrays.ids[r] == cid for cid, r in zip(ids, rows.tolist(), strict=True))
+
+
+def live_rows(arrays: PoolArrays, domains: Sequence[str]) -> np.ndarray:
+    """Sorted rows of a request: the pool's rows but the deleted ones, in ``domains`` when given.
+
+    Deleted rows take no part in the solve (the pool marginal, a global summary), the calibration sum
+    or any ranking. InvalidArgument when no row is left.
+    """
+    keep = np.ones(len(arrays.ids), dtype=bool) if arrays.deleted is None else ~arrays.deleted
+    if domains:
+        keep &= np.isin(np.asarray(arrays.domains, dtype=object), list(domains))
+    rows = np.flatnonzero(keep).astype(np.int64)
+    if len(rows) == 0:
+        where = f" in domains {list(domains)}" if domains else ""
+        raise InvalidArgument(f"pool {arrays.name!r} has no candidate{where}")
+    return rows
+
+
+def job_positions(
+    arrays: PoolArrays, rows: np.ndarray, pool_rows: np.ndarray, ids: Sequence[str], mode: str
+) -> np.ndarray:
+    """Positions in a job's sorted ``rows`` of the pool rows of ``ids`` (Score): NotFound for deleted
+    candidates, InvalidArgument for rows outside the job (domains the mode did not keep)."""
+    if arrays.deleted is not None and arrays.deleted[pool_rows].any():
+        gone = [cid for cid, r in zip(ids, pool_rows.tolist(), strict=True) if arrays.deleted[r]]
+        raise NotFound(f"pool {arrays.name!r} has no record with id(s) {gone[:10]} (deleted)")
+    positions = np.searchsorted(rows, pool_rows)
+    inside = (positions < len(rows)) & (rows[np.minimum(positions, len(rows) - 1)] == pool_rows)
+    if not inside.all():
+        outside = [cid for cid, ok in zip(ids, inside, strict=True) if not ok]
+        raise InvalidArgument(f"ids outside the domains kept by the {mode} mode: {outside[:5]}")
+    return positions

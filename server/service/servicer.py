@@ -99,7 +99,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         if not records:
             return None
         result = self._ingestor.ingest_batch(pool, records)
-        return result, self._store.get_pool(pool).count
+        return result, self._store.get_pool(pool).live
 
     def _score(self, request: pb.ScoreRequest, stop: Callable[[], None]) -> pb.ScoreResponse:
         params = convert.score_params(request, max_text_bytes=self._max_text_bytes)
@@ -290,3 +290,17 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
     ) -> pb.ListIdSetsResponse:
         sets = await self._run(self._engine.id_sets.sets.list, request.pool)
         return pb.ListIdSetsResponse(sets=[convert.id_set_info(s) for s in sets])
+
+    async def DeleteRecords(  # noqa: N802
+        self, request: pb.DeleteRecordsRequest, context: Ctx
+    ) -> pb.DeleteRecordsResponse:
+        validate_name(request.pool, kind="pool")
+        result = await self._run(self._store.delete_records, request.pool, list(request.ids))
+        info = await self._run(self._store.get_pool, request.pool)
+        self._engine.metrics.set_pool_size(request.pool, info.live)
+        return pb.DeleteRecordsResponse(
+            pool=request.pool,
+            deleted=result.deleted,
+            not_found=result.not_found,
+            info=convert.pool_info(info),
+        )

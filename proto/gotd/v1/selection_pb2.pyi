@@ -1018,7 +1018,7 @@ class IngestResponse(_message.Message):
     pool: _builtins.str
     """Pool name."""
     inserted: _builtins.int
-    """Records with new ids."""
+    """Records with new ids (or ids deleted before: they are back)."""
     updated: _builtins.int
     """Records whose content changed."""
     unchanged: _builtins.int
@@ -1064,7 +1064,7 @@ class PoolInfo(_message.Message):
     name: _builtins.str
     """Pool name."""
     count: _builtins.int
-    """Number of candidates."""
+    """Number of candidates (deleted ones not counted)."""
     version: _builtins.int
     """Version, incremented by every batch that changes the pool."""
     model: _builtins.str
@@ -1783,3 +1783,67 @@ class ListIdSetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListIdSetsResponse: _TypeAlias = ListIdSetsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRecordsRequest(_message.Message):
+    """DeleteRecordsRequest names candidates to delete from a pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    IDS_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Candidate ids (1 or more; 1 to 512 UTF-8 bytes each; repeats count once)."""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRecordsRequest: _TypeAlias = DeleteRecordsRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRecordsResponse(_message.Message):
+    """DeleteRecordsResponse reports what a delete changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POOL_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    pool: _builtins.str
+    """Pool name."""
+    deleted: _builtins.int
+    """Candidates deleted by this call."""
+    not_found: _builtins.int
+    """Ids that were not in the pool (unknown, or deleted before)."""
+    @_builtins.property
+    def info(self) -> Global___PoolInfo:
+        """Pool after the delete (its version is unchanged when nothing was deleted)."""
+
+    def __init__(
+        self,
+        *,
+        pool: _builtins.str = ...,
+        deleted: _builtins.int = ...,
+        not_found: _builtins.int = ...,
+        info: Global___PoolInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "info", b"info", "not_found", b"not_found", "pool", b"pool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRecordsResponse: _TypeAlias = DeleteRecordsResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class SelectionServiceStub:
                 request_serializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.SerializeToString,
                 response_deserializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.FromString,
                 _registered_method=True)
+        self.DeleteRecords = channel.unary_unary(
+                '/gotd.v1.SelectionService/DeleteRecords',
+                request_serializer=gotd_dot_v1_dot_selection__pb2.DeleteRecordsRequest.SerializeToString,
+                response_deserializer=gotd_dot_v1_dot_selection__pb2.DeleteRecordsResponse.FromString,
+                _registered_method=True)
 
 
 class SelectionServiceServicer:
@@ -202,6 +207,15 @@ class SelectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRecords(self, request, context):
+        """DeleteRecords removes candidates from a pool in one atomic batch (a new pool version): they are
+        never returned or scored again and take no part in solves. Ingesting a deleted id again brings it
+        back (counted as inserted). Ids not in the pool are counted in the response, not an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SelectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +283,11 @@ def add_SelectionServiceServicer_to_server(servicer, server):
                     servicer.ListIdSets,
                     request_deserializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.FromString,
                     response_serializer=gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.SerializeToString,
+            ),
+            'DeleteRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecords,
+                    request_deserializer=gotd_dot_v1_dot_selection__pb2.DeleteRecordsRequest.FromString,
+                    response_serializer=gotd_dot_v1_dot_selection__pb2.DeleteRecordsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +642,33 @@ class SelectionService:
             '/gotd.v1.SelectionService/ListIdSets',
             gotd_dot_v1_dot_selection__pb2.ListIdSetsRequest.SerializeToString,
             gotd_dot_v1_dot_selection__pb2.ListIdSetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gotd.v1.SelectionService/DeleteRecords',
+            gotd_dot_v1_dot_selection__pb2.DeleteRecordsRequest.SerializeToString,
+            gotd_dot_v1_dot_selection__pb2.DeleteRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,11 @@ class SelectionServiceStub:
     """DeleteIdSet removes a stored id set."""
     ListIdSets: _grpc.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]
     """ListIdSets describes every id set of a pool, sorted by name."""
+    DeleteRecords: _grpc.UnaryUnaryMultiCallable[_selection_pb2.DeleteRecordsRequest, _selection_pb2.DeleteRecordsResponse]
+    """DeleteRecords removes candidates from a pool in one atomic batch (a new pool version): they are
+    never returned or scored again and take no part in solves. Ingesting a deleted id again brings it
+    back (counted as inserted). Ids not in the pool are counted in the response, not an error.
+    """
 
 @_typing.type_check_only
 class SelectionServiceAsyncStub(SelectionServiceStub):
@@ -125,6 +130,11 @@ class SelectionServiceAsyncStub(SelectionServiceStub):
     """DeleteIdSet removes a stored id set."""
     ListIdSets: _aio.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]  # type: ignore[assignment]
     """ListIdSets describes every id set of a pool, sorted by name."""
+    DeleteRecords: _aio.UnaryUnaryMultiCallable[_selection_pb2.DeleteRecordsRequest, _selection_pb2.DeleteRecordsResponse]  # type: ignore[assignment]
+    """DeleteRecords removes candidates from a pool in one atomic batch (a new pool version): they are
+    never returned or scored again and take no part in solves. Ingesting a deleted id again brings it
+    back (counted as inserted). Ids not in the pool are counted in the response, not an error.
+    """
 
 class SelectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """SelectionService keeps candidate pools and named target sets, and ranks pools against targets."""
@@ -241,5 +251,16 @@ class SelectionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_selection_pb2.ListIdSetsResponse, _abc.Awaitable[_selection_pb2.ListIdSetsResponse]]:
         """ListIdSets describes every id set of a pool, sorted by name."""
+
+    @_abc_1.abstractmethod
+    def DeleteRecords(
+        self,
+        request: _selection_pb2.DeleteRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_selection_pb2.DeleteRecordsResponse, _abc.Awaitable[_selection_pb2.DeleteRecordsResponse]]:
+        """DeleteRecords removes candidates from a pool in one atomic batch (a new pool version): they are
+        never returned or scored again and take no part in solves. Ingesting a deleted id again brings it
+        back (counted as inserted). Ids not in the pool are counted in the response, not an error.
+        """
 
 def add_SelectionServiceServicer_to_server(servicer: SelectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
