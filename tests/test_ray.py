@@ -9,7 +9,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,6 @@ WORDS = [
     *("summer", "pocket", "yellow", "marble", "rocket", "violin", "copper", "lantern", "harbor"),
 ]
 N_TEXTS = 5000
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[Any]:
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def _reference(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, eps: float, k: int | None,

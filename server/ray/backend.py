@@ -2,10 +2,11 @@
 
 The pool is split into shards of whole c-transform blocks (by row range) held by worker actors, one
 torch thread each. A request puts ``g`` into the object store once; every worker computes the
-c-transform of its shards. :class:`RayScorer` is a :class:`gotd.server.selection.scoring.Scorer`
-(it returns ``f`` for the engine); :meth:`RayScorer.rank` and :func:`sharded_rank` return only each
-shard's top-k and merge them into the global ranking, identical to the single-process
-``top_k(calibrated_gradient(c_transform(x, y, g)))`` (same ids, same order, same scores).
+c-transform of its shards. :meth:`RayScorer.open_pass` (the engine's path) keeps the values in the workers
+and returns a :class:`~gotd.server.ray.sharded.ShardedPass`: the exact total, then each shard's top-k
+(or chosen rows' scores) on demand; :meth:`RayScorer.rank` and :func:`sharded_rank` merge the top-ks
+into the global ranking, identical to the single-process ``top_k(calibrated_gradient(c_transform(x, y,
+g)))`` (same ids, same order, same scores). ``RayScorer(...)`` as a callable returns all of ``f``.
 
 Shards stay in the workers per snapshot (pool, uid, version, rows), and target sets per content
 hash, so a repeated request ships only ``g`` (``4 m`` bytes) and gets back ``k`` pairs per shard.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,11 +36,11 @@ from gotd.server.ray.runtime import (
     lost_shard,
     require_ray,
 )
-from gotd.server.ray.shard import ExactSum, ShardWorker, block_rows, plan_shards
+from gotd.server.ray.shard import ExactSum, PassSpec, ShardWorker, block_rows, plan_shards
+from gotd.server.ray.sharded import ShardArgs, ShardCall, ShardedPass
 from gotd.server.selection.scoring import ScorePass
-from gotd.server.selection.topk import top_k
 
-__all__ = ["RayScorer", "RequestBytes", "init_ray", "require_ray", "sharded_rank"]
+__all__ = ["RayScorer", "RequestBytes", "ShardedPass", "init_ray", "require_ray", "sharded_rank"]
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +126,43 @@ class RayScorer:
         layout = (self._shards, block_rows(work.y.shape[0], work.x.element_size(), self._block_size))
         return self._with_retry(lambda: self._f(work, layout), work.snapshot)
 
+    def open_pass(
+        self,
+        work: ScorePass,
+        ids: Sequence[str] | None,
+        /,
+        *,
+        shards: int | None = None,
+        block_size: int | None = None,
+    ) -> ShardedPass:
+        """Score ``work`` on the workers, keeping the values there; the exact total comes back.
+
+        The returned :class:`~gotd.server.ray.sharded.ShardedPass` answers top-k and chosen-row
+        questions from the workers' kept values (``ids`` break ties; the shards hold them).
+        ``shards`` and ``block_size`` override the scorer's for this call; ``work.callback(done, n)``
+        follows shard completions.
+        """
+        x, y, key = work.x, work.y, work.snapshot
+        if ids is not None and len(ids) != x.shape[0]:
+            raise ValueError(f"ids must have length {x.shape[0]}, got {len(ids)}")
+        layout = (
+            shards or self._shards,
+            block_rows(y.shape[0], x.element_size(), block_size or self._block_size),
+        )
+        stats = RequestBytes()
+        _, y_key, y_ref, g_ref = self._with_retry(lambda: self._ship(work, ids, layout, stats), key)
+        digest = xxhash.xxh3_128()
+        g_bytes = work.g.detach().to(x.dtype).cpu().numpy().tobytes()
+        for part in (key, y_key, repr((float(work.eps), layout)), g_bytes):
+            digest.update(part.encode() if isinstance(part, str) else part)
+        spec = PassSpec(digest.hexdigest(), y_key, [y_ref], [g_ref], float(work.eps), layout[1])
+        placer = lambda: self._place(x, ids, key, layout, stats)  # noqa: E731
+        call: ShardCall = lambda method, args: self._each_shard(placer, key, method, args)  # noqa: E731
+        sums = self._each_shard(placer, key, "f_sum", lambda _a, _b: (spec,), work.callback)
+        stats.received += sum(int_bytes(s.mantissa) + 8 for s in sums)
+        self.last = stats
+        return ShardedPass(call, spec, x.shape[0], sum(sums, ExactSum(0, 0)), ids, stats)
+
     def rank(
         self,
         x: Rows,
@@ -141,22 +178,16 @@ class RayScorer:
     ) -> list[tuple[int, float]]:
         """The global top-``k`` ``(row, score)`` pairs merged from each shard's local top-k.
 
-        Two rounds: the workers compute ``f`` and return its exact sum; the driver adds the sums
-        exactly (the calibrated gradient's mean); the workers then score and return their top-k.
-        ``shards`` and ``block_size`` override the scorer's for this call; ``snapshot`` defaults to
-        a hash of ``x`` and ``ids``.
+        Two rounds (:meth:`open_pass`, then :meth:`ShardedPass.top`): the workers compute ``f`` and return
+        its exact sum; the driver adds the sums exactly (the calibrated gradient's mean); the workers
+        then score and return their top-k.
         """
         if k is not None and k < 0:
             raise ValueError(f"k must be >= 0 or None, got {k!r}")
-        if ids is not None and len(ids) != x.shape[0]:
-            raise ValueError(f"ids must have length {x.shape[0]}, got {len(ids)}")
         key = snapshot if snapshot is not None else content_key(block(x, 0, x.shape[0]), ids)
-        layout = (
-            shards or self._shards,
-            block_rows(y.shape[0], x.element_size(), block_size or self._block_size),
-        )
-        work = ScorePass(x, y, g, eps, key, lambda _done, _total: None)
-        return self._with_retry(lambda: self._rank(work, k, ids, layout), key)
+        work = ScorePass(x, y, g, eps, key, lambda _done, _n: None)
+        run = self.open_pass(work, ids, shards=shards, block_size=block_size)
+        return run.top(k)
 
     # -- internals ---------------------------------------------------------------------------------
     def _with_retry(self, run: Callable[[], T], snapshot: str, attempts: int = 3) -> T:
@@ -196,70 +227,68 @@ class RayScorer:
         y_key, y_ref = self._target(work.y, stats)
         return place, y_key, y_ref, self._put_g(work.g, work.x.dtype, stats)
 
+    def _put_g(self, g: torch.Tensor, dtype: torch.dtype, stats: RequestBytes) -> Any:
+        arr = g.detach().to(dtype).cpu().numpy()
+        stats.sent += arr.nbytes
+        return self._ray.put(arr)
+
     def _f(self, work: ScorePass, layout: tuple[int, int]) -> torch.Tensor:
-        x, rows = work.x, layout[1]
         stats = RequestBytes()
         place, y_key, y_ref, g_ref = self._ship(work, None, layout, stats)
-        futures = {
-            self._workers[o].f.remote(key, y_key, [y_ref], g_ref, work.eps, rows): i
-            for i, (o, key) in enumerate(zip(place.owners, place.keys, strict=True))
-        }
-        parts: list[np.ndarray | None] = [None] * len(place.keys)
-        n, done = x.shape[0], 0
-        pending = list(futures)
-        try:
-            while pending:
-                ready, pending = self._ray.wait(pending, num_returns=1)
-                i = futures[ready[0]]
-                parts[i] = self._ray.get(ready[0])
-                start, stop = place.ranges[i]
-                done += stop - start
-                work.callback(done, n)
-        except BaseException:
-            for ref in pending:
-                self._ray.cancel(ref)
-            raise
-        f = np.concatenate([p for p in parts if p is not None])
+        futures = [
+            self._workers[o].f.remote(key, y_key, [y_ref], g_ref, work.eps, layout[1])
+            for o, key in zip(place.owners, place.keys, strict=True)
+        ]
+        f = np.concatenate(self._gather(futures, place.ranges, work.callback))
         stats.received += f.nbytes
         self.last = stats
         return torch.from_numpy(f)
 
-    def _rank(
-        self, work: ScorePass, k: int | None, ids: Sequence[str] | None, layout: tuple[int, int]
-    ) -> list[tuple[int, float]]:
-        x, eps, rows = work.x, work.eps, layout[1]
-        stats = RequestBytes()
-        place, y_key, y_ref, g_ref = self._ship(work, ids, layout, stats)
-        request = uuid.uuid4().hex
-        owners = list(zip(place.owners, place.keys, strict=True))
+    def _each_shard(
+        self,
+        placer: Callable[[], _Placement],
+        snapshot: str,
+        method: str,
+        args: ShardArgs,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[Any]:
+        """``method(key, *args(start, stop))`` on each shard's worker (None args: skipped), shard order."""
+
+        def run() -> list[Any]:
+            place = placer()
+            calls = [args(a, b) for a, b in place.ranges]
+            futures = [
+                None if extra is None else getattr(self._workers[o], method).remote(key, *extra)
+                for o, key, extra in zip(place.owners, place.keys, calls, strict=True)
+            ]
+            return self._gather(futures, place.ranges, callback)
+
+        return self._with_retry(run, snapshot)
+
+    def _gather(
+        self,
+        futures: Sequence[Any | None],
+        ranges: Sequence[tuple[int, int]],
+        callback: Callable[[int, int], None] | None,
+    ) -> list[Any]:
+        """Results in shard order, ``callback(rows done, n)`` as shards finish (it may raise to stop)."""
+        results: list[Any] = [None] * len(futures)
+        index = {id(ref): i for i, ref in enumerate(futures) if ref is not None}
+        pending = [ref for ref in futures if ref is not None]
+        n, done = (ranges[-1][1] if ranges else 0), 0
         try:
-            sums = self._ray.get(
-                [
-                    self._workers[o].f_sum.remote(key, request, y_key, [y_ref], g_ref, eps, rows)
-                    for o, key in owners
-                ]
-            )
-            total = sum(sums, ExactSum(0, 0))
-            stats.received += sum(int_bytes(s.mantissa) + 8 for s in sums)
-            tops = self._ray.get(
-                [
-                    self._workers[o].top_k.remote(key, request, total.to_float(), x.shape[0], k)
-                    for o, key in owners
-                ]
-            )
+            while pending:
+                ready, pending = self._ray.wait(pending, num_returns=1)
+                i = index[id(ready[0])]
+                results[i] = self._ray.get(ready[0])
+                done += ranges[i][1] - ranges[i][0]
+                if callback is not None:
+                    callback(done, n)
         except BaseException:
-            for o in {o for o, _ in owners}:
-                self._workers[o].forget.remote(request)
+            for ref in pending:
+                self._ray.cancel(ref)
             raise
-        best = np.concatenate([r for r, _ in tops])
-        scores = np.concatenate([s for _, s in tops])
-        stats.received += best.nbytes + scores.nbytes
-        self.last = stats
-        # The same rule as the single process (ascending score, ties by id) over the shards' best:
-        # the global top-k of a total order is made of each shard's top-k. Without ids, position
-        # order among equal scores is row order (shards in row order, each in rank order).
-        merged_ids = None if ids is None else [ids[int(r)] for r in best]
-        return [(int(best[i]), score) for i, score in top_k(scores, k, ids=merged_ids)]
+        return results
 
     def _place(
         self,
@@ -313,11 +342,6 @@ class RayScorer:
             self._targets.move_to_end(key)
         return key, ref
 
-    def _put_g(self, g: torch.Tensor, dtype: torch.dtype, stats: RequestBytes) -> Any:
-        arr = g.detach().to(dtype).cpu().numpy()
-        stats.sent += arr.nbytes
-        return self._ray.put(arr)
-
 
 def sharded_rank(
     x: Rows,
@@ -333,30 +357,11 @@ def sharded_rank(
 ) -> list[tuple[int, float]]:
     """Global ranking from shard top-ks: equals ``top_k(calibrated_gradient(c_transform(x, y, g)))``.
 
-    Parameters
-    ----------
-    x, y : torch.Tensor, shapes (n, d) and (m, d)
-        Candidates and targets (float32 or float64).
-    g : torch.Tensor, shape (m,)
-        Target potential.
-    eps : float
-        Entropic regularisation.
-    k : int or None
-        Rows to return (None: all).
-    ids : sequence of str or None
-        Candidate ids (ties are broken by id, else by row).
-    shards : int
-        Shards to split the rows into (at most one per c-transform block).
-    scorer : RayScorer, optional
-        Workers to use (their cached shards are reused); default: ``shards`` workers started for
-        this call (capped by the cluster's CPUs) and stopped after it.
-    block_size : int, optional
-        Block size of the single-process pass to reproduce (default: its default).
-
-    Returns
-    -------
-    list of (int, float)
-        ``(row, score)`` in rank order: ascending score, ties by id.
+    ``x`` (n, d) and ``y`` (m, d) float32 or float64, ``g`` (m,); ``k`` rows (None: all); ``ids`` break
+    ties (else rows); ``shards`` row ranges of whole blocks of ``block_size`` rows (default: the
+    in-process default). ``scorer``: workers to use (their placed shards are reused); default
+    ``shards`` workers (capped by the cluster's CPUs) started for this call. Returns ``(row, score)``
+    in rank order: ascending score, ties by id.
     """
     if scorer is not None:
         return scorer.rank(x, y, g, eps=eps, k=k, ids=ids, shards=shards, block_size=block_size)

@@ -33,7 +33,7 @@ from gotd.server.ot.rows import Rows, StackedRows
 from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.topk import top_k
 
-__all__ = ["ExactSum", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
+__all__ = ["ExactSum", "PassSpec", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
 
 LOG = logging.getLogger(__name__)
 
@@ -111,6 +111,22 @@ def scores_from_f(f: torch.Tensor, total: float, n: int) -> np.ndarray:
     return (f64 - (total - f64) / (n - 1)).to(f.dtype).numpy()
 
 
+@dataclass(frozen=True, slots=True)
+class PassSpec:
+    """What one sharded pass computes: ``f`` of ``g`` for the target set ``y_key``, ``eps``, block ``rows``.
+
+    ``name`` digests all of it (and the snapshot): a worker keeps a shard's values under it, so a
+    second round of the same pass (more candidates, chosen rows) reads them instead of scoring again.
+    """
+
+    name: str
+    y_key: str
+    y_ref: list[Any]  # [ObjectRef] of the target set (nested: fetched only when not held)
+    g_ref: list[Any]  # [ObjectRef] of g (nested: fetched only when the values are not kept)
+    eps: float
+    rows: int
+
+
 @dataclass(slots=True)
 class _Shard:
     start: int
@@ -123,16 +139,18 @@ class ShardWorker:
 
     Shards are kept per key (snapshot, block rows, shard number) in an LRU of ``capacity`` entries;
     target sets per content key in a small LRU, fetched from the object store only when new, so a
-    repeated request moves only ``g``.
+    repeated request moves only ``g``. The values ``f`` of the last ``passes`` (shard, pass) pairs stay
+    in the worker (4 bytes a row): the rounds of one pass, and a repeated pass, score nothing again.
     """
 
-    def __init__(self, threads: int = 1, capacity: int = 64, targets: int = 4) -> None:
+    def __init__(self, threads: int = 1, capacity: int = 64, targets: int = 4, passes: int = 64) -> None:
         torch.set_num_threads(threads)
         self._shards: OrderedDict[str, _Shard] = OrderedDict()
         self._targets: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._pending: dict[tuple[str, str], torch.Tensor] = {}
+        self._values: OrderedDict[tuple[str, str], torch.Tensor] = OrderedDict()
         self._capacity = capacity
         self._target_capacity = targets
+        self._pass_capacity = passes
 
     def ping(self) -> int:
         return torch.get_num_threads()
@@ -150,6 +168,8 @@ class ShardWorker:
         self._shards.move_to_end(key)
         while len(self._shards) > self._capacity:
             self._shards.popitem(last=False)
+        for kept in [v for v in self._values if v[0] == key]:
+            del self._values[kept]  # values of rows this key named before
         if isinstance(shard.x, StackedRows):
             return shard.x.nbytes
         return int(shard.x.numel() * shard.x.element_size())
@@ -158,11 +178,19 @@ class ShardWorker:
         return [k in self._shards for k in keys]
 
     def drop(self, prefix: str) -> int:
-        """Forget every shard whose key starts with ``prefix``."""
+        """Forget every shard whose key starts with ``prefix`` (and its kept values)."""
         gone = [k for k in self._shards if k.startswith(prefix)]
         for k in gone:
             del self._shards[k]
+        for kept in [v for v in self._values if v[0].startswith(prefix)]:
+            del self._values[kept]
         return len(gone)
+
+    def _shard(self, key: str) -> _Shard:
+        shard = self._shards.get(key)
+        if shard is None:
+            raise LookupError(f"shard {key!r} is not held by this worker")
+        return shard
 
     def _target(self, key: str, ref: list[Any]) -> torch.Tensor:
         y = self._targets.get(key)
@@ -179,41 +207,53 @@ class ShardWorker:
     def _f(
         self, key: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int
     ) -> torch.Tensor:
-        shard = self._shards.get(key)
-        if shard is None:
-            raise LookupError(f"shard {key!r} is not held by this worker")
+        shard = self._shard(key)
         y = self._target(y_key, y_ref)
         return c_transform(shard.x, y, torch.from_numpy(np.array(g)), eps=eps, block_size=rows)
 
+    def _values_of(self, key: str, spec: PassSpec) -> torch.Tensor:
+        """The shard's ``f`` for ``spec``: kept from an earlier round, else scored now and kept."""
+        name = (key, spec.name)
+        f = self._values.get(name)
+        if f is None:
+            import ray
+
+            f = self._f(key, spec.y_key, spec.y_ref, ray.get(spec.g_ref[0]), spec.eps, spec.rows)
+            self._values[name] = f
+            while len(self._values) > self._pass_capacity:
+                self._values.popitem(last=False)
+        self._values.move_to_end(name)
+        return f
+
     def f(self, key: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int) -> np.ndarray:
-        """The c-transform ``f`` of ``g`` over the shard."""
+        """The c-transform ``f`` of ``g`` over the shard (all of it goes back: 4 bytes a row)."""
         return self._f(key, y_key, y_ref, g, eps, rows).numpy()
 
-    def f_sum(
-        self, key: str, request: str, y_key: str, y_ref: list[Any], g: np.ndarray, eps: float, rows: int
-    ) -> ExactSum:
-        """Compute and keep the shard's ``f`` for ``request``; return its exact sum."""
-        f = self._f(key, y_key, y_ref, g, eps, rows)
-        self._pending[(key, request)] = f
-        return ExactSum.of(f.numpy())
+    def f_sum(self, key: str, spec: PassSpec) -> ExactSum:
+        """Score the shard for ``spec`` (values kept in the worker); return only their exact sum."""
+        return ExactSum.of(self._values_of(key, spec).numpy())
 
     def top_k(
-        self, key: str, request: str, total: float, n: int, k: int | None
+        self, key: str, spec: PassSpec, total: float, n: int, k: int | None, ineligible: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """The shard's best ``k`` rows by calibrated gradient (ties by id, else row), in rank order.
 
-        Returns pool row numbers (int64) and their scores (in ``f``'s dtype): 12 bytes a pair.
+        ``total`` is the exact pool sum of ``f`` over ``n`` rows; pool rows in ``ineligible`` (sorted,
+        within the shard) are never returned. Returns pool row numbers (int64) and their scores (in
+        ``f``'s dtype): 12 bytes a pair.
         """
-        f = self._pending.pop((key, request), None)
-        shard = self._shards.get(key)
-        if f is None or shard is None:
-            raise LookupError(f"shard {key!r} (request {request}) is not held by this worker")
-        scores = scores_from_f(f, total, n)
-        best = top_k(scores, k, ids=shard.ids)
+        shard = self._shard(key)
+        scores = scores_from_f(self._values_of(key, spec), total, n)
+        eligible = None
+        if len(ineligible):
+            eligible = np.ones(len(scores), dtype=bool)
+            eligible[np.asarray(ineligible, dtype=np.int64) - shard.start] = False
+        best = top_k(scores, k, ids=shard.ids, eligible=eligible)
         rows = np.fromiter((shard.start + r for r, _ in best), dtype=np.int64, count=len(best))
         return rows, scores[rows - shard.start]
 
-    def forget(self, request: str) -> None:
-        """Drop the kept ``f`` of an abandoned request."""
-        for pending in [p for p in self._pending if p[1] == request]:
-            del self._pending[pending]
+    def at(self, key: str, spec: PassSpec, total: float, n: int, rows: np.ndarray) -> np.ndarray:
+        """Scores (calibrated gradient, ``f``'s dtype) of the pool rows ``rows`` of this shard."""
+        shard = self._shard(key)
+        f = self._values_of(key, spec)[torch.from_numpy(np.asarray(rows, dtype=np.int64) - shard.start)]
+        return scores_from_f(f, total, n)

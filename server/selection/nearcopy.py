@@ -22,7 +22,7 @@ References
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,13 @@ import torch
 from gotd.cache.errors import InvalidArgument
 from gotd.server.selection.topk import top_k
 
-__all__ = ["DEFAULT_NEAR_COPY_COSINE", "DistinctRanking", "check_near_copy_cosine", "distinct_top_k"]
+__all__ = [
+    "DEFAULT_NEAR_COPY_COSINE",
+    "DistinctRanking",
+    "check_near_copy_cosine",
+    "distinct_top_k",
+    "distinct_walk",
+]
 
 DEFAULT_NEAR_COPY_COSINE = 0.95
 """Server default threshold (see docs/evaluation.md, near-copy stress, for the measurements)."""
@@ -122,25 +128,54 @@ def distinct_top_k(
     -------
     DistinctRanking
     """
+    if vectors.ndim != 2 or vectors.shape[0] != scores.shape[0]:
+        raise ValueError(f"vectors must have shape ({scores.shape[0]}, d), got {vectors.shape}")
+    n_eligible = scores.shape[0] if eligible is None else int(np.count_nonzero(eligible))
+    return distinct_walk(
+        lambda want: top_k(scores, want, ids=ids, eligible=eligible),
+        n_eligible,
+        k,
+        vectors=vectors,
+        cosine=cosine,
+        block=block,
+    )
+
+
+def distinct_walk(
+    ranked: Callable[[int], list[tuple[int, float]]],
+    n_eligible: int,
+    k: int,
+    *,
+    vectors: np.ndarray,
+    cosine: float,
+    block: int = _BLOCK,
+) -> DistinctRanking:
+    """The walk of :func:`distinct_top_k` over a ranking that is fetched in growing prefixes.
+
+    ``ranked(want)`` returns the first ``want`` rows of the exact ranking of the ``n_eligible``
+    eligible rows (a prefix of any longer answer), as ``(row, score)``; ``vectors`` are the rows' unit
+    embeddings. The walk asks for ``k + k // 4`` (at least ``block``) rows first and doubles while
+    it has taken fewer than ``k`` and rows remain, so a ranking held elsewhere (shards) is fetched a
+    little past ``k``, not whole.
+    """
     if not 0.0 < cosine <= 1.0:
         raise ValueError(f"cosine must be in (0, 1], got {cosine!r}")
     if not 1 <= block <= _BLOCK_MAX:
         raise ValueError(f"block must be in [1, {_BLOCK_MAX}], got {block}")
-    if vectors.ndim != 2 or vectors.shape[0] != scores.shape[0]:
-        raise ValueError(f"vectors must have shape ({scores.shape[0]}, d), got {vectors.shape}")
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
     if k <= 0:
         return DistinctRanking([], [], np.zeros(0, np.int64), np.zeros(0, np.int64), False)
-    n_eligible = scores.shape[0] if eligible is None else int(np.count_nonzero(eligible))
     walk = _Walk(vectors, k, cosine)
-    ranked: list[tuple[int, float]] = []
+    ranked_rows: list[tuple[int, float]] = []
     want = min(n_eligible, max(k + k // 4, block))
     while True:
-        ranked = top_k(scores, want, ids=ids, eligible=eligible) if want > len(ranked) else ranked
-        for start in range(walk.position, len(ranked), block):
-            walk.step(ranked[start : start + block])
+        ranked_rows = ranked(want) if want > len(ranked_rows) else ranked_rows
+        for start in range(walk.position, len(ranked_rows), block):
+            walk.step(ranked_rows[start : start + block])
             if len(walk.taken) >= k:
                 return walk.result(exhausted=False)
-        if len(ranked) >= n_eligible:
+        if len(ranked_rows) >= n_eligible:
             return walk.result(exhausted=True)
         want = min(n_eligible, 2 * want)
 

@@ -1,21 +1,23 @@
 """One scoring pass — the c-transform ``f`` of a target potential over pool rows — and who runs it.
 
 :class:`ScorePass` carries the arguments once; every :class:`Scorer` (the in-process
-:func:`local_scorer`, :class:`gotd.server.ray.backend.RayScorer`) takes it.
+:func:`local_scorer`, :class:`gotd.server.ray.backend.RayScorer`) takes it. A :class:`ShardedScorer`
+(the Ray one) can also keep a pass's values where its rows live and answer top-k questions from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from gotd.server.ot.rows import Rows
 from gotd.server.ot.sinkhorn import c_transform
 
-__all__ = ["ScorePass", "Scorer", "local_scorer"]
+__all__ = ["ScorePass", "Scorer", "ShardedPassLike", "ShardedScorer", "local_scorer"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +46,29 @@ class Scorer(Protocol):
 def local_scorer(work: ScorePass, /) -> torch.Tensor:
     """The in-process scorer: one blockwise c-transform pass."""
     return c_transform(work.x, work.y, work.g, eps=work.eps, callback=work.callback)
+
+
+class ShardedPassLike(Protocol):
+    """A pass whose values stay on the shards (:class:`gotd.server.ray.sharded.ShardedPass`)."""
+
+    @property
+    def name(self) -> str:
+        """Digest of the pass: equal names, equal scores."""
+
+    @property
+    def total_value(self) -> float:
+        """The exactly rounded sum of the pass's values (the calibrated gradient's sum)."""
+
+    def top(self, k: int | None, ineligible: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The ``k`` best rows (by calibrated gradient, ties by id) outside the sorted rows ``ineligible``."""
+
+    def at(self, rows: np.ndarray) -> np.ndarray:
+        """The scores of ``rows``, in that order."""
+
+
+@runtime_checkable
+class ShardedScorer(Protocol):
+    """A scorer that keeps a pass's values on its shards; only the exact total comes back at first."""
+
+    def open_pass(self, work: ScorePass, ids: Sequence[str] | None, /) -> ShardedPassLike:
+        """Score ``work`` on the shards (``ids`` break ties); the values stay there."""

@@ -198,7 +198,7 @@ class SelectionEngine:
         else:
             raise Unavailable(f"pool {params.pool!r} kept changing during the request; retry")
         positions = job_positions(job.arrays, job.rows, pool_rows, params.ids, job.potential.mode.value)
-        values = job.scores(noop, stop)[positions]
+        values = job.scores(noop, stop).at(positions)
         return ScoreResult(
             scores=tuple((cid, float(v)) for cid, v in zip(params.ids, values, strict=True)),
             pool_version=job.arrays.version,

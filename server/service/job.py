@@ -22,10 +22,11 @@ from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.selection.costs import Cost, Features
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
-from gotd.server.selection.scoring import ScorePass, Scorer
+from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.requests import Progress, SelectEvent, Stage
+from gotd.server.service.scores import DenseScores, RowScores, ShardedScores
 from gotd.server.service.targets import Target
 
 LOG = logging.getLogger(__name__)
@@ -202,24 +203,45 @@ class Job:
             self.rows = self.rows[self.potential.rows]
             self.ids = np.asarray(self.arrays.ids, dtype=object)[self.rows]
 
-    def scores(self, emit: Emit, stop: StopCheck) -> np.ndarray:
+    def scores(self, emit: Emit, stop: StopCheck) -> RowScores:
         """Scores of ``self.rows``: the calibrated gradient of the epoch's row values over the pool as
-        it is at this version (the values of the job's rows, exactly summed)."""
-        f = self.values(emit, stop)
-        return calibrated_gradient(torch.from_numpy(f)).numpy()
+        it is at this version (the values of the job's rows, exactly summed).
 
-    def values(self, emit: Emit, stop: StopCheck) -> np.ndarray:
-        """The c-transform of the epoch's ``g`` for ``self.rows`` (float32).
-
-        Values kept from an earlier request of the epoch serve the rows not written since; only the
-        rows written since (or never scored) go through the c-transform. Without kept values, one
-        pass over all rows (in process or on Ray). Each row's value has the same bits either way.
+        With a sharded scorer and no epoch values in this process, one sharded pass whose values stay
+        on the shards (only its exact sum, then top-k pairs or chosen rows, come back); otherwise
+        the values in this process. Each row's value, the sum and so every score have the same
+        bits either way.
         """
         g = self.potential.g.to(torch.float32)
+        known = self._known(g.numpy())
+        scorer = self.engine.scorer
+        if known is None and isinstance(scorer, ShardedScorer):
+            work = ScorePass(
+                self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
+            )
+            run = scorer.open_pass(work, list(self.ids))
+            self._count_pass("sharded", len(self.rows))
+            if not self.cache_hit:
+                self._store_potential(run.total_value, len(self.rows))
+            return ShardedScores(run)
+        f = self._values(g, known, emit, stop)
+        return DenseScores(calibrated_gradient(torch.from_numpy(f)).numpy(), list(self.ids))
+
+    def _known(self, g_np: np.ndarray) -> EpochValues | None:
+        """The epoch's values kept in this process (or Redis) usable at this pool version."""
+        a = self.arrays
+        if not self.cache_hit:
+            return None
+        return self.engine.epoch_values.get(self.key, g_np, a.row_versions, a.version)
+
+    def _values(self, g: torch.Tensor, known: EpochValues | None, emit: Emit, stop: StopCheck) -> np.ndarray:
+        """The c-transform of the epoch's ``g`` for ``self.rows`` (float32), in this process.
+
+        Values kept from an earlier request of the epoch (``known``) serve the rows not written
+        since; only the rows written since (or never scored) go through the c-transform. Without kept
+        values, one pass over all rows (in process, or all of ``f`` back from the scorer)."""
         g_np = g.numpy()
         a, n_pool = self.arrays, len(self.arrays.ids)
-        cache = self.engine.epoch_values
-        known = cache.get(self.key, g_np, a.row_versions, a.version) if self.cache_hit else None
         if known is not None:
             values = np.full(n_pool, np.nan, dtype=np.float32)
             values[: len(known.values)] = known.values
@@ -231,35 +253,40 @@ class Job:
                 fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
                 values[rows] = fresh
                 emit(Progress(Stage.SCORE, len(rows), len(rows)))
-            self.rows_scored = len(rows)
-            kind = "incremental" if len(rows) else "cached"
+            self._count_pass("incremental" if len(rows) else "cached", len(rows))
         else:
             values = np.full(n_pool, np.nan, dtype=np.float32)
-            values[self.rows] = self._full_pass(g, emit, stop)
-            self.rows_scored = len(self.rows)
-            kind = "full"
-        self.engine.metrics.scoring_passes.labels(kind).inc()
-        self.engine.metrics.rows_scored.inc(self.rows_scored)
+            work = ScorePass(
+                self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
+            )
+            f_all = self.engine.scorer(work)
+            values[self.rows] = f_all.to(torch.float32).numpy()
+            self._count_pass("full", len(self.rows))
         if known is None or known.version != a.version:
-            cache.put(self.key, g_np, EpochValues(a.version, values), share=True)
+            self.engine.epoch_values.put(self.key, g_np, EpochValues(a.version, values), share=True)
         f: np.ndarray = values[self.rows]
         if not self.cache_hit:
             self._store_potential(float(np.sum(f, dtype=np.float64)), len(f))
         return f
 
-    def _full_pass(self, g: torch.Tensor, emit: Emit, stop: StopCheck) -> np.ndarray:
+    def _count_pass(self, kind: str, rows: int) -> None:
+        self.rows_scored = rows
+        self.engine.metrics.scoring_passes.labels(kind).inc()
+        self.engine.metrics.rows_scored.inc(rows)
+
+    def _on_block(self, emit: Emit, stop: StopCheck) -> Callable[[int, int], None]:
         def on_block(done: int, total: int) -> None:
             stop()
             self.engine.metrics.blocks_scored.inc()
             emit(Progress(Stage.SCORE, done, total))
 
-        # Names the rows only (not the target): a distributed scorer keeps one pool snapshot for all targets.
+        return on_block
+
+    def _snapshot(self) -> str:
+        """Names the rows only (not the target): a distributed scorer keeps one snapshot for all targets."""
         a = self.arrays
         rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
-        snapshot = f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}:{rows_hash}"
-        f = self.engine.scorer(ScorePass(self._x(), self.y, g, self.potential.eps, snapshot, on_block))
-        out: np.ndarray = f.to(torch.float32).numpy()
-        return out
+        return f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}:{rows_hash}"
 
     def _store_potential(self, f_sum: float, n: int) -> None:
         p = self.potential
