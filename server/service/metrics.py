@@ -76,7 +76,7 @@ class Metrics:
         self.scoring_passes = Counter(
             "gotd_scoring_passes",
             "Scoring passes: full (every row), incremental (rows written since the epoch's values), "
-            "cached (no row)",
+            "cached (no row), sharded (every row on Ray workers, values kept there)",
             ["kind"],
             registry=r,
         )
