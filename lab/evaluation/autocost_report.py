@@ -11,6 +11,11 @@ Reads the ``results.json`` of runs that included ``gotd-auto`` and the fixed set
   on the same tasks: every setting's scores are in ``gotd-auto``'s diagnostics, so no rerun is needed.
 
 Run: ``python -m gotd.lab.evaluation.autocost_report RESULTS.json [...]`` (one file per corpus).
+
+With ``--threshold``, the files are runs of ``gotd-auto-always`` (the validation without its
+small-target fallback) and the fallback setting at several target-set sizes: one line per corpus and
+size, the paired precision gain of validating over the fallback. The fallback threshold belongs where
+that gain stops being positive.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from gotd.lab.evaluation.autocost import grid_name
-from gotd.server.selection.validation import DEFAULT_GRID
+from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK
 
 __all__ = ["corpus_tables", "main"]
 
@@ -112,9 +117,38 @@ def corpus_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
     return lines
 
 
+def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list[str]:
+    """Markdown table: validated (no fallback) vs the fallback setting, per corpus and target-set size."""
+    fallback = grid_name(FALLBACK)
+    lines = [
+        f"| corpus | targets | `gotd-auto-always` | `{fallback}` (fallback) | paired gain |",
+        "|---|---|---|---|---|",
+    ]
+    keyed = sorted(results, key=lambda r: (r["settings"]["corpus_key"], r["settings"]["target_size"]))
+    for result in keyed:
+        rows = [r for r in result["rows"] if abs(r["k_frac"] - k_frac) < 1e-9]
+        prec = {(r["method"], r["label"], r["seed"]): r["precision"] for r in rows}
+        tasks = sorted({(r["label"], r["seed"]) for r in rows})
+        auto = [{"seed": t[1], "p": prec[("gotd-auto-always", *t)]} for t in tasks]
+        fixed = [{"seed": t[1], "p": prec[(fallback, *t)]} for t in tasks]
+        gain = [{"seed": a["seed"], "p": a["p"] - f["p"]} for a, f in zip(auto, fixed, strict=True)]
+        cells = [_mean_se(x, "p") for x in (auto, fixed, gain)]
+        lines.append(
+            f"| {result['settings']['corpus_key']} | {result['settings']['target_size']} "
+            f"| {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.3f} ± {cells[1][1]:.3f} "
+            f"| {cells[2][0]:+.3f} ± {cells[2][1]:.3f} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the tables of every results file named on the command line."""
-    for path in argv if argv is not None else sys.argv[1:]:
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args and args[0] == "--threshold":
+        loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args[1:]]
+        print("\n".join(threshold_lines(loaded)))
+        return
+    for path in args:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
         print(f"### {result.get('corpus_key') or path}\n")
         print("\n".join(corpus_tables(result)) + "\n")
