@@ -4,6 +4,7 @@ potential epoch as a changed row, and comes back when ingested again."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -151,3 +152,41 @@ def test_bad_delete_requests(client: Client) -> None:
     everything = client.delete_records("pool", [f"c{i:05d}" for i in range(20)])
     assert (everything.deleted, everything.info.count) == (20, 0)
     assert _code(lambda: client.select("pool", TARGETS.tolist(), k=5)) == bad
+
+
+def test_the_kept_sum_follows_the_epoch_over_versions(
+    client: Client, server: BackgroundServer, redis_url: str, redis_prefix: str
+) -> None:
+    """Two versions served by one epoch (deletes, then a revive, an update, a delete and new rows): the
+    sum the scores are calibrated with is kept from version to version, and equals ``math.fsum`` over
+    the live rows' values, so the ranking is a full pass's."""
+    client.ingest("pool", vector_records(clustered(N, seed=1)))
+    options = {"mode": "exact", "cost": "embedding", "max_staleness": 0.5}
+    _, cold = _select(client, **options)
+    client.delete_records("pool", GONE)
+    _, first = _select(client, **options)
+    batch = vector_records(clustered(2, seed=5), prefix="c")  # c00000 (deleted: revived), c00001 (updated)
+    client.ingest("pool", batch + vector_records(clustered(5, seed=6), prefix="new"))
+    client.delete_records("pool", ["c00010"])
+    ranked, second = _select(client, **options)
+    assert not first.solved
+    assert not second.solved
+    assert (first.epoch_version, second.epoch_version) == (cold.pool_version, cold.pool_version)
+    assert second.rows_scored == 7  # scored from the first's values: only the rows written since
+    arrays = server.running.store.load_vectors("pool")
+    assert arrays.deleted is not None
+    live = np.flatnonzero(~arrays.deleted)
+    entry = _epoch_entry(redis_url, redis_prefix)
+    key = [k for k in server.running.engine.epoch_values.held() if k.endswith(f":v{cold.pool_version}")]
+    values = server.running.engine.epoch_values
+    (kept,) = [values.get(k, entry.g, arrays.row_versions, arrays.version) for k in key]
+    assert kept is not None
+    y = torch.from_numpy(TARGETS / np.linalg.norm(TARGETS, axis=1, keepdims=True))
+    f = c_transform(torch.from_numpy(arrays.vectors), y, torch.from_numpy(entry.g.copy()), eps=second.eps)
+    f_live = f.numpy()[live]
+    assert np.array_equal(kept.values[live], f_live)
+    assert bool(np.isnan(kept.values[arrays.deleted]).all())
+    assert kept.total.to_float() == math.fsum(f_live.astype(np.float64).tolist())
+    scores = calibrated_gradient(torch.from_numpy(f_live)).numpy()
+    ids = [arrays.ids[i] for i in live]
+    assert [(c.id, c.score) for c in ranked] == [(ids[i], float(v)) for i, v in top_k(scores, N, ids=ids)]

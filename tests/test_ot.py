@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.sinkhorn import (
     SinkhornResult,
     c_transform,
@@ -304,3 +305,22 @@ def test_on_block_runs_before_every_block_and_can_stop_a_pass() -> None:
     with pytest.raises(StopError):
         sinkhorn(x, y, eps=0.5, block_size=100, eps_scaling=False, on_block=stop_in_first_pass)
     assert len(seen) == 3  # stopped inside the first pass, not at its end
+
+
+def test_an_exact_sum_kept_by_parts_is_fsum_of_the_values() -> None:
+    """Values leaving and joining a kept sum (large cancelling terms, subnormals, repeats): the sum
+    rounds to ``math.fsum`` of the values held, and the calibrated gradient given it is the one that
+    sums by itself, bit for bit."""
+    rng = np.random.default_rng(3)
+    held = np.concatenate(
+        [rng.normal(size=5000) * 10.0 ** rng.integers(-30, 30, 5000), [3e38, -3e38, 1e-45, 3.0, 3.0]]
+    ).astype(np.float32)
+    total = ExactSum.of(held)
+    for _ in range(20):
+        out = rng.choice(len(held), size=int(rng.integers(1, 200)), replace=False)
+        new = (rng.normal(size=int(rng.integers(0, 300))) * 1e6).astype(np.float32)
+        total = total - ExactSum.of(held[out]) + ExactSum.of(new)
+        held = np.concatenate([np.delete(held, out), new])
+        assert total.to_float() == math.fsum(held.astype(np.float64).tolist())
+    f = torch.from_numpy(held)
+    assert torch.equal(calibrated_gradient(f, total=total.to_float()), calibrated_gradient(f))

@@ -301,7 +301,7 @@ def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor
     return softmax_rows(geo, 0, h, eps, buf)[0][:n]
 
 
-def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:
+def calibrated_gradient(f: torch.Tensor, *, total: float | None = None) -> torch.Tensor:
     """Calibrated gradient of the OT distance with respect to each candidate's mass (Kang et al., 2024).
 
     .. math::
@@ -315,6 +315,9 @@ def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:
     ----------
     f : torch.Tensor, shape (n,)
         Candidate potential.
+    total : float, optional
+        The exactly rounded sum of ``f`` when the caller keeps it (an epoch's values, kept
+        incrementally by :class:`~gotd.server.ot.exact.ExactSum`); it must equal ``math.fsum(f)``.
 
     Returns
     -------
@@ -328,8 +331,8 @@ def calibrated_gradient(f: torch.Tensor) -> torch.Tensor:
         if n < 2:
             return f.detach().clone()
         f64 = f.detach().to(torch.float64)
-        # exactly rounded, streamed in chunks: no list of n Python floats at once
-        arr, step = f64.cpu().numpy(), 1 << 16
-        chunks = (arr[s : s + step].tolist() for s in range(0, n, step))
-        total = math.fsum(itertools.chain.from_iterable(chunks))
+        if total is None:  # exactly rounded, streamed in chunks: no list of n Python floats at once
+            arr, step = f64.cpu().numpy(), 1 << 16
+            chunks = (arr[s : s + step].tolist() for s in range(0, n, step))
+            total = math.fsum(itertools.chain.from_iterable(chunks))
         return (f64 - (total - f64) / (n - 1)).to(f.dtype)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import xxhash
 
+from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.rows import Rows, block
 from gotd.server.ray.runtime import (
     RequestBytes,
@@ -36,7 +37,7 @@ from gotd.server.ray.runtime import (
     lost_shard,
     require_ray,
 )
-from gotd.server.ray.shard import ExactSum, PassSpec, ShardWorker, block_rows, plan_shards
+from gotd.server.ray.shard import PassSpec, ShardWorker, block_rows, plan_shards
 from gotd.server.ray.sharded import ShardArgs, ShardCall, ShardedPass
 from gotd.server.selection.scoring import ScorePass
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gotd.server.ot.blocks import BLOCK_BYTES
+from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.rows import Rows, StackedRows
 from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.topk import top_k
@@ -55,48 +56,6 @@ def plan_shards(n: int, rows_per_block: int, shards: int) -> list[tuple[int, int
     count = min(shards, blocks)
     cuts = [min(n, (blocks * i // count) * rows_per_block) for i in range(count + 1)]
     return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
-
-
-@dataclass(frozen=True, slots=True)
-class ExactSum:
-    """An exact sum of floats: ``mantissa * 2**exponent`` with Python integers (no rounding)."""
-
-    mantissa: int
-    exponent: int
-
-    @staticmethod
-    def of(values: np.ndarray) -> ExactSum:
-        """The exact sum of finite float32/float64 ``values``, vectorised by binary exponent."""
-        v = np.asarray(values, dtype=np.float64).ravel()
-        if v.size == 0:
-            return ExactSum(0, 0)
-        if not np.isfinite(v).all():
-            raise ValueError("values must be finite")
-        frac, exp = np.frexp(v)  # v = frac * 2**exp, |frac| in [0.5, 1): frac * 2**53 is an integer
-        mant = (frac * 2.0**53).astype(np.int64)
-        order = np.argsort(exp, kind="stable")
-        exp_sorted, mant_sorted = exp[order], mant[order]
-        starts = np.flatnonzero(np.r_[True, exp_sorted[1:] != exp_sorted[:-1]])
-        # 27 + 26 bit halves: sums of up to 2**36 values stay exact in int64
-        hi = np.add.reduceat(mant_sorted >> 26, starts)
-        lo = np.add.reduceat(mant_sorted & ((1 << 26) - 1), starts)
-        low = int(exp_sorted[0]) - 53
-        total = 0
-        for h, lw, e in zip(hi.tolist(), lo.tolist(), exp_sorted[starts].tolist(), strict=True):
-            total += ((h << 26) + lw) << (int(e) - 53 - low)
-        return ExactSum(total, low)
-
-    def __add__(self, other: ExactSum) -> ExactSum:
-        low = min(self.exponent, other.exponent)
-        return ExactSum(
-            (self.mantissa << (self.exponent - low)) + (other.mantissa << (other.exponent - low)), low
-        )
-
-    def to_float(self) -> float:
-        """The sum rounded once to the nearest float64 (as :func:`math.fsum` rounds)."""
-        if self.exponent >= 0:
-            return float(self.mantissa << self.exponent)
-        return self.mantissa / (1 << -self.exponent)  # int / int is correctly rounded
 
 
 def scores_from_f(f: torch.Tensor, total: float, n: int) -> np.ndarray:

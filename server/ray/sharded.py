@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from gotd.server.ot.exact import ExactSum
 from gotd.server.ray.runtime import RequestBytes
-from gotd.server.ray.shard import ExactSum, PassSpec
+from gotd.server.ray.shard import PassSpec
 from gotd.server.selection.topk import top_k
 
 __all__ = ["ShardArgs", "ShardCall", "ShardedPass"]

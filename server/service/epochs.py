@@ -19,6 +19,7 @@ import numpy as np
 
 from gotd.cache.duals.cache import DualCache
 from gotd.cache.duals.codec import PotentialEntry
+from gotd.server.ot.exact import ExactSum
 from gotd.server.service.lru import Lru
 
 LOG = logging.getLogger(__name__)
@@ -28,10 +29,18 @@ __all__ = ["EpochValueCache", "EpochValues", "stale_rows"]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EpochValues:
-    """The values of one epoch at pool version ``version``: ``values[row]`` (float32, NaN: not scored)."""
+    """The values of one epoch at pool version ``version``: ``values[row]`` (float32, NaN: not scored
+    or not one of the request's rows), and ``total``, the exact sum of the values that are not NaN
+    (kept from version to version: a new version subtracts the values that leave and adds the new ones)."""
 
     version: int
     values: np.ndarray
+    total: ExactSum
+
+    @staticmethod
+    def of(version: int, values: np.ndarray) -> EpochValues:
+        """Values with their sum computed (values read from Redis, which keeps no sum)."""
+        return EpochValues(version, values, ExactSum.of(values[~np.isnan(values)]))
 
 
 def stale_rows(row_versions: np.ndarray, since: int) -> int:
@@ -78,7 +87,7 @@ class EpochValueCache:
         for bit), covering exactly the rows that existed then (rows past its end were written after).
         """
         found = self._local.get(key)
-        if found is not None and _fits(found, row_versions, version):
+        if found is not None and _fits(len(found.values), found.version, row_versions, version):
             return found
         if self._duals.backend != "redis":
             return None
@@ -86,19 +95,23 @@ class EpochValueCache:
         if entry is None:
             return None
         try:
-            version = int(entry.meta["pool_version"])
-            ok = entry.f is not None and entry.g.tobytes() == g.tobytes() and version >= 0
+            stored = int(entry.meta["pool_version"])
+            ok = entry.f is not None and entry.g.tobytes() == g.tobytes() and stored >= 0
         except (KeyError, TypeError, ValueError, OverflowError):
             ok = False
         if not ok or entry.f is None:
             LOG.warning("epoch values under %s:f do not match the epoch; scored again", key)
             return None
-        values = EpochValues(version, entry.f)
-        if not _fits(values, row_versions, version) or bool(np.isinf(values.values).any()):
+        if not _fits(len(entry.f), stored, row_versions, version) or bool(np.isinf(entry.f).any()):
             LOG.warning("epoch values under %s:f do not fit the pool; scored again", key)
             return None
+        values = EpochValues.of(stored, entry.f)
         self._local.put(key, values)
         return values
+
+    def held(self) -> list[str]:
+        """Keys of the epochs whose values this process holds."""
+        return list(self._local.held_keys())
 
     def put(self, key: str, g: np.ndarray, values: EpochValues, *, share: bool) -> None:
         """Keep ``values`` in process, and in Redis (``share``) when they are under the size limit."""
@@ -119,8 +132,8 @@ def _version(key: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def _fits(found: EpochValues, row_versions: np.ndarray, version: int) -> bool:
-    n = len(found.values)
-    if found.version > version or n > len(row_versions):
+def _fits(n: int, stored: int, row_versions: np.ndarray, version: int) -> bool:
+    """Whether ``n`` values of pool version ``stored`` can serve a snapshot of ``version``."""
+    if stored > version or n > len(row_versions):
         return False
-    return bool((row_versions[n:] > np.uint64(found.version)).all())
+    return bool((row_versions[n:] > np.uint64(stored)).all())

@@ -18,6 +18,7 @@ import xxhash
 from gotd.cache.duals.cache import DualCache
 from gotd.cache.duals.codec import PotentialEntry
 from gotd.cache.store.core import PoolArrays
+from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
 from gotd.server.selection.costs import Cost, Features
@@ -224,8 +225,9 @@ class Job:
             if not self.cache_hit:
                 self._store_potential(run.total_value, len(self.rows))
             return ShardedScores(run)
-        f = self._values(g, known, emit, stop)
-        return DenseScores(calibrated_gradient(torch.from_numpy(f)).numpy(), list(self.ids))
+        f, total = self._values(g, known, emit, stop)
+        scores = calibrated_gradient(torch.from_numpy(f), total=total.to_float())
+        return DenseScores(scores.numpy(), list(self.ids))
 
     def _known(self, g_np: np.ndarray) -> EpochValues | None:
         """The epoch's values kept in this process (or Redis) usable at this pool version."""
@@ -234,40 +236,51 @@ class Job:
             return None
         return self.engine.epoch_values.get(self.key, g_np, a.row_versions, a.version)
 
-    def _values(self, g: torch.Tensor, known: EpochValues | None, emit: Emit, stop: StopCheck) -> np.ndarray:
-        """The c-transform of the epoch's ``g`` for ``self.rows`` (float32), in this process.
+    def _values(
+        self, g: torch.Tensor, known: EpochValues | None, emit: Emit, stop: StopCheck
+    ) -> tuple[np.ndarray, ExactSum]:
+        """The c-transform of the epoch's ``g`` for ``self.rows`` (float32), in this process, and
+        their exact sum.
 
         Values kept from an earlier request of the epoch (``known``) serve the rows not written
-        since; only the rows written since (or never scored) go through the c-transform. Without kept
-        values, one pass over all rows (in process, or all of ``f`` back from the scorer)."""
+        since; only the rows written since (or never scored) go through the c-transform, and the kept
+        sum changes by the values that leave it (rows rescored, deleted or no longer among the rows)
+        and the new ones: no pass over the unchanged rows' values. Without kept values, one pass over
+        all rows (in process, or all of ``f`` back from the scorer)."""
         g_np = g.numpy()
         a, n_pool = self.arrays, len(self.arrays.ids)
+        values = np.full(n_pool, np.nan, dtype=np.float32)
         if known is not None:
-            values = np.full(n_pool, np.nan, dtype=np.float32)
             values[: len(known.values)] = known.values
-            held = values[self.rows]
-            redo = np.flatnonzero(np.isnan(held) | (a.row_versions[self.rows] > np.uint64(known.version)))
-            rows = self.rows[redo]
+            keep = np.zeros(n_pool, dtype=bool)
+            keep[self.rows] = True
+            held = ~np.isnan(values)
+            redo = keep & (~held | (a.row_versions > np.uint64(known.version)))
+            leaving = held & ~(keep & ~redo)
+            total = known.total - ExactSum.of(values[leaving]) if leaving.any() else known.total
+            values[~keep] = np.nan
+            rows = np.flatnonzero(redo)
             if len(rows):
                 stop()
                 fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
                 values[rows] = fresh
+                total = total + ExactSum.of(fresh)
                 emit(Progress(Stage.SCORE, len(rows), len(rows)))
             self._count_pass("incremental" if len(rows) else "cached", len(rows))
         else:
-            values = np.full(n_pool, np.nan, dtype=np.float32)
             work = ScorePass(
                 self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
             )
-            f_all = self.engine.scorer(work)
-            values[self.rows] = f_all.to(torch.float32).numpy()
+            full = self.engine.scorer(work).to(torch.float32).numpy()
+            values[self.rows] = full
+            total = ExactSum.of(full)
             self._count_pass("full", len(self.rows))
         if known is None or known.version != a.version:
-            self.engine.epoch_values.put(self.key, g_np, EpochValues(a.version, values), share=True)
+            self.engine.epoch_values.put(self.key, g_np, EpochValues(a.version, values, total), share=True)
         f: np.ndarray = values[self.rows]
         if not self.cache_hit:
-            self._store_potential(float(np.sum(f, dtype=np.float64)), len(f))
-        return f
+            self._store_potential(total.to_float(), len(f))
+        return f, total
 
     def _count_pass(self, kind: str, rows: int) -> None:
         self.rows_scored = rows
