@@ -76,7 +76,8 @@ def _run(
 
 
 def test_ngram_task_picks_the_ngram_end() -> None:
-    result = _run(_task("ngram"))
+    # the default setting finds every held-out member here too: only the argmax rule leaves it
+    result = _run(_task("ngram"), config=ValidationConfig(margin=0.0))
     assert not result.fallback
     assert result.chosen.embedding_weight <= 0.1, result
     by = {s.setting: s for s in result.scores}
@@ -107,6 +108,33 @@ def test_deterministic_and_reports_every_setting() -> None:
         assert 0.0 <= s.recall <= 1.0
         assert 0.0 < s.mrr <= 1.0
         assert 0.0 <= s.auc <= 1.0
+
+
+def test_default_kept_unless_the_gain_clears_the_margin() -> None:
+    task = _task("embedding")
+    argmax = _run(task, config=ValidationConfig(margin=0.0))
+    assert argmax.chosen != FALLBACK and not argmax.kept_default
+    by = {s.setting: s.recall for s in argmax.scores}
+    assert by[argmax.chosen] > by[FALLBACK]
+    assert _run(task) == argmax  # the lead clears one standard error of the paired gain
+    tied = _run(_task("ngram"))  # the default already finds every member: no gain to take
+    assert tied.kept_default and tied.chosen == FALLBACK
+    cautious = _run(task, config=ValidationConfig(margin=1e6))
+    assert cautious.kept_default and cautious.chosen == FALLBACK
+    assert cautious.scores == argmax.scores  # the scores are reported either way
+
+
+def test_noise_keeps_the_default() -> None:
+    # targets drawn like the pool: no setting can find them, any lead is noise
+    task = _task("embedding", seed=6)
+    rng = np.random.default_rng(6)
+    pick = rng.choice(N_POOL, N_TARGET, replace=False)
+    noise = dict(task, target_vectors=task["pool_vectors"][pick], target_tf=task["pool_tf"][pick])
+    result = _run(noise)
+    assert result.chosen == FALLBACK
+    assert result.kept_default or max(s.recall for s in result.scores) == next(
+        s.recall for s in result.scores if s.setting == FALLBACK
+    )
 
 
 def test_folds_in_threads_give_the_same_result() -> None:
@@ -145,6 +173,7 @@ def test_bounded_sample_and_folds() -> None:
         ({"pool_sample": 0}, "pool_sample"),
         ({"min_targets": 2}, "min_targets"),
         ({"threads": 0}, "threads"),
+        ({"margin": -1.0}, "margin"),
     ],
 )
 def test_config_is_validated(change: dict[str, Any], message: str) -> None:

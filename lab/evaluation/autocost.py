@@ -4,8 +4,10 @@ Importing this module registers:
 
 - ``gotd-fused-w{w}-rel{c}`` for every setting of :data:`gotd.server.selection.validation.DEFAULT_GRID`:
   the fused cost at embedding weight ``w``, epsilon ``c`` times the median pool-target cost;
-- ``gotd-auto-always``: the same validation with no small-target fallback (it validates down to one
-  target per fold), to measure where the fallback threshold belongs;
+- ``gotd-auto-argmax``: the validation without the one-standard-error rule (the best setting is taken
+  whenever it is ahead of the default); ``gotd-auto-always`` and ``gotd-auto-argmax-always``: both with
+  no small-target fallback (they validate down to one target per fold), to measure where the fallback
+  threshold belongs;
 - ``gotd-auto``: what ``Select`` does with ``cost auto`` and no explicit weight or epsilon —
   :func:`gotd.server.selection.validation.validate` on the task's target set (its texts and embeddings
   only, never labels; the pool sample drawn by hashed row ids, the folds seeded by the targets'
@@ -75,10 +77,16 @@ class AutoSelector:
             **inner.diagnostics,
             "chosen": grid_name(chosen),
             "fallback": result.fallback,
+            "kept_default": result.kept_default,
             "validate_seconds": spent,
             "scores": {grid_name(s.setting): [s.recall, s.mrr, s.auc] for s in result.scores},
         }
         return ranking
+
+
+def _auto(name: str, options: MethodOptions, *, config: ValidationConfig) -> Selector:
+    del options
+    return AutoSelector(name, config)
 
 
 def _fixed(name: str, options: MethodOptions, *, weight: float, relative_eps: float) -> Selector:
@@ -95,11 +103,24 @@ def _register() -> None:
             name, f"GOT-D, fused cost {w:g} · embedding + {1 - w:g} · n-gram; ε = {c:g} × median cost."
         )
     register_method("gotd-auto", lambda n, o: AutoSelector(n), replace=True)
-    always = ValidationConfig(min_targets=ValidationConfig().folds)
-    register_method("gotd-auto-always", lambda n, o: AutoSelector(n, always), replace=True)
-    METHOD_NOTES.setdefault(
-        "gotd-auto-always", "`gotd-auto` without the small-target fallback (validates down to 3 targets)."
-    )
+    variants = {
+        "gotd-auto-argmax": (
+            ValidationConfig(margin=0.0),
+            "`gotd-auto` taking the best setting even when "
+            "it beats the default by less than one standard error.",
+        ),
+        "gotd-auto-always": (
+            ValidationConfig(min_targets=3),
+            "`gotd-auto` without the small-target fallback (validates down to 3 targets).",
+        ),
+        "gotd-auto-argmax-always": (
+            ValidationConfig(min_targets=3, margin=0.0),
+            "`gotd-auto-argmax` without the small-target fallback.",
+        ),
+    }
+    for name, (config, note) in variants.items():
+        register_method(name, partial(_auto, config=config), replace=True)
+        METHOD_NOTES.setdefault(name, note)
     METHOD_NOTES.setdefault(
         "gotd-auto",
         "GOT-D with the cost validated on the target set (server `cost auto`): the grid setting whose "

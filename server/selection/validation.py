@@ -7,7 +7,10 @@ bounded sample of the pool plus one fold's members (held out) and the other fold
 by the one ranking rule of :mod:`gotd.server.selection.modes`, and score the setting by how many held-
 out members land where a selection of the requested size would take them: the held-out *recall at the
 requested fraction* ``q`` (a member counts when fewer than ``q`` times the sample size of pool rows
-rank ahead of it). The setting with the best recall is used for the real selection.
+rank ahead of it). The setting with the best recall is used for the real selection when it beats the
+fixed default by more than one standard error of the paired gain (the one-standard-error rule of [3]_):
+with few targets the recall of a dozen held-out members is noise, and chasing it costs precision
+(docs/evaluation.md, "Validated cost"); otherwise the default is kept.
 
 The criterion looks only at the top of the ranking on purpose: a whole-ranking criterion (AUC, or the
 mean reciprocal rank to a lesser degree) rewards settings that place every member fairly high, which
@@ -26,6 +29,8 @@ References
 .. [1] F. Kang et al., "Get more for less: Principled Data Selection for Warming Up Fine-Tuning in
    LLMs", ICLR 2024.
 .. [2] S. M. Xie et al., "Data Selection for Language Models via Importance Resampling", NeurIPS 2023.
+.. [3] T. Hastie, R. Tibshirani, J. Friedman, "The Elements of Statistical Learning", 2nd ed., 2009,
+   section 7.10 (the one-standard-error rule).
 """
 
 from __future__ import annotations
@@ -107,6 +112,10 @@ class ValidationConfig:
         Fewer targets than this: no validation, :data:`FALLBACK` is used.
     tol, max_iter : float, int
         Sinkhorn settings of the validation solves.
+    margin : float
+        The best setting replaces :data:`FALLBACK` only when the held-out recall it gains, paired
+        member by member, exceeds this many standard errors of that gain (the one-standard-error
+        rule); 0 always takes the best setting (recall, then mean reciprocal rank).
     threads : int
         Folds solved at once (numpy releases the GIL in its reductions; 1 solves them in turn).
         The result does not depend on it.
@@ -121,6 +130,7 @@ class ValidationConfig:
     tol: float = 1e-3
     max_iter: int = 300
     threads: int = 2
+    margin: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -132,6 +142,8 @@ class ValidationConfig:
         for name in ("pool_sample", "max_train", "max_held_out"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"margin must be >= 0, got {self.margin!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads!r}")
         if self.min_targets < self.folds:
@@ -178,6 +190,8 @@ class Validation:
         Pool rows ranked with them.
     fallback : bool
         Too few targets: ``chosen`` is :data:`FALLBACK`, nothing was validated.
+    kept_default : bool
+        The best setting did not beat :data:`FALLBACK` by the margin: ``chosen`` is the fallback.
     """
 
     chosen: Setting
@@ -186,6 +200,7 @@ class Validation:
     held_out: int
     pool_sample: int
     fallback: bool = False
+    kept_default: bool = False
 
 
 def validate(
@@ -259,7 +274,29 @@ def validate(
     )
     best = max(range(len(scores)), key=lambda i: (scores[i].recall, scores[i].mrr, -i))
     held_total = sum(min(len(f), config.max_held_out) for f in folds)
-    return Validation(scores[best].setting, scores, fraction, held_total, len(sample))
+    chosen = scores[best].setting
+    gain = _paired_gain(ahead, chosen, budget, config)
+    kept = config.margin > 0 and gain is not None and gain[0] <= config.margin * gain[1]
+    return Validation(
+        FALLBACK if kept else chosen, scores, fraction, held_total, len(sample), kept_default=kept
+    )
+
+
+def _paired_gain(
+    ahead: dict[Setting, list[np.ndarray]], best: Setting, budget: float, config: ValidationConfig
+) -> tuple[float, float] | None:
+    """Mean and standard error of the held-out hits ``best`` gains over :data:`FALLBACK`, member by member.
+
+    None when there is nothing to compare (``best`` is the fallback, or the grid lacks it).
+    """
+    if best == FALLBACK or FALLBACK not in ahead:
+        return None
+    d = (np.concatenate(ahead[best]) < budget).astype(np.float64) - (
+        np.concatenate(ahead[FALLBACK]) < budget
+    ).astype(np.float64)
+    if len(d) < 2:
+        return float(d.mean()), math.inf
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,7 @@ class CostChooser:
         chosen = result.chosen
         report = CostValidation(
             ValidationStatus.VALIDATED,
-            f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool",
+            _detail(result, q),
             chosen.embedding_weight,
             chosen.relative_eps,
             tuple(
@@ -204,10 +204,21 @@ class CostChooser:
             "fraction": result.fraction,
             "held_out": result.held_out,
             "pool_sample": result.pool_sample,
+            "kept_default": result.kept_default,
         }
         entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta)
         self._duals.put(key, entry)
         return entry
+
+
+def _detail(result: Validation, q: float) -> str:
+    """How the setting was chosen, for the Summary."""
+    if result.kept_default:
+        return (
+            f"default kept: no setting of {len(result.scores)} beat it by one standard error of held-out "
+            f"recall at {q:g} of the pool"
+        )
+    return f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool"
 
 
 def _fixed_by_request(solver: SolverParams) -> str:
@@ -245,4 +256,5 @@ def _decode(entry: PotentialEntry, grid: Sequence[Setting]) -> Validation:
         float(meta["fraction"]),
         int(meta["held_out"]),
         int(meta["pool_sample"]),
+        kept_default=bool(meta.get("kept_default", False)),
     )
