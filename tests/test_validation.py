@@ -113,14 +113,17 @@ def test_deterministic_and_reports_every_setting() -> None:
 def test_default_kept_unless_the_gain_clears_the_margin() -> None:
     task = _task("embedding")
     argmax = _run(task, config=ValidationConfig(margin=0.0))
-    assert argmax.chosen != FALLBACK and not argmax.kept_default
+    assert argmax.chosen != FALLBACK
+    assert not argmax.kept_default
     by = {s.setting: s.recall for s in argmax.scores}
     assert by[argmax.chosen] > by[FALLBACK]
     assert _run(task) == argmax  # the lead clears one standard error of the paired gain
     tied = _run(_task("ngram"))  # the default already finds every member: no gain to take
-    assert tied.kept_default and tied.chosen == FALLBACK
+    assert tied.kept_default
+    assert tied.chosen == FALLBACK
     cautious = _run(task, config=ValidationConfig(margin=1e6))
-    assert cautious.kept_default and cautious.chosen == FALLBACK
+    assert cautious.kept_default
+    assert cautious.chosen == FALLBACK
     assert cautious.scores == argmax.scores  # the scores are reported either way
 
 
