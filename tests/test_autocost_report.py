@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gotd.lab.evaluation.autocost import grid_name
-from gotd.lab.evaluation.autocost_report import GRID, corpus_tables, threshold_lines
+from gotd.lab.evaluation.autocost_report import GRID, corpus_tables, merge_results, threshold_lines
 from gotd.server.selection.validation import FALLBACK
 
 
@@ -50,3 +52,15 @@ def test_corpus_table_names_the_best_fixed_setting_and_the_gap() -> None:
     assert gap.startswith(f"`gotd-auto` − `{GRID[-1]}` (paired over the same tasks): -0.003 ± 0.002")
     criteria = {line.split(" | ")[0] for line in lines if line.startswith("| recall")}
     assert criteria == {"| recall (used)"}
+
+
+def test_merge_renames_the_first_run_and_takes_the_second_runs_rows() -> None:
+    settings = {"corpus_key": "toy", "pool_size": 10, "target_size": 5, "seeds": [0], "command": "a"}
+    base = {"settings": settings, "rows": [_row("gotd-auto", "a", 0, 0.5), _row("dsir", "a", 0, 0.2)]}
+    extra = {"settings": {**settings, "command": "b"}, "rows": [_row("gotd-auto", "a", 0, 0.6)]}
+    merged = merge_results(base, extra, {"gotd-auto": "gotd-auto-argmax"})
+    got = {(r["method"], r["precision"]) for r in merged["rows"]}
+    assert got == {("gotd-auto-argmax", 0.5), ("dsir", 0.2), ("gotd-auto", 0.6)}
+    assert merged["settings"]["command"] == "a ; then b"
+    with pytest.raises(ValueError, match="same tasks"):
+        merge_results(base, {**extra, "settings": {**settings, "pool_size": 11}}, {})

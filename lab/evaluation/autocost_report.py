@@ -12,6 +12,11 @@ Reads the ``results.json`` of runs that included ``gotd-auto`` and the fixed set
 
 Run: ``python -m gotd.lab.evaluation.autocost_report RESULTS.json [...]`` (one file per corpus).
 
+With ``--merge OUT BASE EXTRA [OLD=NEW ...]``, the rows of a second run on the same tasks (same corpus,
+seeds and sizes) join a first run's: methods of the first run renamed ``OLD`` -> ``NEW`` (a method whose
+code changed name between the runs), rows of the second run replacing any with the same method, label,
+seed and k; written to ``OUT`` with both commands recorded.
+
 With ``--threshold``, the files are runs of ``gotd-auto-always`` (the validation without its
 small-target fallback) and the fallback setting at several target-set sizes: one line per corpus and
 size, the paired precision gain of validating over the fallback. The fallback threshold belongs where
@@ -34,7 +39,7 @@ from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK
 __all__ = ["corpus_tables", "main"]
 
 GRID = [grid_name(s) for s in DEFAULT_GRID]
-OTHERS = ("gotd-auto", "gotd-default", "dsir", "centroid", "tsds")
+OTHERS = ("gotd-auto", "gotd-auto-argmax", "gotd-default", "dsir", "centroid", "tsds")
 CRITERIA = {"recall (used)": 0, "mean reciprocal rank": 1, "AUC": 2}
 
 
@@ -141,9 +146,34 @@ def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list
     return lines
 
 
+def merge_results(base: dict[str, Any], extra: dict[str, Any], rename: dict[str, str]) -> dict[str, Any]:
+    """``base`` with ``extra``'s rows (see the module docstring); refuses runs of different tasks."""
+    keys = ("corpus_key", "pool_size", "target_size", "heldout_size", "pool_fraction", "seeds", "topics")
+    if any(base["settings"].get(k) != extra["settings"].get(k) for k in keys):
+        raise ValueError("the two runs are not of the same tasks")
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["method"], r["label"], r["seed"], r["k_frac"])
+
+    rows = [{**r, "method": rename.get(r["method"], r["method"])} for r in base["rows"]]
+    replaced = {key(r) for r in extra["rows"]}
+    merged = [r for r in rows if key(r) not in replaced] + list(extra["rows"])
+    settings = dict(base["settings"])
+    settings["methods"] = list(dict.fromkeys(r["method"] for r in merged))
+    settings["command"] = f"{base['settings'].get('command')} ; then {extra['settings'].get('command')}"
+    settings["merged"] = {"renamed": rename}
+    return {**base, "settings": settings, "rows": merged}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the tables of every results file named on the command line."""
     args = list(argv if argv is not None else sys.argv[1:])
+    if args and args[0] == "--merge":
+        out, base, extra, *pairs = args[1:]
+        rename = dict(pair.split("=", 1) for pair in pairs)
+        loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in (base, extra)]
+        Path(out).write_text(json.dumps(merge_results(*loaded, rename), indent=1) + "\n", encoding="utf-8")
+        return
     if args and args[0] == "--threshold":
         loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args[1:]]
         print("\n".join(threshold_lines(loaded)))
