@@ -25,7 +25,7 @@ def test_threshold_table_pairs_the_tasks() -> None:
             ]
     result = {"settings": {"corpus_key": "toy", "target_size": 20}, "rows": rows}
     table = threshold_lines([result])
-    assert table[2] == "| toy | 20 | 0.500 ± 0.000 | 0.450 ± 0.000 | +0.050 ± 0.000 |"
+    assert table[2] == "| toy | 20 | 0.450 ± 0.000 | 0.500 ± 0.000 | +0.050 ± 0.000 |"
 
 
 def test_corpus_table_names_the_best_fixed_setting_and_the_gap() -> None:

@@ -122,27 +122,41 @@ def corpus_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
     return lines
 
 
+THRESHOLD_METHODS = ("gotd-auto-always", "gotd-auto-argmax-always")
+
+
 def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list[str]:
-    """Markdown table: validated (no fallback) vs the fallback setting, per corpus and target-set size."""
+    """Markdown table: validating (no fallback) vs the fallback setting, per corpus and target-set size.
+
+    One column per validating method present (:data:`THRESHOLD_METHODS`): its precision and its gain
+    over the fallback setting, paired task by task.
+    """
     fallback = grid_name(FALLBACK)
+    present = [m for m in THRESHOLD_METHODS if any(r["method"] == m for res in results for r in res["rows"])]
     lines = [
-        f"| corpus | targets | `gotd-auto-always` | `{fallback}` (fallback) | paired gain |",
-        "|---|---|---|---|---|",
+        f"| corpus | targets | `{fallback}` (fallback) | "
+        + " | ".join(f"`{m}` | gain" for m in present)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(present),
     ]
     keyed = sorted(results, key=lambda r: (r["settings"]["corpus_key"], r["settings"]["target_size"]))
     for result in keyed:
         rows = [r for r in result["rows"] if abs(r["k_frac"] - k_frac) < 1e-9]
         prec = {(r["method"], r["label"], r["seed"]): r["precision"] for r in rows}
         tasks = sorted({(r["label"], r["seed"]) for r in rows})
-        auto = [{"seed": t[1], "p": prec[("gotd-auto-always", *t)]} for t in tasks]
         fixed = [{"seed": t[1], "p": prec[(fallback, *t)]} for t in tasks]
-        gain = [{"seed": a["seed"], "p": a["p"] - f["p"]} for a, f in zip(auto, fixed, strict=True)]
-        cells = [_mean_se(x, "p") for x in (auto, fixed, gain)]
-        lines.append(
-            f"| {result['settings']['corpus_key']} | {result['settings']['target_size']} "
-            f"| {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.3f} ± {cells[1][1]:.3f} "
-            f"| {cells[2][0]:+.3f} ± {cells[2][1]:.3f} |"
-        )
+        m, se = _mean_se(fixed, "p")
+        cells = [f"{m:.3f} ± {se:.3f}"]
+        for method in present:
+            if not all((method, *t) in prec for t in tasks):
+                cells += ["", ""]
+                continue
+            auto = [{"seed": t[1], "p": prec[(method, *t)]} for t in tasks]
+            gain = [{"seed": a["seed"], "p": a["p"] - f["p"]} for a, f in zip(auto, fixed, strict=True)]
+            (am, ase), (gm, gse) = _mean_se(auto, "p"), _mean_se(gain, "p")
+            cells += [f"{am:.3f} ± {ase:.3f}", f"{gm:+.3f} ± {gse:.3f}"]
+        settings = result["settings"]
+        lines.append(f"| {settings['corpus_key']} | {settings['target_size']} | " + " | ".join(cells) + " |")
     return lines
 
 
