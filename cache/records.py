@@ -231,13 +231,16 @@ class Record:
         return record
 
 
-def check_unique_ids(records: Iterable[Record], *, where: str = "batch") -> None:
-    """Raise :class:`InvalidArgument` naming the first id that occurs twice in ``records``."""
-    seen: set[str] = set()
-    for record in records:
-        if record.id in seen:
-            raise InvalidArgument(f"record {record.id!r}: duplicate id in one {where}")
-        seen.add(record.id)
+def check_unique_ids(records: Iterable[Record], *, where: str = "batch") -> list[str]:
+    """The ids of ``records``; raise :class:`InvalidArgument` naming the first id that occurs twice."""
+    ids = [record.id for record in records]
+    if len(set(ids)) < len(ids):
+        seen: set[str] = set()
+        for record_id in ids:
+            if record_id in seen:
+                raise InvalidArgument(f"record {record_id!r}: duplicate id in one {where}")
+            seen.add(record_id)
+    return ids
 
 
 # -- readers -------------------------------------------------------------------------------------

@@ -40,13 +40,14 @@ from gotd.cache.store.layout import (
 )
 from gotd.cache.store.sketch import (
     Sketcher,
+    batch_sketches,
     decode_target_set,
     decode_target_sketches,
     encode_target_set,
     sketch_matrix,
 )
 from gotd.cache.store.upsert import upsert_txn
-from gotd.cache.store.vectors import content_hash, unit_rows
+from gotd.cache.store.vectors import batch_matrix, content_hash, unit_rows
 
 __all__ = [
     "BackfillResult",
@@ -173,15 +174,14 @@ class Store:
             raise InvalidArgument(f"pool {pool!r}: dim must be >= 1, got {dim}")
         if not model:
             raise InvalidArgument(f"pool {pool!r}: the model id is required")
-        check_unique_ids(records)
-        ids = [r.id for r in records]
-        matrix = self._matrix(pool, records, vectors, dim)
+        ids = check_unique_ids(records)
+        matrix = batch_matrix(pool, records, vectors, dim)
         units = unit_rows(matrix, what=f"pool {pool!r}", ids=ids)
         contents = [(r.domain, r.meta_json, r.text) for r in records]
         storage = dtype or self.vector_dtype
         if storage not in VECTOR_DTYPES:
             raise InvalidArgument(f"dtype must be one of {sorted(VECTOR_DTYPES)}, got {storage!r}")
-        sketches = None if self.sketcher is None else sketch_matrix(self.sketcher, [c[2] for c in contents])
+        sketches, width = batch_sketches(self.sketcher, [c[2] for c in contents])
         result = self.env.write(
             lambda txn: upsert_txn(
                 txn,
@@ -194,6 +194,7 @@ class Store:
                 dim=dim,
                 dtype=storage,
                 sketches=sketches,
+                sketch_width=width,
             )
         )
         LOG.debug(
@@ -205,31 +206,6 @@ class Store:
             result.version,
         )
         return result
-
-    @staticmethod
-    def _matrix(pool: str, records: Sequence[Record], vectors: np.ndarray | None, dim: int) -> np.ndarray:
-        if vectors is None:
-            out = np.empty((len(records), dim), dtype=np.float32)
-            for i, r in enumerate(records):
-                if r.embedding is None:
-                    raise InvalidArgument(f"pool {pool!r}: record {r.id!r} has no embedding")
-                if r.embedding.shape != (dim,):
-                    raise FailedPrecondition(
-                        f"pool {pool!r}: record {r.id!r} has an embedding of dimension "
-                        f"{r.embedding.shape[0]}, the pool's model has {dim}"
-                    )
-                out[i] = r.embedding
-            return out
-        matrix = np.asarray(vectors)
-        if matrix.ndim != 2 or matrix.shape[0] != len(records):
-            raise InvalidArgument(
-                f"pool {pool!r}: vectors must have shape ({len(records)}, {dim}), got {matrix.shape}"
-            )
-        if matrix.shape[1] != dim:
-            raise FailedPrecondition(
-                f"pool {pool!r}: vectors have dimension {matrix.shape[1]}, expected {dim}"
-            )
-        return matrix
 
     def get_pool(self, name: str) -> PoolInfo:
         """The pool's count, version, model, dim (NotFound when absent)."""

@@ -261,12 +261,17 @@ def id_key(prefix: bytes, record_id: str) -> bytes:
     return prefix + xxhash.xxh3_128_digest(record_id.encode("utf-8"))
 
 
-def raw_id_key(prefix: bytes, raw_id: bytes) -> bytes:
-    return prefix + xxhash.xxh3_128_digest(raw_id)
+def id_keys(prefix: bytes, raw_ids: list[bytes]) -> list[bytes]:
+    """``ids`` keys of UTF-8 encoded ids: ``prefix + xxh3_128(id)`` each."""
+    return list(map(prefix.__add__, map(xxhash.xxh3_128_digest, raw_ids)))
 
 
-def raw_id_value(row: int, raw_id: bytes) -> bytes:
-    return _ROW.pack(row) + raw_id
+def id_values(first_row: int, raw_ids: list[bytes]) -> list[bytes]:
+    """``ids`` values of UTF-8 encoded ids written at rows ``first_row, first_row + 1, ...``:
+    little-endian u64 row + id each (the rows packed in one pass)."""
+    rows = np.arange(first_row, first_row + len(raw_ids), dtype="<u8")
+    packed: list[bytes] = np.frombuffer(rows.tobytes(), dtype="V8").tolist()
+    return list(map(bytes.__add__, packed, raw_ids))
 
 
 def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:

@@ -38,6 +38,7 @@ __all__ = [
     "SKETCH_DTYPE",
     "Sketcher",
     "backfill_marker",
+    "batch_sketches",
     "decode_target_set",
     "decode_target_sketches",
     "encode_target_set",
@@ -76,6 +77,17 @@ def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray
     if not np.isfinite(rows).all():
         raise ValueError("the sketch function returned non-finite values")
     return rows
+
+
+def batch_sketches(sketcher: Sketcher | None, texts: Sequence[str | None]) -> tuple[np.ndarray | None, int]:
+    """``(rows, width)`` of an upsert batch: :func:`sketch_matrix` of its texts and their width; rows
+    None (all zero rows) when no record has a text or there is no sketch function (width 0)."""
+    if sketcher is None:
+        return None, 0
+    if any(texts):
+        rows = sketch_matrix(sketcher, texts)
+        return rows, rows.shape[1]
+    return None, sketch_matrix(sketcher, [None]).shape[1]  # the function is still checked
 
 
 # -- pool chunks -----------------------------------------------------------------------------------

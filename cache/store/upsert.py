@@ -35,8 +35,8 @@ from gotd.cache.store.layout import (
     chunk_rows_for,
     decode_id_value,
     encode_content,
-    raw_id_key,
-    raw_id_value,
+    id_keys,
+    id_values,
     read_u64,
     u64,
     u64_key,
@@ -135,15 +135,23 @@ class _Chunks:
                 grown = np.zeros((need, self.pool.dim), dtype=self.dtype)
                 grown[: len(vec)] = vec
                 vec = grown
-            vec[local] = vectors[part]
-            self.vectors[chunk] = vec
             meta = self.row_chunk(chunk)
             meta.grow(need)
             meta.versions[local] = version
-            meta.keys[local] = hashes[part]
-            for j, i in zip(local.tolist(), part.tolist(), strict=True):
-                meta.ids[j] = ids[i]
-                meta.domains[j] = domains[i]
+            first, stop = int(part[0]), int(part[-1]) + 1  # ``part`` is a run of positions
+            low = int(local[0])
+            if need - low == len(local):  # and ``local`` a run of rows (appended rows): slices
+                vec[low:need] = vectors[first:stop]
+                meta.keys[low:need] = hashes[first:stop]
+                meta.ids[low:need] = ids[first:stop]
+                meta.domains[low:need] = domains[first:stop]
+            else:
+                vec[local] = vectors[part]
+                meta.keys[local] = hashes[part]
+                for j, i in zip(local.tolist(), part.tolist(), strict=True):
+                    meta.ids[j] = ids[i]
+                    meta.domains[j] = domains[i]
+            self.vectors[chunk] = vec
             key = u64_key(self.prefix, chunk)
             self.txn.put(key, vec.tobytes(), db=self.dbs["vectors"])
             self.txn.put(key, meta.encode(), db=self.dbs["rows"])
@@ -176,10 +184,12 @@ def upsert_txn(
     dim: int,
     dtype: str,
     sketches: np.ndarray | None = None,
+    sketch_width: int = 0,
 ) -> UpsertResult:
     """Upsert ``ids`` with unit ``vectors`` (n, dim) float32 and ``contents`` into pool ``name``.
 
-    ``sketches`` (n, buckets) float16 are the records' sketch rows (None: the batch has none).
+    ``sketches`` (n, buckets) float16 are the records' sketch rows (None: zero rows, e.g. no record
+    has a text); ``sketch_width`` is their width (a pool created by the batch keeps sketches when > 0).
 
     Raises
     ------
@@ -190,7 +200,7 @@ def upsert_txn(
     """
     pool = read_pool(txn, dbs, name)
     if pool is None:
-        width = 0 if sketches is None or SKETCH_DB not in dbs else sketches.shape[1]
+        width = sketch_width if SKETCH_DB in dbs else 0
         pool = _new_pool(txn, dbs, name, model, dim, dtype, width)
         created = True
     else:
@@ -204,7 +214,7 @@ def upsert_txn(
     stored = vectors.astype(chunks.dtype, copy=False)
     prefix = pool.prefix
     raw_ids = [i.encode("utf-8") for i in ids]
-    keys = [raw_id_key(prefix, b) for b in raw_ids]
+    keys = id_keys(prefix, raw_ids)
     found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys)) if not created else {}
     new_idx: list[int] = []
     old_idx: list[int] = []
@@ -246,27 +256,32 @@ def upsert_txn(
     write_rows = np.asarray(changed_rows + new_rows, dtype=np.int64)
     order = np.argsort(write_rows, kind="stable")
     write_idx, write_rows = write_idx[order], write_rows[order]
+    everyone = len(write_idx) == len(ids) and bool((write_idx == np.arange(len(ids))).all())  # no picking
     picked = write_idx.tolist()
+    domains = [c[0] for c in contents]
+    hashes = np.fromiter(map(xxhash.xxh64_intdigest, raw_ids), dtype=np.uint64, count=len(raw_ids))
     chunks.write_rows(
         write_rows,
-        stored[write_idx],
-        [ids[i] for i in picked],
-        [contents[i][0] for i in picked],
-        np.fromiter((xxhash.xxh64_intdigest(raw_ids[i]) for i in picked), dtype=np.uint64, count=len(picked)),
+        stored if everyone else stored[write_idx],
+        ids if everyone else list(map(ids.__getitem__, picked)),
+        domains if everyone else list(map(domains.__getitem__, picked)),
+        hashes if everyone else hashes[write_idx],
         version,
     )
     if pool.sketch_buckets:
-        write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, _sketch_values(pool, sketches, write_idx))
+        values = _sketch_values(pool, sketches, sketch_width, None if everyone else write_idx)
+        write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, values)
     log_change(txn, dbs, pool, version, write_rows)
     revived = undelete(txn, dbs, pool, np.asarray(changed_rows, dtype=np.int64))
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
-        cur.putmulti(list(zip(content_keys, [encoded[i] for i in picked], strict=True)))
+        values = encoded if everyone else list(map(encoded.__getitem__, picked))
+        cur.putmulti(list(zip(content_keys, values, strict=True)))
     if new_idx:
+        new_keys = keys if len(new_idx) == len(ids) else list(map(keys.__getitem__, new_idx))
+        new_raw = raw_ids if len(new_idx) == len(ids) else list(map(raw_ids.__getitem__, new_idx))
         with txn.cursor(db=dbs["ids"]) as cur:
-            cur.putmulti(
-                [(keys[i], raw_id_value(r, raw_ids[i])) for i, r in zip(new_idx, new_rows, strict=True)]
-            )
+            cur.putmulti(list(zip(new_keys, id_values(pool.count, new_raw), strict=True)))
     pool = replace(
         pool,
         count=pool.count + len(new_idx),
@@ -283,17 +298,20 @@ def upsert_txn(
     )
 
 
-def _sketch_values(pool: PoolRecord, sketches: np.ndarray | None, picked: np.ndarray) -> np.ndarray | None:
-    """The batch's sketch rows ``picked`` for ``pool``; None (zero rows) when it has none of its width."""
-    if sketches is None:
-        return None
-    if sketches.shape[1] != pool.sketch_buckets:
+def _sketch_values(
+    pool: PoolRecord, sketches: np.ndarray | None, width: int, picked: np.ndarray | None
+) -> np.ndarray | None:
+    """The batch's sketch rows ``picked`` (None: all, in order) for ``pool``; None (zero rows) when it
+    has none of the pool's width."""
+    if width and width != pool.sketch_buckets:
         LOG.warning(
             "pool %r keeps sketches of %d buckets, this batch has %d: its rows are stored without",
             pool.name,
             pool.sketch_buckets,
-            sketches.shape[1],
+            width,
         )
         return None
+    if sketches is None or picked is None:
+        return sketches
     picked_rows: np.ndarray = sketches[picked]
     return picked_rows

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 import xxhash
 
-from gotd.cache.errors import InvalidArgument
+from gotd.cache.errors import FailedPrecondition, InvalidArgument
+from gotd.cache.records import Record
 
-__all__ = ["UNIT_TOLERANCE", "content_hash", "unit_rows"]
+__all__ = ["UNIT_TOLERANCE", "batch_matrix", "content_hash", "unit_rows"]
 
 UNIT_TOLERANCE: Final = 1e-6
 
@@ -41,6 +43,30 @@ def unit_rows(vectors: np.ndarray, *, what: str, ids: list[str] | None = None) -
     if scale.any():  # x / 1.0 is exact, so unit rows keep their bits
         x = x / np.where(scale, norms, 1.0).astype(np.float32)[:, None]
     return x
+
+
+def batch_matrix(pool: str, records: Sequence[Record], vectors: np.ndarray | None, dim: int) -> np.ndarray:
+    """The (n, dim) embeddings of an upsert batch: ``vectors`` checked, else the records' stacked."""
+    if vectors is None:
+        out = np.empty((len(records), dim), dtype=np.float32)
+        for i, r in enumerate(records):
+            if r.embedding is None:
+                raise InvalidArgument(f"pool {pool!r}: record {r.id!r} has no embedding")
+            if r.embedding.shape != (dim,):
+                raise FailedPrecondition(
+                    f"pool {pool!r}: record {r.id!r} has an embedding of dimension "
+                    f"{r.embedding.shape[0]}, the pool's model has {dim}"
+                )
+            out[i] = r.embedding
+        return out
+    matrix = np.asarray(vectors)
+    if matrix.ndim != 2 or matrix.shape[0] != len(records):
+        raise InvalidArgument(
+            f"pool {pool!r}: vectors must have shape ({len(records)}, {dim}), got {matrix.shape}"
+        )
+    if matrix.shape[1] != dim:
+        raise FailedPrecondition(f"pool {pool!r}: vectors have dimension {matrix.shape[1]}, expected {dim}")
+    return matrix
 
 
 def content_hash(model: str, vectors: np.ndarray) -> str:
