@@ -119,8 +119,8 @@ class _Chunks:
         self,
         rows: np.ndarray,
         vectors: np.ndarray,
-        ids: list[str],
-        domains: list[str],
+        ids: Sequence[str],
+        domains: Sequence[str],
         hashes: np.ndarray,
         version: int,
     ) -> None:
@@ -275,8 +275,8 @@ def upsert_txn(
     revived = undelete(txn, dbs, pool, np.asarray(changed_rows, dtype=np.int64))
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
     with txn.cursor(db=dbs["content"]) as cur:
-        values = encoded if everyone else list(map(encoded.__getitem__, picked))
-        cur.putmulti(list(zip(content_keys, values, strict=True)))
+        written = encoded if everyone else list(map(encoded.__getitem__, picked))
+        cur.putmulti(list(zip(content_keys, written, strict=True)))
     if new_idx:
         new_keys = keys if len(new_idx) == len(ids) else list(map(keys.__getitem__, new_idx))
         new_raw = raw_ids if len(new_idx) == len(ids) else list(map(raw_ids.__getitem__, new_idx))
