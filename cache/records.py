@@ -112,7 +112,7 @@ def canonical_meta(meta: object, *, record_id: str = "?") -> tuple[dict[str, Any
     InvalidArgument
         When ``meta`` is not a JSON object of at most ``MAX_META_BYTES`` bytes.
     """
-    if meta is None:
+    if meta is None or (isinstance(meta, Mapping) and not meta):
         return {}, "{}"
     if not isinstance(meta, Mapping):
         raise InvalidArgument(f"record {record_id!r}: meta must be a JSON object, got {type(meta).__name__}")
@@ -132,8 +132,11 @@ def _embedding(value: object, record_id: str) -> np.ndarray:
         raise InvalidArgument(f"record {record_id!r}: embedding must be a list of numbers") from None
     if raw.dtype.kind not in "fiu":
         raise InvalidArgument(f"record {record_id!r}: embedding must be a list of numbers")
-    with np.errstate(over="ignore", invalid="ignore"):
-        vector = raw.astype(np.float32)  # a private copy: records are immutable; overflow -> inf
+    if raw.dtype == np.float32:
+        vector = raw.copy()  # a private copy: records are immutable
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            vector = raw.astype(np.float32)  # overflow -> inf, refused below
     if vector.ndim != 1 or vector.shape[0] == 0:
         raise InvalidArgument(f"record {record_id!r}: embedding must be a non-empty 1-d list of numbers")
     if not np.isfinite(vector).all():
