@@ -83,6 +83,25 @@ def test_vector_only_pool_stores_no_sketch_bytes(store: Store) -> None:
     assert len(_chunk_keys(store, "v")) == 1
 
 
+def test_a_vector_only_batch_zeroes_the_rows_it_rewrites_in_any_order(store: Store) -> None:
+    texts = _records(6)
+    store.upsert("p", texts, model="m", dim=DIM)
+    # a new record first, then rewrites of rows 4 and 1 without text: written rows are not batch order
+    bare = [*_records(1, start=6, text=None, seed=2), *(_records(6, text=None, seed=3)[i] for i in (4, 1))]
+    result = store.upsert("p", bare, model="m", dim=DIM)
+    assert (result.inserted, result.updated, result.unchanged) == (1, 2, 0)
+    arrays = store.load_vectors("p")
+    assert arrays.ids == [f"r{i}" for i in range(7)]
+    assert arrays.sketches is not None
+    assert not arrays.sketches[[1, 4, 6]].any()
+    np.testing.assert_array_equal(
+        arrays.sketches[[0, 2, 3, 5]], tf_rows([texts[i].text for i in (0, 2, 3, 5)])
+    )
+    for i, record in zip((6, 4, 1), bare, strict=True):
+        np.testing.assert_array_equal(arrays.vectors[i], record.embedding)
+        assert store.get_records("p", [record.id])[record.id].text is None
+
+
 def test_updates_replace_rows_and_unchanged_rows_stay(store: Store) -> None:
     records = _records(700)  # three sketch chunks of 256 rows
     for start in range(0, 700, 300):
