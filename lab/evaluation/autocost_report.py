@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] == "--merge":
         out, base, extra, *pairs = args[1:]
         rename = dict(pair.split("=", 1) for pair in pairs)
-        loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in (base, extra)]
-        Path(out).write_text(json.dumps(merge_results(*loaded, rename), indent=1) + "\n", encoding="utf-8")
+        first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (base, extra))
+        merged = merge_results(first, second, rename)
+        Path(out).write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
         return
     if args and args[0] == "--threshold":
         loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args[1:]]
