@@ -12,7 +12,8 @@ from gotd.server.selection.validation import FALLBACK
 
 
 def _row(method: str, label: str, seed: int, precision: float, **extra: Any) -> dict[str, Any]:
-    return {"method": method, "label": label, "seed": seed, "k_frac": 0.05, "precision": precision, **extra}
+    row = {"method": method, "label": label, "seed": seed, "k_frac": 0.05, "precision": precision}
+    return {**row, "ot_converged": True, **extra}
 
 
 def test_threshold_table_pairs_the_tasks() -> None:
@@ -64,3 +65,6 @@ def test_merge_renames_the_first_run_and_takes_the_second_runs_rows() -> None:
     assert merged["settings"]["command"] == "a ; then b"
     with pytest.raises(ValueError, match="same tasks"):
         merge_results(base, {**extra, "settings": {**settings, "pool_size": 11}}, {})
+    other_budget = {**extra, "rows": [_row("gotd-auto", "a", 0, 0.6, budget=7)]}
+    with pytest.raises(ValueError, match="budgets differ"):
+        merge_results(base, other_budget, {})

@@ -12,10 +12,12 @@ Reads the ``results.json`` of runs that included ``gotd-auto`` and the fixed set
 
 Run: ``python -m gotd.lab.evaluation.autocost_report RESULTS.json [...]`` (one file per corpus).
 
-With ``--merge OUT BASE EXTRA [OLD=NEW ...]``, the rows of a second run on the same tasks (same corpus,
-seeds and sizes) join a first run's: methods of the first run renamed ``OLD`` -> ``NEW`` (a method whose
-code changed name between the runs), rows of the second run replacing any with the same method, label,
-seed and k; written to ``OUT`` with both commands recorded.
+With ``--merge OUT_DIR NAME BASE EXTRA [OLD=NEW ...]``, the rows of a second run on the same tasks (same
+corpus, seeds and sizes) join a first run's: methods of the first run renamed ``OLD`` -> ``NEW`` (a
+method whose code changed name between the runs), rows of the second run replacing any with the same
+method, label, seed and k (the equal-token budget of each task must be the same in both runs: include
+the method that sets it, DSIR, in the second run); the report ``OUT_DIR/NAME.md`` (and its results and plots) is written again
+from the merged rows, with both commands recorded.
 
 With ``--threshold``, the files are runs of ``gotd-auto-always`` (the validation without its
 small-target fallback) and the fallback setting at several target-set sizes: one line per corpus and
@@ -34,6 +36,8 @@ from typing import Any
 import numpy as np
 
 from gotd.lab.evaluation.autocost import grid_name
+from gotd.lab.evaluation.report import write_report
+from gotd.lab.evaluation.summary import summarise
 from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK
 
 __all__ = ["corpus_tables", "main"]
@@ -169,6 +173,9 @@ def merge_results(base: dict[str, Any], extra: dict[str, Any], rename: dict[str,
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r["method"], r["label"], r["seed"], r["k_frac"])
 
+    budgets = {(r["label"], r["seed"], r["k_frac"]): r.get("budget") for r in base["rows"]}
+    if any(budgets.get((r["label"], r["seed"], r["k_frac"])) != r.get("budget") for r in extra["rows"]):
+        raise ValueError("the equal-token budgets differ: run the second time with the method setting them")
     rows = [{**r, "method": rename.get(r["method"], r["method"])} for r in base["rows"]]
     replaced = {key(r) for r in extra["rows"]}
     merged = [r for r in rows if key(r) not in replaced] + list(extra["rows"])
@@ -176,18 +183,17 @@ def merge_results(base: dict[str, Any], extra: dict[str, Any], rename: dict[str,
     settings["methods"] = list(dict.fromkeys(r["method"] for r in merged))
     settings["command"] = f"{base['settings'].get('command')} ; then {extra['settings'].get('command')}"
     settings["merged"] = {"renamed": rename}
-    return {**base, "settings": settings, "rows": merged}
+    return {**base, "settings": settings, "rows": merged, "summary": summarise(merged)}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Print the tables of every results file named on the command line."""
     args = list(argv if argv is not None else sys.argv[1:])
     if args and args[0] == "--merge":
-        out, base, extra, *pairs = args[1:]
+        out, name, base, extra, *pairs = args[1:]
         rename = dict(pair.split("=", 1) for pair in pairs)
         first, second = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (base, extra))
-        merged = merge_results(first, second, rename)
-        Path(out).write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+        write_report(Path(out), merge_results(first, second, rename), name=name)
         return
     if args and args[0] == "--threshold":
         loaded = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args[1:]]
