@@ -16,8 +16,8 @@ With ``--merge OUT_DIR NAME BASE EXTRA [OLD=NEW ...]``, the rows of a second run
 corpus, seeds and sizes) join a first run's: methods of the first run renamed ``OLD`` -> ``NEW`` (a
 method whose code changed name between the runs), rows of the second run replacing any with the same
 method, label, seed and k (the equal-token budget of each task must be the same in both runs: include
-the method that sets it, DSIR, in the second run); the report ``OUT_DIR/NAME.md`` (and its results and plots) is written again
-from the merged rows, with both commands recorded.
+the method that sets it, DSIR, in the second run); the report ``OUT_DIR/NAME.md`` (and its results and
+plots) is written again from the merged rows, with both commands recorded.
 
 With ``--threshold``, the files are runs of ``gotd-auto-always`` (the validation without its
 small-target fallback) and the fallback setting at several target-set sizes: one line per corpus and
