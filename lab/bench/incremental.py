@@ -18,6 +18,7 @@ case where the pool's distribution moves toward the target as it grows.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -111,7 +112,10 @@ def _step(
         "inc_score_ms": inc.score_ms,
         "inc_load_ms": inc.load_ms,
         "inc_total_ms": inc.total_ms,
+        "inc_rank_ms": inc.rank_ms,
         "cold_score_ms": cold.score_ms,
+        "cold_rank_ms": cold.rank_ms,
+        "cold_total_ms": cold.total_ms,
         "overlap": len(set(inc_all[:k]) & set(fresh_all[:k])) / k,
         "spearman": _spearman(inc_all, fresh_all),
     }
@@ -184,6 +188,12 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
             rows += _synthetic(srv, client, name, n, m, mode, steps)
         rows += _wiki(srv, client, steps, quick)
         bound = srv.running.settings.max_staleness
-    report = {"machine": host, "seconds": time.perf_counter() - started, "rows": rows, "bound": bound}
+    report = {
+        "machine": host,
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+        "bound": bound,
+        "load_end": os.getloadavg()[0],
+    }
     incremental_report.write(out_dir, report, quick)
     return report
