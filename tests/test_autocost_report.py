@@ -51,8 +51,13 @@ def test_corpus_table_names_the_best_fixed_setting_and_the_gap() -> None:
     assert f"hindsight-best fixed setting: `{GRID[-1]}`" in lines[0]
     gap = next(line for line in lines if line.startswith("`gotd-auto` −"))
     assert gap.startswith(f"`gotd-auto` − `{GRID[-1]}` (paired over the same tasks): -0.003 ± 0.002")
-    criteria = {line.split(" | ")[0] for line in lines if line.startswith("| recall")}
-    assert criteria == {"| recall (used)"}
+    cells = [line.split(" | ") for line in lines if line.startswith("| held-out")]
+    reached = {c[0][2:]: c[1] for c in cells}
+    assert reached == {
+        "held-out recall, one-standard-error rule (`gotd-auto`)": "0.210",
+        "held-out recall, best setting": "0.210",
+    }
+    assert any(line.startswith("| AUC | 0.100 |") for line in lines)  # every AUC tied: grid order
 
 
 def test_merge_renames_the_first_run_and_takes_the_second_runs_rows() -> None:
