@@ -14,7 +14,8 @@ import redis
 from gotd.client.client import Client
 from gotd.client.types import CostValidation, SelectSummary
 from gotd.lab.corpora.wiki import load_wiki
-from gotd.server.selection.validation import DEFAULT_GRID
+from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK, SettingScore, Validation
+from gotd.server.service.autocost import _detail
 from tests.conftest import BackgroundServer
 
 TOPIC = "Mathematics"
@@ -54,7 +55,11 @@ def test_auto_validates_on_the_target_set_and_reuses_the_cache(
     assert [(s.embedding_weight, s.relative_eps) for s in v.settings] == [
         (s.embedding_weight, s.relative_eps) for s in DEFAULT_GRID
     ]
-    assert (v.embedding_weight, v.relative_eps) == _best(v)
+    if v.detail.startswith("default kept"):  # the best did not clear one standard error of its gain
+        assert (v.embedding_weight, v.relative_eps) == (FALLBACK.embedding_weight, FALLBACK.relative_eps)
+        assert _best(v) != (FALLBACK.embedding_weight, FALLBACK.relative_eps)
+    else:
+        assert (v.embedding_weight, v.relative_eps) == _best(v)
     assert v.fraction == pytest.approx(K / len(pool), rel=0.05)
     assert (v.held_out, v.pool_sample) == (36, len(pool))
     assert summary.embedding_weight == pytest.approx(v.embedding_weight)
@@ -65,6 +70,11 @@ def test_auto_validates_on_the_target_set_and_reuses_the_cache(
     assert second.validation.cache_hit
     assert second.cache_hit, "the potential of the chosen setting is cached too"
     assert second.validation.settings == v.settings
+    assert second.validation.detail == v.detail, "whether the default was kept is cached with the result"
+    assert (second.validation.embedding_weight, second.validation.relative_eps) == (
+        v.embedding_weight,
+        v.relative_eps,
+    )
     assert [(r.id, r.score) for r in again] == [(r.id, r.score) for r in ranked]
     r = redis.Redis.from_url(redis_url)
     try:
@@ -148,3 +158,14 @@ def test_same_choice_cold_cached_and_after_a_redis_failure(
     assert len({_validation(s).settings for s in runs}) == 1
     rankings = [[(c.id, c.score) for c in ranked] for ranked in (cold_ranked, cached_ranked, poisoned_ranked)]
     assert rankings[0] == rankings[1] == rankings[2] == [(c.id, c.score) for c in down_ranked]
+
+
+def test_kept_default_detail_names_the_margin() -> None:
+    scores = tuple(SettingScore(s, 0.5, 0.5, 0.5) for s in DEFAULT_GRID)
+    kept = Validation(FALLBACK, scores, 0.1, 36, 120, kept_default=True)
+    assert _detail(kept, 0.1, 1.0) == (
+        "default kept: no setting of 12 beat it by one standard error of held-out recall at 0.1 of the pool"
+    )
+    assert "by 2 standard errors of held-out recall" in _detail(kept, 0.1, 2.0)
+    best = Validation(DEFAULT_GRID[3], scores, 0.1, 36, 120)
+    assert _detail(best, 0.1, 2.0) == "best of 12 settings by held-out recall at 0.1 of the pool"

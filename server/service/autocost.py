@@ -110,7 +110,7 @@ class CostChooser:
         chosen = result.chosen
         report = CostValidation(
             ValidationStatus.VALIDATED,
-            _detail(result, q),
+            _detail(result, q, self.config.margin),
             chosen.embedding_weight,
             chosen.relative_eps,
             tuple(
@@ -211,11 +211,12 @@ class CostChooser:
         return entry
 
 
-def _detail(result: Validation, q: float) -> str:
-    """How the setting was chosen, for the Summary."""
+def _detail(result: Validation, q: float, margin: float) -> str:
+    """How the setting was chosen, for the Summary (``margin``: standard errors the best must clear)."""
     if result.kept_default:
+        errors = "one standard error" if margin == 1.0 else f"{margin:g} standard errors"
         return (
-            f"default kept: no setting of {len(result.scores)} beat it by one standard error of held-out "
+            f"default kept: no setting of {len(result.scores)} beat it by {errors} of held-out "
             f"recall at {q:g} of the pool"
         )
     return f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool"
