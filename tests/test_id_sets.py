@@ -123,6 +123,18 @@ def test_a_failed_select_records_nothing(client: Client, make_server: Any) -> No
         assert c.get_id_set("pool", "log")[1] == sorted(f"x{i}" for i in range(10))
 
 
+def test_the_record_limit_counts_live_candidates(make_server: Any) -> None:
+    small = make_server(max_id_set_ids=12)
+    with Client(small.address, timeout=120) as c:
+        c.ingest("pool", vector_records(clustered(4, seed=1)))
+        c.delete_records("pool", ["c00000", "c00001"])
+        c.put_id_set("pool", "log", [f"x{i}" for i in range(10)])
+        # 10 ids + min(k = 5, 2 live candidates) fits the limit of 12; the deleted rows do not count
+        ranked, summary = _select(c, 5, record_into="log")
+        assert sorted(r.id for r in ranked) == ["c00002", "c00003"]
+        assert (summary.recorded, summary.record_set_count) == (2, 12)
+
+
 def test_a_cancelled_stream_records_nothing(client: Client, server: BackgroundServer) -> None:
     _fill(client)
     request = pb.SelectRequest(

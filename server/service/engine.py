@@ -209,8 +209,8 @@ class SelectionEngine:
 
     # -- internals -----------------------------------------------------------------------------
     def _admit(self, params: SelectParams) -> int:
-        """The pool's size; RESOURCE_EXHAUSTED when the Select's estimated peak memory exceeds what
-        is available."""
+        """The pool's live candidates (deleted rows left out); RESOURCE_EXHAUSTED when the Select's
+        estimated peak memory (over all its rows) exceeds what is available."""
         info = self._store.get_pool(params.pool)
         sketches = not self.cost_config(params.solver).embedding_only
         need = select_bytes(
@@ -224,7 +224,7 @@ class SelectionEngine:
                 f"{need / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are available; ask for a smaller k, "
                 "use the embedding cost (no sketch rows) or a float16 pool, or give the server more memory"
             )
-        return info.count
+        return info.live
 
     def _prepare(
         self,
