@@ -42,12 +42,18 @@ def test_health_reflection_and_metrics(make_server: Any) -> None:
     with Client(srv.address) as client:
         client.ingest("pool", vector_records(clustered(30, seed=1)))
         client.select("pool", clustered(3, seed=2).tolist(), k=5)
+        with pytest.raises(grpc.RpcError):
+            client.pool("absent")  # a domain error: counted under its status code
+        with pytest.raises(grpc.RpcError):
+            list(client.select_stream("absent", clustered(3, seed=2).tolist(), k=5))
     body = (
         urllib.request.urlopen(f"http://127.0.0.1:{srv.running.metrics_port}/metrics", timeout=10)
         .read()
         .decode()
     )
     assert 'gotd_rpcs_total{code="OK",method="Select"} 1.0' in body
+    assert 'gotd_rpcs_total{code="NOT_FOUND",method="GetPool"} 1.0' in body
+    assert 'gotd_rpcs_total{code="NOT_FOUND",method="Select"} 1.0' in body
     assert 'gotd_pool_candidates{pool="pool"} 30.0' in body
     assert "gotd_solve_iterations_count 1.0" in body
 

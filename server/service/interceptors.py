@@ -100,16 +100,19 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _boundary(self, method: str, limited: bool, context: Ctx) -> AsyncIterator[None]:
         """One call of ``method``: its admission, its metrics, and its error as a status."""
         started = self._start()
-        code = "OK"
-        admitted = False
+        admitted = finished = False
         try:
             admitted = self._admit(limited)
             yield
         except BaseException as err:
-            code = await self._fail(err, context, method)
+            # counted and the slot freed before the abort sends the status (and raises)
+            self._finish(method, _code_of(err, context), started, admitted)
+            finished = True
+            await self._fail(err, context, method)
             raise
         finally:
-            self._finish(method, code, started, admitted)
+            if not finished:
+                self._finish(method, "OK", started, admitted)
 
     def _start(self) -> float:
         self._metrics.in_flight.inc()
@@ -133,22 +136,29 @@ class BoundaryInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
         self._metrics.rpcs.labels(method, code).inc()
         self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
 
-    async def _fail(self, err: BaseException, context: Ctx, method: str) -> str:
-        """Abort the call with the status ``err`` maps to (re-raises the abort); returns the code name."""
+    async def _fail(self, err: BaseException, context: Ctx, method: str) -> None:
+        """Abort the call with the status ``err`` maps to (the abort raises); nothing for an abort or a
+        cancellation already under way."""
         if isinstance(err, GotdError):
             LOG.info("%s failed: %s: %s", method, err.code, err.message)
             await context.abort(grpc.StatusCode[err.code], err.message)
-        if isinstance(err, aio.AbortError):
-            code = context.code()
-            return code.name if isinstance(code, grpc.StatusCode) else "ABORTED"
-        if isinstance(err, asyncio.CancelledError | GeneratorExit):
-            return "CANCELLED"
-        if not isinstance(err, Exception):
-            return "CANCELLED"
+        if isinstance(err, aio.AbortError) or not isinstance(err, Exception):
+            return
         error_id = uuid.uuid4().hex[:12]
         LOG.error("%s: internal error %s", method, error_id, exc_info=err)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); see server logs")
-        return "INTERNAL"  # pragma: no cover - abort raises
+
+
+def _code_of(err: BaseException, context: Ctx) -> str:
+    """The status code name a call that raised ``err`` ends with (the metrics' ``code`` label)."""
+    if isinstance(err, GotdError):
+        return err.code
+    if isinstance(err, aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "ABORTED"
+    if not isinstance(err, Exception):  # CancelledError, GeneratorExit: the client went away
+        return "CANCELLED"
+    return "INTERNAL"
 
 
 class AuthInterceptor(aio.ServerInterceptor):  # type: ignore[type-arg]
