@@ -34,7 +34,7 @@ from gotd.server.ot.rows import Rows, StackedRows
 from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.topk import top_k
 
-__all__ = ["ExactSum", "PassSpec", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
+__all__ = ["PassSpec", "ShardWorker", "block_rows", "plan_shards", "scores_from_f"]
 
 LOG = logging.getLogger(__name__)
 
