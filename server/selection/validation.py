@@ -88,7 +88,9 @@ class Setting:
 DEFAULT_GRID: tuple[Setting, ...] = tuple(
     Setting(w, c) for c in (0.05, 0.1) for w in (0.5, 0.3, 0.7, 0.1, 1.0, 0.0)
 )
-#: Used when the target set is too small to validate (docs/evaluation.md, "Validated cost").
+#: The grid's default: kept unless the best setting beats it by ``ValidationConfig.margin`` standard
+#: errors, and returned when the target set is too small to validate (the service does not call
+#: :func:`validate` then: it keeps its own settings, absolute epsilon included; docs/evaluation.md).
 FALLBACK = Setting(0.5, 0.05)
 
 
