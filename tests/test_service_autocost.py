@@ -20,6 +20,7 @@ from tests.conftest import BackgroundServer
 
 TOPIC = "Mathematics"
 K = 12
+MIN_TARGETS = 30
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,14 @@ def corpus() -> tuple[list[dict[str, Any]], list[str]]:
     others = [d for d in docs if d.topic != TOPIC][::83][:100]
     pool = [{"id": d.id, "text": d.text[:300]} for d in maths[36:] + others]
     return pool, [d.text[:300] for d in maths[:36]]
+
+
+@pytest.fixture
+def server(make_server: Any, redis_url: str, redis_prefix: str) -> BackgroundServer:
+    """The shared Redis as dual cache; validating from 30 targets (the corpus slice has 36)."""
+    return make_server(  # type: ignore[no-any-return]
+        redis_url=redis_url, redis_prefix=redis_prefix, validation_min_targets=MIN_TARGETS
+    )
 
 
 def _validation(summary: SelectSummary) -> CostValidation:
@@ -118,8 +127,13 @@ def test_small_target_set_falls_back_to_the_fixed_default(
     v = _validation(summary)
     assert v.status == "fallback"
     assert "10 targets" in v.detail
-    assert (v.embedding_weight, v.relative_eps) == (0.5, None)
-    assert (summary.cost, summary.embedding_weight, summary.eps) == ("fused", 0.5, pytest.approx(0.1))
+    # the setting the validation's one-standard-error rule falls back to as well
+    assert (v.embedding_weight, v.relative_eps) == (FALLBACK.embedding_weight, FALLBACK.relative_eps)
+    assert (summary.cost, summary.embedding_weight) == ("fused", FALLBACK.embedding_weight)
+    explicit = client.select(
+        "wiki", targets[:10], k=K, cost="fused", embedding_weight=0.5, relative_eps=FALLBACK.relative_eps
+    )
+    assert summary.eps == pytest.approx(explicit[1].eps)
 
 
 def test_vector_targets_have_nothing_to_choose(
@@ -140,7 +154,9 @@ def test_same_choice_cold_cached_and_after_a_redis_failure(
 
     pool, targets = corpus
     with RedisServer() as private:
-        srv: BackgroundServer = make_server(redis_url=private.url, redis_timeout_seconds=0.2)
+        srv: BackgroundServer = make_server(
+            redis_url=private.url, redis_timeout_seconds=0.2, validation_min_targets=MIN_TARGETS
+        )
         with Client(srv.address, timeout=120) as client:
             client.ingest("wiki", pool)
             cold_ranked, cold = client.select("wiki", targets, k=K)

@@ -69,15 +69,19 @@ def _task(kind: str, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+#: The tasks here have 60 targets: validate from 30 (the server's default threshold is 100).
+SMALL = ValidationConfig(min_targets=30)
+
+
 def _run(
     task: dict[str, np.ndarray], *, fraction: float = 0.05, config: ValidationConfig | None = None
 ) -> Validation:
-    return validate(**task, seed=7, fraction=fraction, config=config)
+    return validate(**task, seed=7, fraction=fraction, config=config or SMALL)
 
 
 def test_ngram_task_picks_the_ngram_end() -> None:
     # the default setting finds every held-out member here too: only the argmax rule leaves it
-    result = _run(_task("ngram"), config=ValidationConfig(margin=0.0))
+    result = _run(_task("ngram"), config=replace(SMALL, margin=0.0))
     assert not result.fallback
     assert result.chosen.embedding_weight <= 0.1, result
     by = {s.setting: s for s in result.scores}
@@ -112,7 +116,7 @@ def test_deterministic_and_reports_every_setting() -> None:
 
 def test_default_kept_unless_the_gain_clears_the_margin() -> None:
     task = _task("embedding")
-    argmax = _run(task, config=ValidationConfig(margin=0.0))
+    argmax = _run(task, config=replace(SMALL, margin=0.0))
     assert argmax.chosen != FALLBACK
     assert not argmax.kept_default
     by = {s.setting: s.recall for s in argmax.scores}
@@ -121,7 +125,7 @@ def test_default_kept_unless_the_gain_clears_the_margin() -> None:
     tied = _run(_task("ngram"))  # the default already finds every member: no gain to take
     assert tied.kept_default
     assert tied.chosen == FALLBACK
-    cautious = _run(task, config=ValidationConfig(margin=1e6))
+    cautious = _run(task, config=replace(SMALL, margin=1e6))
     assert cautious.kept_default
     assert cautious.chosen == FALLBACK
     assert cautious.scores == argmax.scores  # the scores are reported either way
@@ -142,7 +146,7 @@ def test_noise_keeps_the_default() -> None:
 
 def test_folds_in_threads_give_the_same_result() -> None:
     task = _task("ngram", seed=4)
-    assert _run(task, config=ValidationConfig(threads=1)) == _run(task, config=ValidationConfig(threads=3))
+    assert _run(task, config=replace(SMALL, threads=1)) == _run(task, config=replace(SMALL, threads=3))
 
 
 def test_pool_row_order_does_not_matter() -> None:
@@ -160,7 +164,7 @@ def test_small_target_set_falls_back() -> None:
 
 
 def test_bounded_sample_and_folds() -> None:
-    config = ValidationConfig(pool_sample=100, max_held_out=5, max_train=20, grid=DEFAULT_GRID[:2])
+    config = replace(SMALL, pool_sample=100, max_held_out=5, max_train=20, grid=DEFAULT_GRID[:2])
     result = _run(_task("embedding"), config=config)
     assert result.pool_sample == 100
     assert result.held_out == 15

@@ -89,8 +89,7 @@ DEFAULT_GRID: tuple[Setting, ...] = tuple(
     Setting(w, c) for c in (0.05, 0.1) for w in (0.5, 0.3, 0.7, 0.1, 1.0, 0.0)
 )
 #: The grid's default: kept unless the best setting beats it by ``ValidationConfig.margin`` standard
-#: errors, and returned when the target set is too small to validate (the service does not call
-#: :func:`validate` then: it keeps its own settings, absolute epsilon included; docs/evaluation.md).
+#: errors, and used when the target set is too small to validate (docs/evaluation.md).
 FALLBACK = Setting(0.5, 0.05)
 
 
@@ -128,7 +127,7 @@ class ValidationConfig:
     pool_sample: int = 1024
     max_train: int = 256
     max_held_out: int = 64
-    min_targets: int = 30
+    min_targets: int = 100
     tol: float = 1e-3
     max_iter: int = 300
     threads: int = 2

@@ -10,8 +10,10 @@ a cold request, a cache hit and a recompute after a cache failure give the same 
 The validation runs when the effective cost is ``auto`` and the request sets none of
 ``embedding_weight``, ``epsilon`` and ``relative_epsilon``; otherwise the request's (or the server's)
 settings are used and the report says so. Without sketches on every row there is nothing to choose
-(the embedding cost); with fewer targets than ``ValidationConfig.min_targets`` the server's fixed
-defaults are used.
+(the embedding cost); with fewer targets than the ``validation_min_targets`` setting (default 100:
+below it the validation lost precision against the fixed setting on every corpus measured,
+docs/evaluation.md) the fixed setting :data:`~gotd.server.selection.validation.FALLBACK` is used, the
+same one the validation keeps when no setting beats it by one standard error.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from gotd.client.types import CostValidation
 from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import Cost, SketchFactors, complete_sketches, sketch_hash
-from gotd.server.selection.validation import Setting, SettingScore, Validation, ValidationConfig, validate
+from gotd.server.selection.validation import (
+    FALLBACK,
+    Setting,
+    SettingScore,
+    Validation,
+    ValidationConfig,
+    validate,
+)
 from gotd.server.service.config import Settings
 from gotd.server.service.requests import SolverParams, ValidationStatus
 from gotd.server.service.targets import Target
@@ -53,7 +62,7 @@ class CostChooser:
     def __init__(self, settings: Settings, duals: DualCache, config: ValidationConfig | None = None) -> None:
         self._settings = settings
         self._duals = duals
-        self.config = config or ValidationConfig()
+        self.config = config or ValidationConfig(min_targets=settings.validation_min_targets)
         sizes = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "threads"}  # not in results
         self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(sizes).encode())
 
@@ -96,7 +105,9 @@ class CostChooser:
             return solver, CostValidation(ValidationStatus.NO_SKETCHES, why, 1.0, solver.relative_eps)
         if target.count < self.config.min_targets:
             why = f"{target.count} targets, fewer than {self.config.min_targets}: the fixed default setting"
-            return solver, self._report(ValidationStatus.FALLBACK, why, solver)
+            w, eps = FALLBACK.embedding_weight, FALLBACK.relative_eps  # the setting the rule keeps too
+            fallback = replace(solver, cost=Cost.FUSED, embedding_weight=w, relative_eps=eps)
+            return fallback, self._report(ValidationStatus.FALLBACK, why, fallback)
         fraction = SCORE_FRACTION if k is None else k / len(rows)
         q = float(f"{min(1.0, max(fraction, 1e-6)):.2g}")
         key = self._key(arrays, rows, target, q)

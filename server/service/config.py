@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     relative_eps: float | None = Field(
         None, gt=0, description="epsilon as a multiple of the median pool-target cost (absent: eps)"
     )
+    validation_min_targets: int = Field(
+        100,
+        ge=3,
+        description="cost auto: fewer targets than this use the fixed default setting without validating",
+    )
     near_copy_cosine: float = Field(
         DEFAULT_NEAR_COPY_COSINE,
         ge=0,
