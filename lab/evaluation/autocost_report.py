@@ -137,7 +137,8 @@ def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list
     """Markdown table: validating (no fallback) vs the fallback setting, per corpus and target-set size.
 
     One column per validating method present (:data:`THRESHOLD_METHODS`): its precision and its gain
-    over the fallback setting, paired task by task.
+    over the fallback setting, paired task by task. Runs of the same corpus and size pool their rows
+    (the same tasks: the methods may come from separate runs).
     """
     fallback = grid_name(FALLBACK)
     present = [m for m in THRESHOLD_METHODS if any(r["method"] == m for res in results for r in res["rows"])]
@@ -147,9 +148,11 @@ def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list
         + " |",
         "|---|---|---|" + "---|---|" * len(present),
     ]
-    keyed = sorted(results, key=lambda r: (r["settings"]["corpus_key"], r["settings"]["target_size"]))
-    for result in keyed:
-        rows = [r for r in result["rows"] if abs(r["k_frac"] - k_frac) < 1e-9]
+    pooled: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)  # runs of one size join
+    for result in results:
+        pooled[(result["settings"]["corpus_key"], result["settings"]["target_size"])] += result["rows"]
+    for (corpus, size), every in sorted(pooled.items()):
+        rows = [r for r in every if abs(r["k_frac"] - k_frac) < 1e-9]
         prec = {(r["method"], r["label"], r["seed"]): r["precision"] for r in rows}
         tasks = sorted({(r["label"], r["seed"]) for r in rows})
         fixed = [{"seed": t[1], "p": prec[(fallback, *t)]} for t in tasks]
@@ -163,8 +166,7 @@ def threshold_lines(results: list[dict[str, Any]], k_frac: float = 0.05) -> list
             gain = [{"seed": a["seed"], "p": a["p"] - f["p"]} for a, f in zip(auto, fixed, strict=True)]
             (am, ase), (gm, gse) = _mean_se(auto, "p"), _mean_se(gain, "p")
             cells += [f"{am:.3f} ± {ase:.3f}", f"{gm:+.3f} ± {gse:.3f}"]
-        settings = result["settings"]
-        lines.append(f"| {settings['corpus_key']} | {settings['target_size']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {corpus} | {size} | " + " | ".join(cells) + " |")
     return lines
 
 
