@@ -11,11 +11,14 @@ GIB = 2**30
 NOTES = [
     "## Reading the numbers",
     "",
-    "- **The machine was shared.** Its 2 cores ran other work during the whole run (load average at "
-    "the top, 8 to 10 runnable processes per core): absolute times are several times what the same "
-    "code does alone, and the ratios between rows of one run are what to read. The pools are smaller "
-    "than the issue's 1M/3M/10M when the run says so (`GOTD_BENCH_SCALE_SIZES`), to fit the time the "
-    "shared machine left.",
+    "- **Load.** The load average at the start and the end of the run is at the top: on a shared "
+    "machine (load above the 2 cores) absolute times are several times what the same code does "
+    "alone, and the ratios between rows of one run are what to read. The pools are other than the "
+    "issue's 1M/3M/10M when the run says so (`GOTD_BENCH_SCALE_SIZES`), and pools that do not fit "
+    "the per-process budget (`GOTD_BENCH_SCALE_BUDGET_GIB`, 4 GiB unless set) are skipped and listed.",
+    "- **One server for the embedding series.** The pools of the embedding rows grow in one server "
+    "process (1M, then 3M, then 10M rows of one pool): a peak can include the previous version's "
+    "snapshot while the byte-bounded snapshot cache still holds it.",
     "- **Time per candidate.** Load (one copy of the stored rows), the summary solve (fixed size, "
     "8,192 rows) and the scoring pass (one blockwise c-transform, float16 rows upcast per block, "
     "float32 GEMM) are the cold Select; only the load and the pass grow with n, so the cold time per "
@@ -31,9 +34,9 @@ NOTES = [
     "model: the idle RSS, "
     "in the JSON as `rss_idle`) is in both and weighs most on the smallest pools.",
     "- **Ingest.** Measured through the server's `Ingestor.ingest_batch` (validation, one LMDB "
-    "transaction per 10,000 records, sketching of texts) on the loaded machine; sketching runs in "
-    "Python (an xxh3 hash per n-gram) and bounds the rate with texts. The idle-machine figure for "
-    "float32 vectors is in [ingest.md](ingest.md).",
+    "transaction per 10,000 records, sketching of texts) into the growing pool, beside the running "
+    "server; sketching runs in Python (an xxh3 hash per n-gram) and bounds the rate with texts. "
+    "The idle-machine figure for float32 vectors is in [ingest.md](ingest.md).",
     "",
 ]
 
