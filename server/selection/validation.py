@@ -268,15 +268,13 @@ def validate(
             per_fold = list(pool.map(solve, tasks))
     else:
         per_fold = [solve(task) for task in tasks]
-    ahead = {s: [fold[i] for fold in per_fold] for i, s in enumerate(config.grid)}
+    ahead = {s: np.concatenate([fold[i] for fold in per_fold]) for i, s in enumerate(config.grid)}
     budget = max(1.0, fraction * len(sample))
-    scores = tuple(
-        _score(setting, np.concatenate(ahead[setting]), budget, len(sample)) for setting in config.grid
-    )
+    scores = tuple(_score(setting, ahead[setting], budget, len(sample)) for setting in config.grid)
     best = max(range(len(scores)), key=lambda i: (scores[i].recall, scores[i].mrr, -i))
     held_total = sum(min(len(f), config.max_held_out) for f in folds)
     chosen = scores[best].setting
-    gain = _paired_gain(ahead, chosen, budget, config)
+    gain = _paired_gain(ahead, chosen, budget)
     kept = config.margin > 0 and gain is not None and gain[0] <= config.margin * gain[1]
     return Validation(
         FALLBACK if kept else chosen, scores, fraction, held_total, len(sample), kept_default=kept
@@ -284,7 +282,7 @@ def validate(
 
 
 def _paired_gain(
-    ahead: dict[Setting, list[np.ndarray]], best: Setting, budget: float, config: ValidationConfig
+    ahead: dict[Setting, np.ndarray], best: Setting, budget: float
 ) -> tuple[float, float] | None:
     """Mean and standard error of the held-out hits ``best`` gains over :data:`FALLBACK`, member by member.
 
@@ -292,9 +290,7 @@ def _paired_gain(
     """
     if best == FALLBACK or FALLBACK not in ahead:
         return None
-    d = (np.concatenate(ahead[best]) < budget).astype(np.float64) - (
-        np.concatenate(ahead[FALLBACK]) < budget
-    ).astype(np.float64)
+    d = (ahead[best] < budget).astype(np.float64) - (ahead[FALLBACK] < budget).astype(np.float64)
     if len(d) < 2:
         return float(d.mean()), math.inf
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
