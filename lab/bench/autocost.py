@@ -45,19 +45,15 @@ def _select(client: Client, pool: str, targets: str, k: int, **options: Any) -> 
     }
 
 
-def _explicit(client: Client, pool: str, targets: str, k: int) -> dict[str, Any]:
-    """The setting ``cost auto`` chose for ``targets`` on ``pool``, as explicit request options."""
+def _explicit(client: Client, pool: str, targets: str, k: int) -> tuple[dict[str, Any], str]:
+    """The setting ``cost auto`` chose for ``targets`` on ``pool``: explicit request options, description."""
     _, summary = client.select(pool, targets, k=k)
     v = summary.validation
     assert v is not None, "the server reported no cost validation"
-    chosen: dict[str, Any] = {"cost": "fused", "embedding_weight": v.embedding_weight, "label": v.describe()}
+    options: dict[str, Any] = {"cost": "fused", "embedding_weight": v.embedding_weight}
     if v.relative_eps is not None:
-        chosen["relative_eps"] = v.relative_eps
-    return chosen
-
-
-def _options(chosen: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in chosen.items() if key != "label"}
+        options["relative_eps"] = v.relative_eps
+    return options, v.describe()
 
 
 def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> dict[str, Any]:
@@ -72,17 +68,17 @@ def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> d
         client.put_target_set(f"targets{i}", list(records(tx, tt, f"t{i}-")))
     _warm_up(client, data)
     cold_auto = [_select(client, "auto-a", "targets0", k)]
-    chosen = _explicit(client, "auto-a", "targets0", k)  # a cache hit: the same validation
-    cold_explicit = [_select(client, "explicit-a", "targets0", k, **_options(chosen))]
-    cold_explicit.append(_select(client, "explicit-b", "targets0", k, **_options(chosen)))
+    chosen, label = _explicit(client, "auto-a", "targets0", k)  # a cache hit: the same validation
+    cold_explicit = [_select(client, "explicit-a", "targets0", k, **chosen)]
+    cold_explicit.append(_select(client, "explicit-b", "targets0", k, **chosen))
     cold_auto.append(_select(client, "auto-b", "targets0", k))
     auto_steady = _select(client, "auto-a", "targets1", k)
-    chosen1 = _explicit(client, "auto-a", "targets1", k)
-    explicit_steady = _select(client, "explicit-a", "targets1", k, **_options(chosen1))
+    chosen1, label1 = _explicit(client, "auto-a", "targets1", k)
+    explicit_steady = _select(client, "explicit-a", "targets1", k, **chosen1)
     steady = {"auto": auto_steady, "explicit": explicit_steady}
     cached_auto = min((_select(client, "auto-a", "targets0", k) for _ in range(rounds)), key=lambda r: r["s"])
     cached_explicit = min(
-        (_select(client, "explicit-a", "targets0", k, **_options(chosen)) for _ in range(rounds)),
+        (_select(client, "explicit-a", "targets0", k, **chosen) for _ in range(rounds)),
         key=lambda r: r["s"],
     )
     for pool in pools:
@@ -92,8 +88,8 @@ def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> d
         "n": n,
         "m": m,
         "k": k,
-        "chosen": chosen["label"],
-        "chosen_steady": chosen1["label"],
+        "chosen": label,
+        "chosen_steady": label1,
         "cold": {"auto": _mean(cold_auto), "explicit": _mean(cold_explicit)},
         "cold_rounds": {"auto": cold_auto, "explicit": cold_explicit},
         "steady": steady,
@@ -113,8 +109,8 @@ def _warm_up(client: Client, data: Synthetic) -> None:
     (thread pools, first allocations) fall on neither measured pool."""
     x, texts = data.make(2000, seed=5)
     client.ingest("warm-up", records(x, texts, "w"), batch_size=2000)
-    chosen = _explicit(client, "warm-up", "targets0", 100)
-    _select(client, "warm-up", "targets1", 100, **_options(chosen))
+    chosen, _ = _explicit(client, "warm-up", "targets0", 100)
+    _select(client, "warm-up", "targets1", 100, **chosen)
     client.delete_pool("warm-up")
 
 
