@@ -85,6 +85,25 @@ def test_rows_none_and_empty_arrays_round_trip() -> None:
     assert dict(empty.meta) == {}
 
 
+def test_idf_round_trips_and_a_bad_idf_is_corrupt() -> None:
+    idf = np.array([1.0, 2.5, 7.25], dtype=np.float32)
+    entry = PotentialEntry(np.ones(2, np.float32), None, {"cost": 1.0}, idf=idf)
+    blob = encode_entry(entry)
+    back = decode_entry(blob)
+    assert back.idf is not None
+    assert back.idf.tobytes() == idf.tobytes()
+    assert back.f is None
+    assert decode_entry(encode_entry(_entry())).idf is None
+    _, header, arrays = _split(blob)
+    g_desc, idf_desc = header["arrays"]
+    assert idf_desc == {"name": "idf", "dtype": "<f4", "shape": [3], "offset": 8, "length": 12}
+    for bad in ({**idf_desc, "dtype": "<f8", "length": 24}, {**idf_desc, "shape": [4]}):
+        with pytest.raises(CorruptEntry):
+            decode_entry(_build({**header, "arrays": [g_desc, bad]}, arrays))
+    with pytest.raises(ValueError, match="idf"):
+        PotentialEntry(np.ones(2, np.float32), None, {}, idf=idf.astype(np.float64))
+
+
 def test_decoded_entry_is_read_only() -> None:
     back = decode_entry(encode_entry(_entry()))
     with pytest.raises(ValueError, match="read-only"):

@@ -11,8 +11,10 @@ Layout of one encoded :class:`PotentialEntry` (all integers little-endian)::
 
 Each array descriptor is ``{"name", "dtype", "shape", "offset", "length"}``; ``offset`` counts from the
 first byte after the JSON header, ``length`` is ``prod(shape) * itemsize``. Arrays are raw little-endian
-bytes (``<f4`` for the potential ``g`` and the row values ``f``, ``<i8`` for ``rows``), so a round trip
-is bit-exact. No pickle:
+bytes (``<f4`` for the potential ``g``, the row values ``f`` and the IDF weights ``idf``, ``<i8`` for
+``rows``), so a round trip is bit-exact. ``idf`` (the fused cost's IDF weights a potential was solved
+under) was added to format version 1 as one more optional array: a reader that does not know it
+rejects the value (a miss), and a value without it reads as before. No pickle:
 a value from Redis is untrusted input, and :func:`decode_entry` either returns a well-formed entry or
 raises :class:`CorruptEntry`.
 """
@@ -43,6 +45,7 @@ _ARRAYS: Final[dict[str, tuple[str, bool]]] = {
     "g": ("<f4", True),
     "rows": ("<i8", False),
     "f": ("<f4", False),
+    "idf": ("<f4", False),
 }
 _DESCRIPTOR_KEYS: Final = frozenset({"name", "dtype", "shape", "offset", "length"})
 
@@ -65,6 +68,9 @@ class PotentialEntry:
     f : numpy.ndarray or None
         Row values of a potential epoch: the c-transform of ``g`` per pool row at one pool version
         (NaN for rows not scored), shape ``(n,)``, float32. None in a potential entry.
+    idf : numpy.ndarray or None
+        Fused cost: the IDF weights of the pool version the potential was solved at, shape
+        ``(buckets,)``, float32 — the cost of the epoch, frozen with its ``g``. None otherwise.
     meta : Mapping[str, Any]
         JSON-serialisable solve metadata (mode, eps, n_iter, marginal_error, converged, cost,
         pool_version, target_hash, f_sum, n, created_at, ...). After a round trip it is a read-only
@@ -79,6 +85,7 @@ class PotentialEntry:
     rows: np.ndarray | None
     meta: Mapping[str, Any]
     f: np.ndarray | None = None
+    idf: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.g, np.ndarray) or self.g.ndim != 1 or self.g.dtype != np.float32:
@@ -87,10 +94,12 @@ class PotentialEntry:
             not isinstance(self.rows, np.ndarray) or self.rows.ndim != 1 or self.rows.dtype != np.int64
         ):
             raise ValueError("rows must be None or a 1-D int64 array")
-        if self.f is not None and (
-            not isinstance(self.f, np.ndarray) or self.f.ndim != 1 or self.f.dtype != np.float32
-        ):
-            raise ValueError("f must be None or a 1-D float32 array")
+        for name in ("f", "idf"):
+            array = getattr(self, name)
+            if array is not None and (
+                not isinstance(array, np.ndarray) or array.ndim != 1 or array.dtype != np.float32
+            ):
+                raise ValueError(f"{name} must be None or a 1-D float32 array")
         if not isinstance(self.meta, Mapping) or not all(isinstance(k, str) for k in self.meta):
             raise ValueError("meta must be a mapping with str keys")
 
@@ -118,6 +127,8 @@ def encode_entry(entry: PotentialEntry) -> bytes:
         arrays.append(("rows", entry.rows))
     if entry.f is not None:
         arrays.append(("f", entry.f))
+    if entry.idf is not None:
+        arrays.append(("idf", entry.idf))
     descriptors: list[dict[str, Any]] = []
     blobs: list[bytes] = []
     offset = 0
@@ -181,7 +192,11 @@ def decode_entry(data: bytes | bytearray | memoryview) -> PotentialEntry:
     header = _parse_header(buf[_PREFIX.size : data_start])
     arrays = _read_arrays(header["arrays"], buf, data_start, data_end)
     return PotentialEntry(
-        g=arrays["g"], rows=arrays.get("rows"), meta=MappingProxyType(header["meta"]), f=arrays.get("f")
+        g=arrays["g"],
+        rows=arrays.get("rows"),
+        meta=MappingProxyType(header["meta"]),
+        f=arrays.get("f"),
+        idf=arrays.get("idf"),
     )
 
 

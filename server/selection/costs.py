@@ -7,7 +7,8 @@ bigrams, weighted ``w`` and ``1 - w``: every candidate and target becomes the fu
 distances are exactly that weighted sum, so the OT engine runs unchanged on fused rows and the
 ranking is still the calibrated OT gradient. The sketches are stored once per text at ingest
 (term frequencies); the IDF weights come from the pool's document frequencies, so they are a
-property of the pool version, like the pool itself. A pool's fused rows are never materialised:
+property of the pool version, like the pool itself (a potential epoch freezes the IDF of the version
+that opened it: :meth:`SketchFactors.under`). A pool's fused rows are never materialised:
 they are :class:`gotd.server.ot.rows.StackedRows` over the stored embeddings and term frequencies
 with the IDF weights and each row's inverse norm as factors (:class:`SketchFactors`, 4 bytes per
 candidate besides the stored rows, cached per pool version by the engine), upcast and multiplied block by
@@ -173,6 +174,13 @@ class SketchFactors:
             df -= document_frequency(tf[deleted])
             n -= int(deleted.sum())
         idf = idf_from_df(df, n)
+        return SketchFactors(idf, inverse_norms(tf, idf))
+
+    @staticmethod
+    def under(tf: np.ndarray, idf: np.ndarray) -> SketchFactors:
+        """The factors of the rows ``tf`` under given IDF weights (a potential epoch's, frozen at the
+        pool version that opened it): only the inverse norms are computed, row by row, so the factors of
+        some rows are those rows' factors among all rows, bit for bit."""
         return SketchFactors(idf, inverse_norms(tf, idf))
 
     @property

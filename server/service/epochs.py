@@ -5,9 +5,10 @@ A potential solved at pool version ``v`` opens an epoch; while the rows written 
 the staleness bound, later versions keep using its ``g``. The values of an epoch at pool version ``w``
 are one float32 per pool row (NaN for rows outside the request's rows). They live in an in-process LRU
 bounded in bytes and, when a Redis is configured and they are under a size limit, in Redis under
-``<epoch key>:f`` with the epoch's ``g`` beside them (the dual-cache codec: versioned header, checksum,
-no pickle), so replicas share them. A value that does not match (another ``g``, a length that
-contradicts the pool, garbage) is a miss: the rows are scored again, never trusted.
+``<epoch key>:f`` with the epoch's ``g`` (and, for the fused cost, the epoch's IDF weights) beside them
+(the dual-cache codec: versioned header, checksum, no pickle), so replicas share them. A value that
+does not match (another ``g`` or IDF, a length that contradicts the pool, garbage) is a miss: the rows
+are scored again, never trusted.
 """
 
 from __future__ import annotations
@@ -80,11 +81,20 @@ class EpochValueCache:
         if newest is None or _version(newest) <= _version(key):
             self._newest.put(family, key)
 
-    def get(self, key: str, g: np.ndarray, row_versions: np.ndarray, version: int) -> EpochValues | None:
+    def get(
+        self,
+        key: str,
+        g: np.ndarray,
+        row_versions: np.ndarray,
+        version: int,
+        *,
+        idf: np.ndarray | None = None,
+    ) -> EpochValues | None:
         """The newest values of epoch ``key`` usable for a snapshot with ``row_versions``, or None.
 
-        Usable: at a pool version no newer than the snapshot's (``version``), for the same ``g`` (bit
-        for bit), covering exactly the rows that existed then (rows past its end were written after).
+        Usable: at a pool version no newer than the snapshot's (``version``), for the same ``g`` and
+        ``idf`` (bit for bit; the fused cost's epoch IDF), covering exactly the rows that existed then
+        (rows past its end were written after).
         """
         found = self._local.get(key)
         if found is not None and _fits(len(found.values), found.version, row_versions, version):
@@ -97,6 +107,7 @@ class EpochValueCache:
         try:
             stored = int(entry.meta["pool_version"])
             ok = entry.f is not None and entry.g.tobytes() == g.tobytes() and stored >= 0
+            ok = ok and _same(entry.idf, idf)
         except (KeyError, TypeError, ValueError, OverflowError):
             ok = False
         if not ok or entry.f is None:
@@ -113,17 +124,27 @@ class EpochValueCache:
         """Keys of the epochs whose values this process holds."""
         return list(self._local.held_keys())
 
-    def put(self, key: str, g: np.ndarray, values: EpochValues, *, share: bool) -> None:
+    def put(
+        self, key: str, g: np.ndarray, values: EpochValues, *, share: bool, idf: np.ndarray | None = None
+    ) -> None:
         """Keep ``values`` in process, and in Redis (``share``) when they are under the size limit."""
         self._local.put(key, values)
         if share and self._duals.backend == "redis" and values.values.nbytes <= self._redis_max_bytes:
-            entry = PotentialEntry(g=g, rows=None, meta={"pool_version": values.version}, f=values.values)
+            meta = {"pool_version": values.version}
+            entry = PotentialEntry(g=g, rows=None, meta=meta, f=values.values, idf=idf)
             self._duals.put(f"{key}:f", entry)
 
     def forget(self, *, potentials: bool = True) -> None:
         """Drop every in-process value, and (``potentials``) every potential: a deleted pool."""
         for lru in (self._local, self._potentials, self._newest) if potentials else (self._local,):
             lru.discard_where(lambda _key: True)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both None, or the same float32 bytes."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
 def _version(key: str) -> int:

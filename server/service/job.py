@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -21,7 +22,7 @@ from gotd.cache.store.core import PoolArrays
 from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
-from gotd.server.selection.costs import Cost, Features
+from gotd.server.selection.costs import Cost, Features, SketchFactors, pool_features, target_features
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
 from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
@@ -61,6 +62,10 @@ class Job:
     After :meth:`potential_for`: ``key`` names the epoch (``family:v<epoch version>``), ``epoch_version``
     is the pool version its potential was solved at, ``staleness`` the share of the pool's rows written
     since, ``solved`` whether this request ran the solve. After :meth:`scores`: ``rows_scored``.
+
+    The fused cost's epoch freezes the cost it was solved under: its potential carries the IDF weights
+    of the pool version that opened it, and rows scored later (and the targets' fused rows) are built
+    with those weights, not the current pool's (``idf``).
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class Job:
         self.timings = timings
         self.potential: Potential
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
+        self.idf = features.idf  # fused: the IDF weights of the potential in use
+        self._frozen: np.ndarray | None = None  # ``idf`` when it is an epoch's, not the current pool's
 
     @property
     def every_row(self) -> bool:
@@ -100,12 +107,18 @@ class Job:
         return len(self.rows) == len(self.arrays.ids)
 
     def _x(self, rows: np.ndarray | None = None) -> Rows:
-        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all)."""
-        if rows is None:
-            if self.every_row:
-                return self.features.x
+        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all).
+
+        Under an epoch's frozen IDF the fused rows of ``rows`` are built with it (their inverse norms
+        under it computed for those rows only)."""
+        if rows is None and not self.every_row:
             rows = self.rows
-        return take(self.features.x, torch.from_numpy(rows))
+        a, idf = self.arrays, self._frozen
+        if idf is not None and a.sketches is not None:
+            vectors, tf = (a.vectors, a.sketches) if rows is None else (a.vectors[rows], a.sketches[rows])
+            factors = SketchFactors.under(tf, idf)
+            return pool_features(vectors, tf, Cost.FUSED, self.features.embedding_weight, factors).x
+        return self.features.x if rows is None else take(self.features.x, torch.from_numpy(rows))
 
     def embeddings(self) -> np.ndarray:
         """Unit embeddings of the job's rows (the pool's own array, not a copy, for all rows)."""
@@ -113,9 +126,9 @@ class Job:
 
     def potential_for(self, emit: Emit, stop: StopCheck, *, max_staleness: float) -> None:
         """Find the potential: this pool version's cached one; else the family's newest epoch when the
-        rows written since it are at most ``max_staleness`` of the pool (never for ``0``, the PAPER
-        mode or the fused cost, whose row features depend on the whole pool); else solve,
-        warm-started from that newest potential, opening a new epoch.
+        rows written since it are at most ``max_staleness`` of the pool (never for ``0`` or the PAPER
+        mode; the fused cost's epoch brings the IDF weights it was solved under); else solve,
+        warm-started from that newest potential, opening a new epoch under the current pool's IDF.
         """
         epochs = self.engine.epoch_values
         entry = epochs.potential(self.key)
@@ -160,17 +173,14 @@ class Job:
     def _staleness(self, since: int) -> float | None:
         """Share of the pool's rows written after pool version ``since``; None when an epoch of that
         version cannot serve this job."""
-        if (
-            self.config.mode is Mode.PAPER
-            or self.features.cost is not Cost.EMBEDDING
-            or not 0 <= since < self.arrays.version
-        ):
+        if self.config.mode is Mode.PAPER or not 0 <= since < self.arrays.version:
             return None
         return stale_rows(self.arrays.row_versions, since) / max(1, len(self.arrays.ids))
 
     def _usable(self, entry: PotentialEntry) -> bool:
         """Whether a cached entry is a finite potential of this job's family; anything else (garbage a
-        checksum cannot catch: wrong shape, NaN, foreign or malformed metadata) is a miss."""
+        checksum cannot catch: wrong shape, NaN, foreign or malformed metadata; for the fused cost a
+        missing or malformed IDF) is a miss."""
         try:
             p = _potential_from_entry(entry)
             version = int(entry.meta["pool_version"])
@@ -186,15 +196,33 @@ class Job:
             and p.mode == self.config.mode
             and (self.config.relative_eps is not None or p.eps == self.config.eps)
             and (rows is None or not len(rows) or (rows.min() >= 0 and rows.max() < len(self.rows)))
+            and self._usable_idf(entry.idf)
         )
         if not ok:
             LOG.warning("dual cache: unusable potential for %s; treated as a miss", self.key)
             self.engine.metrics.cache_events.labels("corrupt").inc()
         return ok
 
+    def _usable_idf(self, idf: np.ndarray | None) -> bool:
+        """Fused: IDF weights of the pool's sketch width, finite and positive; else none at all."""
+        if self.features.cost is not Cost.FUSED:
+            return idf is None
+        tf = self.arrays.sketches
+        return (
+            idf is not None
+            and tf is not None
+            and idf.shape == (tf.shape[1],)
+            and bool(np.isfinite(idf).all() and (idf > 0).all())
+        )
+
     def _use_entry(self, entry: PotentialEntry) -> None:
         self.cache_hit = True
         self.potential = _potential_from_entry(entry)
+        current = self.features.idf
+        if entry.idf is not None and (current is None or entry.idf.tobytes() != current.tobytes()):
+            self.idf = self._frozen = np.array(entry.idf, dtype=np.float32)
+            frozen = replace(self.features, idf=self.idf)
+            self.y = target_features(frozen, self.target.vectors, self.target.sketches)
         self.engine.epoch_values.remember(self.family, self.key, entry)
         self._apply_rows()
 
@@ -234,7 +262,7 @@ class Job:
         a = self.arrays
         if not self.cache_hit:
             return None
-        return self.engine.epoch_values.get(self.key, g_np, a.row_versions, a.version)
+        return self.engine.epoch_values.get(self.key, g_np, a.row_versions, a.version, idf=self.idf)
 
     def _values(
         self, g: torch.Tensor, known: EpochValues | None, emit: Emit, stop: StopCheck
@@ -276,7 +304,8 @@ class Job:
             total = ExactSum.of(full)
             self._count_pass("full", len(self.rows))
         if known is None or known.version != a.version:
-            self.engine.epoch_values.put(self.key, g_np, EpochValues(a.version, values, total), share=True)
+            kept = EpochValues(a.version, values, total)
+            self.engine.epoch_values.put(self.key, g_np, kept, share=True, idf=self.idf)
         f: np.ndarray = values[self.rows]
         if not self.cache_hit:
             self._store_potential(total.to_float(), len(f))
@@ -299,7 +328,8 @@ class Job:
         """Names the rows only (not the target): a distributed scorer keeps one snapshot for all targets."""
         a = self.arrays
         rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
-        return f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}:{rows_hash}"
+        idf = "" if self.idf is None else ":" + xxhash.xxh3_64_hexdigest(self.idf.tobytes())
+        return f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}{idf}:{rows_hash}"
 
     def _store_potential(self, f_sum: float, n: int) -> None:
         p = self.potential
@@ -309,6 +339,7 @@ class Job:
         entry = PotentialEntry(
             g=p.g.detach().cpu().numpy().astype(np.float32),
             rows=rows,
+            idf=None if self.idf is None else np.asarray(self.idf, dtype=np.float32),
             meta={
                 "mode": p.mode.value,
                 "eps": p.eps,
