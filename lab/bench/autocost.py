@@ -20,7 +20,7 @@ from typing import Any
 
 from gotd.client.client import Client
 from gotd.lab.bench.costs import TARGET_TOPICS, Synthetic
-from gotd.lab.bench.costs import _records as records
+from gotd.lab.bench.costs import text_records as records
 from gotd.lab.bench.util import bench_server, machine, report_header
 
 __all__ = ["run"]

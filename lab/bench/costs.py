@@ -98,7 +98,8 @@ class Synthetic:
         return x.astype(np.float32), texts
 
 
-def _records(x: np.ndarray, texts: list[str], prefix: str) -> Iterator[dict[str, Any]]:
+def text_records(x: np.ndarray, texts: list[str], prefix: str) -> Iterator[dict[str, Any]]:
+    """Ingest records with both a text (sketched by the server) and a precomputed embedding."""
     for i, text in enumerate(texts):
         yield {"id": f"{prefix}{i:07d}", "text": text, "embedding": x[i].tolist()}
 
@@ -139,13 +140,13 @@ def scenario(client: Client, data: Synthetic, name: str, n: int, m: int, rounds:
     ingest: dict[str, float] = {}
     for cost in COSTS:
         started = time.perf_counter()
-        client.ingest(f"{name}-{cost}", _records(x, texts, "c"), batch_size=STORE_BATCH)
+        client.ingest(f"{name}-{cost}", text_records(x, texts, "c"), batch_size=STORE_BATCH)
         ingest[cost] = n / (time.perf_counter() - started)
     rss.append(("both pools ingested", *rss_mb()))
     inline: list[list[dict[str, Any]]] = []
     for i, topics in enumerate(TARGET_TOPICS):
         tx, tt = data.make(m, seed=20 + i, topics=topics)
-        inline.append(list(_records(tx, tt, f"t{i}-")))
+        inline.append(list(text_records(tx, tt, f"t{i}-")))
         client.put_target_set(f"{name}-targets{i}", inline[-1])
     pools = {cost: f"{name}-{cost}" for cost in COSTS}
     result: dict[str, Any] = {"scenario": name, "n": n, "m": m, "k": k, "ingest_records_per_s": ingest}

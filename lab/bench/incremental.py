@@ -13,7 +13,15 @@ Select that opens the epoch), grown, and selected again four ways, all through a
 Drift: the overlap of the top 5% and the Spearman correlation of the whole rankings, incremental vs
 fresh. Scenarios: synthetic clustered vectors at 20k x 500 (exact) and 100k x 1k (global), and the
 wiki corpus (precomputed MiniLM embeddings) with the growth drawn mostly from the target's topic, the
-case where the pool's distribution moves toward the target as it grows.
+case where the pool's distribution moves toward the target as it grows. The fused cost runs on
+records with texts and precomputed embeddings (:class:`gotd.lab.bench.costs.Synthetic`: wiki word
+spans per topic) at the same sizes, the growth drawn mostly from the targets' topics so that the
+pool's IDF moves too: the epoch keeps the IDF it was solved under, the fresh solve uses the grown
+pool's.
+
+Knobs (a shorter run, named in the report): ``GOTD_BENCH_INCREMENTAL_SCENARIOS`` (comma-separated
+names among exact, global, wiki, fused-exact, fused-global; default all) and
+``GOTD_BENCH_INCREMENTAL_SCALE`` (a factor on the synthetic pools' n and m, default 1).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import numpy as np
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.lab.bench import incremental_report
+from gotd.lab.bench.costs import TARGET_TOPICS, Synthetic, text_records
 from gotd.lab.bench.util import bench_server, clustered_vectors, machine
 from gotd.lab.demo import BackgroundServer
 
@@ -38,7 +47,10 @@ TOPIC = "Physical sciences"
 GROWTH_FROM_TOPIC = 0.8
 
 
-def _records(x: np.ndarray, ids: Sequence[str]) -> list[dict[str, Any]]:
+Records = list[dict[str, Any]]
+
+
+def _records(x: np.ndarray, ids: Sequence[str]) -> Records:
     return [{"id": i, "embedding": v.tolist()} for i, v in zip(ids, x, strict=True)]
 
 
@@ -71,16 +83,16 @@ def _step(
     client: Client,
     pool: str,
     targets: str,
-    base: tuple[np.ndarray, list[str]],
-    growth: tuple[np.ndarray, list[str]],
+    base: Records,
+    growth: Records,
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    client.ingest(pool, _records(*base), batch_size=2000)
-    n0 = len(base[1])
+    client.ingest(pool, base, batch_size=2000)
+    n0 = len(base)
     k = max(1, n0 // 20)
     _, opened, opened_s = _select(client, pool, targets, k, max_staleness=1.0, **options)
-    client.ingest(pool, _records(*growth), batch_size=2000)
-    n = n0 + len(growth[1])
+    client.ingest(pool, growth, batch_size=2000)
+    n = n0 + len(growth)
     k = max(1, n // 20)
     _, inc, inc_s = _select(client, pool, targets, k, max_staleness=1.0, **options)
     inc_all, _, _ = _select(client, pool, targets, n, max_staleness=1.0, **options)
@@ -97,7 +109,7 @@ def _step(
         raise RuntimeError(f"{pool}: the fresh and cold Selects did not solve as asked")
     return {
         "n": n0,
-        "added": len(growth[1]),
+        "added": len(growth),
         "mode": inc.mode,
         "opened_s": opened_s,
         "cold_s": cold_s,
@@ -131,7 +143,7 @@ def _synthetic(
     rows = []
     for p in steps:
         added = n * p // 100
-        base, growth = (x[:n], ids[:n]), (x[n : n + added], ids[n : n + added])
+        base, growth = _records(x[:n], ids[:n]), _records(x[n : n + added], ids[n : n + added])
         row = _step(srv, client, f"{name}-{p}", targets, base, growth, {"mode": mode})
         rows.append({"scenario": name, "step": p, **row})
     return rows
@@ -163,30 +175,64 @@ def _wiki(srv: BackgroundServer, client: Client, steps: Sequence[int], quick: bo
         added = n_base * p // 100
         from_topic = min(len(spare_topic), int(added * GROWTH_FROM_TOPIC))
         growth_rows = spare_topic[:from_topic] + spare_rest[: added - from_topic]
-        base = (emb[base_rows], [docs[i].id for i in base_rows])
-        growth = (emb[growth_rows], [docs[i].id for i in growth_rows])
+        base = _records(emb[base_rows], [docs[i].id for i in base_rows])
+        growth = _records(emb[growth_rows], [docs[i].id for i in growth_rows])
         row = _step(srv, client, f"wiki-{p}", "wiki-targets", base, growth, {"mode": "exact"})
         rows.append({"scenario": "wiki", "step": p, "from_topic": from_topic, **row})
+    return rows
+
+
+def _fused(
+    srv: BackgroundServer, client: Client, name: str, n: int, m: int, mode: str, steps: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The fused cost on texts with precomputed embeddings; growth mostly from the targets' topics."""
+    data = Synthetic.from_wiki()
+    topics = TARGET_TOPICS[0]
+    x, texts = data.make(n, seed=1)
+    base = list(text_records(x, texts, "c"))
+    added_max = n * max(steps) // 100
+    from_topic = int(added_max * GROWTH_FROM_TOPIC)
+    tx, tt = data.make(from_topic, seed=3, topics=topics)
+    ox, ot = data.make(added_max - from_topic, seed=4)
+    spare_topic, spare_rest = list(text_records(tx, tt, "nt")), list(text_records(ox, ot, "no"))
+    targets = f"{name}-targets"
+    client.put_target_set(targets, list(text_records(*data.make(m, seed=2, topics=topics), "t")))
+    rows = []
+    for p in steps:
+        added = n * p // 100
+        k_topic = int(added * GROWTH_FROM_TOPIC)
+        growth = spare_topic[:k_topic] + spare_rest[: added - k_topic]
+        options = {"mode": mode, "cost": "fused"}
+        row = _step(srv, client, f"{name}-{p}", targets, base, growth, options)
+        rows.append({"scenario": name, "step": p, "from_topic": k_topic, **row})
     return rows
 
 
 def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     """Run the growth benchmark and write ``incremental.md`` (+ ``incremental.png``) into ``out_dir``."""
     steps = (5, 20) if quick else STEPS
-    scenarios = (
-        [("exact", 1500, 100, "exact")]
-        if quick
-        else [
-            ("exact", 20000, 500, "exact"),
-            ("global", 100000, 1000, "global"),
-        ]
-    )
+    sizes = {"exact": (1500, 100), "global": (1500, 100)} if quick else {}
+    sizes = {"exact": (20000, 500), "global": (100000, 1000), **sizes}
+    scale = float(os.environ.get("GOTD_BENCH_INCREMENTAL_SCALE", "1"))
+    every = ("exact", "global", "wiki", "fused-exact", "fused-global")
+    chosen = os.environ.get("GOTD_BENCH_INCREMENTAL_SCENARIOS", "")
+    names = [s.strip() for s in chosen.split(",") if s.strip()] or list(every)
+    if unknown := set(names) - set(every):
+        raise ValueError(f"unknown scenarios {sorted(unknown)}; choose among {every}")
+    if quick and not chosen:
+        names = ["exact", "wiki", "fused-exact"]
     started, host = time.perf_counter(), machine()
     rows: list[dict[str, Any]] = []
     with bench_server() as (srv, client):
-        for name, n, m, mode in scenarios:
-            rows += _synthetic(srv, client, name, n, m, mode, steps)
-        rows += _wiki(srv, client, steps, quick)
+        for name in names:
+            mode = name.rpartition("-")[2]
+            n, m = (max(100, int(v * scale)) for v in sizes.get(mode, (0, 0)))
+            if name == "wiki":
+                rows += _wiki(srv, client, steps, quick)
+            elif name.startswith("fused"):
+                rows += _fused(srv, client, name, n, m, mode, steps)
+            else:
+                rows += _synthetic(srv, client, name, n, m, mode, steps)
         bound = srv.running.settings.max_staleness
     report = {
         "machine": host,
@@ -194,6 +240,8 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         "rows": rows,
         "bound": bound,
         "load_end": os.getloadavg()[0],
+        "scenarios": names,
+        "scale": scale,
     }
     incremental_report.write(out_dir, report, quick)
     return report

@@ -33,7 +33,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        extra = f", {r['from_topic']} of the topic" if "from_topic" in r else ""
+        extra = f", {r['from_topic']} from the targets' topics" if "from_topic" in r else ""
         lines.append(
             f"| {r['scenario']} | {r['n']:,} ({r['mode']}) | +{r['step']}% ({r['added']:,}{extra}) "
             f"| {r['rows_scored']:,} | {r['cold_s']:.2f} ({r['cold_iterations']}) "
@@ -43,6 +43,14 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {_without_walk(r)} | {r['overlap']:.4f} | {r['spearman']:.4f} |"
         )
     return lines
+
+
+def _knobs(report: dict[str, Any]) -> list[str]:
+    """A shorter run than the default says so (GOTD_BENCH_INCREMENTAL_SCENARIOS / _SCALE)."""
+    scale = report.get("scale", 1.0)
+    if scale == 1.0 and "scenarios" not in report:
+        return []
+    return [f"Scenarios run: {', '.join(report.get('scenarios', []))}; synthetic sizes × {scale:g}."]
 
 
 def _without_walk(r: dict[str, Any]) -> str:
@@ -80,10 +88,16 @@ def write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         "of the top 5% and Spearman correlation of the whole rankings. Synthetic pools are clustered unit",
         "vectors; the wiki pool holds 2% of the target's topic and grows 80% from that topic (the pool",
         "moving toward the target is the hard case for a potential solved before the growth).",
+        "*fused-exact* and *fused-global* use the fused cost (embedding weight 0.5) on records with texts",
+        "and precomputed embeddings (wiki word spans per topic, `gotd bench service`'s cost records), the",
+        "growth 80% from the targets' topics so that the pool's IDF moves as well: the epoch keeps the IDF",
+        "it was solved under (rows written since are scored with it), the fresh solve and the cold Select",
+        "use the grown pool's.",
         "*Walk* is the Select's ranking step: the near-copy walk (server default cosine 0.95) over the top",
         "k, about k² d multiply-adds, paid alike by cold and incremental Selects; the column after it",
         "takes it out of both server-side totals (Summary total_ms less rank_ms).",
         f"Load average at the end of the run: {report.get('load_end', float('nan')):.1f}.",
+        *_knobs(report),
         "",
         *table(rows),
         "",
