@@ -17,6 +17,7 @@ import grpc
 from gotd.client.types import (
     DeleteResult,
     IdSetInfo,
+    IdSetPage,
     IngestResult,
     PoolInfo,
     RankedCandidate,
@@ -296,11 +297,26 @@ class Client:
         return IdSetInfo.from_pb(response.info), response.added
 
     def get_id_set(
-        self, pool: str, name: str, *, timeout: float | None = None
+        self, pool: str, name: str, *, page_size: int = 0, timeout: float | None = None
     ) -> tuple[IdSetInfo, list[str]]:
-        """An id set and its ids, sorted."""
-        response = self._stub.GetIdSet(pb.GetIdSetRequest(pool=pool, name=name), **self._kw(timeout))
-        return IdSetInfo.from_pb(response.info), list(response.ids)
+        """An id set and all its ids, sorted, read page by page (``page_size`` 0: the server's
+        default; ``timeout`` per page). The set as of the last page; ids written while the pages are
+        read are seen by the pages not read yet."""
+        page = self.get_id_set_page(pool, name, page_size=page_size, timeout=timeout)
+        ids = list(page.ids)
+        while page.next_page_token:
+            page = self.get_id_set_page(
+                pool, name, page_size=page_size, page_token=page.next_page_token, timeout=timeout
+            )
+            ids.extend(page.ids)
+        return page.info, ids
+
+    def get_id_set_page(
+        self, pool: str, name: str, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> IdSetPage:
+        """One page of an id set's sorted ids (``page_token``: the previous page's next_page_token)."""
+        request = pb.GetIdSetRequest(pool=pool, name=name, page_size=page_size, page_token=page_token)
+        return IdSetPage.from_pb(self._stub.GetIdSet(request, **self._kw(timeout)))
 
     def delete_id_set(self, pool: str, name: str, *, timeout: float | None = None) -> None:
         self._stub.DeleteIdSet(pb.DeleteIdSetRequest(pool=pool, name=name), **self._kw(timeout))

@@ -108,6 +108,19 @@ class IdSetInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class IdSetPage:
+    """One page of an id set's sorted ids; ``next_page_token`` is "" after the last page."""
+
+    info: IdSetInfo
+    ids: tuple[str, ...]
+    next_page_token: str
+
+    @classmethod
+    def from_pb(cls, m: pb.GetIdSetResponse) -> IdSetPage:
+        return cls(IdSetInfo.from_pb(m.info), tuple(m.ids), m.next_page_token)
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteResult:
     pool: str
     deleted: int  # candidates deleted by the call

@@ -192,3 +192,55 @@ def test_bad_id_set_requests(client: Client) -> None:
     assert _code(lambda: client.id_sets("nope")) == missing
     assert _code(lambda: client.get_id_set("pool", "s")) == missing
     assert client.id_sets("pool") == []
+
+
+def test_get_id_set_pages_through_sorted_ids(client: Client) -> None:
+    _fill(client)
+    ids = [f"id{i:03d}" for i in range(23)] + ["é", "Z", "a b", "\u4e2d"]
+    client.put_id_set("pool", "many", reversed(ids))
+    pages, token = [], ""
+    while True:
+        page = client.get_id_set_page("pool", "many", page_size=7, page_token=token)
+        assert page.info.count == len(ids)
+        pages.append(page.ids)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p) for p in pages] == [7, 7, 7, 6]
+    assert [i for p in pages for i in p] == sorted(ids)  # by code point
+    assert client.get_id_set("pool", "many", page_size=5) == client.get_id_set("pool", "many")
+    assert client.get_id_set("pool", "many")[1] == sorted(ids)
+    # a page holds the ids after the previous page's last one: writes between pages show up after it
+    first = client.get_id_set_page("pool", "many", page_size=7)
+    client.put_id_set("pool", "many", ["id000a", "zz"], append=True)
+    rest = client.get_id_set("pool", "many", page_size=7)[1]
+    after = client.get_id_set_page("pool", "many", page_size=100, page_token=first.next_page_token)
+    assert list(after.ids) == [i for i in rest if i > first.ids[-1]]
+    assert "zz" in after.ids
+    assert "id000a" not in after.ids
+
+
+def test_get_id_set_default_and_largest_page(client: Client) -> None:
+    _fill(client)
+    ids = [f"x{i:06d}" for i in range(10_001)]
+    client.put_id_set("pool", "big", ids)
+    first = client.get_id_set_page("pool", "big")
+    assert first.ids == tuple(ids[:10_000])
+    assert first.next_page_token
+    last = client.get_id_set_page("pool", "big", page_token=first.next_page_token)
+    assert (last.ids, last.next_page_token) == ((ids[-1],), "")
+    whole = client.get_id_set_page("pool", "big", page_size=10**9)  # over the maximum: the maximum
+    assert (len(whole.ids), whole.next_page_token) == (10_001, "")
+    assert client.get_id_set("pool", "big")[1] == ids
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["garbage!", "é", "eA==", "aWRzMTo=", "aWRzMjp4"],  # eA==: "x" without the tag; then "ids1:", "ids2:x"
+)
+def test_bad_page_token_or_size_is_invalid_argument(client: Client, token: str) -> None:
+    _fill(client)
+    client.put_id_set("pool", "s", ["a", "b"])
+    bad = grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(lambda: client.get_id_set_page("pool", "s", page_token=token)) == bad
+    assert _code(lambda: client.get_id_set_page("pool", "s", page_size=-1)) == bad

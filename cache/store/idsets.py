@@ -13,6 +13,7 @@ candidates, and a candidate deleted or not yet ingested keeps its place in the s
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections.abc import Iterable
@@ -133,6 +134,28 @@ class IdSets:
                 raise NotFound(f"id set {name!r} of pool {pool!r} does not exist")
             ids = [bytes(v).decode("utf-8") for _k, v in _members(txn, db, key)]
             return header, sorted(ids)
+
+        return self.env.read(read)
+
+    def page(
+        self, pool: str, name: str, *, after: str | None, limit: int
+    ) -> tuple[IdSetInfo, list[str], bool]:
+        """The set, its ``limit`` smallest ids greater than ``after`` (all ids for None), sorted, and
+        whether more follow (NotFound for an absent pool or set). One read of the set's members (they
+        are keyed by hash, not in id order): O(count log limit)."""
+        validate_name(name, kind=KIND)
+        db = self._db()
+
+        def read(txn: lmdb.Transaction) -> tuple[IdSetInfo, list[str], bool]:
+            key = _set_key(self._pool(txn, pool).prefix, name)
+            header = _header(txn, db, key, pool)
+            if header is None:
+                raise NotFound(f"id set {name!r} of pool {pool!r} does not exist")
+            ids = (bytes(v).decode("utf-8") for _k, v in _members(txn, db, key))
+            if after is not None:
+                ids = (i for i in ids if i > after)
+            first = heapq.nsmallest(limit + 1, ids)
+            return header, first[:limit], len(first) > limit
 
         return self.env.read(read)
 

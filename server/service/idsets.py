@@ -12,13 +12,22 @@ serialised: each excludes the set as it was when it started.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Sequence
+from typing import Final
 
-from gotd.cache.errors import ResourceExhausted
-from gotd.cache.store.idsets import IdSets
+from gotd.cache.errors import InvalidArgument, ResourceExhausted
+from gotd.cache.records import validate_id
+from gotd.cache.store.idsets import IdSetInfo, IdSets
 from gotd.server.service.requests import SelectParams
 
-__all__ = ["SelectIdSets"]
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "SelectIdSets"]
+
+#: Ids of a GetIdSet page when the request sets no page size, and the most a page holds.
+DEFAULT_PAGE_SIZE: Final = 10_000
+MAX_PAGE_SIZE: Final = 100_000
+_TOKEN_TAG: Final = b"ids1:"  # names the token's form, so another form is rejected, not misread
 
 
 class SelectIdSets:
@@ -53,6 +62,19 @@ class SelectIdSets:
                 f"{min(params.k, pool_size)} more could exceed the limit of {self.sets.max_ids}"
             )
 
+    def page(self, pool: str, name: str, page_size: int, page_token: str) -> tuple[IdSetInfo, list[str], str]:
+        """One page of the set's sorted ids and the token of the next ("" after the last page).
+
+        ``page_size`` 0 is :data:`DEFAULT_PAGE_SIZE`, larger than :data:`MAX_PAGE_SIZE` is that,
+        negative is InvalidArgument; the token is the page's last id (URL-safe base64 of a tagged
+        form), and one that does not decode to an id is InvalidArgument."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0, got {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        info, ids, more = self.sets.page(pool, name, after=_after(page_token), limit=size)
+        token = base64.urlsafe_b64encode(_TOKEN_TAG + ids[-1].encode("utf-8")).decode() if more else ""
+        return info, ids, token
+
     def record(self, pool: str, name: str, ids: Sequence[str], stop: Callable[[], None]) -> tuple[int, int]:
         """Add the returned ``ids`` to the set ``name`` (created when absent) in one write transaction,
         unless the call was cancelled or its deadline passed (``stop`` raises). Returns the ids added
@@ -60,3 +82,17 @@ class SelectIdSets:
         stop()
         info, added = self.sets.put(pool, name, ids, append=True)
         return added, info.count
+
+
+def _after(token: str) -> str | None:
+    """The last id of the previous page named by ``token`` (None for the first page)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+        if not raw.startswith(_TOKEN_TAG):
+            raise ValueError("not a page token")
+        return validate_id(raw[len(_TOKEN_TAG) :].decode("utf-8"))
+    except (ValueError, binascii.Error, InvalidArgument):  # UnicodeError is a ValueError
+        why = "page_token is not a token of GetIdSet; start again from the first page"
+        raise InvalidArgument(why) from None

@@ -276,8 +276,11 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
         return pb.PutIdSetResponse(info=convert.id_set_info(info), added=added)
 
     async def GetIdSet(self, request: pb.GetIdSetRequest, context: Ctx) -> pb.GetIdSetResponse:  # noqa: N802
-        info, ids = await self._run(self._engine.id_sets.sets.get, request.pool, request.name)
-        return pb.GetIdSetResponse(info=convert.id_set_info(info), ids=ids)
+        page = self._engine.id_sets.page
+        info, ids, token = await self._run(
+            page, request.pool, request.name, request.page_size, request.page_token
+        )
+        return pb.GetIdSetResponse(info=convert.id_set_info(info), ids=ids, next_page_token=token)
 
     async def DeleteIdSet(  # noqa: N802
         self, request: pb.DeleteIdSetRequest, context: Ctx

@@ -1641,25 +1641,38 @@ Global___PutIdSetResponse: _TypeAlias = PutIdSetResponse  # noqa: Y015
 
 @_typing.final
 class GetIdSetRequest(_message.Message):
-    """GetIdSetRequest names an id set."""
+    """GetIdSetRequest names an id set and the page of its ids to return."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     POOL_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     pool: _builtins.str
     """Pool name."""
     name: _builtins.str
     """Set name."""
+    page_size: _builtins.int
+    """Most ids to return: 0 means the default of 10,000; values over the maximum of 100,000 are
+    treated as 100,000; negative values are INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
+    """next_page_token of the previous page ("" for the first page). Opaque; a token this server did
+    not issue is INVALID_ARGUMENT. A page holds the ids that sort after the previous page's last
+    one, so writes between pages are seen by the pages not yet read.
+    """
     def __init__(
         self,
         *,
         pool: _builtins.str = ...,
         name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "pool", b"pool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "page_size", b"page_size", "page_token", b"page_token", "pool", b"pool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1667,29 +1680,33 @@ Global___GetIdSetRequest: _TypeAlias = GetIdSetRequest  # noqa: Y015
 
 @_typing.final
 class GetIdSetResponse(_message.Message):
-    """GetIdSetResponse carries the set and its ids."""
+    """GetIdSetResponse carries the set and one page of its ids."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     INFO_FIELD_NUMBER: _builtins.int
     IDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; "" when this page is the last."""
     @_builtins.property
     def info(self) -> Global___IdSetInfo:
-        """The set."""
+        """The set (as of this page's read)."""
 
     @_builtins.property
     def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Its ids, sorted."""
+        """Ids of this page, sorted (by Unicode code point), after those of the previous pages."""
 
     def __init__(
         self,
         *,
         info: Global___IdSetInfo | None = ...,
         ids: _abc.Iterable[_builtins.str] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids", "info", b"info", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -187,7 +187,7 @@ class SelectionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetIdSet(self, request, context):
-        """GetIdSet returns a stored id set with its ids.
+        """GetIdSet returns a stored id set with one page of its ids (sorted; page_size, page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -79,7 +79,7 @@ class SelectionServiceStub:
     handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
     """
     GetIdSet: _grpc.UnaryUnaryMultiCallable[_selection_pb2.GetIdSetRequest, _selection_pb2.GetIdSetResponse]
-    """GetIdSet returns a stored id set with its ids."""
+    """GetIdSet returns a stored id set with one page of its ids (sorted; page_size, page_token)."""
     DeleteIdSet: _grpc.UnaryUnaryMultiCallable[_selection_pb2.DeleteIdSetRequest, _selection_pb2.DeleteIdSetResponse]
     """DeleteIdSet removes a stored id set."""
     ListIdSets: _grpc.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]
@@ -125,7 +125,7 @@ class SelectionServiceAsyncStub(SelectionServiceStub):
     handed to training, for example, excluded from later Selects with `SelectRequest.exclude_set`.
     """
     GetIdSet: _aio.UnaryUnaryMultiCallable[_selection_pb2.GetIdSetRequest, _selection_pb2.GetIdSetResponse]  # type: ignore[assignment]
-    """GetIdSet returns a stored id set with its ids."""
+    """GetIdSet returns a stored id set with one page of its ids (sorted; page_size, page_token)."""
     DeleteIdSet: _aio.UnaryUnaryMultiCallable[_selection_pb2.DeleteIdSetRequest, _selection_pb2.DeleteIdSetResponse]  # type: ignore[assignment]
     """DeleteIdSet removes a stored id set."""
     ListIdSets: _aio.UnaryUnaryMultiCallable[_selection_pb2.ListIdSetsRequest, _selection_pb2.ListIdSetsResponse]  # type: ignore[assignment]
@@ -234,7 +234,7 @@ class SelectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _selection_pb2.GetIdSetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_selection_pb2.GetIdSetResponse, _abc.Awaitable[_selection_pb2.GetIdSetResponse]]:
-        """GetIdSet returns a stored id set with its ids."""
+        """GetIdSet returns a stored id set with one page of its ids (sorted; page_size, page_token)."""
 
     @_abc_1.abstractmethod
     def DeleteIdSet(
