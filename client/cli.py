@@ -1,9 +1,11 @@
 """The ``gotd`` command line: client commands here, server and lab commands dispatched by extra.
 
-Client commands (``ingest``, ``select``, ``pools``) run on the base install: the contract, grpc,
-typer and tqdm. ``serve`` and ``sketch-backfill`` live in :mod:`gotd.server.cli` (extra
-``gotd[server]``), ``demo``, ``eval`` and ``bench`` in :mod:`gotd.lab.cli` (extra ``gotd[lab]``); this
-module imports them only when such a command runs, and says which extra to install when it is missing.
+Client commands (``ingest``, ``select``, ``pools``; ``id-sets`` and ``delete-records`` from
+:mod:`gotd.client.cli_manage`, the shared options in :mod:`gotd.client.cli_common`) run on the base
+install: the contract, grpc, typer and tqdm. ``serve`` and ``sketch-backfill`` live in
+:mod:`gotd.server.cli` (extra ``gotd[server]``), ``demo``, ``eval`` and ``bench`` in
+:mod:`gotd.lab.cli` (extra ``gotd[lab]``); this module imports them only when such a command runs,
+and says which extra to install when it is missing.
 
 Every failure prints one line ``error: ...`` on stderr: ``error: STATUS_CODE_NAME: message`` for a
 failed RPC (exit 1), ``error: message`` for a bad input file (exit 1); usage errors exit 2.
@@ -17,74 +19,35 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import grpc
 import typer
 from tqdm import tqdm
 
-from gotd.client.client import Client, TlsConfig
-from gotd.client.records import RecordFileError, read_items
+from gotd.client import cli_manage
+from gotd.client.cli_common import (
+    InputError,
+    Server,
+    Timeout,
+    TlsCa,
+    TlsCert,
+    TlsKey,
+    TlsName,
+    Token,
+    connect,
+    read_records,
+    rpc,
+)
 from gotd.client.types import COSTS, MODES, RankedCandidate, SelectProgress, SelectSummary, SolverOptions
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="gotd: GOT-D data selection service")
-T = TypeVar("T")
-
-Server = Annotated[str, typer.Option("--server", envvar="GOTD_SERVER", help="host:port of the gotd server")]
-Token = Annotated[str | None, typer.Option("--token", envvar="GOTD_TOKEN", help="bearer token")]
-TlsCa = Annotated[Path | None, typer.Option("--tls-ca", help="CA bundle to verify the server (enables TLS)")]
-TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="client certificate (mTLS)")]
-TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="client key (mTLS)")]
-TlsName = Annotated[str | None, typer.Option("--tls-server-name", help="expected server name in its cert")]
-Timeout = Annotated[float, typer.Option("--timeout", help="deadline of the call, seconds")]
-
-
-def _client(server: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None,
-            name: str | None, timeout: float) -> Client:  # fmt: skip
-    tls = None
-    if ca is not None or cert is not None:
-        tls = TlsConfig(ca_cert=ca, client_cert=cert, client_key=key, server_name=name)
-    return Client(server, token=token, tls=tls, timeout=timeout)
-
-
-class _InputError(Exception):
-    """A client-side input error, raised from inside a request stream and reported once."""
-
-
-def _rpc(fn: Callable[[], T], inputs: list[_InputError] | None = None) -> T:
-    """Run an RPC; print one ``error: ...`` line and exit 1 when it (or its input) fails.
-
-    ``inputs`` collects input errors raised inside a request stream: grpc reports those as a cancelled
-    call, so the input error is the one worth showing.
-    """
-    try:
-        return fn()
-    except _InputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-    except grpc.RpcError as err:
-        if inputs:
-            typer.echo(f"error: {inputs[0]}", err=True)
-            raise typer.Exit(1) from None
-        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-        details = err.details() if hasattr(err, "details") else str(err)
-        typer.echo(f"error: {code.name}: {details}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _read(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a file; a bad file or record raises :class:`_InputError` (one message, no traceback)."""
-    try:
-        yield from read_items(path)
-    except RecordFileError as err:
-        raise _InputError(str(err)) from None
 
 
 def _read_all(path: Path, what: str) -> list[dict[str, Any]]:
-    items = _rpc(lambda: list(_read(path)))
+    items = rpc(lambda: list(read_records(path)))
     if not items:
         typer.echo(f"error: {path}: no records ({what} needs at least one)", err=True)
         raise typer.Exit(1)
@@ -137,13 +100,13 @@ def ingest(
             file, pool, data_dir, batch_size, ray_address
         )
         return
-    items = _read(file)
-    first = _rpc(lambda: next(items, None))
+    items = read_records(file)
+    first = rpc(lambda: next(items, None))
     if first is None:
         typer.echo(f"error: {file}: no records to ingest", err=True)
         raise typer.Exit(1)
 
-    failures: list[_InputError] = []
+    failures: list[InputError] = []
 
     def records() -> Iterator[dict[str, Any]]:
         yield first
@@ -152,18 +115,18 @@ def ingest(
             for item in items:
                 yield item
                 sent += 1
-        except _InputError as err:
+        except InputError as err:
             if sent >= batch_size:  # whole batches went out before the bad record
-                err = _InputError(
+                err = InputError(
                     f"{err} (the batches before it, up to {sent - sent % batch_size} records, may have been "
                     "ingested; ingest is an idempotent upsert: fix the file and run it again)"
                 )
             failures.append(err)
             raise err from None
 
-    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
         shown = tqdm(records(), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)
-        result = _rpc(lambda: client.ingest(pool, shown, batch_size=batch_size), failures)
+        result = rpc(lambda: client.ingest(pool, shown, batch_size=batch_size), failures)
     typer.echo(
         f"{result.pool}: inserted {result.inserted}, updated {result.updated}, unchanged {result.unchanged}, "
         f"embedded {result.embedded}; count {result.info.count}, version {result.info.version}"
@@ -210,7 +173,7 @@ def select(
     progress = _Progress()
     out = output.open("w", encoding="utf-8") if output is not None else sys.stdout
     try:
-        with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
 
             def run() -> SelectSummary | None:
                 summary = None
@@ -234,7 +197,7 @@ def select(
                 return summary
 
             try:
-                summary = _rpc(run)
+                summary = rpc(run)
             finally:
                 progress.close()
     finally:
@@ -267,8 +230,8 @@ def pools(
     tls_server_name: TlsName = None, timeout: Timeout = 30.0,
 ) -> None:  # fmt: skip
     """One line per pool: NAME COUNT VERSION MODEL DIM."""
-    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
-        listed = _rpc(client.pools)
+    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        listed = rpc(client.pools)
     for p in listed:
         if as_json:
             row = {"name": p.name, "count": p.count, "version": p.version, "model": p.model, "dim": p.dim}
@@ -277,49 +240,9 @@ def pools(
             typer.echo(f"{p.name} {p.count} {p.version} {p.model} {p.dim}")
 
 
-id_sets = typer.Typer(no_args_is_help=True, help="Named id sets of a pool (list, show, delete).")
-app.add_typer(id_sets, name="id-sets")
-PoolOpt = Annotated[str, typer.Option("--pool", help="pool name")]
-
-
-@id_sets.command("list")
-def id_sets_list(
-    pool: PoolOpt, server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
-) -> None:  # fmt: skip
-    """One line per id set of POOL: NAME COUNT."""
-    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
-        for s in _rpc(lambda: client.id_sets(pool)):
-            typer.echo(f"{s.name} {s.count}")
-
-
-@id_sets.command("show")
-def id_sets_show(
-    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
-    server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 120.0,
-) -> None:  # fmt: skip
-    """The ids of the set NAME, one a line (sorted); the count on stderr."""
-    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
-        info, ids = _rpc(lambda: client.get_id_set(pool, name))
-    for record_id in ids:
-        typer.echo(record_id)
-    typer.echo(f"{info.name}: {info.count} ids", err=True)
-
-
-@id_sets.command("delete")
-def id_sets_delete(
-    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
-    server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
-) -> None:  # fmt: skip
-    """Delete the id set NAME of POOL."""
-    with _client(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
-        _rpc(lambda: client.delete_id_set(pool, name))
-    typer.echo(f"deleted id set {name} of pool {pool}", err=True)
+# gotd id-sets ..., gotd delete-records (client commands kept in their own module)
+app.add_typer(cli_manage.id_sets, name="id-sets")
+app.command("delete-records")(cli_manage.delete_records)
 
 
 # What each extra brings that the base install lacks (checked before a dispatched command runs).

@@ -28,6 +28,7 @@ __all__ = [
     "iter_mappings",
     "parquet_columns",
     "parse_line",
+    "read_ids",
     "read_items",
 ]
 
@@ -179,3 +180,32 @@ def read_items(path: Path | str) -> Iterator[dict[str, Any]]:
         if first != where:
             raise RecordFileError(f"{where}: duplicate id {item['id']!r} (first at {first})")
         yield item
+
+
+def read_ids(path: Path | str) -> Iterator[str]:
+    """The ids of a file: the ``id`` of every record of a ``.jsonl``/``.parquet`` record file, else one
+    id per line of a text file (what ``gotd id-sets show`` prints; blank lines skipped, the line ending
+    and surrounding whitespace stripped).
+
+    Raises
+    ------
+    RecordFileError
+        As :func:`iter_mappings`, for a record without a string id, and for a line that is not UTF-8.
+    """
+    path = Path(path)
+    if path.suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES:
+        for where, item in iter_mappings(path):
+            if not isinstance(item.get("id"), str) or not item["id"]:
+                raise RecordFileError(f"{where}: 'id' must be a non-empty string")
+            yield item["id"]
+        return
+    if not path.is_file():
+        raise RecordFileError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as err:
+                raise RecordFileError(f"{path}:{lineno}: not valid UTF-8 (byte {err.start})") from None
+            if line:
+                yield line

@@ -107,6 +107,36 @@ def test_cli_id_sets(served: str, tmp_path: Path) -> None:
     assert bad.stderr.strip().splitlines()[-1].startswith("error: INVALID_ARGUMENT: ")
 
 
+def test_cli_delete_records(served: str, tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "embedding": v.tolist()}) + "\n"
+            for i, v in enumerate(clustered(20, seed=4))
+        )
+    )
+    _gotd("ingest", "--server", served, "--pool", "del", str(pool))
+    conn = ["--server", served]
+    by_args = _gotd("delete-records", "del", "d0", "d1", "nope", *conn)
+    assert by_args.stdout.strip() == "del: deleted 2, not found 1; count 18, version 2"
+    lines = tmp_path / "ids.txt"  # what `gotd id-sets show` prints: one id a line
+    lines.write_text("d2\n\n  d3  \nd0\n")
+    records = tmp_path / "ids.jsonl"
+    records.write_text(json.dumps({"id": "d4"}) + "\n" + json.dumps({"id": "d5", "text": "x"}) + "\n")
+    by_file = _gotd("delete-records", "del", "--ids-file", str(lines), *conn)
+    assert by_file.stdout.strip() == "del: deleted 2, not found 1; count 16, version 3"
+    both = _gotd("delete-records", "del", "d6", "--ids-file", str(records), *conn)
+    assert both.stdout.strip() == "del: deleted 3, not found 0; count 13, version 4"
+    assert _gotd("pools", *conn).stdout.split()[:3] == ["del", "13", "4"]
+    missing = _gotd("delete-records", "del", "--ids-file", str(tmp_path / "none.txt"), *conn, check=False)
+    assert (missing.returncode, missing.stderr.startswith("error: ")) == (1, True)
+    assert "no such file" in missing.stderr
+    nothing = _gotd("delete-records", "del", *conn, check=False)
+    assert nothing.returncode == 2
+    unknown = _gotd("delete-records", "nopool", "x", *conn, check=False)
+    assert unknown.stderr.startswith("error: NOT_FOUND: ")
+
+
 def test_cli_errors_print_the_status_code(served: str, tmp_path: Path) -> None:
     target = tmp_path / "t.jsonl"
     target.write_text(json.dumps({"id": "t0", "embedding": clustered(1, seed=2)[0].tolist()}) + "\n")
