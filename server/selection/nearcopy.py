@@ -7,9 +7,11 @@ cosine similarity of at least ``cosine`` with a candidate already taken; the fir
 is the one kept. TSDS (Liu et al., 2024) handles repeats with a kernel-density term; here they are
 skipped outright, which spends the whole budget on distinct candidates.
 
-The neighbour test is exact: each block of the ranking is multiplied against the rows taken so far
-(one GEMM) and against itself, so a walk to ``k`` costs about ``k^2 d`` multiply-adds, measured faster
-than growing a FAISS flat inner-product index (``gotd bench nearcopy``).
+The neighbour test is exact: each block of the ranking is multiplied against the rows walked so far
+(one GEMM), so a walk to ``k`` costs about ``k^2 d / 2`` multiply-adds, measured faster than growing a
+FAISS flat inner-product index (``gotd bench nearcopy``). The pairs found are kept as a graph
+(:class:`~gotd.server.selection.walk.CopyGraph`) that a later walk over a ranking sharing most rows
+with it reuses, multiplying only its new rows (:func:`distinct_walk_graph`).
 
 Imports torch and numpy only (no storage, no wire).
 
@@ -23,20 +25,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from gotd.cache.errors import InvalidArgument
 from gotd.server.selection.topk import top_k
+from gotd.server.selection.walk import CopyGraph, DistinctRanking, Walk
 
 __all__ = [
     "DEFAULT_NEAR_COPY_COSINE",
+    "CopyGraph",
     "DistinctRanking",
     "check_near_copy_cosine",
     "distinct_top_k",
     "distinct_walk",
+    "distinct_walk_graph",
 ]
 
 DEFAULT_NEAR_COPY_COSINE = 0.95
@@ -44,37 +47,6 @@ DEFAULT_NEAR_COPY_COSINE = 0.95
 
 _BLOCK = 1024
 _BLOCK_MAX = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class DistinctRanking:
-    """The result of a walk: what was taken and what was skipped, in walk order.
-
-    ``taken`` holds ``(row, score)`` in rank order; ``skipped`` holds ``(row, copy_of_row, cosine)``
-    for each skipped candidate (``copy_of_row`` is the taken row it is most similar to);
-    ``taken_at`` and ``skipped_at`` are their positions in the ranking walked; ``exhausted`` says the
-    walk reached the end of the eligible rows. A walk to ``k`` contains the walk to any smaller k.
-    """
-
-    taken: list[tuple[int, float]]
-    skipped: list[tuple[int, int, float]]
-    taken_at: np.ndarray
-    skipped_at: np.ndarray
-    exhausted: bool
-
-    def prefix(self, k: int) -> DistinctRanking:
-        """The walk as it was when ``k`` candidates had been taken (itself when it took fewer)."""
-        if k > len(self.taken) or (k == len(self.taken) and not self.exhausted):
-            return self
-        end = int(self.taken_at[k - 1]) if k > 0 else -1
-        n_skip = int(np.searchsorted(self.skipped_at, end))
-        return DistinctRanking(
-            self.taken[:k], self.skipped[:n_skip], self.taken_at[:k], self.skipped_at[:n_skip], False
-        )
-
-    def serves(self, k: int) -> bool:
-        """Whether this walk answers a request for ``k`` (it took k, or saw every eligible row)."""
-        return self.exhausted or len(self.taken) >= k
 
 
 def check_near_copy_cosine(cosine: float) -> float:
@@ -158,6 +130,30 @@ def distinct_walk(
     it has taken fewer than ``k`` and rows remain, so a ranking held elsewhere (shards) is fetched a
     little past ``k``, not whole.
     """
+    return distinct_walk_graph(ranked, n_eligible, k, vectors=vectors, cosine=cosine, block=block)[0]
+
+
+def distinct_walk_graph(
+    ranked: Callable[[int], list[tuple[int, float]]],
+    n_eligible: int,
+    k: int,
+    *,
+    vectors: np.ndarray,
+    cosine: float,
+    block: int = _BLOCK,
+    known: CopyGraph | None = None,
+    vector_rows: np.ndarray | None = None,
+) -> tuple[DistinctRanking, CopyGraph | None]:
+    """:func:`distinct_walk`, given the graph of an earlier walk, returning its own.
+
+    ``known`` holds every near-copy pair among some rows (an earlier walk's graph over the same
+    vectors and threshold): pairs of two of its rows are read from it, and only rows new to it are
+    multiplied against the rows walked, so a walk over a ranking that mostly repeats an earlier one
+    costs in proportion to what is new. The result is the same as without it. ``vector_rows`` maps a
+    ranked row to its row of ``vectors`` (identity when None). The graph returned holds every pair
+    among the rows this walk walked (None when it walked too far past ``k`` to keep one; see
+    :mod:`gotd.server.selection.walk`).
+    """
     if not 0.0 < cosine <= 1.0:
         raise ValueError(f"cosine must be in (0, 1], got {cosine!r}")
     if not 1 <= block <= _BLOCK_MAX:
@@ -165,8 +161,9 @@ def distinct_walk(
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be 2-D, got shape {vectors.shape}")
     if k <= 0:
-        return DistinctRanking([], [], np.zeros(0, np.int64), np.zeros(0, np.int64), False)
-    walk = _Walk(vectors, k, cosine)
+        empty = DistinctRanking([], [], np.zeros(0, np.int64), np.zeros(0, np.int64), False)
+        return empty, None
+    walk = Walk(vectors, k, cosine, known=known, vector_rows=vector_rows)
     ranked_rows: list[tuple[int, float]] = []
     want = min(n_eligible, max(k + k // 4, block))
     while True:
@@ -174,72 +171,7 @@ def distinct_walk(
         for start in range(walk.position, len(ranked_rows), block):
             walk.step(ranked_rows[start : start + block])
             if len(walk.taken) >= k:
-                return walk.result(exhausted=False)
+                return walk.result(exhausted=False), walk.graph()
         if len(ranked_rows) >= n_eligible:
-            return walk.result(exhausted=True)
+            return walk.result(exhausted=True), walk.graph()
         want = min(n_eligible, 2 * want)
-
-
-class _Walk:
-    """The rows taken so far (their embeddings in one growing buffer) and the skip records."""
-
-    def __init__(self, vectors: np.ndarray, k: int, cosine: float) -> None:
-        self.vectors = vectors
-        self.k = k
-        self.cosine = cosine
-        self.kept = np.empty((max(k, 1) + _BLOCK_MAX, vectors.shape[1]), dtype=np.float32)
-        self.taken: list[tuple[int, float]] = []
-        self.skipped: list[tuple[int, int, float]] = []
-        self.taken_at: list[int] = []
-        self.skipped_at: list[int] = []
-        self.position = 0
-
-    def step(self, chunk: list[tuple[int, float]]) -> None:
-        """Decide the next ranked rows (at most until ``k`` are taken).
-
-        One GEMM per chunk (the chunk against the rows taken and itself); the rest is numpy, so a
-        busy machine's thread barriers are paid once per chunk.
-        """
-        rows = np.fromiter((r for r, _ in chunk), dtype=np.int64, count=len(chunk))
-        a, b = len(self.taken), len(rows)
-        self.kept[a : a + b] = self.vectors[rows]
-        v = self.kept[a : a + b].copy()
-        sims = (torch.from_numpy(v) @ torch.from_numpy(self.kept[: a + b]).T).numpy()
-        if a:
-            arg_np = sims[:, :a].argmax(axis=1)
-            best_np = sims[np.arange(b), arg_np]
-        else:
-            best_np, arg_np = np.full(b, -np.inf, dtype=np.float32), np.zeros(b, np.int64)
-        gram = np.triu(sims[:, a:], 1)  # gram[i, j], i < j: j against earlier rows
-        close = gram >= self.cosine
-        conflicted = close.any(axis=0)
-        take = best_np < self.cosine
-        copy_of = arg_np.copy()
-        cos = best_np.astype(np.float64)
-        local = np.full(len(rows), -1, dtype=np.int64)  # in-chunk index of the copy kept, if any
-        for j in np.flatnonzero(conflicted & take).tolist():
-            earlier = np.flatnonzero(close[:j, j] & take[:j])
-            if len(earlier):
-                i = int(earlier[np.argmax(gram[earlier, j])])
-                take[j] = False
-                local[j], cos[j] = i, float(gram[i, j])
-        order = np.cumsum(take)
-        stop = len(rows) if order[-1] + a < self.k else int(np.searchsorted(order, self.k - a)) + 1
-        chosen = np.flatnonzero(take[:stop])
-        self.kept[a : a + len(chosen)] = v[chosen]
-        self.taken.extend(chunk[j] for j in chosen.tolist())
-        self.taken_at.extend((self.position + chosen).tolist())
-        for j in np.flatnonzero(~take[:stop]).tolist():
-            of = self.taken[int(copy_of[j])][0] if local[j] < 0 else int(rows[local[j]])
-            self.skipped.append((int(rows[j]), of, float(cos[j])))
-            self.skipped_at.append(self.position + j)
-        self.position += stop
-
-    def result(self, *, exhausted: bool) -> DistinctRanking:
-        return DistinctRanking(
-            self.taken,
-            self.skipped,
-            np.asarray(self.taken_at, dtype=np.int64),
-            np.asarray(self.skipped_at, dtype=np.int64),
-            exhausted,
-        )
