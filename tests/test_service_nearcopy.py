@@ -11,6 +11,7 @@ import torch
 
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
+from gotd.lab.demo import BackgroundServer
 from gotd.server.selection.modes import Mode, SelectionConfig, score, solve, top_k
 from gotd.server.selection.nearcopy import DEFAULT_NEAR_COPY_COSINE, distinct_top_k
 from tests.conftest import clustered
@@ -213,10 +214,18 @@ def test_distinct_top_k_equals_a_brute_force_walk() -> None:
             assert [(r, of) for r, of, _ in part.skipped] == [(r, of) for r, of in skipped if before[r] < j]
 
 
-def test_appended_and_updated_candidates_are_walked_afresh(client: Client) -> None:
+def _walks(server: BackgroundServer) -> dict[str, float]:
+    counter = server.running.metrics.near_copy_walks
+    return {kind: counter.labels(kind)._value.get() for kind in ("full", "graph", "repeat")}
+
+
+def test_appended_and_updated_candidates_are_walked_afresh(server: BackgroundServer, client: Client) -> None:
+    """After the pool changes, the walk reads the earlier walk's pairs (a graph walk) and multiplies
+    only new and changed rows; its ranking is the brute-force walk's all the same."""
     vectors = _pool(n=200)
     _ingest(client, vectors)
     first, _ = _select(client, 20)
+    assert _walks(server) == {"full": 1, "graph": 0, "repeat": 0}
     best = first[0].id
     added = {f"b{i}": vectors[best].copy() for i in range(3)}  # copies of the best, ids sorting first
     client.ingest("pool", [{"id": cid, "embedding": v.tolist()} for cid, v in added.items()])
@@ -224,6 +233,7 @@ def test_appended_and_updated_candidates_are_walked_afresh(client: Client) -> No
     full, _ = _select(client, len(vectors), near_copy_cosine=0)
     ranked, _ = _select(client, 20)
     assert [c.id for c in ranked] == _walk(full, vectors, 20)[0]
+    assert _walks(server) == {"full": 1, "graph": 1, "repeat": 0}
     group = [c.id for c in full if np.array_equal(vectors[c.id], vectors[best])]
     assert len(group) >= 4
     assert group[0] in {c.id for c in ranked}  # the best-ranked copy is kept
@@ -234,6 +244,16 @@ def test_appended_and_updated_candidates_are_walked_afresh(client: Client) -> No
     full, _ = _select(client, len(vectors), near_copy_cosine=0)
     ranked, _ = _select(client, 20)
     assert [c.id for c in ranked] == _walk(full, vectors, 20)[0]
+    gone = [ranked[0].id, "b0", "b2"]  # the best candidate and its copies leave: the next copy is kept
+    client.delete_records("pool", gone)
+    for cid in gone:
+        vectors.pop(cid, None)
+    full, _ = _select(client, len(vectors), near_copy_cosine=0)
+    ranked, summary = _select(client, 20, report_near_copies=True)
+    kept, skipped = _walk(full, vectors, 20)
+    assert [c.id for c in ranked] == kept
+    assert [(c.id, c.copy_of) for c in summary.near_copies] == skipped
+    assert _walks(server) == {"full": 1, "graph": 3, "repeat": 0}
     client.delete_pool("pool")
     _ingest(client, _pool(n=200, seed=3))
     again, _ = _select(client, 20)

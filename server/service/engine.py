@@ -91,7 +91,9 @@ class SelectionEngine:
             max(1 << 20, settings.pool_cache_bytes // 16), sizeof=lambda f: f.nbytes
         )
         self._unsketched: Lru[tuple[str, str, int], bool] = Lru(64)
-        self._ranker = Ranker(settings.near_copy_cosine)
+        self._ranker = Ranker(
+            settings.near_copy_cosine, on_walk=lambda kind: metrics.near_copy_walks.labels(kind).inc()
+        )
         self._costs = CostChooser(settings, duals)
 
     # -- configuration -------------------------------------------------------------------------

@@ -81,6 +81,13 @@ class Metrics:
             registry=r,
         )
         self.rows_scored = Counter("gotd_rows_scored", "Rows put through the c-transform", registry=r)
+        self.near_copy_walks = Counter(
+            "gotd_near_copy_walks",
+            "Near-copy walks: repeat (a kept walk served), graph (an earlier walk's pairs reused, new rows "
+            "multiplied), full (every walked row multiplied)",
+            ["kind"],
+            registry=r,
+        )
 
     def watch_embedding_cache(self, cache: EmbeddingCache) -> None:
         """Export the embedding cache's size and evictions (read from the store at each scrape)."""

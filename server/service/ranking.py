@@ -1,12 +1,18 @@
 """The ranking step of a Select: eligibility (exclusions, target near-duplicates), then the top-k.
 
-With a near-copy threshold the top-k is the walk of :func:`~gotd.server.selection.nearcopy.distinct_walk`;
-its walks are kept in memory keyed by what determines them (pool snapshot, rows, the scores' digest,
-a hash of the eligible rows, threshold), so a repeated Select reuses the walk, and a smaller k its prefix.
+With a near-copy threshold the top-k is the walk of
+:func:`~gotd.server.selection.nearcopy.distinct_walk_graph`. Its walks are kept in memory keyed by what
+determines them (pool snapshot, rows, the scores' digest, a hash of the eligible rows, threshold), so
+a repeated Select reuses the walk, and a smaller k its prefix. Each walk's graph of near-copy pairs is
+kept too, per pool, target family and threshold, with its rows named as pool rows: the next walk of
+that family (the pool grew, a row changed, another exclusion set, a new epoch) reads the pairs of the
+rows it shares with it and multiplies only the rows that are new to it or changed since. The walk is
+the same with or without the graph (tests/test_copy_graph.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -14,13 +20,21 @@ import xxhash
 
 from gotd.client.types import NearCopy
 from gotd.server.selection.costs import near_duplicates
-from gotd.server.selection.nearcopy import DistinctRanking, check_near_copy_cosine, distinct_walk
+from gotd.server.selection.nearcopy import (
+    CopyGraph,
+    DistinctRanking,
+    check_near_copy_cosine,
+    distinct_walk_graph,
+)
 from gotd.server.service.job import Job
 from gotd.server.service.lru import Lru
 from gotd.server.service.requests import SelectParams
 from gotd.server.service.scores import RowScores
 
 __all__ = ["Ranker", "Ranking"]
+
+#: Bytes of near-copy graphs kept (a graph is ~40 bytes per row walked plus 24 per pair).
+GRAPH_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +54,20 @@ class Ranking:
 class Ranker:
     """Ranks a job's scores for one request; thread-safe (the walk cache is locked)."""
 
-    def __init__(self, default_cosine: float, walks: int = 32) -> None:
+    def __init__(
+        self,
+        default_cosine: float,
+        walks: int = 32,
+        graph_bytes: int = GRAPH_BYTES,
+        on_walk: Callable[[str], None] = lambda _kind: None,
+    ) -> None:
         self._default = check_near_copy_cosine(default_cosine)
+        self._on_walk = on_walk
         self._walks: Lru[tuple[str, float, int], DistinctRanking] = Lru(walks)
+        # (pool, uid, family, threshold) -> (pool version, graph over pool rows)
+        self._graphs: Lru[tuple[str, str, str, float], tuple[int, CopyGraph]] = Lru(
+            graph_bytes, sizeof=lambda item: item[1].nbytes + 64
+        )
 
     def rank(
         self, params: SelectParams, job: Job, scores: RowScores, id_set: frozenset[str] = frozenset()
@@ -92,17 +117,42 @@ class Ranker:
         key = (f"{a.name}:{a.uid}:v{a.version}:{digest.hexdigest()}", cosine, len(job.rows))
         known = self._walks.get(key)
         if known is not None and known.serves(k):
+            self._on_walk("repeat")
             return known.prefix(k)
-        walk = distinct_walk(
+        graph_key = (a.name, a.uid, job.family, cosine)
+        earlier = self._known_graph(graph_key, job)
+        self._on_walk("full" if earlier is None else "graph")
+        walk, graph = distinct_walk_graph(
             lambda want: scores.top(want, eligible),
             int(np.count_nonzero(eligible)),
             k,
-            vectors=job.embeddings(),
+            vectors=a.vectors,
             cosine=cosine,
+            known=earlier,
+            vector_rows=None if job.every_row else job.rows,
         )
         self._walks.put(key, walk)
+        if graph is not None:
+            pool_rows = job.rows[graph.rows]
+            self._graphs.put(graph_key, (a.version, graph.relabel(np.ones(len(pool_rows), bool), pool_rows)))
         return walk
 
+    def _known_graph(self, key: tuple[str, str, str, float], job: Job) -> CopyGraph | None:
+        """The family's last graph, its rows renamed as the job's rows; rows written since it was made
+        (changed) or no longer among the job's rows (deleted, another domain) leave it."""
+        found = self._graphs.get(key)
+        if found is None:
+            return None
+        version, graph = found
+        a = job.arrays
+        at = np.searchsorted(job.rows, graph.rows)
+        present = at < len(job.rows)
+        present[present] = job.rows[at[present]] == graph.rows[present]
+        unchanged = np.zeros_like(present)
+        unchanged[present] = a.row_versions[graph.rows[present]] <= np.uint64(version)
+        return graph.relabel(present & unchanged, at)
+
     def forget(self) -> None:
-        """Drop every kept walk (a pool was deleted)."""
+        """Drop every kept walk and graph (a pool was deleted)."""
         self._walks.discard_where(lambda _key: True)
+        self._graphs.discard_where(lambda _key: True)
