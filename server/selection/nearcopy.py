@@ -47,6 +47,7 @@ DEFAULT_NEAR_COPY_COSINE = 0.95
 
 _BLOCK = 1024
 _BLOCK_MAX = 4096
+_MIN_BLOCK = 64
 
 
 def check_near_copy_cosine(cosine: float) -> float:
@@ -168,8 +169,13 @@ def distinct_walk_graph(
     want = min(n_eligible, max(k + k // 4, block))
     while True:
         ranked_rows = ranked(want) if want > len(ranked_rows) else ranked_rows
-        for start in range(walk.position, len(ranked_rows), block):
-            walk.step(ranked_rows[start : start + block])
+        walk.look_ahead(ranked_rows)
+        while walk.position < len(ranked_rows):
+            start = walk.position
+            # a block no longer than the rows still to take (what follows the k-th is never paired),
+            # ending where the rows paired ahead end
+            stop = min(len(ranked_rows), start + min(block, max(k - len(walk.taken), _MIN_BLOCK)))
+            walk.step(ranked_rows[start : min(stop, walk.ahead_end) if start < walk.ahead_end else stop])
             if len(walk.taken) >= k:
                 return walk.result(exhausted=False), walk.graph()
         if len(ranked_rows) >= n_eligible:

@@ -149,6 +149,9 @@ class Walk:
         self.skipped_at: list[int] = []
         self.position = 0
         self.keeps_graph = True
+        self.ahead = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        self.ahead_end = 0
+        self.ahead_new = np.zeros(0, dtype=bool)
 
     def _grow(self, need: int) -> None:
         if need <= len(self.node_rows):
@@ -163,6 +166,50 @@ class Walk:
             new[: self.position] = old[: self.position]
             setattr(self, name, new)
 
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self.vectors[rows if self.vector_rows is None else self.vector_rows[rows]]
+        return out
+
+    def look_ahead(self, ranked: list[tuple[int, float]]) -> None:
+        """With a known graph, before the blocks of ``ranked`` not walked yet: their pairs that the
+        graph lacks, in one GEMM rather than one per block (each row new to the graph against every
+        row of ``ranked``, each known row against the new rows before it).
+
+        Up to the last row the graph knows, and only when at most half of those rows are new (for new
+        rows, the blocks' triangle of products is half the square); past them, block by block.
+        """
+        start = self.ahead_end
+        if self.known is None or not len(self.known.rows) or len(ranked) <= start or self.position != start:
+            return
+        rows = np.fromiter((r for r, _ in ranked[start:]), dtype=np.int64, count=len(ranked) - start)
+        loc = np.minimum(np.searchsorted(self.known.rows, rows), len(self.known.rows) - 1)
+        part_new = self.known.rows[loc] != rows
+        known_at = np.flatnonzero(~part_new)
+        if not len(known_at):
+            return
+        cover = int(known_at[-1]) + 1  # past the last row the graph knows, the walk pairs by block
+        rows, part_new = rows[:cover], part_new[:cover]
+        if 2 * int(part_new.sum()) > cover:
+            return
+        end = start + cover
+        is_new = np.concatenate([self.ahead_new, part_new])
+        self._grow(end)
+        self.buf[start:end] = self._vectors_of(rows)
+        new = start + np.flatnonzero(is_new[start:])
+        i, x = self._candidates(new, np.arange(end))
+        ok = (x != i) & ~(is_new[x] & (x >= start) & (x > i))  # a pair of two new rows: once
+        a1, b1 = np.minimum(x[ok], i[ok]), np.maximum(x[ok], i[ok])
+        i, x = self._candidates(start + np.flatnonzero(~is_new[start:]), np.flatnonzero(is_new[:start]))
+        a_pos, b_pos, cos = self._exact(np.concatenate([a1, x]), np.concatenate([b1, i]))
+        order = np.argsort(b_pos, kind="stable")  # every b >= start: the earlier pairs stay sorted
+        old_a, old_b, old_cos = self.ahead
+        self.ahead = (
+            np.concatenate([old_a, a_pos[order]]),
+            np.concatenate([old_b, b_pos[order]]),
+            np.concatenate([old_cos, cos[order]]),
+        )
+        self.ahead_new, self.ahead_end = is_new, end
+
     def step(self, chunk: list[tuple[int, float]]) -> None:
         """Decide the next ranked rows (at most until ``k`` are taken)."""
         rows = np.fromiter((r for r, _ in chunk), dtype=np.int64, count=len(chunk))
@@ -170,7 +217,7 @@ class Walk:
         self._grow(p0 + b)
         if p0 + b > _GRAPH_RATIO * self.k + _GRAPH_SLACK:
             self.keeps_graph = False
-        self.buf[p0 : p0 + b] = self.vectors[rows if self.vector_rows is None else self.vector_rows[rows]]
+        self.buf[p0 : p0 + b] = self._vectors_of(rows)
         self.node_rows[p0 : p0 + b] = rows
         is_known = self._mark_known(rows, p0)
         self.unknown[p0 : p0 + b] = ~is_known
@@ -209,6 +256,10 @@ class Walk:
         """
         end = p0 + b
         chunk = np.arange(p0, end)
+        if end <= self.ahead_end:  # pairs with a new row found ahead; known-known pairs below
+            a_pos, b_pos, cos = self.ahead
+            lo, hi = np.searchsorted(b_pos, [p0, end])
+            return self._with_known(p0, is_known, a_pos[lo:hi], b_pos[lo:hi], cos[lo:hi])
         if not self.keeps_graph:
             taken = np.flatnonzero(self.taken_flag[:p0])
             i, x = self._candidates(chunk, np.concatenate([taken, chunk]))
@@ -228,14 +279,19 @@ class Walk:
             found.append((x, i))
         a_pos = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
         b_pos = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
-        a_pos, b_pos, cos = self._exact(a_pos, b_pos)
-        if self.known is not None and len(old) and len(self.known_pairs):
-            pos = self.known_pos[self.known_pairs]
-            sel = (pos >= 0).all(axis=1) & (pos.max(axis=1) >= p0)
-            a_pos = np.concatenate([a_pos, pos[sel].min(axis=1)])
-            b_pos = np.concatenate([b_pos, pos[sel].max(axis=1)])
-            cos = np.concatenate([cos, self.known.cosines[sel]])
-        return a_pos, b_pos, cos
+        return self._with_known(p0, is_known, *self._exact(a_pos, b_pos))
+
+    def _with_known(
+        self, p0: int, is_known: np.ndarray, a_pos: np.ndarray, b_pos: np.ndarray, cos: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``a_pos, b_pos, cos`` and the known graph's pairs whose later row is in the chunk."""
+        if self.known is None or not is_known.any() or not len(self.known_pairs):
+            return a_pos, b_pos, cos
+        pos = self.known_pos[self.known_pairs]
+        sel = (pos >= 0).all(axis=1) & (pos.max(axis=1) >= p0)
+        a_pos = np.concatenate([a_pos, pos[sel].min(axis=1)])
+        b_pos = np.concatenate([b_pos, pos[sel].max(axis=1)])
+        return a_pos, b_pos, np.concatenate([cos, self.known.cosines[sel]])
 
     def _candidates(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pairs ``(left[i], right[j])`` of walk positions whose float32 inner product is within the
