@@ -38,7 +38,6 @@ __all__ = [
     "DistinctRanking",
     "check_near_copy_cosine",
     "distinct_top_k",
-    "distinct_walk",
     "distinct_walk_graph",
 ]
 
@@ -104,34 +103,14 @@ def distinct_top_k(
     if vectors.ndim != 2 or vectors.shape[0] != scores.shape[0]:
         raise ValueError(f"vectors must have shape ({scores.shape[0]}, d), got {vectors.shape}")
     n_eligible = scores.shape[0] if eligible is None else int(np.count_nonzero(eligible))
-    return distinct_walk(
+    return distinct_walk_graph(
         lambda want: top_k(scores, want, ids=ids, eligible=eligible),
         n_eligible,
         k,
         vectors=vectors,
         cosine=cosine,
         block=block,
-    )
-
-
-def distinct_walk(
-    ranked: Callable[[int], list[tuple[int, float]]],
-    n_eligible: int,
-    k: int,
-    *,
-    vectors: np.ndarray,
-    cosine: float,
-    block: int = _BLOCK,
-) -> DistinctRanking:
-    """The walk of :func:`distinct_top_k` over a ranking that is fetched in growing prefixes.
-
-    ``ranked(want)`` returns the first ``want`` rows of the exact ranking of the ``n_eligible``
-    eligible rows (a prefix of any longer answer), as ``(row, score)``; ``vectors`` are the rows' unit
-    embeddings. The walk asks for ``k + k // 4`` (at least ``block``) rows first and doubles while
-    it has taken fewer than ``k`` and rows remain, so a ranking held elsewhere (shards) is fetched a
-    little past ``k``, not whole.
-    """
-    return distinct_walk_graph(ranked, n_eligible, k, vectors=vectors, cosine=cosine, block=block)[0]
+    )[0]
 
 
 def distinct_walk_graph(
@@ -145,7 +124,14 @@ def distinct_walk_graph(
     known: CopyGraph | None = None,
     vector_rows: np.ndarray | None = None,
 ) -> tuple[DistinctRanking, CopyGraph | None]:
-    """:func:`distinct_walk`, given the graph of an earlier walk, returning its own.
+    """The walk of :func:`distinct_top_k` over a ranking fetched in growing prefixes, given the graph
+    of an earlier walk, returning its own.
+
+    ``ranked(want)`` returns the first ``want`` rows of the exact ranking of the ``n_eligible``
+    eligible rows (a prefix of any longer answer), as ``(row, score)``; ``vectors`` are the rows' unit
+    embeddings. The walk asks for ``k + k // 4`` (at least ``block``) rows first and doubles while
+    it has taken fewer than ``k`` and rows remain, so a ranking held elsewhere (shards) is fetched a
+    little past ``k``, not whole.
 
     ``known`` holds every near-copy pair among some rows (an earlier walk's graph over the same
     vectors and threshold): pairs of two of its rows are read from it, and only rows new to it are
