@@ -217,8 +217,8 @@ def _write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         "Alternating on/off; *cold*: a target set not seen before (solve + score + rank); *cached*: the "
         "same Select repeated (best of 3; dual-cache hit and the walk reused); *new exclusion*: a cache "
         "hit with an exclusion set not seen before (the walk runs again, over the graph of the "
-        "walk before: no row is new to it, so no GEMM). `rank ms` is the server's "
-        "ranking stage "
+        "walk before: only the rows past that walk's end, where it must go further, are multiplied). "
+        "`rank ms` is the server's ranking stage "
         "(`Summary.timings.rank_ms`).",
         "",
         "| Select | skipping off s (rank ms) | skipping on s (rank ms) | on / off | goal "
