@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import redis
@@ -99,6 +100,8 @@ def test_fused_epoch_scores_changed_rows_under_its_idf_and_g(
     _grow(client)
     ranked, s = _select(client)
     assert (s.solved, s.cache_hit, s.epoch_version, s.rows_scored) == (False, True, cold.pool_version, 35)
+    held = server.running.engine.sketches.held()
+    assert [v for _pool, _uid, v in held] == [cold.pool_version]  # the grown pool's IDF: never computed
     assert s.staleness == pytest.approx(35 / (N + 30))
     now = store.load_vectors("pool")
     assert now.sketches is not None
@@ -215,3 +218,14 @@ def test_auto_cost_validated_per_version_keeps_the_epoch_of_its_setting(
     assert s.epoch_version == (cold.pool_version if same else s.pool_version)
     assert (hit.solved, hit.epoch_version) == (False, s.epoch_version)
     assert _ranking(again) == _ranking(ranked)
+
+
+def test_a_row_rewritten_without_text_ends_the_fused_cost(client: Client) -> None:
+    client.ingest("pool", BASE)
+    _select(client)
+    client.ingest("pool", [{"id": "c00007", "embedding": BASE[7]["embedding"]}])  # no text: no sketch
+    with pytest.raises(grpc.RpcError) as err:
+        _select(client)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    _, auto = client.select("pool", TARGETS, k=10)
+    assert auto.cost == "embedding"

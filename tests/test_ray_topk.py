@@ -92,10 +92,21 @@ def _ray_server(make_server: Any) -> BackgroundServer:
     return server
 
 
-def _ranked(client: Client, **kwargs: Any) -> tuple[list[tuple[str, float]], Any]:
-    targets = clustered(M, seed=22, centers=2).tolist()
+WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "theta", "kappa", "zeta"]
+
+
+def _with_texts(records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The records with short texts (the fused cost's sketches; no encoder: embeddings are given)."""
+    rng = np.random.default_rng(seed)
+    return [{**r, "text": " ".join(rng.choice(WORDS, 6))} for r in records]
+
+
+def _ranked(client: Client, cost: str = "embedding", **kwargs: Any) -> tuple[list[tuple[str, float]], Any]:
+    targets: list[Any] = clustered(M, seed=22, centers=2).tolist()
+    if cost == "fused":
+        targets = _with_texts([{"id": f"t{i}", "embedding": v} for i, v in enumerate(targets)], 25)
     ranked, summary = client.select(
-        "pool", targets, mode="global", eps=0.1, cost="embedding", batch_size=97, **kwargs
+        "pool", targets, mode="global", eps=0.1, cost=cost, batch_size=97, **kwargs
     )
     return [(c.id, c.score) for c in ranked], summary
 
@@ -153,9 +164,13 @@ def test_ray_engine_ranks_from_shard_top_k_like_the_local_engine(ray_local: Any,
         ray_server.running.engine.scorer.close()
 
 
-def test_ray_engine_after_growth_equals_the_local_incremental_epoch(ray_local: Any, make_server: Any) -> None:
-    """The grown pool is served by the epoch's g on both paths: the local engine scores the changed rows
-    and merges kept values, the Ray engine makes one sharded pass; the rankings are the same."""
+@pytest.mark.parametrize("cost", ["embedding", "fused"])
+def test_ray_engine_after_growth_equals_the_local_incremental_epoch(
+    ray_local: Any, make_server: Any, cost: str
+) -> None:
+    """The grown pool is served by the epoch's g (fused: and IDF) on both paths: the local engine scores
+    the changed rows and merges kept values, the Ray engine makes one sharded pass; the rankings are the
+    same."""
     n = 1500
     pool = _pool(n)
     added = vector_records(clustered(40, seed=23), prefix="new")
@@ -163,6 +178,8 @@ def test_ray_engine_after_growth_equals_the_local_incremental_epoch(ray_local: A
     for record, existing in zip(rewritten, pool[:5], strict=True):
         record["id"] = existing["id"]  # five existing rows rewritten
     added += rewritten
+    if cost == "fused":
+        pool, added = _with_texts(pool, 26), _with_texts(added, 27)
     local = make_server()
     ray_server = _ray_server(make_server)
     try:
@@ -170,11 +187,15 @@ def test_ray_engine_after_growth_equals_the_local_incremental_epoch(ray_local: A
             runs, summaries = [], []
             for client in (lc, rc):
                 client.ingest("pool", pool)
-                _, cold = _ranked(client, k=200)
+                _, cold = _ranked(client, cost, k=200)
                 client.ingest("pool", added)
-                grown, summary = _ranked(client, k=200)
-                assert (summary.epoch_version, summary.solved) == (cold.pool_version, False)
-                assert _ranked(client, k=200)[0] == grown  # same request, same version and epoch
+                grown, summary = _ranked(client, cost, k=200)
+                assert (summary.cost, summary.epoch_version, summary.solved) == (
+                    cost,
+                    cold.pool_version,
+                    False,
+                )
+                assert _ranked(client, cost, k=200)[0] == grown  # same request, same version and epoch
                 runs.append(grown)
                 summaries.append(summary)
             assert runs[1] == runs[0]  # ids, order and scores, bit for bit

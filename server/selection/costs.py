@@ -36,8 +36,11 @@ __all__ = [
     "Cost",
     "CostConfig",
     "Features",
+    "ResolvedCost",
     "SketchFactors",
     "complete_sketches",
+    "fused_rows",
+    "fused_targets",
     "near_duplicates",
     "pool_features",
     "resolve_cost",
@@ -88,6 +91,19 @@ class CostConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolvedCost:
+    """The cost of a request once resolved: ``EMBEDDING`` (weight 1.0) or ``FUSED`` at a weight."""
+
+    cost: Cost
+    embedding_weight: float
+
+    @property
+    def tag(self) -> str:
+        """Short name of the feature space, for cache keys and pool snapshot names."""
+        return "emb" if self.cost is Cost.EMBEDDING else f"fused{self.embedding_weight!r}"
+
+
+@dataclass(frozen=True, slots=True)
 class Features:
     """A pool's rows in the feature space of a resolved cost.
 
@@ -112,7 +128,7 @@ class Features:
     @property
     def tag(self) -> str:
         """Short name of the feature space, for cache keys and pool snapshot names."""
-        return "emb" if self.cost is Cost.EMBEDDING else f"fused{self.embedding_weight!r}"
+        return ResolvedCost(self.cost, self.embedding_weight).tag
 
 
 def complete_sketches(tf: np.ndarray | None) -> bool:
@@ -218,14 +234,29 @@ def pool_features(
     return Features(StackedRows((embeddings, sketches)), Cost.FUSED, weight, factors.idf)
 
 
+def fused_rows(vectors: np.ndarray, tf: np.ndarray, weight: float, idf: np.ndarray) -> Rows:
+    """Compact fused rows at ``weight`` under the IDF weights ``idf`` (a potential epoch's), the rows'
+    inverse norms under it computed for these rows only (the same bits as among all rows)."""
+    return pool_features(vectors, tf, Cost.FUSED, weight, SketchFactors.under(tf, idf)).x
+
+
 def target_features(features: Features, vectors: torch.Tensor, tf: np.ndarray | None) -> torch.Tensor:
     """Target rows in the pool's feature space (the pool's IDF applied to the targets' sketches)."""
     if features.cost is Cost.EMBEDDING:
         return vectors
-    if tf is None or features.idf is None:
+    if features.idf is None:
         raise FailedPrecondition("the target set has no n-gram sketches")
-    fused = fused_matrix(vectors.numpy(), tf, features.idf, features.embedding_weight)
-    return torch.from_numpy(fused)
+    return fused_targets(vectors, tf, features.idf, features.embedding_weight)
+
+
+def fused_targets(
+    vectors: torch.Tensor, tf: np.ndarray | None, idf: np.ndarray, weight: float
+) -> torch.Tensor:
+    """Target rows of the fused cost at ``weight`` under the IDF weights ``idf`` (a pool version's, or
+    a potential epoch's)."""
+    if tf is None:
+        raise FailedPrecondition("the target set has no n-gram sketches")
+    return torch.from_numpy(fused_matrix(vectors.numpy(), tf, idf, weight))
 
 
 def sketch_hash(tf: np.ndarray | None) -> str:

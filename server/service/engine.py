@@ -26,12 +26,11 @@ from gotd.server.selection.costs import (
     Cost,
     CostConfig,
     Features,
-    SketchFactors,
+    ResolvedCost,
     complete_sketches,
     pool_features,
     resolve_cost,
     sketch_hash,
-    target_features,
 )
 from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
 from gotd.server.selection.scoring import Scorer, local_scorer
@@ -40,7 +39,6 @@ from gotd.server.service.config import Settings
 from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.idsets import SelectIdSets
 from gotd.server.service.job import Emit, Job, StopCheck
-from gotd.server.service.lru import Lru
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.pools import PoolSnapshots, in_snapshot, job_positions, live_rows, select_bytes
 from gotd.server.service.ranking import Ranker
@@ -54,6 +52,7 @@ from gotd.server.service.requests import (
     SolverParams,
     Stage,
 )
+from gotd.server.service.sketched import PoolSketches
 from gotd.server.service.targets import Target, TargetResolver
 
 LOG = logging.getLogger(__name__)
@@ -86,11 +85,8 @@ class SelectionEngine:
         self._epoch_values = EpochValueCache(
             duals, max_bytes=settings.score_cache_bytes, redis_max_bytes=settings.epoch_values_redis_bytes
         )
-        # per pool version: the fused rows' factors (4 bytes a row), or that some row has no sketch
-        self._factors: Lru[tuple[str, str, int], SketchFactors] = Lru(
-            max(1 << 20, settings.pool_cache_bytes // 16), sizeof=lambda f: f.nbytes
-        )
-        self._unsketched: Lru[tuple[str, str, int], bool] = Lru(64)
+        # per pool version: whether every row has a sketch, the fused rows' factors (4 bytes a row)
+        self._sketches = PoolSketches(max(1 << 20, settings.pool_cache_bytes // 16))
         self._ranker = Ranker(
             settings.near_copy_cosine, on_walk=lambda kind: metrics.near_copy_walks.labels(kind).inc()
         )
@@ -176,8 +172,8 @@ class SelectionEngine:
             warm_started=job.warm_started, target_count=job.target.count,
             target_hash=job.target.content_hash, embed_ms=t.get("embed", 0.0), load_ms=t.get("load", 0.0),
             solve_ms=t.get("solve", 0.0), score_ms=t.get("score", 0.0), total_ms=t["total"],
-            rank_ms=t.get("rank", 0.0), validate_ms=t.get("validate", 0.0), cost=job.features.cost.value,
-            embedding_weight=job.features.embedding_weight, near_duplicates_excluded=ranking.near_duplicates,
+            rank_ms=t.get("rank", 0.0), validate_ms=t.get("validate", 0.0), cost=job.cost.cost.value,
+            embedding_weight=job.cost.embedding_weight, near_duplicates_excluded=ranking.near_duplicates,
             near_copy_cosine=ranking.near_copy_cosine, near_copies_skipped=ranking.near_copies_skipped,
             too_few_distinct=ranking.too_few_distinct, near_copies=ranking.near_copies,
             epoch_version=job.epoch_version, rows_scored=job.rows_scored, staleness=job.staleness,
@@ -259,17 +255,17 @@ class SelectionEngine:
             raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
         rows = live_rows(arrays, domains)
         with self._timed("validate", timings):
-            factors = lambda: self._sketch_factors(arrays)  # noqa: E731
+            factors = lambda: self._sketches.factors(arrays)  # noqa: E731
             solver, validation = self._costs.choose(arrays, rows, target, solver, k=k, factors=factors)
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
-        features = self._features(arrays, target, self.cost_config(solver))
+        cost = self._resolve(arrays, target, self.cost_config(solver))
         family = cache_key(
             pool=pool,
             pool_uid=arrays.uid,
             target=target.content_hash,
-            sketch=sketch_hash(target.sketches) if features.cost is Cost.FUSED else "",
-            cost=features.tag,
+            sketch=sketch_hash(target.sketches) if cost.cost is Cost.FUSED else "",
+            cost=cost.tag,
             mode=config.mode.value,
             eps=config.eps if config.relative_eps is None else 0.0,
             rel_eps=config.relative_eps or 0.0,
@@ -282,39 +278,32 @@ class SelectionEngine:
             model=arrays.model,
             code=code_version(config),
         )
-        y = target_features(features, target.vectors, target.sketches)
-        job = Job(self, arrays, features, y, rows, target, config, family, timings)
+        features = lambda: self._features(arrays, cost)  # noqa: E731  (built only when the job needs them)
+        job = Job(self, arrays, cost, features, rows, target, config, family, timings)
         with self._timed("solve", timings):
             job.potential_for(emit, stop, max_staleness=bound)
         return job, validation
 
-    def _features(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> Features:
-        """The pool's rows in the request's feature space (fused rows' factors cached per pool version)."""
+    def _resolve(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> ResolvedCost:
+        """The request's cost: embedding, or fused when the pool and the target have sketches."""
+        embedding = ResolvedCost(Cost.EMBEDDING, 1.0)
         if cost.embedding_only:  # decided without reading any sketch
-            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
+            return embedding
         target_sketched = complete_sketches(target.sketches)
         if cost.cost is Cost.AUTO and not target_sketched:  # embedding whatever the pool holds
-            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
-        factors = self._sketch_factors(arrays)
+            return embedding
+        pool_sketched = self._sketches.sketched(arrays)
         kind = resolve_cost(
-            cost, pool=arrays.name, pool_sketched=factors is not None, target_sketched=target_sketched
+            cost, pool=arrays.name, pool_sketched=pool_sketched, target_sketched=target_sketched
         )
-        if kind is Cost.EMBEDDING:
-            return pool_features(arrays.vectors, None, kind, 1.0)
-        return pool_features(arrays.vectors, arrays.sketches, kind, cost.embedding_weight, factors)
+        return embedding if kind is Cost.EMBEDDING else ResolvedCost(kind, cost.embedding_weight)
 
-    def _sketch_factors(self, arrays: PoolArrays) -> SketchFactors | None:
-        """The pool version's sketch factors, None when some row has no sketch (both remembered)."""
-        tf = arrays.sketches
-        key = (arrays.name, arrays.uid, arrays.version)
-        known = self._factors.get(key)
-        if known is None and self._unsketched.get(key) is None:
-            if tf is not None and complete_sketches(tf):
-                known = SketchFactors.of(tf, arrays.deleted)
-                self._factors.put(key, known)
-            else:
-                self._unsketched.put(key, True)
-        return known
+    def _features(self, arrays: PoolArrays, cost: ResolvedCost) -> Features:
+        """The pool version's rows in the feature space of ``cost`` (fused: factors cached per version)."""
+        if cost.cost is Cost.EMBEDDING:
+            return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
+        factors = self._sketches.factors(arrays)
+        return pool_features(arrays.vectors, arrays.sketches, cost.cost, cost.embedding_weight, factors)
 
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
@@ -345,8 +334,7 @@ class SelectionEngine:
         """Drop in-memory state of a pool (after deletion)."""
         self._pools.forget(pool)
         self._epoch_values.forget()
-        self._factors.discard_where(lambda key: key[0] == pool)
-        self._unsketched.discard_where(lambda key: key[0] == pool)
+        self._sketches.forget(pool)
         self._ranker.forget()
 
     @property
@@ -356,6 +344,10 @@ class SelectionEngine:
     @property
     def metrics(self) -> Metrics:
         return self._metrics
+
+    @property
+    def sketches(self) -> PoolSketches:
+        return self._sketches
 
     @property
     def epoch_values(self) -> EpochValueCache:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +21,14 @@ from gotd.cache.store.core import PoolArrays
 from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.rows import Rows, take
 from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
-from gotd.server.selection.costs import Cost, Features, SketchFactors, pool_features, target_features
+from gotd.server.selection.costs import (
+    Cost,
+    Features,
+    ResolvedCost,
+    fused_rows,
+    fused_targets,
+    target_features,
+)
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
 from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
@@ -63,17 +69,18 @@ class Job:
     is the pool version its potential was solved at, ``staleness`` the share of the pool's rows written
     since, ``solved`` whether this request ran the solve. After :meth:`scores`: ``rows_scored``.
 
-    The fused cost's epoch freezes the cost it was solved under: its potential carries the IDF weights
-    of the pool version that opened it, and rows scored later (and the targets' fused rows) are built
-    with those weights, not the current pool's (``idf``).
+    A fused-cost epoch freezes the cost it was solved under: its potential carries the IDF of the pool
+    version that opened it, and later rows and the targets are built with it (``idf``). The pool
+    version's own features (fused: IDF and inverse norms, work over the whole pool) are built only for
+    a solve (``features``, cached by the engine), never for an epoch's rows.
     """
 
     def __init__(
         self,
         engine: JobHost,
         arrays: PoolArrays,
-        features: Features,
-        y: torch.Tensor,
+        cost: ResolvedCost,
+        features: Callable[[], Features],
         rows: np.ndarray,
         target: Target,
         config: SelectionConfig,
@@ -82,8 +89,9 @@ class Job:
     ) -> None:
         self.engine = engine
         self.arrays = arrays
-        self.features = features
-        self.y = y
+        self.cost = cost
+        self._features = features
+        self._y: torch.Tensor | None = None
         self.rows = rows
         self.target = target
         self.config = config
@@ -98,8 +106,25 @@ class Job:
         self.timings = timings
         self.potential: Potential
         self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
-        self.idf = features.idf  # fused: the IDF weights of the potential in use
-        self._frozen: np.ndarray | None = None  # ``idf`` when it is an epoch's, not the current pool's
+        self.idf: np.ndarray | None = None  # fused: the IDF weights of the potential in use
+        self._frozen: np.ndarray | None = None  # fused: the IDF of the cached potential in use
+
+    @property
+    def features(self) -> Features:
+        """The pool version's rows in the request's feature space (the engine caches them)."""
+        return self._features()
+
+    @property
+    def y(self) -> torch.Tensor:
+        """The targets in the feature space of the potential in use."""
+        if self._y is None:
+            t, idf = self.target, self._frozen
+            self._y = (
+                target_features(self.features, t.vectors, t.sketches)
+                if idf is None
+                else fused_targets(t.vectors, t.sketches, idf, self.cost.embedding_weight)
+            )
+        return self._y
 
     @property
     def every_row(self) -> bool:
@@ -107,18 +132,16 @@ class Job:
         return len(self.rows) == len(self.arrays.ids)
 
     def _x(self, rows: np.ndarray | None = None) -> Rows:
-        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all).
-
-        Under an epoch's frozen IDF the fused rows of ``rows`` are built with it (their inverse norms
-        under it computed for those rows only)."""
+        """Feature rows (embeddings or fused rows) of ``rows`` (default: the job's rows, no copy for all);
+        under a cached potential's IDF, fused rows built with it for ``rows`` only."""
         if rows is None and not self.every_row:
             rows = self.rows
         a, idf = self.arrays, self._frozen
         if idf is not None and a.sketches is not None:
             vectors, tf = (a.vectors, a.sketches) if rows is None else (a.vectors[rows], a.sketches[rows])
-            factors = SketchFactors.under(tf, idf)
-            return pool_features(vectors, tf, Cost.FUSED, self.features.embedding_weight, factors).x
-        return self.features.x if rows is None else take(self.features.x, torch.from_numpy(rows))
+            return fused_rows(vectors, tf, self.cost.embedding_weight, idf)
+        x = self.features.x
+        return x if rows is None else take(x, torch.from_numpy(rows))
 
     def embeddings(self) -> np.ndarray:
         """Unit embeddings of the job's rows (the pool's own array, not a copy, for all rows)."""
@@ -156,6 +179,7 @@ class Job:
 
         keys = np.asarray(self.arrays.keys)[self.rows]
         domains = _domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
+        self.idf = self.features.idf  # a new epoch: the cost of this pool version
         self.potential = solve(
             self._x(),
             self.y,
@@ -205,24 +229,18 @@ class Job:
 
     def _usable_idf(self, idf: np.ndarray | None) -> bool:
         """Fused: IDF weights of the pool's sketch width, finite and positive; else none at all."""
-        if self.features.cost is not Cost.FUSED:
+        if self.cost.cost is not Cost.FUSED:
             return idf is None
         tf = self.arrays.sketches
-        return (
-            idf is not None
-            and tf is not None
-            and idf.shape == (tf.shape[1],)
-            and bool(np.isfinite(idf).all() and (idf > 0).all())
-        )
+        if idf is None or tf is None or idf.shape != (tf.shape[1],):
+            return False
+        return bool(np.isfinite(idf).all() and (idf > 0).all())
 
     def _use_entry(self, entry: PotentialEntry) -> None:
         self.cache_hit = True
         self.potential = _potential_from_entry(entry)
-        current = self.features.idf
-        if entry.idf is not None and (current is None or entry.idf.tobytes() != current.tobytes()):
+        if entry.idf is not None:  # fused (checked): the cost the potential was solved under
             self.idf = self._frozen = np.array(entry.idf, dtype=np.float32)
-            frozen = replace(self.features, idf=self.idf)
-            self.y = target_features(frozen, self.target.vectors, self.target.sketches)
         self.engine.epoch_values.remember(self.family, self.key, entry)
         self._apply_rows()
 
@@ -329,7 +347,7 @@ class Job:
         a = self.arrays
         rows_hash = xxhash.xxh3_64_hexdigest(self.rows.tobytes())
         idf = "" if self.idf is None else ":" + xxhash.xxh3_64_hexdigest(self.idf.tobytes())
-        return f"{a.name}:{a.uid}:v{a.version}:{self.features.tag}{idf}:{rows_hash}"
+        return f"{a.name}:{a.uid}:v{a.version}:{self.cost.tag}{idf}:{rows_hash}"
 
     def _store_potential(self, f_sum: float, n: int) -> None:
         p = self.potential
