@@ -56,6 +56,8 @@ def _grow(client: Client) -> None:
 
 
 def _select(client: Client, **kwargs: Any) -> tuple[list[RankedCandidate], SelectSummary]:
+    """A fused Select of every row; bound 0.2 unless given (the growth is 35 / 430 rows written)."""
+    kwargs.setdefault("max_staleness", 0.2)
     return client.select("pool", TARGETS, k=N + 100, cost="fused", embedding_weight=W, **kwargs)
 
 
@@ -122,7 +124,9 @@ def test_fused_epoch_scores_changed_rows_under_its_idf_and_g(
     scores = calibrated_gradient(torch.from_numpy(f_full)).numpy()
     expected = [(now.ids[i], float(v)) for i, v in top_k(scores, N + 100, ids=now.ids)]
     assert _ranking(ranked) == expected
-    scored = client.score("pool", TARGETS, ["new00003", "c00001", "c00300"], cost="fused", embedding_weight=W)
+    scored = client.score(
+        "pool", TARGETS, ["new00003", "c00001", "c00300"], cost="fused", embedding_weight=W, max_staleness=0.2
+    )
     by_id = dict(expected)
     assert [c.score for c in scored] == [by_id["new00003"], by_id["c00001"], by_id["c00300"]]
     _, fresh = _select(client, max_staleness=0.0)  # a fresh solve: the current pool's IDF
@@ -200,10 +204,10 @@ def test_auto_cost_validated_per_version_keeps_the_epoch_of_its_setting(
     )
     with Client(srv.address, timeout=120) as client:
         client.ingest("pool", BASE)
-        _, cold = client.select("pool", TARGETS, k=40)
+        _, cold = client.select("pool", TARGETS, k=40, max_staleness=0.2)
         _grow(client)
-        ranked, s = client.select("pool", TARGETS, k=40)
-        again, hit = client.select("pool", TARGETS, k=40)
+        ranked, s = client.select("pool", TARGETS, k=40, max_staleness=0.2)
+        again, hit = client.select("pool", TARGETS, k=40, max_staleness=0.2)
     assert cold.validation is not None
     assert s.validation is not None
     assert hit.validation is not None
@@ -229,3 +233,18 @@ def test_a_row_rewritten_without_text_ends_the_fused_cost(client: Client) -> Non
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     _, auto = client.select("pool", TARGETS, k=10)
     assert auto.cost == "embedding"
+
+
+def test_the_fused_cost_has_its_own_default_bound(make_server: Any) -> None:
+    srv: BackgroundServer = make_server(max_staleness_fused=0.1)
+    with Client(srv.address, timeout=60) as client:
+        client.ingest("pool", BASE)
+        _select(client, max_staleness=None)
+        _grow(client)  # 35 / 430 = 0.081 of the pool written since
+        _, within = _select(client, max_staleness=None)
+        assert (within.solved, within.rows_scored) == (False, 35)
+        client.ingest("pool", _records(30, 11, "more", [1]))  # 65 / 460 = 0.141
+        _, past = _select(client, max_staleness=None)
+        assert past.solved
+        assert past.epoch_version == past.pool_version
+    assert srv.running.settings.max_staleness == 0.2  # the embedding cost's default is another one

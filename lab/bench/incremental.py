@@ -233,12 +233,13 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
                 rows += _fused(srv, client, name, n, m, mode, steps)
             else:
                 rows += _synthetic(srv, client, name, n, m, mode, steps)
-        bound = srv.running.settings.max_staleness
+        bound, bound_fused = srv.running.settings.max_staleness, srv.running.settings.max_staleness_fused
     report = {
         "machine": host,
         "seconds": time.perf_counter() - started,
         "rows": rows,
         "bound": bound,
+        "bound_fused": bound_fused,
         "load_end": os.getloadavg()[0],
         "scenarios": names,
         "scale": scale,

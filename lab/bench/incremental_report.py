@@ -101,7 +101,8 @@ def write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         "",
         *table(rows),
         "",
-        f"Bound: {choice}. The server's default `max_staleness` is {report['bound']}.",
+        f"Bound: {choice}. The server's default `max_staleness` is {report['bound']} "
+        f"(`max_staleness_fused`, the fused cost's: {report.get('bound_fused', report['bound'])}).",
         "",
         f"![drift and speed-up]({name}.png)",
     ]

@@ -104,6 +104,13 @@ class Settings(BaseSettings):
         description="a potential epoch serves later pool versions while at most this share of the "
         "pool's rows was written since it (0: solve every new version)",
     )
+    max_staleness_fused: float = Field(
+        0.05,  # provisional: top-5% overlap 0.985 at +5% growth, 0.967 at +10% (one 10k run, README)
+        ge=0,
+        le=1,
+        description="max_staleness for the fused cost (its epoch also freezes the pool's IDF, so it "
+        "drifts faster when the growth shifts the pool's vocabulary)",
+    )
     epoch_values_redis_bytes: int = Field(
         64 * 2**20, ge=0, description="row values of an epoch larger than this stay out of Redis"
     )

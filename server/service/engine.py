@@ -119,9 +119,11 @@ class SelectionEngine:
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
 
-    def max_staleness(self, params: SolverParams) -> float:
-        """The request's staleness bound (share of the pool's rows), else the server's."""
-        value = params.max_staleness if params.max_staleness is not None else self._settings.max_staleness
+    def max_staleness(self, params: SolverParams, cost: Cost = Cost.EMBEDDING) -> float:
+        """The request's staleness bound (share of the pool's rows), else the server's for ``cost``."""
+        s = self._settings
+        default = s.max_staleness_fused if cost is Cost.FUSED else s.max_staleness
+        value = params.max_staleness if params.max_staleness is not None else default
         if not 0.0 <= value <= 1.0:  # NaN fails too
             raise InvalidArgument(f"max_staleness must be in [0, 1], got {value}")
         return value
@@ -236,7 +238,7 @@ class SelectionEngine:
         *,
         k: int | None = None,
     ) -> tuple[Job, CostValidation]:
-        bound = self.max_staleness(solver)
+        self.max_staleness(solver)  # a bad value fails before any work
         for attempt in range(SNAPSHOT_ATTEMPTS):
             info = self._store.get_pool(pool)
             with self._timed("embed", timings):
@@ -281,7 +283,7 @@ class SelectionEngine:
         features = lambda: self._features(arrays, cost)  # noqa: E731  (built only when the job needs them)
         job = Job(self, arrays, cost, features, rows, target, config, family, timings)
         with self._timed("solve", timings):
-            job.potential_for(emit, stop, max_staleness=bound)
+            job.potential_for(emit, stop, max_staleness=self.max_staleness(solver, cost.cost))
         return job, validation
 
     def _resolve(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> ResolvedCost:
