@@ -205,14 +205,20 @@ class SettingScore:
     recall: float
     mrr: float
     auc: float
+    metric_strength: float = 0.0
 
     @property
     def label(self) -> str:
         eps = "abs" if self.relative_eps is None else f"{self.relative_eps:g}"
-        return f"w{self.embedding_weight:g}-rel{eps}"
+        base = f"w{self.embedding_weight:g}-rel{eps}"
+        return f"{base}-metric{self.metric_strength:g}" if self.metric_strength else base
 
     def to_pb(self) -> pb.SettingScore:
-        setting = pb.CostSetting(embedding_weight=self.embedding_weight, relative_epsilon=self.relative_eps)
+        setting = pb.CostSetting(
+            embedding_weight=self.embedding_weight,
+            relative_epsilon=self.relative_eps,
+            metric_strength=self.metric_strength,
+        )
         return pb.SettingScore(
             setting=setting, recall=self.recall, mean_reciprocal_rank=self.mrr, auc=self.auc
         )
@@ -231,6 +237,7 @@ class CostValidation:
     held_out: int = 0
     pool_sample: int = 0
     cache_hit: bool = False
+    metric_strength: float = 0.0
 
     @classmethod
     def from_pb(cls, m: pb.CostValidation) -> CostValidation:
@@ -238,20 +245,31 @@ class CostValidation:
             return c.relative_epsilon if c.HasField("relative_epsilon") else None
 
         settings = tuple(
-            SettingScore(s.setting.embedding_weight, rel(s.setting), s.recall, s.mean_reciprocal_rank, s.auc)
+            SettingScore(
+                s.setting.embedding_weight,
+                rel(s.setting),
+                s.recall,
+                s.mean_reciprocal_rank,
+                s.auc,
+                s.setting.metric_strength,
+            )
             for s in m.settings
         )
         status = pb.ValidationStatus.Name(m.status).removeprefix("VALIDATION_STATUS_").lower()
         return cls(
             status, m.detail, m.chosen.embedding_weight, rel(m.chosen), settings, m.fraction, m.held_out,
-            m.pool_sample, m.cache_hit,
+            m.pool_sample, m.cache_hit, m.chosen.metric_strength,
         )  # fmt: skip
 
     def to_pb(self) -> pb.CostValidation:
         return pb.CostValidation(
             status=pb.ValidationStatus.Value(f"VALIDATION_STATUS_{self.status.upper()}"),
             detail=self.detail,
-            chosen=pb.CostSetting(embedding_weight=self.embedding_weight, relative_epsilon=self.relative_eps),
+            chosen=pb.CostSetting(
+                embedding_weight=self.embedding_weight,
+                relative_epsilon=self.relative_eps,
+                metric_strength=self.metric_strength,
+            ),
             settings=[s.to_pb() for s in self.settings],
             fraction=self.fraction,
             held_out=self.held_out,
@@ -263,6 +281,8 @@ class CostValidation:
         """One line: the status, the chosen setting and every setting's held-out recall."""
         eps = "the absolute epsilon" if self.relative_eps is None else f"relative eps {self.relative_eps:g}"
         text = f"cost {self.status}: w={self.embedding_weight:g}, {eps}"
+        if self.metric_strength:
+            text += f", learned metric of strength {self.metric_strength:g}"
         if self.settings:
             scores = ", ".join(f"{s.label} {s.recall:.3f}" for s in self.settings)
             hit = ", from the cache" if self.cache_hit else ""

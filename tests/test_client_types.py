@@ -28,9 +28,18 @@ def _summary(validation: CostValidation | None) -> SelectSummary:
 
 
 def test_summary_round_trips_through_the_wire() -> None:
-    settings = (SettingScore(0.3, 0.05, 0.8, 0.5, 0.9), SettingScore(1.0, None, 0.6, 0.4, 0.7))
-    validation = CostValidation("validated", "best of 2", 0.3, 0.05, settings, 0.01, 40, 5000, True)
-    for summary in (_summary(validation), _summary(None)):
+    settings = (
+        SettingScore(0.3, 0.05, 0.8, 0.5, 0.9),
+        SettingScore(1.0, None, 0.6, 0.4, 0.7),
+        SettingScore(0.5, 0.05, 0.9, 0.6, 0.9, metric_strength=0.03),
+    )
+    validation = CostValidation("validated", "best of 3", 0.3, 0.05, settings, 0.01, 40, 5000, True)
+    learned = CostValidation(
+        "validated", "best of 3", 0.5, 0.05, settings, 0.01, 40, 5000, False, metric_strength=0.03
+    )
+    assert [s.label for s in settings] == ["w0.3-rel0.05", "w1-relabs", "w0.5-rel0.05-metric0.03"]
+    assert "learned metric of strength 0.03" in learned.describe()
+    for summary in (_summary(validation), _summary(learned), _summary(None)):
         assert SelectSummary.from_pb(pb.Summary.FromString(summary.to_pb().SerializeToString())) == summary
     ranked = RankedCandidate("c1", -0.5, 1, "web", '{"a": 1}')
     assert RankedCandidate.from_pb(ranked.to_pb()) == ranked

@@ -14,13 +14,15 @@ import redis
 from gotd.client.client import Client
 from gotd.client.types import CostValidation, SelectSummary
 from gotd.lab.corpora.wiki import load_wiki
-from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK, SettingScore, Validation
+from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK, Setting, SettingScore, Validation
+from gotd.server.service import autocost
 from gotd.server.service.autocost import _detail
 from tests.conftest import BackgroundServer
 
 TOPIC = "Mathematics"
 K = 12
 MIN_TARGETS = 30
+LEARNED = Setting(0.5, 0.05, 0.25)
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +187,49 @@ def test_kept_default_detail_names_the_margin() -> None:
     assert "by 2 standard errors of held-out recall" in _detail(kept, 0.1, 2.0)
     best = Validation(DEFAULT_GRID[3], scores, 0.1, 36, 120)
     assert _detail(best, 0.1, 2.0) == "best of 12 settings by held-out recall at 0.1 of the pool"
+
+
+def test_learned_metric_chosen_and_reproduced_from_the_cache(
+    make_server: Any, corpus: tuple[list[dict[str, Any]], list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grid of the learned setting alone (so the validation must choose it): the Summary names it, a
+    cache hit reproduces the same metric (the potential is a cache hit too: same feature tag), and so does
+    the refit after the cache entry is poisoned and after Redis is gone; explicit settings still bypass."""
+    from tests.redis_fixtures import RedisServer
+
+    monkeypatch.setattr(autocost, "FIXED_GRID", ())
+    monkeypatch.setattr(autocost, "LEARNED_SETTINGS", (LEARNED,))
+    pool, targets = corpus
+    with RedisServer() as private:
+        srv: BackgroundServer = make_server(
+            redis_url=private.url,
+            redis_timeout_seconds=0.2,
+            validation_min_targets=MIN_TARGETS,
+            validation_learned_metric=True,
+        )
+        with Client(srv.address, timeout=120) as client:
+            client.ingest("wiki", pool)
+            runs = [client.select("wiki", targets, k=K) for _ in range(2)]
+            r = redis.Redis.from_url(private.url)
+            for key in r.scan_iter(match="gotd:*"):
+                r.set(key, b"garbage")
+            r.close()
+            runs.append(client.select("wiki", targets, k=K))
+            private.stop()
+            runs.append(client.select("wiki", targets, k=K))
+            _, bypassed = client.select("wiki", targets, k=K, embedding_weight=0.5)
+    cold = _validation(runs[0][1])
+    assert cold.status == "validated"
+    assert cold.metric_strength == LEARNED.metric_strength
+    assert [s.label for s in cold.settings] == ["w0.5-rel0.05-metric0.25"]
+    assert "learned metric of strength 0.25" in cold.describe()
+    assert "discriminant direction of strength 0.25 learned from the target set" in cold.detail
+    assert [_validation(s).cache_hit for _, s in runs[:3]] == [False, True, False]
+    assert runs[1][1].cache_hit, "the potential of the learned metric's features is cached too"
+    assert len({(_validation(s).metric_strength, _validation(s).settings) for _, s in runs}) == 1
+    rankings = [[(c.id, c.score) for c in ranked] for ranked, _ in runs]
+    assert rankings[0] == rankings[1] == rankings[2] == rankings[3]
+    explicit = _validation(bypassed)
+    assert explicit.status == "bypassed"
+    assert explicit.metric_strength == 0.0
+    assert bypassed.embedding_weight == 0.5

@@ -2,7 +2,7 @@
 
 Importing this module registers:
 
-- ``gotd-fused-w{w}-rel{c}`` for every setting of :data:`gotd.server.selection.validation.DEFAULT_GRID`:
+- ``gotd-fused-w{w}-rel{c}`` for every setting of :data:`gotd.server.selection.validation.FIXED_GRID`:
   the fused cost at embedding weight ``w``, epsilon ``c`` times the median pool-target cost;
 - ``gotd-auto-argmax``: the validation without the one-standard-error rule (the best setting is taken
   whenever it is ahead of the default); ``gotd-auto-always`` and ``gotd-auto-argmax-always``: both with
@@ -33,14 +33,58 @@ from gotd.lab.evaluation.tasks import SelectionInput
 from gotd.server.selection.costs import Cost
 from gotd.server.selection.kmeans import id_keys
 from gotd.server.selection.sketches import document_frequency, idf_from_df
-from gotd.server.selection.validation import DEFAULT_GRID, Setting, ValidationConfig, validate
+from gotd.server.selection.validation import (
+    FIXED_GRID,
+    LEARNED_SETTINGS,
+    Setting,
+    ValidationConfig,
+    learned_metric,
+    validate,
+)
 
 __all__ = ["AutoSelector", "grid_name"]
 
 
+#: Metric strengths measured as fixed (hindsight) settings at w = 0.5, relative epsilon 0.05.
+STRENGTHS = (0.003, 0.01, 0.03, 0.1, 0.25, 1.0)
+
+
 def grid_name(setting: Setting) -> str:
-    """Method name of a fixed grid setting."""
-    return f"gotd-fused-w{setting.embedding_weight:g}-rel{setting.relative_eps:g}"
+    """Method name of a grid setting."""
+    return f"gotd-fused-{setting.label}"
+
+
+def _inputs(inp: SelectionInput) -> dict[str, Any]:
+    """The validation's view of a task: sketches, hashed row ids, the pool's IDF (never labels)."""
+    pool_tf, _ = sketch_rows(inp.pool_texts)
+    target_tf, _ = sketch_rows(inp.target_texts)
+    n = len(inp.pool_texts)
+    return {
+        "pool_vectors": inp.pool_vectors,
+        "pool_tf": pool_tf,
+        "pool_keys": id_keys([str(i) for i in range(n)]),
+        "idf": idf_from_df(document_frequency(pool_tf), n),
+        "target_vectors": inp.target_vectors,
+        "target_tf": target_tf,
+    }
+
+
+@dataclass(slots=True)
+class LearnedSelector:
+    """A learned-metric setting without validation: the metric the validation would select with."""
+
+    name: str
+    setting: Setting
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
+        metric = learned_metric(**_inputs(inp), setting=self.setting)
+        s = self.setting
+        w, c = s.embedding_weight, s.relative_eps
+        inner = FusedSelector(self.name, Cost.FUSED, w, relative_eps=c, metric=metric)
+        ranking = inner.rank(inp, k)
+        self.diagnostics = inner.diagnostics
+        return ranking
 
 
 @dataclass(slots=True)
@@ -52,26 +96,16 @@ class AutoSelector:
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
-        pool_tf, _ = sketch_rows(inp.pool_texts)
-        target_tf, _ = sketch_rows(inp.target_texts)
         n = len(inp.pool_texts)
         start = time.perf_counter()
         seed = xxhash.xxh3_64_intdigest("\x1f".join(inp.target_texts).encode())
         result = validate(
-            inp.pool_vectors,
-            pool_tf,
-            id_keys([str(i) for i in range(n)]),
-            idf_from_df(document_frequency(pool_tf), n),
-            inp.target_vectors,
-            target_tf,
-            seed=seed,
-            fraction=float(f"{min(1.0, k / n):.2g}"),
-            config=self.config,
+            **_inputs(inp), seed=seed, fraction=float(f"{min(1.0, k / n):.2g}"), config=self.config
         )
         spent = time.perf_counter() - start
         chosen = result.chosen
         w, c = chosen.embedding_weight, chosen.relative_eps
-        inner = FusedSelector(self.name, Cost.FUSED, w, relative_eps=c)
+        inner = FusedSelector(self.name, Cost.FUSED, w, relative_eps=c, metric=result.metric)
         ranking = inner.rank(inp, k)
         self.diagnostics = {
             **inner.diagnostics,
@@ -89,13 +123,18 @@ def _auto(name: str, options: MethodOptions, *, config: ValidationConfig) -> Sel
     return AutoSelector(name, config)
 
 
+def _learned(name: str, options: MethodOptions, *, setting: Setting) -> Selector:
+    del options
+    return LearnedSelector(name, setting)
+
+
 def _fixed(name: str, options: MethodOptions, *, weight: float, relative_eps: float) -> Selector:
     del options
     return FusedSelector(name, Cost.FUSED, weight, relative_eps=relative_eps)
 
 
 def _register() -> None:
-    for setting in DEFAULT_GRID:
+    for setting in FIXED_GRID:
         name = grid_name(setting)
         w, c = setting.embedding_weight, setting.relative_eps
         register_method(name, partial(_fixed, weight=w, relative_eps=c), replace=True)
@@ -103,11 +142,31 @@ def _register() -> None:
             name, f"GOT-D, fused cost {w:g} · embedding + {1 - w:g} · n-gram; ε = {c:g} × median cost."
         )
     register_method("gotd-auto", lambda n, o: AutoSelector(n), replace=True)
+    for strength in STRENGTHS:
+        setting = Setting(0.5, 0.05, strength)
+        name = grid_name(setting)
+        register_method(name, partial(_learned, setting=setting), replace=True)
+        METHOD_NOTES.setdefault(
+            name,
+            f"GOT-D, fused cost w = 0.5, ε = 0.05 × median cost, plus the discriminant direction of "
+            f"strength {strength:g} learned from the target set (logistic target-vs-pool discriminator), "
+            "without validation.",
+        )
     variants = {
         "gotd-auto-argmax": (
             ValidationConfig(margin=0.0),
             "`gotd-auto` taking the best setting even when "
             "it beats the default by less than one standard error.",
+        ),
+        "gotd-auto-learned": (
+            ValidationConfig(grid=FIXED_GRID + LEARNED_SETTINGS),
+            "`gotd-auto` with the learned-metric settings in the grid ("
+            + ", ".join(s.label for s in LEARNED_SETTINGS)
+            + ").",
+        ),
+        "gotd-auto-fixed": (
+            ValidationConfig(grid=FIXED_GRID),
+            "`gotd-auto` on the fixed settings only (no learned metric).",
         ),
         "gotd-auto-always": (
             ValidationConfig(min_targets=3),

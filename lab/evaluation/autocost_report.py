@@ -38,11 +38,11 @@ import numpy as np
 from gotd.lab.evaluation.autocost import grid_name
 from gotd.lab.evaluation.report import write_report
 from gotd.lab.evaluation.summary import summarise
-from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK
+from gotd.server.selection.validation import FALLBACK, FIXED_GRID
 
 __all__ = ["corpus_tables", "main"]
 
-GRID = [grid_name(s) for s in DEFAULT_GRID]
+GRID = [grid_name(s) for s in FIXED_GRID]
 OTHERS = ("gotd-auto", "gotd-auto-argmax", "gotd-default", "dsir", "centroid", "tsds")
 CRITERIA = {"held-out recall, best setting": 0, "mean reciprocal rank": 1, "AUC": 2}
 

@@ -41,6 +41,7 @@ from gotd.server.selection.costs import (
     pool_features,
     target_features,
 )
+from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.modes import Mode, SelectionConfig, score, solve, top_k
 from gotd.server.selection.nearcopy import DEFAULT_NEAR_COPY_COSINE, distinct_top_k
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
@@ -86,6 +87,8 @@ class FusedSelector:
         Epsilon as a multiple of the median pool-target cost.
     dup_cosine : float or None
         Rank candidates with embedding cosine above this to a target last.
+    metric : LearnedMetric or None
+        A metric learned from the target set (:mod:`gotd.server.selection.metric`).
     diagnostics : dict
         Of the last ranking: ``converged``, ``n_iter``, ``marginal_error``, ``eps`` (used),
         ``excluded`` (near-duplicates ranked last), ``sketch_seconds``.
@@ -98,12 +101,13 @@ class FusedSelector:
     relative_eps: float | None = None
     dup_cosine: float | None = None
     near_copy_cosine: float | None = None
+    metric: LearnedMetric | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def rank(self, inp: SelectionInput, k: int) -> np.ndarray:
         pool_tf, spent_pool = sketch_rows(inp.pool_texts)
         target_tf, spent_target = sketch_rows(inp.target_texts)
-        features = pool_features(inp.pool_vectors, pool_tf, self.cost, self.weight)
+        features = pool_features(inp.pool_vectors, pool_tf, self.cost, self.weight, metric=self.metric)
         y = target_features(features, torch.from_numpy(inp.target_vectors), target_tf)
         config = SelectionConfig(mode=Mode.AUTO, eps=self.eps, relative_eps=self.relative_eps, seed=inp.seed)
         potential = solve(features.x, y, config)

@@ -32,6 +32,7 @@ from gotd.lab.corpora.registry import CORPORA, DEFAULT_CORPUS, WIKI_NAME, check_
 from gotd.lab.corpora.wiki import Doc
 from gotd.lab.evaluation import autocost as eval_autocost  # noqa: F401  (registers gotd-auto and its grid)
 from gotd.lab.evaluation import fused as eval_fused  # noqa: F401  (registers the fused-cost and default-settings methods)
+from gotd.lab.evaluation import learned as eval_learned  # noqa: F401  (registers the learned-cost variants)
 from gotd.lab.evaluation import tsds as eval_tsds  # noqa: F401  (registers tsds)
 from gotd.lab.evaluation.embed import embed_corpus, embed_texts, embedding_cache_path
 from gotd.lab.evaluation.methods import DEFAULT_METHODS, MethodOptions, Selector, make_method

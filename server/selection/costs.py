@@ -29,7 +29,14 @@ import xxhash
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
 from gotd.server.ot.rows import Part, Rows, StackedRows
-from gotd.server.selection.sketches import document_frequency, fused_matrix, idf_from_df, inverse_norms
+from gotd.server.selection.metric import LearnedMetric
+from gotd.server.selection.sketches import (
+    document_frequency,
+    fused_matrix,
+    idf_from_df,
+    inverse_norms,
+    unit_sketches,
+)
 
 __all__ = [
     "DEFAULT_EMBEDDING_WEIGHT",
@@ -70,10 +77,13 @@ class CostConfig:
         Requested cost.
     embedding_weight : float
         ``FUSED``: weight ``w`` in [0, 1] of the embedding cost.
+    metric : LearnedMetric or None
+        ``FUSED``: a metric learned from the target set (:mod:`gotd.server.selection.metric`).
     """
 
     cost: Cost = Cost.AUTO
     embedding_weight: float = DEFAULT_EMBEDDING_WEIGHT
+    metric: LearnedMetric | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -92,15 +102,20 @@ class CostConfig:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedCost:
-    """The cost of a request once resolved: ``EMBEDDING`` (weight 1.0) or ``FUSED`` at a weight."""
+    """The cost of a request once resolved: ``EMBEDDING`` (weight 1.0) or ``FUSED`` at a weight, with
+    the direction learned from the target set when the validation chose one."""
 
     cost: Cost
     embedding_weight: float
+    metric: LearnedMetric | None = None
 
     @property
     def tag(self) -> str:
         """Short name of the feature space, for cache keys and pool snapshot names."""
-        return "emb" if self.cost is Cost.EMBEDDING else f"fused{self.embedding_weight!r}"
+        if self.cost is Cost.EMBEDDING:
+            return "emb"
+        fused = f"fused{self.embedding_weight!r}"
+        return fused if self.metric is None else f"{fused}-metric{self.metric.digest}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,17 +133,20 @@ class Features:
         ``w`` of the fused rows (1.0 for ``EMBEDDING``).
     idf : numpy.ndarray or None
         ``FUSED``: IDF weights of the pool, applied to the targets' sketches too.
+    metric : LearnedMetric or None
+        ``FUSED``: the learned direction, one more column of the rows (the targets' too).
     """
 
     x: Rows
     cost: Cost
     embedding_weight: float
     idf: np.ndarray | None = None
+    metric: LearnedMetric | None = None
 
     @property
     def tag(self) -> str:
         """Short name of the feature space, for cache keys and pool snapshot names."""
-        return ResolvedCost(self.cost, self.embedding_weight).tag
+        return ResolvedCost(self.cost, self.embedding_weight, self.metric).tag
 
 
 def complete_sketches(tf: np.ndarray | None) -> bool:
@@ -210,11 +228,14 @@ def pool_features(
     cost: Cost,
     weight: float,
     factors: SketchFactors | None = None,
+    metric: LearnedMetric | None = None,
 ) -> Features:
     """A pool's rows for ``cost`` (``FUSED``: IDF from the pool's document frequencies).
 
     The stored arrays are used as they are, never copied (float16 embeddings stay float16, upcast per
-    block); ``factors`` are the pool's :class:`SketchFactors` when already known.
+    block); ``factors`` are the pool's :class:`SketchFactors` when already known. A ``metric`` (fused
+    only) adds its column ``v . x`` as a third part, computed blockwise from the stored rows (4 bytes a
+    row); nothing else is materialised.
     """
     if cost is Cost.EMBEDDING:
         x = torch.from_numpy(vectors)
@@ -231,13 +252,32 @@ def pool_features(
         columns=torch.from_numpy(factors.idf),
         rows=torch.from_numpy(factors.inverse_norms),
     )
-    return Features(StackedRows((embeddings, sketches)), Cost.FUSED, weight, factors.idf)
+    parts: tuple[Part, ...] = (embeddings, sketches)
+    if metric is not None:
+        parts += (Part(torch.from_numpy(_learned_column(vectors, tf, factors, metric)[:, None])),)
+    return Features(StackedRows(parts), Cost.FUSED, weight, factors.idf, metric)
 
 
-def fused_rows(vectors: np.ndarray, tf: np.ndarray, weight: float, idf: np.ndarray) -> Rows:
+def _learned_column(
+    vectors: np.ndarray, tf: np.ndarray, factors: SketchFactors, metric: LearnedMetric
+) -> np.ndarray:
+    """``v . (e, s)`` of every pool row, blockwise from the stored rows (``s`` the unit TF-IDF sketch)."""
+    out = np.empty(vectors.shape[0], dtype=np.float32)
+    along = factors.idf.astype(np.float32) * metric.sketch  # the IDF weights folded into v once
+    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
+        stop = min(vectors.shape[0], start + _BLOCK_ROWS)
+        sketch = (tf[start:stop].astype(np.float32) @ along) * factors.inverse_norms[start:stop]
+        out[start:stop] = vectors[start:stop].astype(np.float32) @ metric.embedding + sketch
+    return out
+
+
+def fused_rows(
+    vectors: np.ndarray, tf: np.ndarray, weight: float, idf: np.ndarray, metric: LearnedMetric | None = None
+) -> Rows:
     """Compact fused rows at ``weight`` under the IDF weights ``idf`` (a potential epoch's), the rows'
-    inverse norms under it computed for these rows only (the same bits as among all rows)."""
-    return pool_features(vectors, tf, Cost.FUSED, weight, SketchFactors.under(tf, idf)).x
+    inverse norms under it computed for these rows only (the same bits as among all rows); with the
+    learned ``metric``'s column under those weights."""
+    return pool_features(vectors, tf, Cost.FUSED, weight, SketchFactors.under(tf, idf), metric).x
 
 
 def target_features(features: Features, vectors: torch.Tensor, tf: np.ndarray | None) -> torch.Tensor:
@@ -246,17 +286,25 @@ def target_features(features: Features, vectors: torch.Tensor, tf: np.ndarray | 
         return vectors
     if features.idf is None:
         raise FailedPrecondition("the target set has no n-gram sketches")
-    return fused_targets(vectors, tf, features.idf, features.embedding_weight)
+    return fused_targets(vectors, tf, features.idf, features.embedding_weight, features.metric)
 
 
 def fused_targets(
-    vectors: torch.Tensor, tf: np.ndarray | None, idf: np.ndarray, weight: float
+    vectors: torch.Tensor,
+    tf: np.ndarray | None,
+    idf: np.ndarray,
+    weight: float,
+    metric: LearnedMetric | None = None,
 ) -> torch.Tensor:
     """Target rows of the fused cost at ``weight`` under the IDF weights ``idf`` (a pool version's, or
-    a potential epoch's)."""
+    a potential epoch's), with the learned ``metric``'s column under those weights."""
     if tf is None:
         raise FailedPrecondition("the target set has no n-gram sketches")
-    return torch.from_numpy(fused_matrix(vectors.numpy(), tf, idf, weight))
+    fused = fused_matrix(vectors.numpy(), tf, idf, weight)
+    if metric is not None:
+        column = metric.project((vectors.numpy(), unit_sketches(tf, idf)))
+        fused = np.concatenate([fused, column[:, None]], axis=1)
+    return torch.from_numpy(fused)
 
 
 def sketch_hash(tf: np.ndarray | None) -> str:

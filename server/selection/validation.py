@@ -18,6 +18,14 @@ on source- or style-defined targets is the smooth embedding cost, while the sele
 the top ``q`` — where sharp n-gram matches win (docs/evaluation.md, "Validated cost"). Both are
 reported next to the recall for every setting.
 
+A setting may also learn a diagonal metric of the fused features from the target set
+(:mod:`gotd.server.selection.metric`, ``metric_strength > 0``; in the grid when the server enables
+it). It competes like any other: in each fold the metric is fitted on that fold's training targets
+only, against pool rows *outside* the ranked sample (the next ``fit_sample`` smallest id hashes), so
+the held-out recall is measured on members and pool rows the discriminator never saw. When the
+validation chooses it, the metric is refitted on the whole (bounded) target set against the same pool
+rows and returned with the choice (:attr:`Validation.metric`).
+
 Everything is deterministic: folds from a seed the caller derives from the target set's content, the
 pool sample is the rows with the smallest id hashes (independent of row order), ties in the recall go
 to the higher mean reciprocal rank, then to the earlier setting of the grid. Imports torch and numpy
@@ -41,56 +49,25 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import torch
 
-from gotd.server.ot.dense import sinkhorn_dense
 from gotd.server.selection.config import summary_rows
+from gotd.server.selection.foldrank import FoldTask, Halves, rank_fold, spaced, unit_rows
+from gotd.server.selection.grid import DEFAULT_GRID, FALLBACK, FIXED_GRID, LEARNED_SETTINGS, Setting
+from gotd.server.selection.metric import LearnedMetric, fit_metric
 
 __all__ = [
     "DEFAULT_GRID",
     "FALLBACK",
+    "FIXED_GRID",
+    "LEARNED_SETTINGS",
     "Setting",
     "SettingScore",
     "Validation",
     "ValidationConfig",
+    "fit_rows",
+    "learned_metric",
     "validate",
 ]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Setting:
-    """One point of the grid: embedding weight ``w`` of the fused cost and epsilon relative to its scale.
-
-    Attributes
-    ----------
-    embedding_weight : float
-        ``w`` in [0, 1]: 0 is the pure n-gram (sketch) cost, 1 the pure embedding cost.
-    relative_eps : float
-        Epsilon as this multiple of the median pool-target cost of that fused cost.
-    """
-
-    embedding_weight: float
-    relative_eps: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.embedding_weight) and 0.0 <= self.embedding_weight <= 1.0):
-            raise ValueError(f"embedding_weight must be in [0, 1], got {self.embedding_weight!r}")
-        if not (math.isfinite(self.relative_eps) and self.relative_eps > 0):
-            raise ValueError(f"relative_eps must be positive, got {self.relative_eps!r}")
-
-    @property
-    def label(self) -> str:
-        """Short readable name, e.g. ``w0.3-rel0.05``."""
-        return f"w{self.embedding_weight:g}-rel{self.relative_eps:g}"
-
-
-#: The grid searched by default, in tie-break order (docs/evaluation.md, "Validated cost").
-DEFAULT_GRID: tuple[Setting, ...] = tuple(
-    Setting(w, c) for c in (0.05, 0.1) for w in (0.5, 0.3, 0.7, 0.1, 1.0, 0.0)
-)
-#: The grid's default: kept unless the best setting beats it by ``ValidationConfig.margin`` standard
-#: errors, and used when the target set is too small to validate (docs/evaluation.md).
-FALLBACK = Setting(0.5, 0.05)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +86,9 @@ class ValidationConfig:
         Targets of the other folds used as the target set (evenly spaced when there are more).
     max_held_out : int
         Held-out members per fold at most.
+    fit_sample : int
+        Pool rows (the next smallest id hashes after the ranked sample) that a learned metric is
+        fitted against (settings with ``metric_strength > 0`` only; none are read otherwise).
     min_targets : int
         Fewer targets than this: no validation, :data:`FALLBACK` is used.
     tol, max_iter : float, int
@@ -128,6 +108,7 @@ class ValidationConfig:
     max_train: int = 256
     max_held_out: int = 64
     min_targets: int = 100
+    fit_sample: int = 1024
     tol: float = 1e-3
     max_iter: int = 300
     threads: int = 2
@@ -140,7 +121,7 @@ class ValidationConfig:
             raise ValueError("grid settings must be distinct")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds!r}")
-        for name in ("pool_sample", "max_train", "max_held_out"):
+        for name in ("pool_sample", "max_train", "max_held_out", "fit_sample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not (math.isfinite(self.margin) and self.margin >= 0):
@@ -193,6 +174,8 @@ class Validation:
         Too few targets: ``chosen`` is :data:`FALLBACK`, nothing was validated.
     kept_default : bool
         The best setting did not beat :data:`FALLBACK` by the margin: ``chosen`` is the fallback.
+    metric : LearnedMetric or None
+        ``chosen`` learns a metric: the one fitted on the whole target set, to select with.
     """
 
     chosen: Setting
@@ -202,6 +185,7 @@ class Validation:
     pool_sample: int
     fallback: bool = False
     kept_default: bool = False
+    metric: LearnedMetric | None = None
 
 
 def validate(
@@ -251,18 +235,22 @@ def validate(
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if m < config.min_targets or n < 1:
         return Validation(FALLBACK, (), fraction, 0, 0, fallback=True)
-    sample = summary_rows(np.asarray(pool_keys, dtype=np.uint64), config.pool_sample)
+    keys = np.asarray(pool_keys, dtype=np.uint64)
+    sample = summary_rows(keys, config.pool_sample)
+    learned = any(s.learned for s in config.grid)
+    negatives = _negatives(pool_vectors, pool_tf, keys, sample, idf, config if learned else None)
     folds = _folds(m, config.folds, seed)
+    target_unit = unit_rows(target_tf, idf)
+    x_pool: Halves = (pool_vectors[sample], unit_rows(pool_tf[sample], idf))
     tasks = [
-        _FoldTask(
-            np.concatenate([pool_vectors[sample], target_vectors[held]]),
-            np.concatenate([pool_tf[sample], target_tf[held]]),
-            target_vectors[train],
-            target_tf[train],
+        FoldTask(
+            _with(x_pool, (target_vectors[held], target_unit[held])),
+            (target_vectors[train], target_unit[train]),
+            negatives,
         )
         for held, train in (_split(folds, k, config) for k in range(config.folds))
     ]
-    solve = partial(_rank_fold, idf=idf, sample=len(sample), config=config)
+    solve = partial(rank_fold, grid=config.grid, sample=len(sample), tol=config.tol, max_iter=config.max_iter)
     if config.threads > 1 and len(tasks) > 1:  # numpy's reductions release the GIL: folds overlap
         with ThreadPoolExecutor(min(config.threads, len(tasks)), thread_name_prefix="gotd-validate") as pool:
             per_fold = list(pool.map(solve, tasks))
@@ -276,9 +264,75 @@ def validate(
     chosen = scores[best].setting
     gain = _paired_gain(ahead, chosen, budget)
     kept = config.margin > 0 and gain is not None and gain[0] <= config.margin * gain[1]
-    return Validation(
-        FALLBACK if kept else chosen, scores, fraction, held_total, len(sample), kept_default=kept
+    chosen = FALLBACK if kept else chosen
+    metric = _refit((target_vectors, target_unit), negatives, chosen, config) if chosen.learned else None
+    return Validation(chosen, scores, fraction, held_total, len(sample), kept_default=kept, metric=metric)
+
+
+def learned_metric(
+    pool_vectors: np.ndarray,
+    pool_tf: np.ndarray,
+    pool_keys: np.ndarray,
+    idf: np.ndarray,
+    target_vectors: np.ndarray,
+    target_tf: np.ndarray,
+    setting: Setting,
+    config: ValidationConfig | None = None,
+) -> LearnedMetric:
+    """The metric :func:`validate` selects with when it chooses the learned ``setting`` (same inputs as
+    :func:`validate`): fitted on the whole (bounded) target set against the same pool rows."""
+    positives, negatives = fit_rows(
+        pool_vectors, pool_tf, pool_keys, idf, target_vectors, target_tf, config or ValidationConfig()
     )
+    return fit_metric(positives, negatives, weight=setting.embedding_weight, strength=setting.metric_strength)
+
+
+def fit_rows(
+    pool_vectors: np.ndarray,
+    pool_tf: np.ndarray,
+    pool_keys: np.ndarray,
+    idf: np.ndarray,
+    target_vectors: np.ndarray,
+    target_tf: np.ndarray,
+    config: ValidationConfig,
+) -> tuple[Halves, Halves]:
+    """The rows a learned metric is refitted on for the selection: the targets (evenly spaced, at most
+    ``max_train``) and the pool rows after the ranked sample (:func:`_negatives`)."""
+    keys = np.asarray(pool_keys, dtype=np.uint64)
+    sample = summary_rows(keys, config.pool_sample)
+    negatives = _negatives(pool_vectors, pool_tf, keys, sample, idf, config)
+    every = spaced(target_vectors.shape[0], config.max_train)
+    return (target_vectors[every], unit_rows(target_tf[every], idf)), negatives
+
+
+def _refit(targets: Halves, negatives: Halves, setting: Setting, config: ValidationConfig) -> LearnedMetric:
+    every = spaced(targets[0].shape[0], config.max_train)
+    positives = (targets[0][every], targets[1][every])
+    return fit_metric(positives, negatives, weight=setting.embedding_weight, strength=setting.metric_strength)
+
+
+def _with(a: Halves, b: Halves) -> Halves:
+    """The rows of ``a`` then those of ``b``."""
+    return np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])
+
+
+def _negatives(
+    vectors: np.ndarray,
+    tf: np.ndarray,
+    keys: np.ndarray,
+    sample: np.ndarray,
+    idf: np.ndarray,
+    config: ValidationConfig | None,
+) -> Halves:
+    """The learned metric's pool rows: the ``fit_sample`` smallest id hashes after the ranked sample
+    (never ranked, so the held-out recall is not measured on rows the metric was fitted to push away).
+    No rows without learned settings (``config`` None), or when the pool is all in the sample."""
+    if config is None:
+        rows = np.zeros(0, dtype=np.int64)
+    else:
+        wider = summary_rows(keys, len(sample) + config.fit_sample)
+        rows = np.setdiff1d(wider, sample, assume_unique=True)
+    return vectors[rows], unit_rows(tf[rows], idf)
 
 
 def _paired_gain(
@@ -296,83 +350,17 @@ def _paired_gain(
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
-@dataclass(frozen=True, slots=True)
-class _FoldTask:
-    """One fold's small problem: pool sample plus held-out members (rows) against the training folds."""
-
-    x_vectors: np.ndarray
-    x_tf: np.ndarray
-    y_vectors: np.ndarray
-    y_tf: np.ndarray
-
-
 def _split(folds: list[np.ndarray], k: int, config: ValidationConfig) -> tuple[np.ndarray, np.ndarray]:
     """Held-out rows of fold ``k`` and the training rows (the other folds, evenly spaced, bounded)."""
     held = folds[k][: config.max_held_out]
     train = np.sort(np.concatenate([folds[j] for j in range(len(folds)) if j != k]))
-    return held, train[_spaced(len(train), config.max_train)]
-
-
-def _rank_fold(
-    task: _FoldTask, *, idf: np.ndarray, sample: int, config: ValidationConfig
-) -> list[np.ndarray]:
-    """Pool rows ranked ahead of each held-out member, for every setting of the grid (grid order).
-
-    The two halves of the cost are formed once; each weight's median (the scale of its epsilon) once.
-    """
-    c_emb = _cost(task.x_vectors, task.y_vectors)
-    c_sketch = _cost(_unit(task.x_tf, idf), _unit(task.y_tf, idf))
-    medians: dict[float, float] = {}
-    out = []
-    for setting in config.grid:
-        w = setting.embedding_weight
-        cost = c_emb * np.float32(w) + c_sketch * np.float32(1.0 - w)
-        if w not in medians:
-            medians[w] = float(np.median(cost[:sample]))
-        eps = setting.relative_eps * medians[w]
-        solved = sinkhorn_dense(torch.from_numpy(cost), eps=eps, tol=config.tol, max_iter=config.max_iter)
-        f = solved.f.double().numpy()
-        out.append(_rows_ahead(f[:sample], f[sample:]))
-    return out
+    return held, train[spaced(len(train), config.max_train)]
 
 
 def _folds(m: int, folds: int, seed: int) -> list[np.ndarray]:
     """Target rows of each fold: a seeded permutation dealt round-robin (each fold's rows in that order)."""
     perm = np.random.default_rng(np.random.SeedSequence(seed & (2**64 - 1))).permutation(m)
     return [perm[k::folds] for k in range(folds)]
-
-
-def _spaced(size: int, at_most: int) -> np.ndarray:
-    """``min(size, at_most)`` evenly spaced positions of ``range(size)``."""
-    if size <= at_most:
-        return np.arange(size)
-    return np.unique(np.linspace(0, size - 1, at_most).round().astype(np.int64))
-
-
-def _unit(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
-    """:func:`gotd.server.selection.sketches.unit_sketches` of a few rows, in numpy (no thread start-up)."""
-    rows = tf.astype(np.float32) * idf.astype(np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    out: np.ndarray = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
-    return out
-
-
-def _cost(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Dense squared Euclidean costs (float32) between small row sets (numpy: no thread start-up)."""
-    a = np.ascontiguousarray(x, dtype=np.float32)
-    b = np.ascontiguousarray(y, dtype=np.float32)
-    out: np.ndarray = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    np.maximum(out, 0.0, out=out)
-    return out
-
-
-def _rows_ahead(pool_scores: np.ndarray, held_scores: np.ndarray) -> np.ndarray:
-    """Pool rows ranked ahead of each held-out member (lower score first; ties count half)."""
-    ordered = np.sort(pool_scores)
-    below = np.searchsorted(ordered, held_scores, side="left")
-    upto = np.searchsorted(ordered, held_scores, side="right")
-    out: np.ndarray = below + 0.5 * (upto - below)
-    return out
 
 
 def _score(setting: Setting, ahead: np.ndarray, budget: float, sample: int) -> SettingScore:

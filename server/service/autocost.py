@@ -35,8 +35,11 @@ from gotd.client.types import CostValidation
 from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import Cost, SketchFactors, complete_sketches, sketch_hash
+from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.validation import (
     FALLBACK,
+    FIXED_GRID,
+    LEARNED_SETTINGS,
     Setting,
     SettingScore,
     Validation,
@@ -62,7 +65,8 @@ class CostChooser:
     def __init__(self, settings: Settings, duals: DualCache, config: ValidationConfig | None = None) -> None:
         self._settings = settings
         self._duals = duals
-        self.config = config or ValidationConfig(min_targets=settings.validation_min_targets)
+        grid = FIXED_GRID + (LEARNED_SETTINGS if settings.validation_learned_metric else ())
+        self.config = config or ValidationConfig(grid=grid, min_targets=settings.validation_min_targets)
         sizes = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "threads"}  # not in results
         self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(sizes).encode())
 
@@ -125,16 +129,25 @@ class CostChooser:
             chosen.embedding_weight,
             chosen.relative_eps,
             tuple(
-                ClientScore(x.setting.embedding_weight, x.setting.relative_eps, x.recall, x.mrr, x.auc)
+                ClientScore(
+                    x.setting.embedding_weight,
+                    x.setting.relative_eps,
+                    x.recall,
+                    x.mrr,
+                    x.auc,
+                    x.setting.metric_strength,
+                )
                 for x in result.scores
             ),
             q,
             result.held_out,
             result.pool_sample,
             cache_hit=hit,
+            metric_strength=chosen.metric_strength,
         )
-        weight, eps = chosen.embedding_weight, chosen.relative_eps
-        return replace(solver, cost=Cost.FUSED, embedding_weight=weight, relative_eps=eps), report
+        w, eps = chosen.embedding_weight, chosen.relative_eps
+        params = replace(solver, cost=Cost.FUSED, embedding_weight=w, relative_eps=eps, metric=result.metric)
+        return params, report
 
     def _report(self, status: ValidationStatus, detail: str, solver: SolverParams) -> CostValidation:
         s = self._settings
@@ -208,16 +221,19 @@ class CostChooser:
     def _store(self, key: str, result: Validation) -> PotentialEntry:
         values = [getattr(s, name) for s in result.scores for name in _FIELDS]
         chosen = [s.setting for s in result.scores].index(result.chosen)
+        metric = result.metric
         meta = {
             "kind": "cost_validation",
-            "grid": [[s.embedding_weight, s.relative_eps] for s in self.config.grid],
+            "grid": [list(_triple(s)) for s in self.config.grid],
+            "metric_dim": 0 if metric is None else int(metric.embedding.shape[0]),
             "chosen": chosen,
             "fraction": result.fraction,
             "held_out": result.held_out,
             "pool_sample": result.pool_sample,
             "kept_default": result.kept_default,
         }
-        entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta)
+        factors = None if metric is None else metric.factors  # the learned metric, stored: no refit
+        entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta, factors)
         self._duals.put(key, entry)
         return entry
 
@@ -230,7 +246,13 @@ def _detail(result: Validation, q: float, margin: float) -> str:
             f"default kept: no setting of {len(result.scores)} beat it by {errors} of held-out "
             f"recall at {q:g} of the pool"
         )
-    return f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool"
+    best = f"best of {len(result.scores)} settings by held-out recall at {q:g} of the pool"
+    if result.chosen.learned:
+        best += (
+            f"; a discriminant direction of strength {result.chosen.metric_strength:g} learned from the "
+            "target set (logistic target-vs-pool discriminator), refitted on the whole target set"
+        )
+    return best
 
 
 def _fixed_by_request(solver: SolverParams) -> str:
@@ -253,7 +275,7 @@ def _decode(entry: PotentialEntry, grid: Sequence[Setting]) -> Validation:
     """A cached validation, checked against this server's grid (anything else raises)."""
     meta = entry.meta
     if meta["kind"] != "cost_validation" or [tuple(map(float, s)) for s in meta["grid"]] != [
-        (s.embedding_weight, s.relative_eps) for s in grid
+        _triple(s) for s in grid
     ]:
         raise ValueError("another grid")
     values = np.asarray(entry.g, dtype=np.float64).reshape(len(grid), len(_FIELDS))
@@ -262,11 +284,22 @@ def _decode(entry: PotentialEntry, grid: Sequence[Setting]) -> Validation:
     scores = tuple(
         SettingScore(setting, *(float(v) for v in row)) for setting, row in zip(grid, values, strict=True)
     )
+    chosen = grid[int(meta["chosen"])]
+    metric = None
+    if chosen.learned:
+        if entry.f is None:
+            raise ValueError("a learned setting without its metric")
+        metric = LearnedMetric.split(entry.f, int(meta["metric_dim"]))
     return Validation(
-        grid[int(meta["chosen"])],
+        chosen,
         scores,
         float(meta["fraction"]),
         int(meta["held_out"]),
         int(meta["pool_sample"]),
         kept_default=bool(meta.get("kept_default", False)),
+        metric=metric,
     )
+
+
+def _triple(s: Setting) -> tuple[float, float, float]:
+    return (s.embedding_weight, s.relative_eps, s.metric_strength)

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
         ge=3,
         description="cost auto: fewer targets than this use the fixed default setting without validating",
     )
+    validation_learned_metric: bool = Field(
+        False,
+        description="cost auto: the validation also tries a diagonal metric learned from the target set",
+    )
     near_copy_cosine: float = Field(
         DEFAULT_NEAR_COPY_COSINE,
         ge=0,

@@ -137,6 +137,7 @@ class SelectionEngine:
                 embedding_weight=(
                     params.embedding_weight if params.embedding_weight is not None else s.embedding_weight
                 ),
+                metric=params.metric,
             )
         except ValueError as err:
             raise InvalidArgument(str(err)) from None
@@ -298,14 +299,15 @@ class SelectionEngine:
         kind = resolve_cost(
             cost, pool=arrays.name, pool_sketched=pool_sketched, target_sketched=target_sketched
         )
-        return embedding if kind is Cost.EMBEDDING else ResolvedCost(kind, cost.embedding_weight)
+        return embedding if kind is Cost.EMBEDDING else ResolvedCost(kind, cost.embedding_weight, cost.metric)
 
     def _features(self, arrays: PoolArrays, cost: ResolvedCost) -> Features:
         """The pool version's rows in the feature space of ``cost`` (fused: factors cached per version)."""
         if cost.cost is Cost.EMBEDDING:
             return pool_features(arrays.vectors, None, Cost.EMBEDDING, 1.0)
         factors = self._sketches.factors(arrays)
-        return pool_features(arrays.vectors, arrays.sketches, cost.cost, cost.embedding_weight, factors)
+        w = cost.embedding_weight
+        return pool_features(arrays.vectors, arrays.sketches, cost.cost, w, factors, cost.metric)
 
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit

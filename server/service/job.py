@@ -122,7 +122,7 @@ class Job:
             self._y = (
                 target_features(self.features, t.vectors, t.sketches)
                 if idf is None
-                else fused_targets(t.vectors, t.sketches, idf, self.cost.embedding_weight)
+                else fused_targets(t.vectors, t.sketches, idf, self.cost.embedding_weight, self.cost.metric)
             )
         return self._y
 
@@ -139,7 +139,7 @@ class Job:
         a, idf = self.arrays, self._frozen
         if idf is not None and a.sketches is not None:
             vectors, tf = (a.vectors, a.sketches) if rows is None else (a.vectors[rows], a.sketches[rows])
-            return fused_rows(vectors, tf, self.cost.embedding_weight, idf)
+            return fused_rows(vectors, tf, self.cost.embedding_weight, idf, self.cost.metric)
         x = self.features.x
         return x if rows is None else take(x, torch.from_numpy(rows))
 

@@ -12,6 +12,7 @@ from enum import IntEnum, StrEnum
 from gotd.cache.records import Record
 from gotd.client.types import CostValidation, RankedCandidate, SelectSummary
 from gotd.server.selection.costs import Cost
+from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.modes import Mode
 
 
@@ -37,6 +38,7 @@ class SolverParams:
     embedding_weight: float | None = None
     relative_eps: float | None = None
     max_staleness: float | None = None
+    metric: LearnedMetric | None = None  # set by the validation only (a learned setting), never by a request
 
 
 @dataclass(frozen=True, slots=True)

@@ -878,19 +878,25 @@ class CostSetting(_message.Message):
 
     EMBEDDING_WEIGHT_FIELD_NUMBER: _builtins.int
     RELATIVE_EPSILON_FIELD_NUMBER: _builtins.int
+    METRIC_STRENGTH_FIELD_NUMBER: _builtins.int
     embedding_weight: _builtins.float
     """Weight of the embedding cost in the fused cost (0: n-gram only, 1: embedding only)."""
     relative_epsilon: _builtins.float
     """Epsilon as a multiple of the median pool-target cost; unset when an absolute epsilon is used."""
+    metric_strength: _builtins.float
+    """Strength of a diagonal metric on the fused features learned from the target set (a logistic
+    target-vs-pool discriminator's weights); 0: none, the plain fused cost. Reported, not requested.
+    """
     def __init__(
         self,
         *,
         embedding_weight: _builtins.float = ...,
         relative_epsilon: _builtins.float | None = ...,
+        metric_strength: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon", "relative_epsilon", b"relative_epsilon"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon", "embedding_weight", b"embedding_weight", "relative_epsilon", b"relative_epsilon"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon", "embedding_weight", b"embedding_weight", "metric_strength", b"metric_strength", "relative_epsilon", b"relative_epsilon"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__relative_epsilon: _TypeAlias = _typing.Literal["relative_epsilon"]  # noqa: Y015
     _WhichOneofArgType__relative_epsilon: _TypeAlias = _typing.Literal["_relative_epsilon", b"_relative_epsilon"]  # noqa: Y015
