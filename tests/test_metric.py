@@ -14,7 +14,7 @@ import torch
 
 from gotd.server.ot.rows import StackedRows
 from gotd.server.selection.config import summary_rows
-from gotd.server.selection.costs import Cost, pool_features, target_features
+from gotd.server.selection.costs import Cost, fused_rows, fused_targets, pool_features, target_features
 from gotd.server.selection.grid import FALLBACK, Setting
 from gotd.server.selection.metric import LearnedMetric, discriminant, fit_metric
 from gotd.server.selection.sketches import (
@@ -94,6 +94,9 @@ def test_the_learned_column_equals_the_materialised_projection() -> None:
         expected = np.concatenate([fused_matrix(pool32, tf[:20], idf, 0.3), column[:, None]], axis=1)
         assert np.allclose(learned.x.dense().numpy(), expected, atol=1e-5)
         assert learned.tag != plain.tag
+        epoch = fused_rows(stored[:20], tf[:20], 0.3, idf, metric)  # under a potential epoch's IDF
+        assert isinstance(epoch, StackedRows)
+        assert np.allclose(epoch.dense().numpy(), expected, atol=1e-5)
         assert metric.digest in learned.tag
         y = target_features(learned, torch.from_numpy(vectors[20:]), tf[20:])
         target_column = metric.project((vectors[20:], unit_sketches(tf[20:], idf)))
@@ -101,6 +104,8 @@ def test_the_learned_column_equals_the_materialised_projection() -> None:
             [fused_matrix(vectors[20:], tf[20:], idf, 0.3), target_column[:, None]], axis=1
         )
         assert np.allclose(y.numpy(), scaled, atol=1e-6)
+        epoch_y = fused_targets(torch.from_numpy(vectors[20:]), tf[20:], idf, 0.3, metric)
+        assert np.array_equal(epoch_y.numpy(), y.numpy())
         # the cross products the OT passes take from the compact rows: one GEMM per part
         parts = learned.x.against(y)
         cross = sum(p.scaled(0, 20) @ t.T for p, t in zip(learned.x.parts, parts, strict=True))
