@@ -300,3 +300,29 @@ def test_nondeterministic_methods_are_rejected(tmp_path: Path) -> None:
     register_method("drifts-test", lambda n, o: Drifts(), replace=True)
     with pytest.raises(RuntimeError, match="not deterministic"):
         _run_sky(tmp_path, "drifts-test", repeats=2)
+
+
+def test_learned_cost_methods_run_and_report(tmp_path: Path) -> None:
+    """The learned-cost methods of the evaluation (validated and fixed, the diagonal and discriminator
+    variants) rank validly on the toy corpus, and learned_report reads their results."""
+    from gotd.lab.evaluation.learned_report import learned_tables
+
+    docs, vectors = _toy_corpus()
+    methods = [
+        "gotd-auto-fixed",
+        "gotd-auto-learned",
+        "gotd-fused-w0.5-rel0.05",
+        "gotd-fused-w0.5-rel0.05-metric0.03",
+        "gotd-fused-w0.5-rel0.05-diag4",
+        "gotd-fused-w0.5-rel0.05-sq4",
+        "gotd-discriminator",
+    ]
+    result = run(
+        tmp_path, topics=["sea", "rock"], pool_size=80, target_size=20, heldout_size=10, pool_fraction=0.2,
+        ks=(0.1,), methods=methods, corpus=docs, embeddings=vectors, command="pytest", repeats=1,
+        report_name="learned", corpus_name="toy words", plots=False,
+    )  # fmt: skip
+    assert {r["method"] for r in result["rows"]} == set(methods)
+    lines = learned_tables(result, k_frac=0.1)
+    assert any(line.startswith("| `gotd-auto-learned`") for line in lines)
+    assert any("learned setting chosen on" in line for line in lines)

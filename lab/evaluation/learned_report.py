@@ -46,7 +46,7 @@ def learned_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
     fixed = max((m for m in FIXED if m in by), key=lambda m: mean[m])
     learned = sorted((m for m in by if "-metric" in m), key=lambda m: -mean[m])
     methods = [BASE, LEARNED, fixed, *learned, "gotd-fused-w0.5-rel0.05", "dsir"]
-    lines = ["| k = 5% | precision | ppl | ppl (equal tokens) |", "|---|---|---|---|"]
+    lines = [f"| k = {k_frac:.0%} | precision | ppl | ppl (equal tokens) |", "|---|---|---|---|"]
     for m in dict.fromkeys(x for x in methods if x in by):
         cells = [_mean_se(by[m], key) for key in ("precision", "ppl", "ppl_budget")]
         note = " (hindsight-best fixed)" if m == fixed else ""
