@@ -14,7 +14,7 @@ from typing import Final
 
 import numpy as np
 
-__all__ = ["grown_rows", "spare_rows"]
+__all__ = ["grown_rows", "has_room", "spare_rows"]
 
 GROWTH: Final = 1.125  # spare capacity of a buffer: a pool grown by up to 12.5% is not copied
 
@@ -59,6 +59,12 @@ _SPARE = _Spare()
 def spare_rows(n: int, *row_shape: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
     """An uninitialised ``(n, *row_shape)`` array in a buffer with room for the pool to grow."""
     return _SPARE.allocate(np.empty((0, *row_shape), dtype=dtype), n)
+
+
+def has_room(view: np.ndarray, n: int) -> bool:
+    """Whether ``view`` can grow to ``n`` rows in its buffer's spare capacity (no copy of its rows)."""
+    buffer = view.base
+    return isinstance(buffer, np.ndarray) and buffer.ndim == view.ndim and len(buffer) >= n
 
 
 def grown_rows(view: np.ndarray, n: int, appended: bool) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from gotd.cache.store.buffers import grown_rows
 from gotd.cache.store.chunks import read_chunk, snapshot
 from gotd.cache.store.layout import PoolArrays, PoolRecord, RowChunk, chunk_parts, u64_key
+from gotd.cache.store.pages import release
 from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE
 from gotd.cache.store.tombstones import deleted_mask, deleted_of
 
@@ -108,6 +109,7 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
         for r, j in zip(target.tolist(), local.tolist(), strict=True):
             ids[r] = meta.ids[j]
             domains[r] = meta.domains[j]
+        release(block)
     sketches = _grown_sketches(txn, dbs, pool, base, rows, appended)
     touched = np.union1d(rows, deleted)
     mask = _grown_mask(txn, dbs, pool, base, touched)
@@ -151,4 +153,5 @@ def _grown_sketches(
         inside = local < len(block)
         out[rows[part]] = 0
         out[rows[part][inside]] = block[local[inside]]
+        release(block)
     return out

@@ -33,6 +33,8 @@ import lmdb
 import numpy as np
 import xxhash
 
+from gotd.cache.store.pages import release
+
 FORMAT_VERSION: Final = 1
 DATABASES: Final = (
     "meta",
@@ -369,12 +371,17 @@ def chunk_parts(rows: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray, 
 def pool_chunks(
     txn: lmdb.Transaction, db: lmdb._Database, prefix: bytes
 ) -> Iterator[tuple[int, memoryview | bytes]]:
-    """``(chunk number, value)`` of every chunk of a pool (key prefix ``prefix``) in ``db``, in order."""
+    """``(chunk number, value)`` of every chunk of a pool (key prefix ``prefix``) in ``db``, in order;
+    a value's pages of the memory map are released once the next is asked for (:mod:`.pages`)."""
     with txn.cursor(db=db) as cur:
         ok = cur.set_range(prefix)
         while ok:
             key = cur.key()
             if key[:8] != prefix:
                 break
-            yield int.from_bytes(key[8:16], "big"), cur.value()
+            value = cur.value()
+            try:
+                yield int.from_bytes(key[8:16], "big"), value
+            finally:
+                release(value)  # read: its pages of the map leave the resident set
             ok = cur.next()

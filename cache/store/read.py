@@ -7,6 +7,7 @@ Functions here take an open LMDB transaction and the store's database handles;
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lmdb
 import numpy as np
@@ -98,8 +99,13 @@ def load_grown(
     upcast: bool = True,
 ) -> PoolArrays:
     """``base`` grown to the pool's version by its change log, else the whole pool loaded (``base`` must
-    be a load with the same ``sketches`` and ``upcast``)."""
-    if base is not None:
+    be a load with the same ``upcast``, and the same ``sketches`` but for one case: ``base`` without
+    sketch rows at the pool's version, which gets the sketch rows read beside its own arrays)."""
+    if base is not None and sketches and base.sketches is None:
+        record = require_pool(txn, dbs, pool)
+        if (record.uid, record.version) == (base.uid, base.version):
+            return replace(base, sketches=load_sketches(txn, dbs.get(SKETCH_DB), record))
+    elif base is not None:
         grown = grow_snapshot(txn, dbs, require_pool(txn, dbs, pool), base)
         if grown is not None:
             return grown

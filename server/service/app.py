@@ -30,6 +30,7 @@ from gotd.cache.store.idsets import IdSets
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
 from gotd.server.selection.sketches import tf_rows
+from gotd.server.service.allocator import bound_heap
 from gotd.server.service.config import Settings
 from gotd.server.service.engine import SelectionEngine
 from gotd.server.service.interceptors import AuthInterceptor, BoundaryInterceptor, DecodeOffLoop
@@ -102,6 +103,7 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def start_server(settings: Settings, *, embedder: Embedder | None = None) -> RunningServer:
     """Build and start a server from validated settings; returns once it accepts calls."""
     loop = asyncio.get_running_loop()
+    bound_heap()  # a Select's freed blocks leave the resident set (allocator.py)
     metrics = Metrics(max_pools=settings.metrics_max_pools)
     if settings.plaintext_token:
         LOG.warning(

@@ -1,5 +1,8 @@
 """Pool snapshots in memory: bounded in bytes, one load per (pool, version) however many requests wait;
-a new version's snapshot grows from the newest one held (:mod:`gotd.cache.store.changes`).
+a new version's snapshot grows from the newest one held when it fits in that one's spare rows
+(:mod:`gotd.cache.store.changes`), and a snapshot with sketch rows is the one without them plus its
+sketch rows: a load never holds a second copy of the pool's rows (besides a request still reading
+an older version).
 
 A snapshot keeps the pool's vectors in their storage dtype (float16 pools stay float16; the OT passes
 upcast one block at a time), its sketch rows, keys, row versions, ids and domains.
@@ -15,6 +18,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from gotd.cache.errors import InvalidArgument, NotFound
+from gotd.cache.store.buffers import has_room
 from gotd.cache.store.core import PoolArrays, PoolInfo, Store
 from gotd.server.selection.sketches import SKETCH_BUCKETS
 from gotd.server.service.lru import Lru
@@ -106,7 +110,7 @@ class PoolSnapshots:
                 with self._guard:
                     self.waiting -= 1
         try:
-            base = self._newest_before(info, sketches)
+            base = self._base(info, sketches)
             kept = None if base is None else (base.uid, base.version)
             # older versions serve no new request: they leave before the new one is read (but the
             # one it grows from), and that one once it is read
@@ -114,7 +118,10 @@ class PoolSnapshots:
             arrays = self._store.load_vectors(pool, sketches=sketches, upcast=False, base=base)
             self.loads += base is None or base.version == arrays.version
             self._items.put((pool, arrays.uid, arrays.version, sketches), arrays)
-            self._items.discard_where(lambda k: k[0] == pool and k[1:3] != (arrays.uid, arrays.version))
+            # a snapshot with sketch rows serves the requests without: one copy of the rows is held
+            self._items.discard_where(
+                lambda k: k[0] == pool and (k[1:3] != (arrays.uid, arrays.version) or (sketches and not k[3]))
+            )
             pending.set_result(arrays)
         except BaseException as err:
             pending.set_exception(err)
@@ -124,15 +131,29 @@ class PoolSnapshots:
                 del self._loading[key]
         return arrays
 
-    def _newest_before(self, info: PoolInfo, sketches: bool) -> PoolArrays | None:
-        """The newest snapshot held of an earlier version of this pool incarnation: the new version's
-        snapshot grows from it (the rows written since, read from the store's change log)."""
+    def _base(self, info: PoolInfo, sketches: bool) -> PoolArrays | None:
+        """The snapshot held that the new one is made from, without a second copy of the pool's rows:
+
+        - asking for sketch rows, the snapshot of this version without them (its arrays are kept, the
+          sketch rows read beside them);
+        - else the newest snapshot of an earlier version of this pool incarnation when the new version
+          fits in its buffers' spare rows (:mod:`gotd.cache.store.buffers`): it grows by the rows
+          written since, read from the store's change log. A version that does not fit is read whole
+          after the older snapshots leave, so the pool is never held twice while it loads.
+        """
+        if sketches:
+            same = self._items.get((info.name, info.uid, info.version, False))
+            if same is not None:
+                return same
         older = [
             key
             for key in self._items.held_keys()
             if key[0] == info.name and key[1] == info.uid and key[3] == sketches and key[2] < info.version
         ]
-        return self._items.get(max(older, key=lambda key: key[2])) if older else None
+        base = self._items.get(max(older, key=lambda key: key[2])) if older else None
+        if base is None or not has_room(base.vectors, info.count):
+            return None
+        return base if base.sketches is None or has_room(base.sketches, info.count) else None
 
     @property
     def size_bytes(self) -> int:

@@ -1,0 +1,103 @@
+"""Pages of the LMDB memory map that a bulk read touched, handed back once read.
+
+A pool load reads every chunk of the pool through the memory map (``buffers=True``: no copy until the
+snapshot's own arrays), and each page it touches stays mapped in the process: its resident set grows
+by the pool's stored bytes on top of the snapshot, although those pages are page cache (the kernel
+keeps them, and reclaims them under pressure). :func:`release` drops a value's whole pages from the
+process's page tables with ``madvise(MADV_DONTNEED)`` right after it was copied, so a load's resident
+set holds the snapshot and at most one chunk of mapped pages. A later read of those pages faults them
+in again from the page cache: the data never changes, only where it is resident.
+
+Only pages of a shared file mapping of an LMDB data file (``data.mdb``, mapped read-only by LMDB) are
+released: a value read in a write transaction may live in a heap page (LMDB's dirty pages) that
+``MADV_DONTNEED`` would zero, so an address outside such a mapping is left alone. Elsewhere than on
+Linux, :func:`release` does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+import threading
+from typing import Final
+
+import numpy as np
+
+__all__ = ["release"]
+
+_MADV_DONTNEED: Final = 4
+_PAGE: Final = mmap.PAGESIZE
+_MAP_FILE: Final = "data.mdb"
+
+
+class _Maps:
+    """Address ranges of this process's shared mappings of LMDB data files (re-read on a miss)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ranges: list[tuple[int, int]] = []
+        self._libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+        if self._libc is not None:
+            self._libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            self._libc.madvise.restype = ctypes.c_int
+
+    def _inside(self, start: int, stop: int) -> bool:
+        return any(lo <= start and stop <= hi for lo, hi in self._ranges)
+
+    def mapped(self, start: int, stop: int) -> bool:
+        """Whether ``[start, stop)`` lies in one shared mapping of an LMDB data file."""
+        with self._lock:
+            if self._inside(start, stop):
+                return True
+            self._ranges = _lmdb_ranges()  # a map opened or grown since: read the mappings again
+            return self._inside(start, stop)
+
+    @property
+    def enabled(self) -> bool:
+        return self._libc is not None
+
+    def drop(self, start: int, length: int) -> None:
+        if self._libc is not None:
+            self._libc.madvise(start, length, _MADV_DONTNEED)
+
+
+def _lmdb_ranges() -> list[tuple[int, int]]:
+    """``(start, stop)`` of each shared mapping of a file named ``data.mdb`` (``/proc/self/maps``)."""
+    out = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n").endswith("/" + _MAP_FILE) and "s" in fields[1]:
+                    lo, hi = fields[0].split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return out
+
+
+_MAPS = _Maps()
+
+
+def release(value: bytes | memoryview | np.ndarray) -> int:
+    """Drop the whole pages of ``value`` (a buffer read from the LMDB map, or an array over one) from
+    the resident set.
+
+    Returns the bytes released: 0 for a value that is not in an LMDB file mapping (a copy, a value of
+    a write transaction) or that spans no whole page.
+    """
+    if not _MAPS.enabled:
+        return 0
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            return 0
+        start, size = int(value.ctypes.data), int(value.nbytes)
+    else:
+        size = memoryview(value).nbytes
+        start = int(np.frombuffer(value, dtype=np.uint8).ctypes.data) if size else 0
+    first, last = -(-start // _PAGE) * _PAGE, (start + size) // _PAGE * _PAGE
+    if last <= first or not _MAPS.mapped(start, start + size):
+        return 0
+    _MAPS.drop(first, last - first)
+    return last - first
