@@ -101,12 +101,11 @@ def load_grown(
     """``base`` grown to the pool's version by its change log, else the whole pool loaded (``base`` must
     be a load with the same ``upcast``, and the same ``sketches`` but for one case: ``base`` without
     sketch rows at the pool's version, which gets the sketch rows read beside its own arrays)."""
-    if base is not None and sketches and base.sketches is None:
+    if base is not None:
         record = require_pool(txn, dbs, pool)
-        if (record.uid, record.version) == (base.uid, base.version):
+        if sketches and base.sketches is None and (record.uid, record.version) == (base.uid, base.version):
             return replace(base, sketches=load_sketches(txn, dbs.get(SKETCH_DB), record))
-    elif base is not None:
-        grown = grow_snapshot(txn, dbs, require_pool(txn, dbs, pool), base)
+        grown = grow_snapshot(txn, dbs, record, base)
         if grown is not None:
             return grown
     return load_pool(txn, dbs, pool, sketches=sketches, upcast=upcast)
