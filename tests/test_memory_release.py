@@ -83,7 +83,8 @@ def test_sketch_rows_are_read_beside_the_held_rows(tmp_path: Path) -> None:
         plain = snapshots.get("p", sketches=False)
         assert plain.sketches is None
         sketched, peak = _traced_peak(lambda: snapshots.get("p", sketches=True))
-        assert sketched.sketches is not None and sketched.vectors is plain.vectors
+        assert sketched.sketches is not None
+        assert sketched.vectors is plain.vectors
         assert sketched.ids is plain.ids
         # the sketch rows (in a buffer with spare rows) and nothing the size of the pool besides
         assert peak <= sketched.sketches.nbytes * 1.125 + (256 << 10)
@@ -121,7 +122,8 @@ def test_a_new_version_never_holds_the_pool_twice(tmp_path: Path) -> None:
         grown, peak, size = _grow(store, snapshots, 6100, 300)
         assert peak <= size * 0.25
         reloaded = store.load_vectors("p", upcast=False)
-        assert np.array_equal(reloaded.vectors, grown.vectors) and reloaded.ids == grown.ids
+        assert np.array_equal(reloaded.vectors, grown.vectors)
+        assert reloaded.ids == grown.ids
 
 
 _FREED_BLOCKS = """
