@@ -17,8 +17,9 @@ NOTES = [
     "issue's 1M/3M/10M when the run says so (`GOTD_BENCH_SCALE_SIZES`), and pools that do not fit "
     "the per-process budget (`GOTD_BENCH_SCALE_BUDGET_GIB`, 4 GiB unless set) are skipped and listed.",
     "- **One server for the embedding series.** The pools of the embedding rows grow in one server "
-    "process (1M, then 3M, then 10M rows of one pool): a peak can include the previous version's "
-    "snapshot while the byte-bounded snapshot cache still holds it.",
+    "process (1M, then 3M, then 10M rows of one pool). A new version grows from the snapshot held "
+    "only inside that snapshot's spare rows (12.5%); a pool that grew more is read whole after the "
+    "older snapshot left, so no load holds the pool twice.",
     "- **Time per candidate.** Load (one copy of the stored rows), the summary solve (fixed size, "
     "8,192 rows) and the scoring pass (one blockwise c-transform, float16 rows upcast per block, "
     "float32 GEMM) are the cold Select; only the load and the pass grow with n, so the cold time per "
@@ -27,11 +28,12 @@ NOTES = [
     "of 384 (two GEMMs, embedding and sketch parts, into one accumulator), 3.7x the arithmetic; the "
     "first fused Select of a pool version also computes its IDF weights and inverse sketch norms "
     "(one pass over the sketch rows, then cached: 4 bytes a candidate).",
-    "- **RSS vs anonymous memory.** The store is an LMDB memory map: the pages a load reads count in "
-    "the server's RSS although they are page cache the kernel drops under pressure. The anonymous "
-    "part is what the server itself holds: the snapshot (stored rows, ids, keys), one block of the "
-    "pass and O(n) float32/float64 vectors. The process's fixed part (Python, torch, the encoder "
-    "model: the idle RSS, "
+    "- **RSS vs anonymous memory.** The store is an LMDB memory map: a load reads the pool through "
+    "it and hands each chunk's pages back once copied (`madvise(MADV_DONTNEED)`: they stay in the "
+    "page cache, out of the server's RSS). The anonymous part is what the server itself holds: the "
+    "snapshot (stored rows, ids, keys), one block of the pass and O(n) float32/float64 vectors; the "
+    "server fixes glibc's mmap threshold (1 MiB), so freed blocks leave it instead of staying in "
+    "its heap. The process's fixed part (Python, torch, the encoder model: the idle RSS, "
     "in the JSON as `rss_idle`) is in both and weighs most on the smallest pools.",
     "- **Ingest.** Measured through the server's `Ingestor.ingest_batch` (validation, one LMDB "
     "transaction per 10,000 records, sketching of texts) into the growing pool, beside the running "
