@@ -250,6 +250,7 @@ class Store:
         arrays = self.env.read(
             lambda txn: load(txn, self._dbs, pool, base, sketches=sketches, upcast=upcast), buffers=True
         )
+        self.env.release_pages()  # the chunks' pages left as they were read; this takes the rest
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays
 

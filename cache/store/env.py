@@ -10,6 +10,7 @@ shared lock that the resize takes exclusively.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ import lmdb
 
 from gotd.cache.errors import FailedPrecondition, NotFound, ResourceExhausted
 from gotd.cache.store.layout import ADDED_DATABASES, DATABASES, FORMAT_VERSION
+from gotd.cache.store.pages import release_file
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -140,6 +142,11 @@ class Env:
     def map_size(self) -> int:
         size: int = self.env.info()["map_size"]
         return size
+
+    def release_pages(self) -> int:
+        """Drop the memory map's pages from this process's resident set (they stay in the page cache,
+        and a later read faults them in again): after a bulk read (:mod:`.pages`)."""
+        return release_file(os.path.realpath(self.path / "data.mdb"))
 
     def read(self, fn: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
         """Run ``fn`` in a read transaction (a consistent snapshot); ``buffers`` gives memoryviews."""

@@ -24,7 +24,7 @@ from typing import Final
 
 import numpy as np
 
-__all__ = ["release"]
+__all__ = ["release", "release_file"]
 
 _MADV_DONTNEED: Final = 4
 _PAGE: Final = mmap.PAGESIZE
@@ -62,14 +62,16 @@ class _Maps:
             self._libc.madvise(start, length, _MADV_DONTNEED)
 
 
-def _lmdb_ranges() -> list[tuple[int, int]]:
-    """``(start, stop)`` of each shared mapping of a file named ``data.mdb`` (``/proc/self/maps``)."""
+def _lmdb_ranges(path: str = "") -> list[tuple[int, int]]:
+    """``(start, stop)`` of each shared mapping of a file named ``data.mdb`` (``/proc/self/maps``), or
+    only of the file ``path``."""
     out = []
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip("\n").endswith("/" + _MAP_FILE) and "s" in fields[1]:
+                name = fields[5].rstrip("\n") if len(fields) == 6 else ""
+                if name.endswith("/" + _MAP_FILE) and "s" in fields[1] and name == (path or name):
                     lo, hi = fields[0].split("-")
                     out.append((int(lo, 16), int(hi, 16)))
     except OSError:
@@ -101,3 +103,15 @@ def release(value: bytes | memoryview | np.ndarray) -> int:
         return 0
     _MAPS.drop(first, last - first)
     return last - first
+
+
+def release_file(path: str) -> int:
+    """Drop every page of this process's shared mappings of the LMDB data file ``path`` from the
+    resident set (after a bulk read: the pages :func:`release` could not take, such as B-tree pages
+    and the partial pages at the ends of values); returns the bytes of the mappings."""
+    if not _MAPS.enabled:
+        return 0
+    ranges = _lmdb_ranges(path)
+    for lo, hi in ranges:
+        _MAPS.drop(lo, hi - lo)
+    return sum(hi - lo for lo, hi in ranges)
