@@ -89,7 +89,7 @@ def release(value: bytes | memoryview | np.ndarray) -> int:
     Returns the bytes released: 0 for a value that is not in an LMDB file mapping (a copy, a value of
     a write transaction) or that spans no whole page.
     """
-    if not _MAPS.enabled:
+    if not _MAPS.enabled or isinstance(value, bytes):  # bytes: always a copy
         return 0
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
