@@ -164,6 +164,10 @@ def _register() -> None:
             + ", ".join(s.label for s in LEARNED_SETTINGS)
             + ").",
         ),
+        "gotd-auto-learned2": (
+            ValidationConfig(grid=FIXED_GRID + tuple(s for s in LEARNED_SETTINGS if s.metric_strength < 0.1)),
+            "`gotd-auto-learned` without the strongest learned setting (λ = 0.1).",
+        ),
         "gotd-auto-fixed": (
             ValidationConfig(grid=FIXED_GRID),
             "`gotd-auto` on the fixed settings only (no learned metric).",
