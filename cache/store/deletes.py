@@ -25,12 +25,11 @@ from gotd.cache.errors import FailedPrecondition, InvalidArgument
 from gotd.cache.records import validate_id
 from gotd.cache.store.changes import log_change
 from gotd.cache.store.env import Abort
+from gotd.cache.store.idindex import lookup_rows
 from gotd.cache.store.layout import (
     PoolRecord,
     RowChunk,
     chunk_parts,
-    decode_id_value,
-    id_key,
     u64_key,
     u64_keys,
 )
@@ -57,16 +56,8 @@ def delete_txn(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, ids: Sequence[
     if db is None:
         raise InvalidArgument("this store cannot delete rows (it was opened read-only by an older gotd)")
     unique = list(dict.fromkeys(validate_id(i) for i in ids))
-    keys = [id_key(pool.prefix, i) for i in unique]
-    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
-    rows = []
-    for record_id, key in zip(unique, keys, strict=True):
-        raw = found.get(key)
-        if raw is not None:
-            row, stored = decode_id_value(raw)
-            if stored == record_id:
-                rows.append(row)
-    live = np.asarray(sorted(rows), dtype=np.int64)
+    at, _keys = lookup_rows(txn, dbs["ids"], pool, unique)
+    live = np.sort(at[at >= 0])
     if len(live):
         live = live[~deleted_of(txn, dbs, pool, live)]
     if not len(live):

@@ -5,7 +5,7 @@ walks a pool's chunks in order, little-endian in values)::
 
     meta      b"format" -> u32 FORMAT_VERSION; b"next_pool" -> u64 next pool number
     pools     pool name (UTF-8) -> JSON pool record (num, uid, count, version, model, dim, dtype, ...)
-    ids       P + xxh3_128(id) -> u64 row + id (UTF-8)          (the id is checked on every lookup)
+    ids       P + id, or P + xxh3_128(id) in older pools -> u64 row [+ id] (see :mod:`.idindex`)
     vectors   P + u64 chunk -> rows x dim vector bytes (float32 or float16, little-endian)
     rows      P + u64 chunk -> u32 n, u64[n] row versions, u64[n] xxh64(id), JSON [ids, domains]
     content   P + u64 row -> u32 len(domain), u32 len(meta), u32 len(text) or 0xFFFFFFFF, bytes
@@ -31,7 +31,6 @@ from typing import Any, Final
 
 import lmdb
 import numpy as np
-import xxhash
 
 from gotd.cache.store.pages import release
 
@@ -57,7 +56,6 @@ VECTOR_DTYPES: Final[dict[str, np.dtype[Any]]] = {"float32": np.dtype("<f4"), "f
 CHUNK_BYTES: Final = 512 * 1024  # target size of one vector chunk
 
 _U64 = struct.Struct(">Q")
-_ROW = struct.Struct("<Q")
 _CONTENT = struct.Struct("<III")
 _NO_TEXT: Final = 0xFFFFFFFF
 _U32 = struct.Struct("<I")
@@ -197,9 +195,12 @@ class PoolRecord:
     sketch_buckets: int = 0  # 0: no sketches (pools written before they existed)
     sketch_rows: int = 0  # sketch rows per chunk
     deleted: int = 0  # rows marked deleted (tombstones)
+    id_index: int = 0  # key scheme of the pool's ``ids`` entries (:mod:`gotd.cache.store.idindex`)
 
     def encode(self) -> bytes:
         body = {k: getattr(self, k) for k in self.__slots__ if k != "name"}
+        if not self.id_index:  # an older pool's record stays readable by the gotd that wrote it
+            del body["id_index"]
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -257,28 +258,6 @@ def u64(value: int) -> bytes:
 
 def read_u64(raw: bytes | memoryview) -> int:
     return int(_U64.unpack(bytes(raw))[0])
-
-
-def id_key(prefix: bytes, record_id: str) -> bytes:
-    return prefix + xxhash.xxh3_128_digest(record_id.encode("utf-8"))
-
-
-def id_keys(prefix: bytes, raw_ids: list[bytes]) -> list[bytes]:
-    """``ids`` keys of UTF-8 encoded ids: ``prefix + xxh3_128(id)`` each."""
-    return list(map(prefix.__add__, map(xxhash.xxh3_128_digest, raw_ids)))
-
-
-def id_values(first_row: int, raw_ids: list[bytes]) -> list[bytes]:
-    """``ids`` values of UTF-8 encoded ids written at rows ``first_row, first_row + 1, ...``:
-    little-endian u64 row + id each (the rows packed in one pass)."""
-    rows = np.arange(first_row, first_row + len(raw_ids), dtype="<u8")
-    packed: list[bytes] = np.frombuffer(rows.tobytes(), dtype="V8").tolist()
-    return list(map(bytes.__add__, packed, raw_ids))
-
-
-def decode_id_value(raw: bytes | memoryview) -> tuple[int, str]:
-    data = bytes(raw)
-    return int(_ROW.unpack_from(data)[0]), data[_ROW.size :].decode("utf-8")
 
 
 # -- values ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from gotd.cache.records import validate_id, validate_name
 from gotd.cache.store.buffers import spare_rows
 from gotd.cache.store.changes import CHANGES_DB, grow_snapshot
 from gotd.cache.store.chunks import read_chunk, snapshot
+from gotd.cache.store.idindex import lookup_rows
 from gotd.cache.store.idsets import IDSETS_DB
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
@@ -25,8 +26,6 @@ from gotd.cache.store.layout import (
     RowChunk,
     StoredRecord,
     decode_content,
-    decode_id_value,
-    id_key,
     pool_chunks,
     u64_key,
 )
@@ -114,16 +113,8 @@ def load_grown(
 def rows_for_ids(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> np.ndarray:
     """Rows (int64) of ``ids`` in order; NotFound naming the missing ids."""
     rec = require_pool(txn, dbs, pool)
-    keys = [id_key(rec.prefix, validate_id(i)) for i in ids]
-    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
-    rows = np.empty(len(ids), dtype=np.int64)
-    missing = []
-    for j, key in enumerate(keys):
-        raw = found.get(key)
-        row, stored = decode_id_value(raw) if raw is not None else (-1, "")
-        if raw is None or stored != ids[j]:
-            missing.append(ids[j])
-        rows[j] = row
+    rows, _keys = lookup_rows(txn, dbs["ids"], rec, [validate_id(i) for i in ids])
+    missing = [ids[j] for j in np.flatnonzero(rows < 0).tolist()]
     if missing:
         raise NotFound(f"pool {pool!r} has no record with id(s) {missing[:10]}")
     return rows
@@ -169,16 +160,11 @@ def get_records(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) 
     rec = read_pool(txn, dbs, pool)
     if rec is None:
         return {}
-    keys = [id_key(rec.prefix, i) for i in ids]
-    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys))
+    at, _keys = lookup_rows(txn, dbs["ids"], rec, ids)
     out: dict[str, StoredRecord] = {}
     chunks: dict[int, tuple[np.ndarray, RowChunk]] = {}
-    for record_id, key in zip(ids, keys, strict=True):
-        raw = found.get(key)
-        if raw is None:
-            continue
-        row, stored_id = decode_id_value(raw)
-        if stored_id != record_id:
+    for record_id, row in zip(ids, at.tolist(), strict=True):
+        if row < 0:
             continue
         chunk, local = divmod(row, rec.chunk_rows)
         if chunk not in chunks:

@@ -26,6 +26,7 @@ import xxhash
 from gotd.cache.errors import FailedPrecondition
 from gotd.cache.store.changes import log_change
 from gotd.cache.store.env import Abort
+from gotd.cache.store.idindex import CLASH, ORDERED, index_keys, index_values, lookup_rows
 from gotd.cache.store.layout import (
     VECTOR_DTYPES,
     PoolRecord,
@@ -33,10 +34,7 @@ from gotd.cache.store.layout import (
     UpsertResult,
     chunk_parts,
     chunk_rows_for,
-    decode_id_value,
     encode_content,
-    id_keys,
-    id_values,
     read_u64,
     u64,
     u64_key,
@@ -81,6 +79,7 @@ def _new_pool(
         updated=now,
         sketch_buckets=sketch_buckets,
         sketch_rows=chunk_rows_for(sketch_buckets, SKETCH_DTYPE.name) if sketch_buckets else 0,
+        id_index=ORDERED,
     )
 
 
@@ -214,21 +213,16 @@ def upsert_txn(
     stored = vectors.astype(chunks.dtype, copy=False)
     prefix = pool.prefix
     raw_ids = [i.encode("utf-8") for i in ids]
-    keys = id_keys(prefix, raw_ids)
-    found = dict(txn.cursor(db=dbs["ids"]).getmulti(keys)) if not created else {}
-    new_idx: list[int] = []
-    old_idx: list[int] = []
-    old_rows: list[int] = []
-    for i, key in enumerate(keys):
-        raw = found.get(key)
-        if raw is None:
-            new_idx.append(i)
-            continue
-        row, stored_id = decode_id_value(raw)
-        if stored_id != ids[i]:
-            raise FailedPrecondition(f"pool {name!r}: ids {ids[i]!r} and {stored_id!r} share a hash")
-        old_idx.append(i)
-        old_rows.append(row)
+    if created:
+        keys, at = index_keys(pool, raw_ids), np.full(len(ids), -1, dtype=np.int64)
+    else:
+        at, keys = lookup_rows(txn, dbs["ids"], pool, ids)
+    if (at == CLASH).any():
+        clash = ids[int(np.flatnonzero(at == CLASH)[0])]
+        raise FailedPrecondition(f"pool {name!r}: id {clash!r} shares its hash with another stored id")
+    new_idx: list[int] = np.flatnonzero(at < 0).tolist()
+    old_idx: list[int] = np.flatnonzero(at >= 0).tolist()
+    old_rows: list[int] = at[old_idx].tolist()
     encoded = _encode_contents(contents)
     changed_idx: list[int] = []
     changed_rows: list[int] = []
@@ -281,7 +275,7 @@ def upsert_txn(
         new_keys = keys if len(new_idx) == len(ids) else list(map(keys.__getitem__, new_idx))
         new_raw = raw_ids if len(new_idx) == len(ids) else list(map(raw_ids.__getitem__, new_idx))
         with txn.cursor(db=dbs["ids"]) as cur:
-            cur.putmulti(list(zip(new_keys, id_values(pool.count, new_raw), strict=True)))
+            cur.putmulti(list(zip(new_keys, index_values(pool, pool.count, new_raw), strict=True)))
     pool = replace(
         pool,
         count=pool.count + len(new_idx),
