@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         "pool's rows was written since it (0: solve every new version)",
     )
     max_staleness_fused: float = Field(
-        0.05,  # provisional: top-5% overlap 0.985 at +5% growth, 0.967 at +10% (one 10k run, README)
+        0.05,  # top-5% overlap >= 0.98 up to +5% growth, 0.948 at +10% (docs/benchmarks/incremental.md)
         ge=0,
         le=1,
         description="max_staleness for the fused cost (its epoch also freezes the pool's IDF, so it "
