@@ -182,8 +182,7 @@ class Walk:
         if self.known is None or not len(self.known.rows) or len(ranked) <= start or self.position != start:
             return
         rows = np.fromiter((r for r, _ in ranked[start:]), dtype=np.int64, count=len(ranked) - start)
-        loc = np.minimum(np.searchsorted(self.known.rows, rows), len(self.known.rows) - 1)
-        part_new = self.known.rows[loc] != rows
+        part_new = ~self._in_known(rows)[1]
         known_at = np.flatnonzero(~part_new)
         if not len(known_at):
             return
@@ -217,7 +216,8 @@ class Walk:
         self._grow(p0 + b)
         if p0 + b > _GRAPH_RATIO * self.k + _GRAPH_SLACK:
             self.keeps_graph = False
-        self.buf[p0 : p0 + b] = self._vectors_of(rows)
+        if p0 + b > self.ahead_end:  # inside, the look-ahead put the rows' vectors in place
+            self.buf[p0 : p0 + b] = self._vectors_of(rows)
         self.node_rows[p0 : p0 + b] = rows
         is_known = self._mark_known(rows, p0)
         self.unknown[p0 : p0 + b] = ~is_known
@@ -236,23 +236,28 @@ class Walk:
         self.pair_cos.append(cos)
         self.position = p0 + stop
 
+    def _in_known(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each of ``rows``' index in the known graph's rows (clipped) and whether the graph holds it."""
+        if self.known is None or not len(self.known.rows):
+            return np.zeros(len(rows), dtype=np.int64), np.zeros(len(rows), dtype=bool)
+        at = np.minimum(np.searchsorted(self.known.rows, rows), len(self.known.rows) - 1)
+        held: np.ndarray = self.known.rows[at] == rows
+        return at, held
+
     def _mark_known(self, rows: np.ndarray, p0: int) -> np.ndarray:
         """Which of ``rows`` the known graph holds (their walk positions noted)."""
-        if self.known is None or not len(self.known.rows):
-            return np.zeros(len(rows), dtype=bool)
-        loc = np.searchsorted(self.known.rows, rows)
-        clipped = np.minimum(loc, len(self.known.rows) - 1)
-        is_known: np.ndarray = self.known.rows[clipped] == rows
-        self.known_pos[clipped[is_known]] = p0 + np.flatnonzero(is_known)
-        return is_known
+        at, held = self._in_known(rows)
+        if held.any():
+            self.known_pos[at[held]] = p0 + np.flatnonzero(held)
+        return held
 
     def _pairs(self, p0: int, b: int, is_known: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every near-copy pair (earlier position, chunk position, cosine) with its later row in the
         chunk that can decide the chunk, exactly decided.
 
         Keeping the graph: every pair among the rows walked (known-known pairs from the known graph,
-        the others proposed by a GEMM). Past :meth:`_keeps_graph`'s bound: the pairs with a taken row
-        or two chunk rows only, as a walk that keeps no graph needs.
+        the others proposed by a GEMM). Past the graph's bound (``keeps_graph`` false): the pairs with a
+        taken row or two chunk rows only, as a walk that keeps no graph needs.
         """
         end = p0 + b
         chunk = np.arange(p0, end)
