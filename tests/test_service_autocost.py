@@ -89,7 +89,7 @@ def test_auto_validates_on_the_target_set_and_reuses_the_cache(
     assert [(r.id, r.score) for r in again] == [(r.id, r.score) for r in ranked]
     r = redis.Redis.from_url(redis_url)
     try:
-        keys = [k.decode() for k in r.scan_iter(match=f"{redis_prefix}*kind=cost_validation*")]
+        keys = [k.decode() for k in r.scan_iter(match=f"{redis_prefix}pot:*kind=cost_validation*")]
     finally:
         r.close()
     assert len(keys) == 1

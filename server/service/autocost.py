@@ -47,6 +47,8 @@ from gotd.server.selection.validation import (
     validate,
 )
 from gotd.server.service.config import Settings
+from gotd.server.service.epochs import stale_rows
+from gotd.server.service.lru import Lru
 from gotd.server.service.requests import SolverParams, ValidationStatus
 from gotd.server.service.targets import Target
 
@@ -58,13 +60,24 @@ __all__ = ["SCORE_FRACTION", "CostChooser"]
 SCORE_FRACTION = 0.05
 _FIELDS = ("recall", "mrr", "auc")
 
+#: Outcomes counted by ``on_outcome`` (``gotd_cost_validations{outcome}``).
+OUTCOMES = ("validated", "cached", "epoch", "fallback", "bypassed", "no_sketches")
+
 
 class CostChooser:
     """Chooses the cost setting of each request (thread-safe: the caches are locked LRUs)."""
 
-    def __init__(self, settings: Settings, duals: DualCache, config: ValidationConfig | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        duals: DualCache,
+        config: ValidationConfig | None = None,
+        on_outcome: Callable[[str], None] = lambda _outcome: None,
+    ) -> None:
         self._settings = settings
         self._duals = duals
+        self._on_outcome = on_outcome
+        self._newest: Lru[str, tuple[str, PotentialEntry]] = Lru(256)  # family -> newest key, entry
         grid = FIXED_GRID + (LEARNED_SETTINGS if settings.validation_learned_metric else ())
         self.config = config or ValidationConfig(grid=grid, min_targets=settings.validation_min_targets)
         sizes = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "threads"}  # not in results
@@ -78,7 +91,9 @@ class CostChooser:
         solver: SolverParams,
         *,
         k: int | None,
+        sketched: Callable[[], bool],
         factors: Callable[[], SketchFactors | None],
+        max_staleness: float = 0.0,
     ) -> tuple[SolverParams, CostValidation]:
         """The request's solver options with the chosen setting filled in, and the report.
 
@@ -94,38 +109,53 @@ class CostChooser:
             The request's options.
         k : int or None
             Candidates the request keeps (None for Score: :data:`SCORE_FRACTION` of the rows).
+        sketched : callable
+            Whether every row of the pool version has a sketch (kept per version, cheap).
         factors : callable
             The pool version's sketch factors, None when some row has no sketch (called only when the
-            cost is to be chosen).
+            validation runs: whole-pool work).
+        max_staleness : float
+            Share of the pool's rows that may have been written since a validation of an earlier
+            pool version for it to serve this request (0: validate every version).
         """
         s = self._settings
         fixed = _fixed_by_request(solver) or ("" if s.cost == "auto" else f"the server's cost is {s.cost!r}")
         if fixed:
+            self._on_outcome("bypassed")
             return solver, self._report(ValidationStatus.BYPASSED, fixed, solver)
         pool_tf, target_tf = arrays.sketches, target.sketches
-        known = factors() if pool_tf is not None and complete_sketches(target_tf) else None
-        if pool_tf is None or target_tf is None or known is None:
-            why = "rows sent as embeddings without text have no n-gram sketch: the embedding cost"
-            return solver, CostValidation(ValidationStatus.NO_SKETCHES, why, 1.0, solver.relative_eps)
+        if pool_tf is None or target_tf is None or not complete_sketches(target_tf) or not sketched():
+            return self._no_sketches(solver)
         if target.count < self.config.min_targets:
+            self._on_outcome("fallback")
             why = f"{target.count} targets, fewer than {self.config.min_targets}: the fixed default setting"
             w, eps = FALLBACK.embedding_weight, FALLBACK.relative_eps  # the setting the rule keeps too
             fallback = replace(solver, cost=Cost.FUSED, embedding_weight=w, relative_eps=eps)
             return fallback, self._report(ValidationStatus.FALLBACK, why, fallback)
         fraction = SCORE_FRACTION if k is None else k / len(rows)
         q = float(f"{min(1.0, max(fraction, 1e-6)):.2g}")
-        key = self._key(arrays, rows, target, q)
-        result = self._cached(key)
-        hit = result is not None
-        if result is None:  # reported as read back, so every path reports the same float32 scores
-            result = _decode(
-                self._store(key, self._validate(arrays, rows, target, q, pool_tf, target_tf, known.idf)),
-                self.config.grid,
-            )
+        parts = self._family(arrays, rows, target, k)
+        family = cache_key(**parts)
+        key = cache_key(**parts, version=arrays.version, fraction=q)
+        found = self._reuse(family, key, arrays, max_staleness)
+        if found is None:  # reported as read back, so every path reports the same float32 scores
+            known = factors()
+            if known is None:  # not after sketched() said yes
+                return self._no_sketches(solver)
+            validation = self._validate(arrays, rows, target, q, pool_tf, target_tf, known.idf)
+            entry = self._store(key, validation, arrays.version)
+            self._newest.put(family, (key, entry))
+            self._duals.set_latest(family, key)
+            result, since = _decode(entry, self.config.grid), arrays.version
+            outcome = "validated"
+        else:
+            result, since = found
+            outcome = "cached" if since == arrays.version else "epoch"
+        self._on_outcome(outcome)
         chosen = result.chosen
         report = CostValidation(
             ValidationStatus.VALIDATED,
-            _detail(result, q, self.config.margin),
+            _detail(result, result.fraction, self.config.margin) + _since(since, arrays, max_staleness),
             chosen.embedding_weight,
             chosen.relative_eps,
             tuple(
@@ -139,15 +169,20 @@ class CostChooser:
                 )
                 for x in result.scores
             ),
-            q,
+            result.fraction,
             result.held_out,
             result.pool_sample,
-            cache_hit=hit,
+            cache_hit=outcome != "validated",
             metric_strength=chosen.metric_strength,
         )
         w, eps = chosen.embedding_weight, chosen.relative_eps
         params = replace(solver, cost=Cost.FUSED, embedding_weight=w, relative_eps=eps, metric=result.metric)
         return params, report
+
+    def _no_sketches(self, solver: SolverParams) -> tuple[SolverParams, CostValidation]:
+        self._on_outcome("no_sketches")
+        why = "rows sent as embeddings without text have no n-gram sketch: the embedding cost"
+        return solver, CostValidation(ValidationStatus.NO_SKETCHES, why, 1.0, solver.relative_eps)
 
     def _report(self, status: ValidationStatus, detail: str, solver: SolverParams) -> CostValidation:
         s = self._settings
@@ -192,33 +227,63 @@ class CostChooser:
         )
         return result
 
-    def _key(self, arrays: PoolArrays, rows: np.ndarray, target: Target, q: float) -> str:
+    def _family(self, arrays: PoolArrays, rows: np.ndarray, target: Target, k: int | None) -> dict[str, str]:
+        """Every part of a validation's key but the pool version and the measured fraction: the
+        validations one request gets as its pool grows (``k``: the same request keeps its ``k``)."""
         every = len(rows) == len(arrays.ids)
-        return cache_key(
-            kind="cost_validation",
-            pool=arrays.name,
-            pool_uid=arrays.uid,
-            version=arrays.version,
-            rows="all" if every else xxhash.xxh3_64_hexdigest(rows.tobytes()),
-            target=target.content_hash,
-            sketch=sketch_hash(target.sketches),
-            fraction=q,
-            grid=self._grid_tag,
-            model=arrays.model,
-            code=code_version(None),
-        )
+        return {
+            "kind": "cost_validation",
+            "pool": arrays.name,
+            "pool_uid": arrays.uid,
+            "rows": "all" if every else xxhash.xxh3_64_hexdigest(rows.tobytes()),
+            "target": target.content_hash,
+            "sketch": sketch_hash(target.sketches),
+            "k": "score" if k is None else str(k),
+            "grid": self._grid_tag,
+            "model": arrays.model,
+            "code": str(code_version(None)),
+        }
 
-    def _cached(self, key: str) -> Validation | None:
+    def _reuse(
+        self, family: str, key: str, arrays: PoolArrays, max_staleness: float
+    ) -> tuple[Validation, int] | None:
+        """This version's validation (``key``), else the family's newest while the rows written since
+        its version are at most ``max_staleness`` of the pool; with the version it was validated at.
+        While Redis fails, this process's newest of the family serves (the choice does not change)."""
+        held = self._newest.get(family)
+        found = self._read(key, held)
+        if found is not None or max_staleness <= 0:
+            return None if found is None else found[:2]
+        newest = self._duals.get_latest(family)
+        if newest is None and held is not None and not self._duals.healthy:
+            newest = held[0]
+        if newest is None or newest == key:
+            return None
+        found = self._read(newest, held)
+        if found is None or not 0 <= found[1] < arrays.version:
+            return None
+        if stale_rows(arrays.row_versions, found[1]) / max(1, len(arrays.ids)) > max_staleness:
+            return None  # the same test as the potential epoch's
+        self._newest.put(family, (newest, found[2]))  # kept: it serves on while Redis fails
+        return found[:2]
+
+    def _read(
+        self, key: str, held: tuple[str, PotentialEntry] | None
+    ) -> tuple[Validation, int, PotentialEntry] | None:
+        """The validation under ``key`` and its pool version; this process's copy (``held``, when it
+        is ``key``'s) while Redis fails; anything unusable is a miss (validated again, never trusted)."""
         entry = self._duals.get(key)
+        if entry is None and held is not None and held[0] == key and not self._duals.healthy:
+            entry = held[1]
         if entry is None:
             return None
         try:
-            return _decode(entry, self.config.grid)
-        except (KeyError, TypeError, ValueError, IndexError):
+            return _decode(entry, self.config.grid), int(entry.meta["pool_version"]), entry
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             LOG.warning("dual cache: unusable cost validation under %s; validating again", key)
             return None
 
-    def _store(self, key: str, result: Validation) -> PotentialEntry:
+    def _store(self, key: str, result: Validation, version: int) -> PotentialEntry:
         values = [getattr(s, name) for s in result.scores for name in _FIELDS]
         chosen = [s.setting for s in result.scores].index(result.chosen)
         metric = result.metric
@@ -231,11 +296,23 @@ class CostChooser:
             "held_out": result.held_out,
             "pool_sample": result.pool_sample,
             "kept_default": result.kept_default,
+            "pool_version": version,
         }
         factors = None if metric is None else metric.factors  # the learned metric, stored: no refit
         entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta, factors)
         self._duals.put(key, entry)
         return entry
+
+
+def _since(since: int, arrays: PoolArrays, max_staleness: float) -> str:
+    """The Summary's note on a validation of an earlier pool version serving this one ("" if none)."""
+    if since == arrays.version:
+        return ""
+    share = stale_rows(arrays.row_versions, since) / max(1, len(arrays.ids))
+    return (
+        f"; validated at pool version {since} ({share:.2%} of the rows written since, within "
+        f"max_staleness {max_staleness:g})"
+    )
 
 
 def _detail(result: Validation, q: float, margin: float) -> str:

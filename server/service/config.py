@@ -109,7 +109,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="max_staleness for the fused cost (its epoch also freezes the pool's IDF, so it "
-        "drifts faster when the growth shifts the pool's vocabulary)",
+        "drifts faster when the growth shifts the pool's vocabulary); also the bound under which cost "
+        "auto reuses the validation of an earlier pool version",
     )
     epoch_values_redis_bytes: int = Field(
         64 * 2**20, ge=0, description="row values of an epoch larger than this stay out of Redis"

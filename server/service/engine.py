@@ -90,7 +90,9 @@ class SelectionEngine:
         self._ranker = Ranker(
             settings.near_copy_cosine, on_walk=lambda kind: metrics.near_copy_walks.labels(kind).inc()
         )
-        self._costs = CostChooser(settings, duals)
+        self._costs = CostChooser(
+            settings, duals, on_outcome=lambda outcome: metrics.cost_validations.labels(outcome).inc()
+        )
 
     # -- configuration -------------------------------------------------------------------------
     def config(self, params: SolverParams) -> SelectionConfig:
@@ -258,8 +260,16 @@ class SelectionEngine:
             raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
         rows = live_rows(arrays, domains)
         with self._timed("validate", timings):
-            factors = lambda: self._sketches.factors(arrays)  # noqa: E731
-            solver, validation = self._costs.choose(arrays, rows, target, solver, k=k, factors=factors)
+            solver, validation = self._costs.choose(
+                arrays,
+                rows,
+                target,
+                solver,
+                k=k,
+                sketched=lambda: self._sketches.sketched(arrays),
+                factors=lambda: self._sketches.factors(arrays),
+                max_staleness=self.max_staleness(solver, Cost.FUSED),
+            )
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
         cost = self._resolve(arrays, target, self.cost_config(solver))

@@ -49,6 +49,13 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
             registry=r,
         )
+        self.cost_validations = Counter(
+            "gotd_cost_validations",
+            "Cost auto per request: validated, cached (this version), epoch (an earlier version's "
+            "validation within the staleness bound), fallback, bypassed, no_sketches",
+            ["outcome"],
+            registry=r,
+        )
         self.cache_events = Counter("gotd_dual_cache_events", "Dual cache events", ["event"], registry=r)
         self.cache_healthy = Gauge(
             "gotd_dual_cache_healthy", "1 when the Redis dual cache answers", registry=r
