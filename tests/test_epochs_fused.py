@@ -5,6 +5,7 @@ epoch's ``g``, bit for bit the full pass's with the same ``g`` and IDF, whatever
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -196,7 +197,23 @@ def test_fused_potential_without_its_idf_is_a_miss(client: Client, redis_url: st
     assert s.epoch_version == s.pool_version > cold.pool_version
 
 
-def test_auto_cost_validated_per_version_keeps_the_epoch_of_its_setting(
+def _auto(client: Client) -> tuple[list[RankedCandidate], SelectSummary]:
+    """Cost auto (validated: the server validates from 24 targets), bound 0.2."""
+    return client.select("pool", TARGETS, k=40, max_staleness=0.2)
+
+
+def _served_by_epochs(cold: SelectSummary, grown: SelectSummary) -> None:
+    """The grown pool's Select reused the cold one's validation and its setting's potential epoch."""
+    assert cold.validation is not None
+    assert grown.validation is not None
+    assert (cold.validation.status, cold.validation.cache_hit) == ("validated", False)
+    assert grown.validation.cache_hit
+    assert f"validated at pool version {cold.pool_version} (" in grown.validation.detail
+    assert replace(grown.validation, detail="", cache_hit=False) == replace(cold.validation, detail="")
+    assert (grown.solved, grown.epoch_version, grown.rows_scored) == (False, cold.pool_version, 35)
+
+
+def test_auto_cost_validation_and_its_settings_epoch_serve_the_grown_pool(
     make_server: Any, redis_url: str, redis_prefix: str
 ) -> None:
     srv: BackgroundServer = make_server(
@@ -204,24 +221,43 @@ def test_auto_cost_validated_per_version_keeps_the_epoch_of_its_setting(
     )
     with Client(srv.address, timeout=120) as client:
         client.ingest("pool", BASE)
-        _, cold = client.select("pool", TARGETS, k=40, max_staleness=0.2)
+        _, cold = _auto(client)
         _grow(client)
-        ranked, s = client.select("pool", TARGETS, k=40, max_staleness=0.2)
-        again, hit = client.select("pool", TARGETS, k=40, max_staleness=0.2)
-    assert cold.validation is not None
-    assert s.validation is not None
-    assert hit.validation is not None
-    assert cold.validation.status == s.validation.status == "validated"
-    assert hit.validation.cache_hit
-    assert hit.validation == replace(s.validation, cache_hit=True)  # read back from the dual cache
-    same = (s.validation.embedding_weight, s.validation.relative_eps) == (
-        cold.validation.embedding_weight,
-        cold.validation.relative_eps,
-    )
-    assert s.solved is not same  # the chosen setting's epoch serves; another setting solves
-    assert s.epoch_version == (cold.pool_version if same else s.pool_version)
+        ranked, s = _auto(client)
+        again, hit = _auto(client)
+    _served_by_epochs(cold, s)
+    assert hit.validation == s.validation
     assert (hit.solved, hit.epoch_version) == (False, s.epoch_version)
     assert _ranking(again) == _ranking(ranked)
+
+
+def test_two_processes_serve_each_others_fused_epochs(
+    tmp_path: Path, make_server: Any, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``gotd serve`` process validates and solves; after the pool grows, an in-process server over
+    the same store and Redis serves the grown pool from that validation and fused epoch (its IDF), and
+    both answer the same ranking."""
+    from tests.reliability.support import ServeProcess
+
+    monkeypatch.setenv("GOTD_REDIS_PREFIX", redis_prefix)
+    monkeypatch.setenv("GOTD_VALIDATION_MIN_TARGETS", str(len(TARGETS)))
+    data = tmp_path / "shared"
+    with (
+        ServeProcess(data, tmp_path / "serve.log", "--redis-url", redis_url).start() as first,
+        Client(first.address, timeout=120) as a,
+    ):
+        a.ingest("pool", BASE)
+        _, cold = _auto(a)
+        _grow(a)
+        other: BackgroundServer = make_server(
+            data_dir=data, redis_url=redis_url, redis_prefix=redis_prefix, validation_min_targets=len(TARGETS)
+        )
+        with Client(other.address, timeout=120) as b:
+            ranked_b, s_b = _auto(b)
+            ranked_a, s_a = _auto(a)
+    _served_by_epochs(cold, s_b)
+    _served_by_epochs(cold, s_a)
+    assert _ranking(ranked_a) == _ranking(ranked_b)
 
 
 def test_a_row_rewritten_without_text_ends_the_fused_cost(client: Client) -> None:
