@@ -29,15 +29,9 @@ from tqdm import tqdm
 
 from gotd.client import cli_manage
 from gotd.client.cli_common import (
+    Connection,
     InputError,
-    Server,
-    Timeout,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    TlsName,
-    Token,
-    connect,
+    connected,
     read_records,
     rpc,
 )
@@ -83,17 +77,17 @@ class _Progress:
 
 
 @app.command()
+@connected(timeout=3600.0)
 def ingest(
     file: Annotated[Path, typer.Argument(help="records: .jsonl or .parquet")],
     pool: Annotated[str, typer.Option(help="pool name")],
-    server: Server = "127.0.0.1:50051",
     batch_size: Annotated[int, typer.Option(help="records per atomic batch", min=1)] = 256,
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
     ray: Annotated[bool, typer.Option("--ray", help="embed on Ray into --data-dir (no server)")] = False,
     ray_address: Annotated[str | None, typer.Option(help="Ray cluster for --ray (default: local)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="store written by --ray")] = None,
-) -> None:  # fmt: skip
+    *,
+    conn: Connection,
+) -> None:
     """Upsert the records of FILE into a pool (through the server, or with --ray into a store)."""
     if ray:
         _extra_module("ingest --ray", "gotd.server.cli", "server").ingest_ray(
@@ -124,7 +118,7 @@ def ingest(
             failures.append(err)
             raise err from None
 
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         shown = tqdm(records(), desc=f"ingest {pool}", unit="rec", file=sys.stderr, disable=None)
         result = rpc(lambda: client.ingest(pool, shown, batch_size=batch_size), failures)
     typer.echo(
@@ -134,11 +128,11 @@ def ingest(
 
 
 @app.command()
+@connected(timeout=3600.0)
 def select(
     pool: Annotated[str, typer.Option(help="pool name")],
     target: Annotated[Path, typer.Option(help="target records (.jsonl/.parquet: id + text or embedding)")],
     k: Annotated[int, typer.Option("-k", "--k", help="number of candidates", min=1)],
-    server: Server = "127.0.0.1:50051",
     mode: Annotated[str, typer.Option(help="auto|exact|global|paper")] = "auto",
     eps: Annotated[float | None, typer.Option(help="entropic regularisation")] = None,
     cost: Annotated[str, typer.Option(help="auto (server default)|embedding|fused")] = "auto",
@@ -160,9 +154,9 @@ def select(
         str, typer.Option(help="id set the returned ids are added to (created when absent)")
     ] = "",
     output: Annotated[Path | None, typer.Option(help="output JSONL (default stdout)")] = None,
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 3600.0,
-) -> None:  # fmt: skip
+    *,
+    conn: Connection,
+) -> None:
     """Rank POOL for the targets in TARGET; one JSON object per line: id, score, rank."""
     _choice(mode, MODES, "--mode")
     _choice(cost, COSTS, "--cost")
@@ -173,7 +167,7 @@ def select(
     progress = _Progress()
     out = output.open("w", encoding="utf-8") if output is not None else sys.stdout
     try:
-        with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+        with conn.open() as client:
 
             def run() -> SelectSummary | None:
                 summary = None
@@ -223,14 +217,14 @@ def select(
 
 
 @app.command()
+@connected(timeout=30.0)
 def pools(
-    server: Server = "127.0.0.1:50051",
     as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
-) -> None:  # fmt: skip
+    *,
+    conn: Connection,
+) -> None:
     """One line per pool: NAME COUNT VERSION MODEL DIM."""
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         listed = rpc(client.pools)
     for p in listed:
         if as_json:

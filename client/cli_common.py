@@ -1,9 +1,12 @@
-"""What the ``gotd`` client commands share: the connection options, the connection, and one way of
-reporting a failed RPC or a bad input file (one ``error: ...`` line on stderr, exit 1)."""
+"""What the ``gotd`` client commands share: the connection options (:func:`connected`), the connection,
+and one way of reporting a failed RPC or a bad input file (one ``error: ...`` line on stderr, exit 1)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,12 +27,66 @@ TlsName = Annotated[str | None, typer.Option("--tls-server-name", help="expected
 Timeout = Annotated[float, typer.Option("--timeout", help="deadline of the call, seconds")]
 
 
-def connect(server: str, token: str | None, ca: Path | None, cert: Path | None, key: Path | None,
-            name: str | None, timeout: float) -> Client:  # fmt: skip
-    tls = None
-    if ca is not None or cert is not None:
-        tls = TlsConfig(ca_cert=ca, client_cert=cert, client_key=key, server_name=name)
-    return Client(server, token=token, tls=tls, timeout=timeout)
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """How a command reaches the server: the options every client command takes."""
+
+    server: str
+    token: str | None
+    tls_ca: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_server_name: str | None
+    timeout: float
+
+    def open(self) -> Client:
+        """A client for the server (TLS when a CA bundle or a client certificate is given)."""
+        tls = None
+        if self.tls_ca is not None or self.tls_cert is not None:
+            tls = TlsConfig(
+                ca_cert=self.tls_ca, client_cert=self.tls_cert, client_key=self.tls_key,
+                server_name=self.tls_server_name,
+            )  # fmt: skip
+        return Client(self.server, token=self.token, tls=tls, timeout=self.timeout)
+
+
+_OPTIONS: dict[str, tuple[Any, object]] = {  # name: (typer annotation, default); the timeout's is per command
+    "server": (Server, "127.0.0.1:50051"),
+    "token": (Token, None),
+    "tls_ca": (TlsCa, None),
+    "tls_cert": (TlsCert, None),
+    "tls_key": (TlsKey, None),
+    "tls_server_name": (TlsName, None),
+    "timeout": (Timeout, None),
+}
+
+
+def connected(timeout: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the connection options: it takes ``conn: Connection`` (a keyword), typer sees
+    ``--server``, ``--token``, the TLS options and ``--timeout`` (default ``timeout`` seconds) instead."""
+
+    def wrap(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "conn"]
+        options = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=timeout if name == "timeout" else default,
+            )
+            for name, (annotation, default) in _OPTIONS.items()
+        ]
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            conn = Connection(**{name: kwargs.pop(name) for name in _OPTIONS})
+            command(*args, conn=conn, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=[*own, *options])  # type: ignore[attr-defined]
+        return run
+
+    return wrap
 
 
 class InputError(Exception):

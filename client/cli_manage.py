@@ -8,15 +8,9 @@ from typing import Annotated
 import typer
 
 from gotd.client.cli_common import (
+    Connection,
     InputError,
-    Server,
-    Timeout,
-    TlsCa,
-    TlsCert,
-    TlsKey,
-    TlsName,
-    Token,
-    connect,
+    connected,
     rpc,
 )
 from gotd.client.records import RecordFileError, read_ids
@@ -26,26 +20,28 @@ PoolOpt = Annotated[str, typer.Option("--pool", help="pool name")]
 
 
 @id_sets.command("list")
+@connected(timeout=30.0)
 def id_sets_list(
-    pool: PoolOpt, server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
-) -> None:  # fmt: skip
+    pool: PoolOpt,
+    *,
+    conn: Connection,
+) -> None:
     """One line per id set of POOL: NAME COUNT."""
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         for s in rpc(lambda: client.id_sets(pool)):
             typer.echo(f"{s.name} {s.count}")
 
 
 @id_sets.command("show")
+@connected(timeout=120.0)
 def id_sets_show(
-    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
-    server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 120.0,
-) -> None:  # fmt: skip
+    name: Annotated[str, typer.Argument(help="id set name")],
+    pool: PoolOpt,
+    *,
+    conn: Connection,
+) -> None:
     """The ids of the set NAME, one a line (sorted); the count on stderr."""
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         info, ids = rpc(lambda: client.get_id_set(pool, name))
     for record_id in ids:
         typer.echo(record_id)
@@ -53,18 +49,20 @@ def id_sets_show(
 
 
 @id_sets.command("delete")
+@connected(timeout=30.0)
 def id_sets_delete(
-    name: Annotated[str, typer.Argument(help="id set name")], pool: PoolOpt,
-    server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 30.0,
-) -> None:  # fmt: skip
+    name: Annotated[str, typer.Argument(help="id set name")],
+    pool: PoolOpt,
+    *,
+    conn: Connection,
+) -> None:
     """Delete the id set NAME of POOL."""
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         rpc(lambda: client.delete_id_set(pool, name))
     typer.echo(f"deleted id set {name} of pool {pool}", err=True)
 
 
+@connected(timeout=300.0)
 def delete_records(
     pool: Annotated[str, typer.Argument(help="pool name")],
     ids: Annotated[list[str] | None, typer.Argument(help="candidate ids to delete")] = None,
@@ -72,17 +70,16 @@ def delete_records(
         Path | None,
         typer.Option(help="ids, one a line (as `gotd id-sets show` prints), or .jsonl/.parquet records"),
     ] = None,
-    server: Server = "127.0.0.1:50051",
-    token: Token = None, tls_ca: TlsCa = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    tls_server_name: TlsName = None, timeout: Timeout = 300.0,
-) -> None:  # fmt: skip
+    *,
+    conn: Connection,
+) -> None:
     """Delete candidates of POOL (the IDS given and those of --ids-file) in one atomic batch."""
     wanted = list(ids or [])
     if ids_file is not None:
         wanted += rpc(lambda: _ids_of(ids_file))
     if not wanted:
         raise typer.BadParameter("give ids as arguments or --ids-file", param_hint="IDS")
-    with connect(server, token, tls_ca, tls_cert, tls_key, tls_server_name, timeout) as client:
+    with conn.open() as client:
         result = rpc(lambda: client.delete_records(pool, wanted))
     typer.echo(
         f"{result.pool}: deleted {result.deleted}, not found {result.not_found}; "

@@ -247,3 +247,32 @@ def test_cli_progress_degrades_off_a_terminal(served: str, tmp_path: Path) -> No
     assert select.stderr.strip().splitlines() == [select.stderr.strip()]
     assert select.stderr.startswith("selected 3 of 40 ")
     assert len(select.stdout.splitlines()) == 3
+
+
+def test_every_client_command_takes_the_connection_options() -> None:
+    """One definition of the connection options (``cli_common.connected``), each command's own timeout."""
+    import typer
+
+    from gotd.client.cli import app
+
+    root = typer.main.get_command(app)
+    timeouts = {
+        ("ingest",): 3600.0,
+        ("select",): 3600.0,
+        ("pools",): 30.0,
+        ("delete-records",): 300.0,
+        ("id-sets", "list"): 30.0,
+        ("id-sets", "show"): 120.0,
+        ("id-sets", "delete"): 30.0,
+    }
+    connection = ["server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name", "timeout"]
+    for path, timeout in timeouts.items():
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        params = {p.name: p for p in command.params}
+        assert [n for n in params if n in connection] == connection, path
+        assert "conn" not in params
+        assert params["timeout"].default == timeout, path
+        assert (params["server"].default, params["server"].envvar) == ("127.0.0.1:50051", "GOTD_SERVER")
+        assert params["token"].envvar == "GOTD_TOKEN"
