@@ -58,6 +58,7 @@ def test_a_grown_pool_reuses_the_validation_and_the_potential_epoch(
         _, cold = client.select("wiki", targets, k=K)
         client.ingest("wiki", growth[:4])  # 4 of 204 rows (2%): within the fused default bound 0.05
         grown_ranked, grown = client.select("wiki", targets, k=K)
+        _, other_k = client.select("wiki", targets, k=2 * K)  # another share of the pool measured
         fresh_ranked, fresh = client.select("wiki", targets, k=K, max_staleness=0.0)
         client.ingest("wiki", growth[4:])  # 8 of 212 rows (3.8%) since the fresh validation
         _, later = client.select("wiki", targets, k=K)
@@ -78,6 +79,8 @@ def test_a_grown_pool_reuses_the_validation_and_the_potential_epoch(
     assert not grown.solved
     assert grown.epoch_version == cold.pool_version
     assert grown.rows_scored == len(growth[:4])
+    assert not _validation(other_k).cache_hit
+    assert _validation(other_k).fraction == float(f"{2 * K / 204:.2g}")  # the measured share, rounded
     # max_staleness 0: validated again at this version (and solved)
     again = _validation(fresh)
     assert not again.cache_hit
@@ -85,7 +88,7 @@ def test_a_grown_pool_reuses_the_validation_and_the_potential_epoch(
     assert fresh.solved
     assert f"validated at pool version {fresh.pool_version} (3.77% of" in _validation(later).detail
     assert not _validation(strict).cache_hit, "3.77% written since, past the request's 0.02"
-    assert _outcomes(srv) == {"validated": 3.0, "cached": 0.0, "epoch": 2.0}
+    assert _outcomes(srv) == {"validated": 4.0, "cached": 0.0, "epoch": 2.0}
     if (again.embedding_weight, again.relative_eps) == (first.embedding_weight, first.relative_eps):
         assert [c.id for c in fresh_ranked][:3] == [c.id for c in grown_ranked][:3]
 

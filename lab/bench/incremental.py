@@ -17,10 +17,13 @@ case where the pool's distribution moves toward the target as it grows. The fuse
 records with texts and precomputed embeddings (:class:`gotd.lab.bench.costs.Synthetic`: wiki word
 spans per topic) at the same sizes, the growth drawn mostly from the targets' topics so that the
 pool's IDF moves too: the epoch keeps the IDF it was solved under, the fresh solve uses the grown
-pool's.
+pool's. The auto scenarios are the fused ones under cost ``auto`` (the server's default): the cold
+Select validates the cost on the target set, and the grown pool's Select reuses that validation and
+its setting's epoch.
 
 Knobs (a shorter run, named in the report): ``GOTD_BENCH_INCREMENTAL_SCENARIOS`` (comma-separated
-names among exact, global, wiki, fused-exact, fused-global; default all) and
+names among exact, global, wiki, fused-exact, fused-global, auto-exact, auto-global; default all),
+``GOTD_BENCH_INCREMENTAL_STEPS`` (comma-separated growth percentages, default 1,5,10,20,50) and
 ``GOTD_BENCH_INCREMENTAL_SCALE`` (a factor on the synthetic pools' n and m, default 1).
 """
 
@@ -128,8 +131,20 @@ def _step(
         "cold_score_ms": cold.score_ms,
         "cold_rank_ms": cold.rank_ms,
         "cold_total_ms": cold.total_ms,
+        **_validation(cold, inc),
         "overlap": len(set(inc_all[:k]) & set(fresh_all[:k])) / k,
         "spearman": _spearman(inc_all, fresh_all),
+    }
+
+
+def _validation(cold: SelectSummary, inc: SelectSummary) -> dict[str, Any]:
+    """Cost auto: the validation's time, cold and incremental, and whether the incremental reused it."""
+    if cold.validation is None or inc.validation is None or cold.validation.status != "validated":
+        return {}
+    return {
+        "cold_validate_ms": cold.validate_ms,
+        "inc_validate_ms": inc.validate_ms,
+        "inc_validation_reused": inc.validation.cache_hit,
     }
 
 
@@ -185,7 +200,8 @@ def _wiki(srv: BackgroundServer, client: Client, steps: Sequence[int], quick: bo
 def _fused(
     srv: BackgroundServer, client: Client, name: str, n: int, m: int, mode: str, steps: Sequence[int]
 ) -> list[dict[str, Any]]:
-    """The fused cost on texts with precomputed embeddings; growth mostly from the targets' topics."""
+    """The fused cost on texts with precomputed embeddings; growth mostly from the targets' topics
+    (``auto-*``: cost auto, validated on the target set)."""
     data = Synthetic.from_wiki()
     topics = TARGET_TOPICS[0]
     x, texts = data.make(n, seed=1)
@@ -202,7 +218,7 @@ def _fused(
         added = n * p // 100
         k_topic = int(added * GROWTH_FROM_TOPIC)
         growth = spare_topic[:k_topic] + spare_rest[: added - k_topic]
-        options = {"mode": mode, "cost": "fused"}
+        options = {"mode": mode} if name.startswith("auto") else {"mode": mode, "cost": "fused"}
         row = _step(srv, client, f"{name}-{p}", targets, base, growth, options)
         rows.append({"scenario": name, "step": p, "from_topic": k_topic, **row})
     return rows
@@ -210,11 +226,12 @@ def _fused(
 
 def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     """Run the growth benchmark and write ``incremental.md`` (+ ``incremental.png``) into ``out_dir``."""
-    steps = (5, 20) if quick else STEPS
+    chosen_steps = os.environ.get("GOTD_BENCH_INCREMENTAL_STEPS", "")
+    steps = tuple(int(v) for v in chosen_steps.split(",") if v.strip()) or ((5, 20) if quick else STEPS)
     sizes = {"exact": (1500, 100), "global": (1500, 100)} if quick else {}
     sizes = {"exact": (20000, 500), "global": (100000, 1000), **sizes}
     scale = float(os.environ.get("GOTD_BENCH_INCREMENTAL_SCALE", "1"))
-    every = ("exact", "global", "wiki", "fused-exact", "fused-global")
+    every = ("exact", "global", "wiki", "fused-exact", "fused-global", "auto-exact", "auto-global")
     chosen = os.environ.get("GOTD_BENCH_INCREMENTAL_SCENARIOS", "")
     names = [s.strip() for s in chosen.split(",") if s.strip()] or list(every)
     if unknown := set(names) - set(every):
@@ -229,7 +246,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
             n, m = (max(100, int(v * scale)) for v in sizes.get(mode, (0, 0)))
             if name == "wiki":
                 rows += _wiki(srv, client, steps, quick)
-            elif name.startswith("fused"):
+            elif name.startswith(("fused", "auto")):
                 rows += _fused(srv, client, name, n, m, mode, steps)
             else:
                 rows += _synthetic(srv, client, name, n, m, mode, steps)
@@ -242,6 +259,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
         "bound_fused": bound_fused,
         "load_end": os.getloadavg()[0],
         "scenarios": names,
+        "steps": list(steps),
         "scale": scale,
     }
     incremental_report.write(out_dir, report, quick)

@@ -46,11 +46,31 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _knobs(report: dict[str, Any]) -> list[str]:
-    """A shorter run than the default says so (GOTD_BENCH_INCREMENTAL_SCENARIOS / _SCALE)."""
+    """A shorter run than the default says so (GOTD_BENCH_INCREMENTAL_SCENARIOS / _STEPS / _SCALE)."""
     scale = report.get("scale", 1.0)
     if scale == 1.0 and "scenarios" not in report:
         return []
-    return [f"Scenarios run: {', '.join(report.get('scenarios', []))}; synthetic sizes × {scale:g}."]
+    steps = ", ".join(f"+{p}%" for p in report.get("steps", []))
+    return [
+        f"Scenarios run: {', '.join(report.get('scenarios', []))}; synthetic sizes × {scale:g}"
+        + (f"; growth steps {steps}." if steps else ".")
+    ]
+
+
+def _validations(rows: list[dict[str, Any]]) -> list[str]:
+    """Cost auto rows: the validation's time in the cold and the incremental Select, and whether the
+    incremental one reused the cold pool's validation (a validation epoch)."""
+    auto = [r for r in rows if "inc_validate_ms" in r]
+    if not auto:
+        return []
+    lines = ["", "| scenario | growth | validate ms, cold | validate ms, incremental | validation reused |"]
+    lines.append("|---|---|---|---|---|")
+    for r in auto:
+        lines.append(
+            f"| {r['scenario']} | +{r['step']}% | {r['cold_validate_ms']:.0f} | {r['inc_validate_ms']:.1f} "
+            f"| {'yes' if r['inc_validation_reused'] else 'no'} |"
+        )
+    return lines
 
 
 def _without_walk(r: dict[str, Any]) -> str:
@@ -92,7 +112,9 @@ def write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         "and precomputed embeddings (wiki word spans per topic, `gotd bench service`'s cost records), the",
         "growth 80% from the targets' topics so that the pool's IDF moves as well: the epoch keeps the IDF",
         "it was solved under (rows written since are scored with it), the fresh solve and the cold Select",
-        "use the grown pool's.",
+        "use the grown pool's. *auto-exact* and *auto-global* are the same records under cost `auto` (the",
+        "server default): the cold and the fresh Select validate the cost on the target set; the",
+        "incremental one reuses the validation of the pool version that opened the epoch (table below).",
         "*Walk* is the Select's ranking step: the near-copy walk (server default cosine 0.95) over the top",
         "k, about k² d multiply-adds, paid alike by cold and incremental Selects; the column after it",
         "takes it out of both server-side totals (Summary total_ms less rank_ms).",
@@ -100,6 +122,7 @@ def write(out_dir: Path, report: dict[str, Any], quick: bool) -> None:
         *_knobs(report),
         "",
         *table(rows),
+        *_validations(rows),
         "",
         f"Bound: {choice}. The server's default `max_staleness` is {report['bound']} "
         f"(`max_staleness_fused`, the fused cost's: {report.get('bound_fused', report['bound'])}).",

@@ -14,6 +14,15 @@ settings are used and the report says so. Without sketches on every row there is
 below it the validation lost precision against the fixed setting on every corpus measured,
 docs/evaluation.md) the fixed setting :data:`~gotd.server.selection.validation.FALLBACK` is used, the
 same one the validation keeps when no setting beats it by one standard error.
+
+Validation epochs: like a potential, a validation done at pool version ``v`` keeps serving later
+versions of the pool for the same request (pool, rows, target set, grid, code) while the rows written
+since ``v`` stay within the request's staleness bound (the fused cost's, ``max_staleness_fused`` by
+default; ``0`` validates every version) and the measured fraction k/n moved by no more than that bound
+(relative to its value at ``v``: a fixed ``k`` on a pool grown by a share s moves it by s). A grown
+pool therefore reuses the chosen setting, and with it the potential epoch of that setting, instead of
+validating again; the Summary names the version it was validated at. The newest validation of each
+request is also kept in process, so a Redis failure does not change the choice.
 """
 
 from __future__ import annotations
@@ -134,10 +143,10 @@ class CostChooser:
             return fallback, self._report(ValidationStatus.FALLBACK, why, fallback)
         fraction = SCORE_FRACTION if k is None else k / len(rows)
         q = float(f"{min(1.0, max(fraction, 1e-6)):.2g}")
-        parts = self._family(arrays, rows, target, k)
+        parts = self._family(arrays, rows, target)
         family = cache_key(**parts)
         key = cache_key(**parts, version=arrays.version, fraction=q)
-        found = self._reuse(family, key, arrays, max_staleness)
+        found = self._reuse(family, key, arrays, q, max_staleness)
         if found is None:  # reported as read back, so every path reports the same float32 scores
             known = factors()
             if known is None:  # not after sketched() said yes
@@ -227,9 +236,9 @@ class CostChooser:
         )
         return result
 
-    def _family(self, arrays: PoolArrays, rows: np.ndarray, target: Target, k: int | None) -> dict[str, str]:
+    def _family(self, arrays: PoolArrays, rows: np.ndarray, target: Target) -> dict[str, str]:
         """Every part of a validation's key but the pool version and the measured fraction: the
-        validations one request gets as its pool grows (``k``: the same request keeps its ``k``)."""
+        validations one request gets as its pool grows."""
         every = len(rows) == len(arrays.ids)
         return {
             "kind": "cost_validation",
@@ -238,18 +247,18 @@ class CostChooser:
             "rows": "all" if every else xxhash.xxh3_64_hexdigest(rows.tobytes()),
             "target": target.content_hash,
             "sketch": sketch_hash(target.sketches),
-            "k": "score" if k is None else str(k),
             "grid": self._grid_tag,
             "model": arrays.model,
             "code": str(code_version(None)),
         }
 
     def _reuse(
-        self, family: str, key: str, arrays: PoolArrays, max_staleness: float
+        self, family: str, key: str, arrays: PoolArrays, q: float, max_staleness: float
     ) -> tuple[Validation, int] | None:
         """This version's validation (``key``), else the family's newest while the rows written since
-        its version are at most ``max_staleness`` of the pool; with the version it was validated at.
-        While Redis fails, this process's newest of the family serves (the choice does not change)."""
+        its version are at most ``max_staleness`` of the pool and its fraction is within
+        ``max_staleness`` of ``q`` (relative); with the version it was validated at. While Redis fails,
+        this process's newest of the family serves (the choice does not change)."""
         held = self._newest.get(family)
         found = self._read(key, held)
         if found is not None or max_staleness <= 0:
@@ -262,6 +271,8 @@ class CostChooser:
         found = self._read(newest, held)
         if found is None or not 0 <= found[1] < arrays.version:
             return None
+        if abs(q - found[0].fraction) > max_staleness * found[0].fraction + 1e-12:
+            return None  # another share of the pool measured: k moved more than the pool grew
         if stale_rows(arrays.row_versions, found[1]) / max(1, len(arrays.ids)) > max_staleness:
             return None  # the same test as the potential epoch's
         self._newest.put(family, (newest, found[2]))  # kept: it serves on while Redis fails
