@@ -24,14 +24,14 @@ def _sketch(texts: Sequence[str | None]) -> np.ndarray:
     return out
 
 
-def _records(prefix: str, n: int, seed: int, start: int = 0) -> list[Record]:
+def _records(prefix: str, n: int, seed: int, start: int = 0, *, texts: bool = True) -> list[Record]:
     x = clustered(n, seed=seed, dim=DIM)
     return [
         Record(
             id=f"{prefix}{start + i:04d}",
             embedding=x[i],
             domain=f"d{i % 3}",
-            text=f"text {prefix} {seed} {i}",
+            text=f"text {prefix} {seed} {i}" if texts else None,
         )
         for i in range(n)
     ]
@@ -121,3 +121,26 @@ def test_deletes_and_revivals_grow_snapshots_like_a_reload(tmp_path: Path) -> No
         _upsert(store, _records("a", 10, seed=1))
         assert store.load_vectors("p").deleted is None
         assert store.get_pool("p").deleted == 0
+
+
+def test_a_pool_without_texts_grows_without_sketch_rows_until_a_text_comes(tmp_path: Path) -> None:
+    with Store(tmp_path, sketcher=_sketch) as store:
+        _upsert(store, _records("a", 300, seed=1, texts=False))
+        base = store.load_vectors("p")
+        assert base.sketches is None  # the pool keeps sketches (a sketch function), stores none
+        _upsert(store, _records("b", 40, seed=2, texts=False))
+        grown = store.load_vectors("p", base=base)
+        assert grown.sketches is None  # no zero array grown either
+        assert np.shares_memory(grown.vectors, base.vectors)  # appended in place
+        _same(grown, store.load_vectors("p"))
+        _upsert(store, [*_records("c", 3, seed=3), *_records("a", 2, seed=4, start=7)])  # texts arrive
+        with_texts = store.load_vectors("p", base=grown)
+        _same(with_texts, store.load_vectors("p"))
+        assert with_texts.sketches is not None
+        assert np.flatnonzero(with_texts.sketches.any(axis=1)).tolist() == [7, 8, 340, 341, 342]
+        _upsert(store, _records("d", 5, seed=5, texts=False))
+        _same(store.load_vectors("p", base=with_texts), store.load_vectors("p"))
+        assert (
+            store.load_vectors("p", sketches=False, base=store.load_vectors("p", sketches=False)).sketches
+            is None
+        )

@@ -25,7 +25,7 @@ from gotd.cache.store.buffers import grown_rows
 from gotd.cache.store.chunks import read_chunk, snapshot
 from gotd.cache.store.layout import PoolArrays, PoolRecord, RowChunk, chunk_parts, u64_key
 from gotd.cache.store.pages import release
-from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE
+from gotd.cache.store.sketch import SKETCH_DB, grown_sketches
 from gotd.cache.store.tombstones import deleted_mask, deleted_of
 
 __all__ = ["CHANGES_DB", "changed_rows", "grow_snapshot", "log_change"]
@@ -76,9 +76,14 @@ def changed_rows(
     return written, deleted_rows
 
 
-def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays) -> PoolArrays | None:
+def grow_snapshot(
+    txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays, *, with_sketches: bool = True
+) -> PoolArrays | None:
     """``base`` patched to ``pool``'s version by the rows written since; None when that is not possible
-    (another incarnation of the pool, an older version than ``base``, a version without a log entry)."""
+    (another incarnation of the pool, an older version than ``base``, a version without a log entry).
+
+    ``with_sketches``: ``base`` was loaded with the sketch rows (None there: the pool had none), and
+    the grown snapshot has them too (its first ones when the rows written since bring some)."""
     if pool.uid != base.uid or pool.version < base.version or pool.count < len(base.ids):
         return None
     changed = changed_rows(txn, dbs, pool, base.version)
@@ -110,7 +115,11 @@ def grow_snapshot(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolA
             ids[r] = meta.ids[j]
             domains[r] = meta.domains[j]
         release(block)
-    sketches = _grown_sketches(txn, dbs, pool, base, rows, appended)
+    sketches = (
+        grown_sketches(txn, dbs.get(SKETCH_DB), pool, base.sketches, rows, appended)
+        if with_sketches
+        else None
+    )
     touched = np.union1d(rows, deleted)
     mask = _grown_mask(txn, dbs, pool, base, touched)
     if len(deleted):  # their row versions changed; ``versions`` may share the older snapshot's buffer
@@ -136,22 +145,3 @@ def _grown_mask(
         mask[: len(base.deleted)] = base.deleted
     mask[touched] = deleted_of(txn, dbs, pool, touched)
     return mask if mask.any() else None
-
-
-def _grown_sketches(
-    txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, base: PoolArrays, rows: np.ndarray, appended: bool
-) -> np.ndarray | None:
-    db = dbs.get(SKETCH_DB)
-    width, size = pool.sketch_buckets, pool.sketch_rows
-    if base.sketches is None or db is None or width < 1 or base.sketches.shape[1] != width:
-        return None
-    out = grown_rows(base.sketches, pool.count, appended)
-    for chunk, part, local in chunk_parts(rows, size):
-        raw = txn.get(u64_key(pool.prefix, chunk), db=db)
-        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else np.frombuffer(raw, SKETCH_DTYPE)
-        block = block.reshape(-1, width)
-        inside = local < len(block)
-        out[rows[part]] = 0
-        out[rows[part][inside]] = block[local[inside]]
-        release(block)
-    return out

@@ -124,8 +124,9 @@ class PoolArrays:
         Pool version of the snapshot.
     sketches : numpy.ndarray or None
         Hashed n-gram sketch rows aligned with ``vectors``, shape ``(n, buckets)``, float16; a zero row
-        is "no sketch". None when the pool keeps no sketches (written by an older gotd or by a store
-        without a sketch function) or when the load did not ask for them.
+        is "no sketch". None when no row has a sketch (the pool keeps none: written by an older gotd or
+        by a store without a sketch function; or it stores no sketch row: records without text) or when
+        the load did not ask for them.
     deleted : numpy.ndarray or None
         Deleted-row mask, shape ``(n,)``, bool; None when no row is deleted.
     """

@@ -104,7 +104,7 @@ def load_grown(
         record = require_pool(txn, dbs, pool)
         if sketches and base.sketches is None and (record.uid, record.version) == (base.uid, base.version):
             return replace(base, sketches=load_sketches(txn, dbs.get(SKETCH_DB), record))
-        grown = grow_snapshot(txn, dbs, record, base)
+        grown = grow_snapshot(txn, dbs, record, base, with_sketches=sketches)
         if grown is not None:
             return grown
     return load_pool(txn, dbs, pool, sketches=sketches, upcast=upcast)

@@ -30,8 +30,9 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
-from gotd.cache.store.buffers import spare_rows
+from gotd.cache.store.buffers import grown_rows, spare_rows
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
+from gotd.cache.store.pages import release
 
 __all__ = [
     "SKETCH_DB",
@@ -42,6 +43,7 @@ __all__ = [
     "decode_target_set",
     "decode_target_sketches",
     "encode_target_set",
+    "grown_sketches",
     "load_sketches",
     "sketch_matrix",
     "write_sketch_rows",
@@ -137,14 +139,15 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
     """The ``(count, sketch_buckets)`` float16 sketches of ``pool``, or None when it keeps none.
 
     One copy per chunk from the memory map. A pool without sketches (``sketch_buckets == 0``, or a
-    store opened read-only that has no ``sketches`` database) gives None, and so does a chunk that does
-    not fit the pool (logged: the sketches are an optional input, never a reason to fail a load).
+    store opened read-only that has no ``sketches`` database) gives None, and so does a pool that
+    stores no sketch chunk (every row a zero row: records sent as embeddings without text), which
+    then costs no array, no zero fill and no growth work (:func:`grown_sketches`), and a chunk that
+    does not fit the pool (logged: the sketches are an optional input, never a reason to fail a load).
     """
     n, width, size = pool.count, pool.sketch_buckets, pool.sketch_rows
     if db is None or width < 1 or size < 1:
         return None
-    out = spare_rows(n, width, dtype=SKETCH_DTYPE)  # the next versions' snapshots grow in place
-    out[:] = 0
+    out: np.ndarray | None = None
     for chunk, value in pool_chunks(txn, db, pool.prefix):
         start = chunk * size
         if len(value) % (width * SKETCH_DTYPE.itemsize):
@@ -154,7 +157,48 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
         if len(part) > size or start + len(part) > n:
             LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
             return None
+        if out is None:
+            out = _zero_rows(n, width)
         out[start : start + len(part)] = part
+    return out
+
+
+def grown_sketches(
+    txn: lmdb.Transaction,
+    db: lmdb._Database | None,
+    pool: PoolRecord,
+    base: np.ndarray | None,
+    rows: np.ndarray,
+    appended: bool,
+) -> np.ndarray | None:
+    """The sketches of ``pool`` from ``base``, those of an earlier version of it (None: it had no
+    sketch row), with the sorted ``rows`` written since read again; None when the pool keeps no
+    sketches or still has no sketch row. ``appended``: only rows past ``base``'s end were written
+    (they go into its buffer's spare rows, :func:`gotd.cache.store.buffers.grown_rows`)."""
+    width, size = pool.sketch_buckets, pool.sketch_rows
+    if db is None or width < 1 or size < 1 or (base is not None and base.shape[1] != width):
+        return None
+    out = None if base is None else grown_rows(base, pool.count, appended)
+    for chunk, part, local in chunk_parts(rows, size):
+        raw = txn.get(u64_key(pool.prefix, chunk), db=db)
+        if raw is None and out is None:
+            continue  # an absent chunk: zero rows, and so are all the rows of a pool without sketches
+        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else _rows(raw, width)
+        inside = local < len(block)
+        values = block[local[inside]]  # a copy: the chunk's pages can go
+        release(block)
+        if out is None:
+            if not values.any():
+                continue
+            out = _zero_rows(pool.count, width)  # the pool's first sketch rows
+        out[rows[part]] = 0
+        out[rows[part][inside]] = values
+    return out
+
+
+def _zero_rows(n: int, width: int) -> np.ndarray:
+    out = spare_rows(n, width, dtype=SKETCH_DTYPE)  # the next versions' snapshots grow in place
+    out[:] = 0
     return out
 
 
