@@ -15,6 +15,7 @@ from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.sinkhorn import (
     SinkhornResult,
     c_transform,
+    c_transform_span,
     calibrated_gradient,
     epsilon_schedule,
     sinkhorn,
@@ -167,6 +168,22 @@ def test_c_transform_matches_dense_formula() -> None:
     b = torch.linspace(1, 2, 30, dtype=torch.float64)
     want = -0.05 * torch.logsumexp((b / b.sum()).log() + (g - _dense_cost(x, y)) / 0.05, dim=1)
     assert torch.allclose(c_transform(x, y, g, eps=0.05, b=b, block_size=8), want, atol=1e-12)
+
+
+def test_a_row_has_the_bits_of_the_full_pass_in_any_run_of_rows() -> None:
+    """Float32: a ragged block computed in whole quanta (read back from the rows before it, or padded)
+    and :func:`c_transform_span` (a run of rows scored in place) give each row the full pass's bits."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(3000, 32, generator=gen), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(100, 32, generator=gen), dim=1)
+    g = torch.randn(100, generator=gen) * 0.05
+    full = c_transform(x, y, g, eps=0.1)
+    assert torch.equal(c_transform(x, y, g, eps=0.1, block_size=1024), full)  # last block: 952 rows
+    for start, stop in [(0, 3000), (2990, 3000), (2500, 3000), (100, 700), (1, 1000), (0, 5), (1234, 2001)]:
+        assert torch.equal(c_transform_span(x, start, stop, y, g, eps=0.1), full[start:stop])
+        assert torch.equal(c_transform(x[start:stop].clone(), y, g, eps=0.1), full[start:stop])
+    with pytest.raises(ValueError, match="start < stop"):
+        c_transform_span(x, 5, 5, y, g, eps=0.1)
 
 
 def test_underflowing_columns_are_recomputed_exactly() -> None:

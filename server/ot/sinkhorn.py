@@ -43,7 +43,14 @@ from gotd.server.ot.rows import Rows, take
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["SinkhornResult", "c_transform", "calibrated_gradient", "epsilon_schedule", "sinkhorn"]
+__all__ = [
+    "SinkhornResult",
+    "c_transform",
+    "c_transform_span",
+    "calibrated_gradient",
+    "epsilon_schedule",
+    "sinkhorn",
+]
 
 #: Epsilon scaling: levels ``EPS_SCALING_START * eps * 0.5**k`` (capped by the cost's diameter) above ``eps``,
 #: one pass each. Starting higher only adds passes on unit-norm embeddings (docs/benchmarks/ot.md).
@@ -212,10 +219,12 @@ def sinkhorn(
 
 
 #: A row block of :func:`c_transform` with fewer than ``MIN_GEMM_ROWS`` rows, or not a multiple of
-#: ``GEMM_ROW_QUANTUM``, is computed inside a zero-padded block that is. The BLAS takes other kernels
-#: for small GEMMs (measured: below 57 rows at d = 384 on two threads) and the row reductions treat a
-#: ragged tail of rows apart, each with its own float32 rounding; padded, a row's value has the same
-#: bits in any block and any subset of rows.
+#: ``GEMM_ROW_QUANTUM``, is computed inside a block that is: the whole quanta of rows that end with it
+#: (the rows before it computed again, their values dropped) when ``x`` has them, else a block padded
+#: with copies of its first row. The BLAS takes other kernels for small GEMMs (measured: below 57 rows
+#: at d = 384 on two threads) and the row reductions treat a ragged tail of rows apart, each with its
+#: own float32 rounding; in whole quanta, a row's value has the same bits in any block and any subset
+#: of rows.
 MIN_GEMM_ROWS = 512
 GEMM_ROW_QUANTUM = 64
 
@@ -239,9 +248,9 @@ def c_transform(
               x_i\\cdot y_j\\big), \\quad h_j = \\log b_j + (g_j - \\lVert y_j\\rVert^2)/\\varepsilon .
 
     Each row of ``f`` depends only on its own candidate, so any pool (or any shard of it) is scored
-    with the same ``g`` without a solve (Kang et al., 2024, "global" selection); ragged blocks are
-    padded (``MIN_GEMM_ROWS``), so a row's value has the same bits whichever rows it is scored with
-    (incremental selection scores only the rows that changed and merges).
+    with the same ``g`` without a solve (Kang et al., 2024, "global" selection); a ragged block is
+    computed in whole quanta (``MIN_GEMM_ROWS``), so a row's value has the same bits whichever rows
+    it is scored with (incremental selection scores only the rows that changed and merges).
 
     Parameters
     ----------
@@ -280,13 +289,43 @@ def c_transform(
         buf = geo.buffer()
         for start, stop in geo.blocks():
             size = stop - start
-            if size >= MIN_GEMM_ROWS and size % GEMM_ROW_QUANTUM == 0:
+            whole = max(MIN_GEMM_ROWS, -(-size // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM)
+            if size == whole:
                 lse[start:stop] = softmax_rows(geo, start, h, eps, buf[:size])[0]
+            elif whole <= min(stop, len(buf)):  # ragged: whole quanta ending with it, earlier rows redone
+                lse[start:stop] = softmax_rows(geo, stop - whole, h, eps, buf[:whole])[0][whole - size :]
             else:
                 lse[start:stop] = _padded_lse(x, start, stop, y, h, eps)
             if callback is not None:
                 callback(stop, n)
         return torch.sub(geo.xn, lse, alpha=eps)
+
+
+def c_transform_span(
+    x: torch.Tensor, start: int, stop: int, y: torch.Tensor, g: torch.Tensor, *, eps: float
+) -> torch.Tensor:
+    """:func:`c_transform` of the rows ``start:stop`` of ``x``, the same bits, without a copy of them.
+
+    The rows are scored in a view of ``x`` that starts up to ``MIN_GEMM_ROWS`` rows earlier, so their
+    blocks are whole quanta (the padded block of a ragged one is then not needed); the earlier rows'
+    values are dropped. For the rows appended to a pool since a potential epoch (a contiguous run).
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (n, d)
+        Candidates (float32 or float64); ``0 <= start < stop <= n``.
+    y, g, eps
+        As in :func:`c_transform`.
+
+    Returns
+    -------
+    torch.Tensor, shape (stop - start,)
+    """
+    if not 0 <= start < stop <= x.shape[0]:
+        raise ValueError(f"need 0 <= start < stop <= {x.shape[0]}, got {start}, {stop}")
+    size = stop - start
+    lead = min(start, max(MIN_GEMM_ROWS, -(-size // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM) - size)
+    return c_transform(x[start - lead : stop], y, g, eps=eps)[lead:]
 
 
 def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:

@@ -57,6 +57,7 @@ __all__ = [
     "Mode",
     "Potential",
     "SelectionConfig",
+    "domain_labels",
     "id_keys",
     "rank",
     "relative_eps",
@@ -355,3 +356,13 @@ def rank(
         sub = top_k(score(take(x, torch.from_numpy(rows).to(x.device)), y, potential).numpy(), k, ids=sub_ids)
         ranked = [(int(rows[i]), s) for i, s in sub]
     return (ranked[s : s + batch_size] for s in range(0, len(ranked), batch_size))
+
+
+def domain_labels(domains: Sequence[str] | np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+    """Integer domain labels of ``rows`` (for the paper mode) when every row has a domain; else None
+    (the paper mode then clusters)."""
+    picked = np.asarray(domains, dtype=object)[rows]
+    if len(picked) == 0 or any(not d for d in picked):
+        return None
+    _, labels = np.unique(picked.astype(str), return_inverse=True)
+    return labels.astype(np.int64)

@@ -14,10 +14,18 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from gotd.server.ot.rows import Rows
-from gotd.server.ot.sinkhorn import c_transform
+from gotd.server.ot.rows import Rows, take
+from gotd.server.ot.sinkhorn import c_transform, c_transform_span
 
-__all__ = ["ScorePass", "Scorer", "ShardedPassLike", "ShardedScorer", "local_scorer"]
+__all__ = [
+    "ScorePass",
+    "Scorer",
+    "ShardedPassLike",
+    "ShardedScorer",
+    "local_scorer",
+    "row_span",
+    "score_rows",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,25 @@ class Scorer(Protocol):
 def local_scorer(work: ScorePass, /) -> torch.Tensor:
     """The in-process scorer: one blockwise c-transform pass."""
     return c_transform(work.x, work.y, work.g, eps=work.eps, callback=work.callback)
+
+
+def score_rows(x: Rows, rows: np.ndarray, y: torch.Tensor, g: torch.Tensor, *, eps: float) -> np.ndarray:
+    """The c-transform of ``g`` for the rows ``rows`` of ``x`` (float32, the bits of a full pass): a
+    run of consecutive rows (those appended to a pool since an epoch) read in place, others gathered."""
+    span = row_span(rows)
+    if span is not None and isinstance(x, torch.Tensor):
+        out = c_transform_span(x, span.start, span.stop, y, g, eps=eps)
+    else:
+        out = c_transform(take(x, torch.from_numpy(rows)), y, g, eps=eps)
+    values: np.ndarray = out.numpy()
+    return values
+
+
+def row_span(rows: np.ndarray) -> slice | None:
+    """``rows`` as a slice when they are one run of consecutive rows in order, else None."""
+    if not len(rows) or int(rows[-1]) - int(rows[0]) + 1 != len(rows) or not (np.diff(rows) == 1).all():
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1)
 
 
 class ShardedPassLike(Protocol):

@@ -29,8 +29,8 @@ from gotd.server.selection.costs import (
     fused_targets,
     target_features,
 )
-from gotd.server.selection.modes import Mode, Potential, SelectionConfig, solve
-from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer
+from gotd.server.selection.modes import Mode, Potential, SelectionConfig, domain_labels, solve
+from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer, row_span, score_rows
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.requests import Progress, SelectEvent, Stage
@@ -105,7 +105,8 @@ class Job:
         self.rows_scored = 0
         self.timings = timings
         self.potential: Potential
-        self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)[rows]
+        self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)  # no copy of it for all rows
+        self.ids = self.ids if self.every_row else self.ids[rows]
         self.idf: np.ndarray | None = None  # fused: the IDF weights of the potential in use
         self._frozen: np.ndarray | None = None  # fused: the IDF of the cached potential in use
 
@@ -137,9 +138,10 @@ class Job:
         if rows is None and not self.every_row:
             rows = self.rows
         a, idf = self.arrays, self._frozen
+        pick = slice(None) if rows is None else row_span(rows) or rows  # a run of rows: views
         if idf is not None and a.sketches is not None:
-            vectors, tf = (a.vectors, a.sketches) if rows is None else (a.vectors[rows], a.sketches[rows])
-            return fused_rows(vectors, tf, self.cost.embedding_weight, idf, self.cost.metric)
+            w, metric = self.cost.embedding_weight, self.cost.metric
+            return fused_rows(a.vectors[pick], a.sketches[pick], w, idf, metric)
         x = self.features.x
         return x if rows is None else take(x, torch.from_numpy(rows))
 
@@ -178,7 +180,7 @@ class Job:
             emit(Progress(Stage.SOLVE, iteration, max_iter))
 
         keys = np.asarray(self.arrays.keys)[self.rows]
-        domains = _domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
+        domains = domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
         self.idf = self.features.idf  # a new epoch: the cost of this pool version
         self.potential = solve(
             self._x(),
@@ -266,14 +268,18 @@ class Job:
             work = ScorePass(
                 self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
             )
-            run = scorer.open_pass(work, list(self.ids))
+            run = scorer.open_pass(work, self._id_list())
             self._count_pass("sharded", len(self.rows))
             if not self.cache_hit:
                 self._store_potential(run.total_value, len(self.rows))
             return ShardedScores(run)
         f, total = self._values(g, known, emit, stop)
         scores = calibrated_gradient(torch.from_numpy(f), total=total.to_float())
-        return DenseScores(scores.numpy(), list(self.ids))
+        return DenseScores(scores.numpy(), self._id_list())
+
+    def _id_list(self) -> list[str]:
+        """The job's ids as a list (the snapshot's own list for all rows, not a copy)."""
+        return self.arrays.ids if self.every_row else list(self.ids)
 
     def _known(self, g_np: np.ndarray) -> EpochValues | None:
         """The epoch's values kept in this process (or Redis) usable at this pool version."""
@@ -308,7 +314,10 @@ class Job:
             rows = np.flatnonzero(redo)
             if len(rows):
                 stop()
-                fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
+                if self._frozen is None:  # the pool version's own rows: a run is read in place
+                    fresh = score_rows(self.features.x, rows, self.y, g, eps=self.potential.eps)
+                else:
+                    fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
                 values[rows] = fresh
                 total = total + ExactSum.of(fresh)
                 emit(Progress(Stage.SCORE, len(rows), len(rows)))
@@ -389,12 +398,3 @@ def _potential_from_entry(entry: PotentialEntry) -> Potential:
         cost=float(meta["cost"]),
         rows=None if entry.rows is None else np.asarray(entry.rows, dtype=np.int64),
     )
-
-
-def _domain_labels(domains: list[str] | np.ndarray, rows: np.ndarray) -> np.ndarray | None:
-    """Integer domain labels of ``rows`` when every row has a domain; else None (cluster instead)."""
-    picked = np.asarray(domains, dtype=object)[rows]
-    if len(picked) == 0 or any(not d for d in picked):
-        return None
-    _, labels = np.unique(picked.astype(str), return_inverse=True)
-    return labels.astype(np.int64)
