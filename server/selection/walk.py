@@ -301,6 +301,8 @@ class Walk:
     def _candidates(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pairs ``(left[i], right[j])`` of walk positions whose float32 inner product is within the
         slack of the threshold (one GEMM per block of ``right``, so memory stays bounded)."""
+        if not len(left) or not len(right):  # nothing to multiply: no gather of the other side either
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         lhs = torch.from_numpy(self.buf[left])
         got_l: list[np.ndarray] = []
         got_r: list[np.ndarray] = []
@@ -311,8 +313,6 @@ class Walk:
             i, x = np.nonzero((lhs @ torch.from_numpy(rhs).T).numpy() >= self.cosine - _SLACK)
             got_l.append(left[i])
             got_r.append(cols[x])
-        if not got_l:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(got_l), np.concatenate(got_r)
 
     def _exact(self, a_pos: np.ndarray, b_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
