@@ -131,8 +131,21 @@ def select_event(event: SelectEvent) -> pb.SelectResponse:
             progress=pb.Progress(stage=int(event.stage), done=event.done, total=event.total)  # type: ignore[arg-type]
         )
     if isinstance(event, RankedBatch):
-        return pb.SelectResponse(batch=pb.RankedBatch(candidates=[c.to_pb() for c in event.candidates]))
+        return pb.SelectResponse(batch=ranked_batch(event))
     return pb.SelectResponse(summary=event.to_pb())
+
+
+def ranked_batch(batch: RankedBatch) -> pb.RankedBatch:
+    """A batch of ranked candidates, built from its columns (domain and metadata set when it has them)."""
+    ranks = range(batch.first_rank, batch.first_rank + len(batch.ids))
+    make = pb.RankedCandidate
+    if batch.domains or batch.meta_json:
+        return pb.RankedBatch(candidates=[c.to_pb() for c in batch.candidates])
+    return pb.RankedBatch(
+        candidates=[
+            make(id=i, score=s, rank=r) for i, s, r in zip(batch.ids, batch.scores, ranks, strict=True)
+        ]
+    )
 
 
 def score_result(result: ScoreResult) -> pb.ScoreResponse:

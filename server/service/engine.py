@@ -20,7 +20,7 @@ from gotd.cache.duals.cache import DualCache, cache_key
 from gotd.cache.errors import InvalidArgument, ResourceExhausted, Unavailable
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.cache.store.idsets import IdSets
-from gotd.client.types import CostValidation, RankedCandidate, SelectSummary
+from gotd.client.types import CostValidation, SelectSummary
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.costs import (
     Cost,
@@ -322,17 +322,16 @@ class SelectionEngine:
     def _emit_ranking(
         self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
     ) -> None:
-        size = params.batch_size or 1000
+        size, ids = params.batch_size or 1000, job.ids
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            pool_rows = [int(job.rows[i]) for i, _ in chunk]
-            meta = self._store.metadata(params.pool, pool_rows) if params.include_metadata else None
-            batch = []
-            for offset, (i, value) in enumerate(chunk):
-                domain, meta_json = (meta[offset][0], meta[offset][1]) if meta is not None else ("", "")
-                rank = start + offset + 1
-                batch.append(RankedCandidate(str(job.ids[i]), float(value), rank, domain, meta_json))
-            emit(RankedBatch(tuple(batch)))
+            batch = RankedBatch(
+                tuple(str(ids[i]) for i, _ in chunk), tuple(float(v) for _, v in chunk), start + 1
+            )
+            if params.include_metadata:
+                meta = self._store.metadata(params.pool, [int(job.rows[i]) for i, _ in chunk])
+                batch = replace(batch, domains=tuple(m[0] for m in meta), meta_json=tuple(m[1] for m in meta))
+            emit(batch)
 
     @contextmanager
     def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:

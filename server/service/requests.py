@@ -90,9 +90,21 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class RankedBatch:
-    """Consecutive ranked candidates."""
+    """Consecutive ranked candidates, by column (no object per candidate on the way to the wire):
+    their ids and scores, the rank of the first, and their domains and metadata JSON (empty: none)."""
 
-    candidates: tuple[RankedCandidate, ...]
+    ids: tuple[str, ...]
+    scores: tuple[float, ...]
+    first_rank: int
+    domains: tuple[str, ...] = ()
+    meta_json: tuple[str, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[RankedCandidate, ...]:
+        """The batch as the client sees it."""
+        domains, meta = self.domains or ("",) * len(self.ids), self.meta_json or ("",) * len(self.ids)
+        ranks = range(self.first_rank, self.first_rank + len(self.ids))
+        return tuple(map(RankedCandidate, self.ids, self.scores, ranks, domains, meta))
 
 
 class ValidationStatus(StrEnum):

@@ -175,7 +175,7 @@ class SelectionServicer(pb_grpc.SelectionServiceServicer):
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, RankedBatch) and request.record_into:
-                    returned.extend(c.id for c in item.candidates)
+                    returned.extend(item.ids)
                 if isinstance(item, SelectSummary):
                     if request.record_into:
                         item = await self._record(request, returned, stop, item)
