@@ -23,7 +23,6 @@ Fused vectors are unit vectors again (``w + (1 - w) = 1``).
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -31,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import xxhash
+
+from gotd.server.selection.ngram_hash import batch_ngram_hashes
 
 __all__ = [
     "SKETCH_BUCKETS",
@@ -50,8 +51,7 @@ SKETCH_BUCKETS = 1 << 10
 _BLOCK_ROWS = 1 << 15
 _TOKEN = re.compile(r"\w+|[^\w\s]+")
 _SIGN_BIT = 1 << 63
-_TF_BLOCK = 1 << 11  # texts per pass of tf_rows (a float64 block of _TF_BLOCK x buckets sums)
-_SEPARATOR = "\x00"  # a token of its own between texts joined for one pass of the tokenizer
+_TF_BLOCK = 1 << 8  # texts per pass of tf_rows (small: the temporaries of a pass stay in the cache)
 
 SparseCounts = tuple[np.ndarray, np.ndarray]
 """A text's hashed counts: bucket indices (int64, sorted, unique) and signed sums (float32)."""
@@ -176,48 +176,18 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     out = np.zeros((len(texts), buckets), dtype=np.float16)
-    rows = [i for i, text in enumerate(texts) if text]
+    flat = out.reshape(-1)
+    rows = np.array([i for i, text in enumerate(texts) if text], dtype=np.int64)
     for start in range(0, len(rows), _TF_BLOCK):
         part = rows[start : start + _TF_BLOCK]
-        owner, hashes = _batch_hashes([str(texts[i]) for i in part])
+        owner, hashes = batch_ngram_hashes([str(texts[i]) for i in part.tolist()])
         slots = (hashes % np.uint64(buckets)).astype(np.int64)
         signs = np.where(hashes >= np.uint64(_SIGN_BIT), -1.0, 1.0)
-        sums = np.bincount(owner * buckets + slots, weights=signs, minlength=len(part) * buckets)
-        out[part] = _sublinear(sums).reshape(len(part), buckets)
+        key = owner * buckets + slots
+        sums = np.bincount(key, weights=signs)
+        # each touched bucket written once per n-gram in it, always with the same value
+        flat[part[owner] * buckets + slots] = _sublinear(sums[key])
     return out
-
-
-def _batch_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(text index, xxh3_64)`` of every uni- and bigram occurrence of ``texts`` (those of
-    :func:`ngrams`, in another order), tokenised and hashed in a few passes over the whole batch.
-
-    The lower-cased texts are joined with a separator token between them (whitespace around it, so no
-    token of a text can reach into it); a batch where a text holds the separator itself is tokenised
-    text by text.
-    """
-    lowered = [text.lower() for text in texts]
-    if any(_SEPARATOR in text for text in lowered):
-        per_text = [_TOKEN.findall(text) for text in lowered]
-        tokens = [tok for toks in per_text for tok in toks]
-        owner = np.repeat(np.arange(len(texts)), [len(toks) for toks in per_text])
-        word = np.ones(len(tokens), dtype=bool)
-    else:
-        tokens = _TOKEN.findall(f" {_SEPARATOR} ".join(lowered))
-        is_sep = np.fromiter(map(_SEPARATOR.__eq__, tokens), dtype=bool, count=len(tokens))
-        owner = np.cumsum(is_sep)  # the text of each token (a separator counts toward the next text)
-        word = ~is_sep
-    pair = word[:-1] & word[1:] & (owner[:-1] == owner[1:])  # adjacent tokens of one text
-    firsts, seconds = itertools.compress(tokens, pair), itertools.compress(tokens[1:], pair)
-    grams = list(itertools.compress(tokens, word))
-    grams.extend([first + " " + second for first, second in zip(firsts, seconds, strict=True)])
-    owners = np.concatenate([owner[word], owner[:-1][pair]])
-    return owners, _hashes(grams)
-
-
-def _hashes(grams: list[str]) -> np.ndarray:
-    """``xxh3_64`` (seed 0) of the UTF-8 bytes of each of ``grams``, uint64."""
-    hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, grams))
-    return np.fromiter(hashes, dtype=np.uint64, count=len(grams))
 
 
 def _sublinear(sums: np.ndarray) -> np.ndarray:
