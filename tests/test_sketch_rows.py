@@ -1,11 +1,17 @@
-"""The batched ``tf_rows`` equals, bit for bit, the text-by-text computation it replaced."""
+"""The batched ``tf_rows`` (numpy tokeniser and xxh3_64) equals, bit for bit, the text-by-text
+computation it replaced: the regex tokeniser of ``ngrams`` and one ``xxhash`` call per n-gram."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import xxhash
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from gotd.server.selection.ngram_hash import char_classes, xxh3_slices
 from gotd.server.selection.sketches import SKETCH_BUCKETS, ngrams, tf_rows
 
 
@@ -81,3 +87,51 @@ def test_tf_rows_equal_the_reference_on_random_texts_and_batches() -> None:
 def test_tf_rows_of_no_texts() -> None:
     assert tf_rows([]).shape == (0, SKETCH_BUCKETS)
     assert not tf_rows([None, "", " "], buckets=8).any()
+
+
+# Characters where tokenisers and hashes have edge cases: ASCII punctuation and white space, letters
+# whose lower case changes length or depends on context, combining marks, digits of other scripts,
+# astral code points, NUL and other controls, unusual white space and joiners.
+_EDGES = (
+    "aZ_09 \t\n\r\x0b\x0c\x1c\x85\xa0\u2028\u3000\x00.,'-!?()é\u0301ßΣςİﬁǅ٣²½日本😀\U0001d7d8\u200b\ufeff"
+)
+_TEXT = st.text(
+    alphabet=st.one_of(st.sampled_from(_EDGES), st.characters(exclude_categories=["Cs"])), max_size=60
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(st.one_of(st.none(), _TEXT, st.sampled_from(["x" * 200, "a b " * 40])), max_size=12))
+def test_tf_rows_equal_the_reference_on_any_texts(texts: list[str | None]) -> None:
+    for buckets in (5, SKETCH_BUCKETS):
+        got = tf_rows(texts, buckets=buckets)
+        assert np.array_equal(got.view(np.uint16), _reference(texts, buckets).view(np.uint16))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=400),
+    cuts=st.lists(st.tuples(st.integers(0, 399), st.integers(1, 400))),
+)
+def test_xxh3_slices_equal_xxhash(data: bytes, cuts: list[tuple[int, int]]) -> None:
+    """Every length path (1-3, 4-8, 9-16, 17-128 bytes in numpy; longer ones by xxhash) at any offset."""
+    spans = [(s % len(data), n) for s, n in cuts]
+    spans = [(s, min(n, len(data) - s)) for s, n in spans] + [(0, len(data))]
+    start = np.array([s for s, _ in spans], dtype=np.int64)
+    length = np.array([n for _, n in spans], dtype=np.int64)
+    buf = np.frombuffer(data + b"\xff" * 16, dtype=np.uint8)  # the padding's value must not matter
+    want = [xxhash.xxh3_64_intdigest(data[s : s + n]) for s, n in spans]
+    assert xxh3_slices(buf, start, length).tolist() == want
+
+
+def test_char_classes_match_the_token_pattern_on_every_code_point() -> None:
+    """The class table agrees with ``re``'s ``\\w`` and ``\\s`` on all of Unicode (surrogates included)."""
+    points = np.arange(0x110000, dtype=np.uint32)
+    classes = char_classes(points)
+    chars = "".join(map(chr, range(0x110000)))
+    word = {m.start() for m in re.finditer(r"\w", chars)}
+    space = {m.start() for m in re.finditer(r"\s", chars)}
+    want = np.full(0x110000, 2, dtype=np.uint8)
+    want[list(space)] = 0
+    want[list(word)] = 1
+    assert np.array_equal(classes, want)
