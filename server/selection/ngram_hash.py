@@ -239,18 +239,18 @@ def batch_ngram_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     ends = np.append(runs[1:], len(points))
     token = classes[runs] != 0
     first, last = runs[token], ends[token]
+    data = np.frombuffer(raw, dtype=np.uint8)
     if len(raw) == len(points):  # ASCII: code point offsets are byte offsets
         byte_first, size = first, last - first
-    else:
-        width = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
-        offsets = np.zeros(len(points) + 1, dtype=np.int64)
-        np.cumsum(width, out=offsets[1:])
-        byte_first, size = offsets[first], offsets[last] - offsets[first]
+    else:  # the byte where each code point starts: any byte but a continuation byte 0b10xxxxxx
+        offsets = np.append(np.flatnonzero((data & 0xC0) != 0x80), len(raw))
+        byte_first = offsets[first]
+        size = offsets[last] - byte_first
     text_first = np.zeros(len(lowered), dtype=np.int64)
     np.cumsum([len(text) + 1 for text in lowered[:-1]], out=text_first[1:])
     owner = np.searchsorted(text_first, first, side="right") - 1
     pair = np.flatnonzero(owner[:-1] == owner[1:])
-    buf, pair_at = _bigram_bytes(np.frombuffer(raw, dtype=np.uint8), byte_first, size, pair)
+    buf, pair_at = _bigram_bytes(data, byte_first, size, pair)
     starts = np.concatenate([byte_first, pair_at])
     lengths = np.concatenate([size, size[pair] + 1 + size[pair + 1]])
     owners = np.concatenate([owner, owner[pair]])

@@ -181,13 +181,21 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     for start in range(0, len(rows), _TF_BLOCK):
         part = rows[start : start + _TF_BLOCK]
         owner, hashes = batch_ngram_hashes([str(texts[i]) for i in part.tolist()])
-        slots = (hashes % np.uint64(buckets)).astype(np.int64)
-        signs = np.where(hashes >= np.uint64(_SIGN_BIT), -1.0, 1.0)
+        slots = _slots(hashes, buckets)
+        signs = np.where(hashes.view(np.int64) < 0, -1.0, 1.0)  # the top bit set: -1
         key = owner * buckets + slots
         sums = np.bincount(key, weights=signs)
         # each touched bucket written once per n-gram in it, always with the same value
         flat[part[owner] * buckets + slots] = _sublinear(sums[key])
     return out
+
+
+def _slots(hashes: np.ndarray, buckets: int) -> np.ndarray:
+    """``hashes mod buckets`` as int64 (a mask of the low bits when ``buckets`` is a power of two)."""
+    if buckets & (buckets - 1) == 0:
+        masked: np.ndarray = hashes.view(np.int64) & (buckets - 1)
+        return masked
+    return (hashes % np.uint64(buckets)).astype(np.int64)
 
 
 def _sublinear(sums: np.ndarray) -> np.ndarray:
