@@ -272,3 +272,23 @@ def test_an_old_format_target_set_still_decodes(store: Store) -> None:
     assert (info.count, info.created, got_ids) == (3, 1.5, ["a", "b", "c"])
     np.testing.assert_array_equal(vectors, x)
     assert store.get_target_sketches("old") is None
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_sketch_function_returning_non_finite_values_is_refused(tmp_path: Path, bad: float) -> None:
+    def sketcher(texts: object) -> np.ndarray:
+        rows = np.full((len(texts), 8), 65504.0, dtype=np.float16)  # type: ignore[arg-type]
+        rows[-1, 3] = bad
+        return rows
+
+    with Store(tmp_path, sketcher=sketcher) as s, pytest.raises(ValueError, match="non-finite"):
+        s.upsert("p", _records(2), model="m", dim=DIM)
+
+
+def test_the_largest_finite_float16_sketch_values_are_stored(tmp_path: Path) -> None:
+    rows = np.array([[65504.0, -65504.0, 0.0, -0.0], [6e-8, -6e-8, 1.0, -1.0]], dtype=np.float16)
+    with Store(tmp_path, sketcher=lambda texts: rows[: len(texts)]) as s:
+        s.upsert("p", _records(2), model="m", dim=DIM)
+        got = s.load_vectors("p").sketches
+    assert got is not None
+    assert np.array_equal(got.view(np.uint16), rows.view(np.uint16))

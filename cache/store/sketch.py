@@ -76,7 +76,7 @@ def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray
     rows = np.ascontiguousarray(sketcher(texts), dtype=SKETCH_DTYPE)
     if rows.ndim != 2 or rows.shape[0] != len(texts) or rows.shape[1] < 1:
         raise ValueError(f"the sketch function returned shape {rows.shape} for {len(texts)} texts")
-    if not np.isfinite(rows).all():
+    if rows.size and int((rows.view("<u2") & np.uint16(0x7FFF)).max()) >= 0x7C00:  # all-ones exponent
         raise ValueError("the sketch function returned non-finite values")
     return rows
 
@@ -119,11 +119,14 @@ def write_sketch_rows(
     """
     size, width = pool.sketch_rows, pool.sketch_buckets
     for chunk, part, local in chunk_parts(rows, size):
-        new = None if values is None else values[part]
+        new = None if values is None else values[part[0] : part[-1] + 1]  # part: a run of positions
         key = u64_key(pool.prefix, chunk)
         raw = txn.get(key, db=db)
         if raw is None and (new is None or not new.any()):
             continue  # an absent chunk already reads as zero rows
+        if raw is None and new is not None and local[-1] == len(local) - 1:  # a new chunk's first rows
+            txn.put(key, np.ascontiguousarray(new).tobytes(), db=db)
+            continue
         old = np.zeros((0, width), SKETCH_DTYPE) if raw is None else _rows(raw, width)
         block = np.zeros((max(len(old), int(local.max()) + 1), width), dtype=SKETCH_DTYPE)
         block[: len(old)] = old
