@@ -161,7 +161,9 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     Row ``i`` holds ``sign(v) log(1 + |v|)`` of the hashed uni+bigram counts ``v`` of ``texts[i]``
     (:func:`hashed_counts`, seed 0), before any IDF weight or normalisation, so rows never depend on
     other texts and are computed once, at ingest. A missing (None) or token-less text gives a zero
-    row, which the engine reads as "no sketch".
+    row, which the engine reads as "no sketch". The n-grams of a block of texts are tokenised and
+    hashed together in numpy (:func:`gotd.server.selection.ngram_hash.batch_ngram_hashes`), the same
+    hashes as :func:`hashed_counts` text by text (tests/test_sketch_rows.py checks the rows bit for bit).
 
     Parameters
     ----------
