@@ -37,7 +37,9 @@ NOTES = [
     "in the JSON as `rss_idle`) is in both and weighs most on the smallest pools.",
     "- **Ingest.** Measured through the server's `Ingestor.ingest_batch` (validation, one LMDB "
     "transaction per 10,000 records, sketching of texts) into the growing pool, beside the running "
-    "server; sketching runs in Python (an xxh3 hash per n-gram) and bounds the rate with texts. "
+    "server; texts are sketched a block at a time in numpy (`server/selection/ngram_hash.py`), "
+    "and with texts the rate is bounded by the sketcher and the 2 KiB dense sketch row stored per "
+    "record about equally. "
     "Pools keep their id index keyed by the ids themselves (`cache/store/idindex.py`): the "
     "benchmark's sequential ids cost a batch the same pages at any pool size, where random ids "
     "(UUIDs) would dirty about one index page per id. "
