@@ -79,7 +79,7 @@ class Part:
         out = self.scaled(start, stop)
         if self.columns is not None:
             out.mul_(self.columns)
-        return out.mul_(self.weight)
+        return out if self.weight == 1.0 else out.mul_(self.weight)  # x * 1.0 is x
 
     def take(self, index: torch.Tensor) -> Part:
         """The rows ``index`` (a copy in the stored dtype)."""
@@ -140,6 +140,8 @@ class StackedRows:
     def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` materialised in float32 (a block, or a small subset)."""
         stop = self.shape[0] if stop is None else stop
+        if len(self.parts) == 1:  # the part's own new tensor: no concatenating copy
+            return self.parts[0].dense(start, stop)
         return torch.cat([p.dense(start, stop) for p in self.parts], 1)
 
     def take(self, index: torch.Tensor) -> StackedRows:
