@@ -4,6 +4,7 @@ computation it replaced: the regex tokeniser of ``ngrams`` and one ``xxhash`` ca
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import xxhash
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gotd.server.selection.ngram_hash import char_classes, xxh3_slices
+from gotd.server.selection.ngram_hash import _Classes, char_classes, xxh3_slices
 from gotd.server.selection.sketches import SKETCH_BUCKETS, ngrams, tf_rows
 
 
@@ -135,3 +136,14 @@ def test_char_classes_match_the_token_pattern_on_every_code_point() -> None:
     want[list(space)] = 0
     want[list(word)] = 1
     assert np.array_equal(classes, want)
+
+
+def test_char_classes_grow_safely_under_concurrent_first_use() -> None:
+    """Threads that first need different planes at once all get the right classes (a fresh table)."""
+    classes = _Classes()
+    starts = [0x41, 0x10041, 0x20041, 0x1D7D8, 0x3000, 0x10FFFF - 5] * 4
+    points = [np.arange(s, s + 5, dtype=np.uint32) for s in starts]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(classes.of, points))
+    for p, g in zip(points, got, strict=True):
+        assert np.array_equal(g, char_classes(p))

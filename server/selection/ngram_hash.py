@@ -21,6 +21,8 @@ Reference: Y. Collet, "xxHash: XXH3 algorithm", xxHash 0.8 (https://github.com/C
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import xxhash
 
@@ -183,16 +185,23 @@ _PATHS = (_len_1to3, _len_4to8, _len_9to16, _len_17to128)
 
 class _Classes:
     """Character class (0 space, 1 word, 2 other) per code point, built a 65,536-code-point plane at a
-    time when a text first needs it."""
+    time when a text first needs it (under a lock: concurrent ingests share it; a reader keeps the
+    table it looked up, which only ever grows)."""
 
     def __init__(self) -> None:
         self.table = np.zeros(0, dtype=np.uint8)
+        self._grow = threading.Lock()
 
     def of(self, points: np.ndarray) -> np.ndarray:
         top = int(points.max()) if len(points) else 0
-        while len(self.table) <= top:
-            self.table = np.concatenate([self.table, _plane(len(self.table) // _PLANE)])
-        found: np.ndarray = self.table[points]
+        table = self.table
+        if len(table) <= top:
+            with self._grow:
+                table = self.table
+                while len(table) <= top:
+                    table = np.concatenate([table, _plane(len(table) // _PLANE)])
+                self.table = table
+        found: np.ndarray = table[points]
         return found
 
 
