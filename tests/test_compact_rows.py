@@ -154,6 +154,31 @@ def test_kmeans_helpers_walk_compact_rows_in_small_blocks_with_the_same_labels(
     )
 
 
+def test_summary_cells_of_store_width_compact_rows_are_those_of_the_dense_fused_rows() -> None:
+    """The cell assignment of the summary's stratified weights multiplies compact rows part by part
+    (no dense fused block). On float16 384-d embeddings with 1,024-bucket sketches, as the store keeps
+    them, every row lands in the same cell as with the materialised fused rows, so the weights, the
+    summary solve and the global ranking are those of the dense path."""
+    rng = np.random.default_rng(5)
+    n, d = 4000, 384
+    centres = rng.standard_normal((8, d))
+    topics = rng.integers(0, 4, size=n)
+    e = centres[rng.integers(0, 8, size=n)] + 0.5 * rng.standard_normal((n, d)) / math.sqrt(d)
+    e = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16)
+    tf = tf_rows([_texts(rng, 1, int(t))[0] for t in topics])
+    feats = pool_features(e, tf, Cost.FUSED, 0.5)
+    assert isinstance(feats.x, StackedRows)
+    assert feats.idf is not None
+    dense = torch.from_numpy(fused_matrix(e.astype(np.float32), tf, feats.idf, 0.5))
+    keys = id_keys([f"c{i}" for i in range(n)])
+    rows = np.arange(0, n, 3)
+    for cells in (16, 64):
+        np.testing.assert_array_equal(
+            stratified_weights(feats.x, rows, keys, cells=cells),
+            stratified_weights(dense, rows, keys, cells=cells),
+        )
+
+
 def test_parts_are_checked() -> None:
     data = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="columns"):

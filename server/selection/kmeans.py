@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gotd.server.ot.rows import Rows, block, rows_of, sq_norms
+from gotd.server.ot.rows import Rows, addmm_rows, block, rows_of, sq_norms, target_parts
 
 __all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "splitmix64", "stratified_weights"]
 
@@ -123,7 +123,8 @@ def stratified_weights(
     """Post-stratification weights of a subsample: each cell's pool count over its subsample count.
 
     The cells are the Voronoi cells of the ``cells`` subsample points with the smallest keys (a
-    random, row-order-free choice). One blockwise GEMM assigns every pool row to its nearest centre;
+    random, row-order-free choice). One blockwise GEMM (compact rows: one per part, into one
+    accumulator, never a dense block of the pool) assigns every pool row to its nearest centre;
     subsample row ``i`` in cell ``c`` gets weight :math:`N_c / s_c`, so the weighted subsample
     carries each cell's exact share of the pool. That removes the random cell masses of a uniform
     subsample, its main error as a summary (measured: as good as k-means cells, at no iteration).
@@ -150,11 +151,16 @@ def stratified_weights(
         raise ValueError(f"cells must be >= 1, got {cells!r}")
     block_size = _block_rows(x, block_size)
     centre_rows = rows[key_order(keys[rows])[:cells]]
+    n = x.shape[0]
     with torch.no_grad():
         centres = rows_of(x, torch.from_numpy(centre_rows).to(x.device))
         cn = torch.linalg.vector_norm(centres, dim=1).square_()
+        ys = target_parts(x, centres)  # compact rows: one GEMM per part, no dense block of the pool
         pool = torch.cat(
-            [_assign_to(block(x, s, s + block_size), centres, cn) for s in range(0, x.shape[0], block_size)]
+            [
+                addmm_rows(cn, x, s, min(n, s + block_size), ys, alpha=-2.0).argmin(1)
+                for s in range(0, n, block_size)
+            ]
         )
     labels = pool.cpu().numpy()
     pool_counts = np.bincount(labels, minlength=len(centre_rows)).astype(np.float64)
