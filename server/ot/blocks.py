@@ -4,14 +4,16 @@ Shared by :mod:`gotd.server.ot.sinkhorn` and the distributed scorer; pure torch,
 :math:`C_{ij} = \|x_i\|^2 + \|y_j\|^2 - 2 x_i \cdot y_j` is built block by block of rows and
 never held whole. The candidates are a dense tensor (one GEMM per block) or compact stored rows
 (:class:`gotd.server.ot.rows.StackedRows`: each block upcast to float32, one GEMM per part into one
-accumulator).
+accumulator). A small dense problem (a summary of the pool) may carry its cross products
+:math:`x_i \cdot y_j` formed once (``Geometry.cross``): every pass then scales them instead of
+running the GEMM again.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -24,7 +26,8 @@ BLOCK_BYTES = 64 << 20  # one block of scaled cost; 16k rows for m = 1k in float
 class Geometry:
     """Candidates and targets with squared norms, walked in blocks of ``rows`` rows.
 
-    ``ys`` are the targets as multiplied with the candidates' parts (``(y,)`` for dense candidates).
+    ``ys`` are the targets as multiplied with the candidates' parts (``(y,)`` for dense candidates);
+    ``cross`` is ``x @ y.T`` when it was formed once for many passes (:meth:`with_cross`), else None.
     """
 
     x: Rows
@@ -33,6 +36,7 @@ class Geometry:
     yn: torch.Tensor
     rows: int
     ys: tuple[torch.Tensor, ...]
+    cross: torch.Tensor | None = None
 
     @staticmethod
     def of(x: Rows, y: torch.Tensor, block_size: int | None) -> Geometry:
@@ -43,6 +47,33 @@ class Geometry:
         rows = min(n, rows)
         yn = torch.linalg.vector_norm(y, dim=1).square_()
         return Geometry(x=x, y=y, xn=sq_norms(x), yn=yn, rows=rows, ys=target_parts(x, y))
+
+    def with_cross(self, max_bytes: int) -> Geometry:
+        """This geometry with ``x @ y.T`` formed once, when ``x`` is a dense tensor and the
+        ``(n, m)`` products take at most ``max_bytes``; else itself."""
+        n, m = self.x.shape[0], self.y.shape[0]
+        if not isinstance(self.x, torch.Tensor) or n * m * self.x.element_size() > max_bytes:
+            return self
+        return replace(self, cross=torch.mm(self.x, self.y.T))
+
+    def scaled_cross(
+        self,
+        bias: torch.Tensor,
+        start: int,
+        stop: int,
+        *,
+        alpha: float,
+        cols: torch.Tensor | None = None,
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``bias + alpha * x[start:stop] @ y[cols].T``: from the formed products, else one GEMM."""
+        if self.cross is None:
+            ys = self.ys if cols is None else tuple(y[cols] for y in self.ys)
+            return addmm_rows(bias, self.x, start, stop, ys, alpha=alpha, out=out)
+        cross = self.cross[start:stop] if cols is None else self.cross[start:stop, cols]
+        if out is None:
+            return torch.add(bias, cross, alpha=alpha)
+        return torch.add(bias, cross, alpha=alpha, out=out)
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         n = self.x.shape[0]
@@ -96,7 +127,7 @@ def softmax_rows(
     geo: Geometry, start: int, h: torch.Tensor, eps: float, out: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out <- exp(S - max_j S)``, ``S = h + (2/eps) x y^T`` for one block; returns (LSE_j S, sum_j)."""
-    addmm_rows(h, geo.x, start, start + out.shape[0], geo.ys, alpha=2.0 / eps, out=out)
+    geo.scaled_cross(h, start, start + out.shape[0], alpha=2.0 / eps, out=out)
     mx = out.amax(1, keepdim=True)
     out.sub_(mx).exp_()
     r = out.sum(1)
@@ -148,11 +179,10 @@ def col_sum(e: torch.Tensor, w: torch.Tensor, chunk: int = 512) -> torch.Tensor:
 
 def col_lse(geo: Geometry, cols: torch.Tensor, k: torch.Tensor, eps: float) -> torch.Tensor:
     """``yn_j - eps * LSE_i(k_i + (2/eps) x_i.y_j)`` for ``cols``, streamed with a running max per column."""
-    ys = tuple(y[cols] for y in geo.ys)
     run_max = torch.full((len(cols),), -math.inf, dtype=geo.y.dtype, device=geo.y.device)
     run_sum = torch.zeros_like(run_max)
     for start, stop in geo.blocks():
-        t = addmm_rows(k[start:stop, None], geo.x, start, stop, ys, alpha=2.0 / eps)
+        t = geo.scaled_cross(k[start:stop, None], start, stop, alpha=2.0 / eps, cols=cols)
         new_max = torch.maximum(run_max, t.amax(0))
         run_sum = run_sum * (run_max - new_max).exp() + t.sub_(new_max).exp_().sum(0)
         run_max = new_max

@@ -27,8 +27,11 @@ from gotd.server.selection.config import SelectionConfig
 
 __all__ = ["ALGORITHM_VERSION", "code_version", "result_rules"]
 
-ALGORITHM_VERSION: Final = 1
-"""Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when)."""
+ALGORITHM_VERSION: Final = 2
+"""Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when).
+
+2: a dense solve forms its cross products once (``FORMED_COST_BYTES``) and the summary's cells are
+assigned part by part from compact rows (float rounding: top-5% overlap >= 0.999 held by a test)."""
 
 #: SelectionConfig fields a request never sets: they reach the key only through :func:`code_version`.
 _FIXED_FIELDS: Final = ("paper_clusters", "seed", "project", "eps_scaling", "block_size")
@@ -67,6 +70,7 @@ def result_rules(config: SelectionConfig | None = None) -> dict[str, Any]:
         "fixed": {name: getattr(cfg, name) for name in _FIXED_FIELDS},
         "block_bytes": blocks.BLOCK_BYTES,
         "eps_scaling_start": sinkhorn.EPS_SCALING_START,
+        "formed_cost_bytes": sinkhorn.FORMED_COST_BYTES,
         "relative_eps_rows": selection_config.RELATIVE_EPS_ROWS,
         "summary_size": selection_config.DEFAULT_SUMMARY_SIZE,
         "sinkhorn": _defaults(sinkhorn.sinkhorn),
