@@ -1,8 +1,9 @@
 """Log-domain Sinkhorn on a small dense cost matrix (uniform weights), for many solves on one sample.
 
 The blockwise :func:`gotd.server.ot.sinkhorn.sinkhorn` rebuilds the cost from a GEMM on every pass
-(from cross products formed once when they fit in 64 MB), which is what a pool of millions needs. The validation of the cost (:mod:`gotd.server.selection.validation`)
-solves dozens of small problems between the same points under different mixtures of two costs: there the
+(from cross products formed once when they fit in 64 MB), which is what a pool of millions needs.
+The validation of the cost (:mod:`gotd.server.selection.validation`) solves dozens of small problems
+between the same points under different mixtures of two costs: there the
 ``(n, m)`` matrix is small (about 1,100 x 256), is formed once, and every pass is two logsumexps over it.
 Same updates and convention as the blockwise solver:
 
