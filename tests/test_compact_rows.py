@@ -14,7 +14,7 @@ import torch
 
 from gotd.server.ot.blocks import Geometry
 from gotd.server.ot.geometry import project_to_targets
-from gotd.server.ot.rows import Part, StackedRows, addmm_rows, rows_of, take
+from gotd.server.ot.rows import Part, StackedRows, addmm_rows, rows_of, sq_norms, take
 from gotd.server.ot.sinkhorn import c_transform, sinkhorn
 from gotd.server.selection import kmeans
 from gotd.server.selection.costs import Cost, pool_features, target_features
@@ -192,3 +192,18 @@ def test_parts_are_checked() -> None:
     x = StackedRows((Part(data, math.sqrt(0.5)),))
     with pytest.raises(ValueError, match="y must have shape"):
         x.against(torch.zeros(2, 4))
+
+
+def test_squared_norms_are_summed_part_by_part() -> None:
+    """No concatenated block: the parts' squared norms are added (float rounding apart from the dense
+    rows' norms); one part gives the dense rows' norms bit for bit."""
+    rng = np.random.default_rng(8)
+    e = torch.from_numpy(rng.standard_normal((70_000, 24)).astype(np.float16))
+    s = torch.from_numpy(np.abs(rng.standard_normal((70_000, 40))).astype(np.float16))
+    cols = torch.from_numpy(rng.uniform(0.5, 2.0, 40).astype(np.float32))
+    inv = torch.from_numpy(rng.uniform(0.1, 1.0, 70_000).astype(np.float32))
+    two = StackedRows((Part(e, 0.8), Part(s, 0.6, columns=cols, rows=inv)))
+    want = torch.linalg.vector_norm(two.dense(), dim=1).square_()
+    assert torch.allclose(sq_norms(two), want, rtol=1e-6, atol=0)
+    one = StackedRows((Part(e),))
+    assert torch.equal(sq_norms(one), torch.linalg.vector_norm(one.dense(), dim=1).square_())

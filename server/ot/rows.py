@@ -194,7 +194,11 @@ def take(x: Rows, index: torch.Tensor) -> Rows:
 
 
 def sq_norms(x: Rows) -> torch.Tensor:
-    """Squared L2 norm of every row, in ``x.dtype`` (compact rows: blockwise, from the float32 rows)."""
+    """Squared L2 norm of every row, in ``x.dtype``.
+
+    Compact rows: blockwise, the sum over the parts of each part's float32 squared norm (no
+    concatenated block of all the columns; one part gives the norms of the dense rows, bit for bit).
+    """
     if isinstance(x, torch.Tensor):
         norms: torch.Tensor = torch.linalg.vector_norm(x, dim=1)  # fused: no (n, d) temporary
         return norms.square_()
@@ -202,7 +206,10 @@ def sq_norms(x: Rows) -> torch.Tensor:
     out = torch.empty(n, dtype=_COMPUTE, device=x.device)
     for start in range(0, n, _NORM_ROWS):
         stop = min(n, start + _NORM_ROWS)
-        out[start:stop] = torch.linalg.vector_norm(x.dense(start, stop), dim=1).square_()
+        first, *rest = (torch.linalg.vector_norm(p.dense(start, stop), dim=1).square_() for p in x.parts)
+        for part in rest:
+            first.add_(part)
+        out[start:stop] = first
     return out
 
 
