@@ -58,7 +58,7 @@ FIXED_GRID: tuple[Setting, ...] = tuple(
     Setting(w, c) for c in (0.05, 0.1) for w in (0.5, 0.3, 0.7, 0.1, 1.0, 0.0)
 )
 #: Settings with a metric learned from the target set (docs/evaluation.md, "Learned metric").
-LEARNED_SETTINGS: tuple[Setting, ...] = tuple(Setting(0.5, 0.05, c) for c in (0.03, 0.01, 0.1))
+LEARNED_SETTINGS: tuple[Setting, ...] = tuple(Setting(0.5, 0.05, c) for c in (0.03, 0.01))
 #: The grid searched by default.
 DEFAULT_GRID: tuple[Setting, ...] = FIXED_GRID
 #: The grid's default: kept unless the best setting beats it by ``ValidationConfig.margin`` standard

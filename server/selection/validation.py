@@ -50,6 +50,7 @@ from functools import partial
 
 import numpy as np
 
+from gotd.server.selection.blas import single_threaded_blas
 from gotd.server.selection.config import summary_rows
 from gotd.server.selection.foldrank import FoldTask, Halves, rank_fold, spaced, unit_rows
 from gotd.server.selection.grid import DEFAULT_GRID, FALLBACK, FIXED_GRID, LEARNED_SETTINGS, Setting
@@ -235,6 +236,25 @@ def validate(
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if m < config.min_targets or n < 1:
         return Validation(FALLBACK, (), fraction, 0, 0, fallback=True)
+    with single_threaded_blas():  # small products: BLAS threads only wait for each other
+        return _validate(
+            pool_vectors, pool_tf, pool_keys, idf, target_vectors, target_tf, seed, fraction, config
+        )
+
+
+def _validate(
+    pool_vectors: np.ndarray,
+    pool_tf: np.ndarray,
+    pool_keys: np.ndarray,
+    idf: np.ndarray,
+    target_vectors: np.ndarray,
+    target_tf: np.ndarray,
+    seed: int,
+    fraction: float,
+    config: ValidationConfig,
+) -> Validation:
+    """:func:`validate` after its checks."""
+    m = target_vectors.shape[0]
     keys = np.asarray(pool_keys, dtype=np.uint64)
     sample = summary_rows(keys, config.pool_sample)
     learned = any(s.learned for s in config.grid)
@@ -284,7 +304,10 @@ def learned_metric(
     positives, negatives = fit_rows(
         pool_vectors, pool_tf, pool_keys, idf, target_vectors, target_tf, config or ValidationConfig()
     )
-    return fit_metric(positives, negatives, weight=setting.embedding_weight, strength=setting.metric_strength)
+    with single_threaded_blas():
+        return fit_metric(
+            positives, negatives, weight=setting.embedding_weight, strength=setting.metric_strength
+        )
 
 
 def fit_rows(

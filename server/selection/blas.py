@@ -1,0 +1,46 @@
+"""numpy's BLAS on one thread while the validated cost runs (:func:`single_threaded_blas`).
+
+The validation's products are small (a few thousand rows by at most 1,409 columns): split over
+OpenBLAS's threads they spend more time waiting for each other than computing, and on a loaded
+machine much more. Measured at the ``gotd bench autocost`` sizes (1,000 targets, 1,024 pool rows per
+fit, load average about 6): one discriminator fit 0.17 s on one thread against 0.16-0.86 s on
+OpenBLAS's default two; the validation's folds already run on their own threads
+(docs/benchmarks/autocost-learned.md).
+
+The limit is process-wide (OpenBLAS has no per-thread setting), so overlapping validations share it:
+the first to enter sets it, the last to leave restores the library's own setting. Results do not
+depend on it (the same products, summed in the same order per row).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from threadpoolctl import ThreadpoolController
+
+__all__ = ["single_threaded_blas"]
+
+_LOCK = threading.Lock()
+_state: dict[str, Any] = {"depth": 0, "limiter": None, "controller": None}
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """numpy's BLAS limited to one thread inside the block (re-entrant, thread-safe)."""
+    with _LOCK:
+        if _state["depth"] == 0:
+            if _state["controller"] is None:  # inspects the loaded libraries once
+                _state["controller"] = ThreadpoolController()
+            _state["limiter"] = _state["controller"].limit(limits=1, user_api="blas")
+        _state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _state["depth"] -= 1
+            if _state["depth"] == 0:
+                _state["limiter"].restore_original_limits()
+                _state["limiter"] = None
