@@ -84,14 +84,15 @@ def clustered_vectors(n: int, dim: int, *, seed: int, centers: int = 16, spread:
 
 
 @contextmanager
-def bench_server(prefix: str = "gotd-bench-") -> Iterator[tuple[BackgroundServer, Client]]:
-    """A real server on 127.0.0.1 over a temporary data folder, and a client of it (one-hour deadline)."""
+def bench_server(prefix: str = "gotd-bench-", **settings: Any) -> Iterator[tuple[BackgroundServer, Client]]:
+    """A real server on 127.0.0.1 over a temporary data folder (other ``settings`` as given), and a
+    client of it (one-hour deadline)."""
     from gotd.client.client import Client
     from gotd.lab.demo import BackgroundServer
 
     with (
         tempfile.TemporaryDirectory(prefix=prefix) as data,
-        BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data)) as srv,
+        BackgroundServer(listen="127.0.0.1:0", data_dir=Path(data), **settings) as srv,
         Client(srv.address, timeout=3600) as client,
     ):
         yield srv, client
