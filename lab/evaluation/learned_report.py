@@ -36,8 +36,25 @@ def _paired(rows: dict[str, list[dict[str, Any]]], a: str, b: str) -> tuple[floa
     return _mean_se(diffs, "d")
 
 
+AUTO = (
+    "gotd-auto-learned",
+    "gotd-auto-learned-f2",
+    "gotd-auto-learned-s512",
+    BASE,
+    "gotd-auto-fixed-f2",
+    "gotd-auto-fixed-s512",
+)
+BASELINES = ("gotd-default", "dsir", "centroid", "tsds")
+
+
+def _cells(rows: list[dict[str, Any]]) -> str:
+    c = [_mean_se(rows, key) for key in ("precision", "ppl", "ppl_budget")]
+    return f"{c[0][0]:.3f} ± {c[0][1]:.3f} | {c[1][0]:.0f} ± {c[1][1]:.0f} | {c[2][0]:.0f} ± {c[2][1]:.0f}"
+
+
 def learned_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
-    """Markdown lines for one corpus's results."""
+    """Markdown lines for one corpus's results: every validated variant, the learned settings without
+    validation, every fixed setting and the baselines; paired gains; picks; validation time."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in result["rows"]:
         if abs(r["k_frac"] - k_frac) < 1e-9:
@@ -45,27 +62,38 @@ def learned_tables(result: dict[str, Any], k_frac: float = 0.05) -> list[str]:
     mean = {m: _mean_se(rows, "precision")[0] for m, rows in by.items()}
     fixed = max((m for m in FIXED if m in by), key=lambda m: mean[m])
     learned = sorted((m for m in by if "-metric" in m), key=lambda m: -mean[m])
-    methods = [BASE, LEARNED, fixed, *learned, "gotd-fused-w0.5-rel0.05", "dsir"]
+    grid = sorted((m for m in FIXED if m in by), key=lambda m: -mean[m])
     lines = [f"| k = {k_frac:.0%} | precision | ppl | ppl (equal tokens) |", "|---|---|---|---|"]
-    for m in dict.fromkeys(x for x in methods if x in by):
-        cells = [_mean_se(by[m], key) for key in ("precision", "ppl", "ppl_budget")]
+    for m in dict.fromkeys(x for x in (*AUTO, fixed, *learned, *grid, *BASELINES) if x in by):
         note = " (hindsight-best fixed)" if m == fixed else ""
+        lines.append(f"| `{m}`{note} | {_cells(by[m])} |")
+    lines.append("")
+    for m in (x for x in AUTO if x in by):
+        pairs = [(b, _paired(by, m, b)) for b in (BASE, fixed, LEARNED) if b in by and b != m]
+        chosen = [r["diagnostics"].get("chosen", "") for r in by[m]]
+        seconds = [r["diagnostics"]["validate_seconds"] for r in by[m]]
+        best_task = [_task_best(by, r, [*FIXED, *learned]) for r in by[m]]
         lines.append(
-            f"| `{m}`{note} | {cells[0][0]:.3f} ± {cells[0][1]:.3f} | {cells[1][0]:.0f} ± {cells[1][1]:.0f} "
-            f"| {cells[2][0]:.0f} ± {cells[2][1]:.0f} |"
+            f"- `{m}`: "
+            + "; ".join(f"− `{b}` {g[0]:+.3f} ± {g[1]:.3f}" for b, g in pairs)
+            + f" (paired); learned setting chosen on {sum('-metric' in c for c in chosen)} of {len(chosen)}"
+            f" tasks, the hindsight-best fixed on {sum(c == fixed for c in chosen)}, a per-task best on "
+            f"{sum(c in b for c, b in zip(chosen, best_task, strict=True))}; validation median "
+            f"{sorted(seconds)[len(seconds) // 2]:.2f} s per task."
         )
-    if BASE in by and LEARNED in by:
-        gain = _paired(by, LEARNED, BASE)
-        chosen = [r["diagnostics"].get("chosen", "") for r in by[LEARNED]]
-        picks = sum("-metric" in c for c in chosen)
-        vs_best = _paired(by, LEARNED, fixed)
-        lines += [
-            "",
-            f"- `{LEARNED}` − `{BASE}`: {gain[0]:+.3f} ± {gain[1]:.3f} precision (paired per task); "
-            f"a learned setting chosen on {picks} of {len(chosen)} tasks; − hindsight-best fixed `{fixed}`: "
-            f"{vs_best[0]:+.3f} ± {vs_best[1]:.3f}.",
-        ]
     return lines
+
+
+def _task_best(by: dict[str, list[dict[str, Any]]], row: dict[str, Any], methods: list[str]) -> set[str]:
+    """The settings that reached the best precision of ``methods`` on ``row``'s task."""
+    at = {
+        m: r["precision"]
+        for m in methods
+        for r in by.get(m, [])
+        if (r["label"], r["seed"]) == (row["label"], row["seed"])
+    }
+    top = max(at.values())
+    return {m for m, p in at.items() if p >= top}
 
 
 def main(argv: list[str] | None = None) -> None:
