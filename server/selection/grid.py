@@ -1,8 +1,8 @@
 """The settings the validated cost chooses among (:mod:`gotd.server.selection.validation`).
 
 A setting is the fused cost's embedding weight ``w``, epsilon relative to that cost's scale, and the
-strength of a diagonal metric learned from the target set (:mod:`gotd.server.selection.metric`; 0 is
-the plain fused cost). The grids and the fallback are chosen by measurement (docs/evaluation.md,
+strength of a metric learned from the target set, a discriminant direction
+(:mod:`gotd.server.selection.metric`; 0 is the plain fused cost). The grids and the fallback are chosen by measurement (docs/evaluation.md,
 "Validated cost" and "Learned metric").
 """
 
@@ -25,8 +25,8 @@ class Setting:
     relative_eps : float
         Epsilon as this multiple of the median pool-target cost of that fused cost.
     metric_strength : float
-        ``lambda >= 0`` of the learned diagonal metric (:func:`gotd.server.selection.metric.fit_metric`);
-        0: none (the plain fused cost).
+        ``lambda >= 0`` of the metric learned along a discriminant direction
+        (:func:`gotd.server.selection.metric.fit_metric`); 0: none (the plain fused cost).
     """
 
     embedding_weight: float

@@ -18,9 +18,9 @@ on source- or style-defined targets is the smooth embedding cost, while the sele
 the top ``q`` — where sharp n-gram matches win (docs/evaluation.md, "Validated cost"). Both are
 reported next to the recall for every setting.
 
-A setting may also learn a diagonal metric of the fused features from the target set
-(:mod:`gotd.server.selection.metric`, ``metric_strength > 0``; in the grid when the server enables
-it). It competes like any other: in each fold the metric is fitted on that fold's training targets
+A setting may also learn a metric of the fused features from the target set, the fused cost stretched
+along a target-vs-pool discriminant direction (:mod:`gotd.server.selection.metric`,
+``metric_strength > 0``; in the grid when the server enables it). It competes like any other: in each fold the metric is fitted on that fold's training targets
 only, against pool rows *outside* the ranked sample (the next ``fit_sample`` smallest id hashes), so
 the held-out recall is measured on members and pool rows the discriminator never saw. When the
 validation chooses it, the metric is refitted on the whole (bounded) target set against the same pool

@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     )
     validation_learned_metric: bool = Field(
         False,
-        description="cost auto: the validation also tries a diagonal metric learned from the target set",
+        description="cost auto: the validation also tries the fused cost stretched along a target-vs-pool "
+        "discriminant direction learned from the target set",
     )
     near_copy_cosine: float = Field(
         DEFAULT_NEAR_COPY_COSINE,
