@@ -2,8 +2,8 @@
 
 A setting is the fused cost's embedding weight ``w``, epsilon relative to that cost's scale, and the
 strength of a metric learned from the target set, a discriminant direction
-(:mod:`gotd.server.selection.metric`; 0 is the plain fused cost). The grids and the fallback are chosen by measurement (docs/evaluation.md,
-"Validated cost" and "Learned metric").
+(:mod:`gotd.server.selection.metric`; 0 is the plain fused cost). The grids and the fallback are chosen
+by measurement (docs/evaluation.md, "Validated cost" and "Learned metric").
 """
 
 from __future__ import annotations

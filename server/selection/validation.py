@@ -19,12 +19,12 @@ the top ``q`` — where sharp n-gram matches win (docs/evaluation.md, "Validated
 reported next to the recall for every setting.
 
 A setting may also learn a metric of the fused features from the target set, the fused cost stretched
-along a target-vs-pool discriminant direction (:mod:`gotd.server.selection.metric`,
-``metric_strength > 0``; in the grid when the server enables it). It competes like any other: in each fold the metric is fitted on that fold's training targets
-only, against pool rows *outside* the ranked sample (the next ``fit_sample`` smallest id hashes), so
-the held-out recall is measured on members and pool rows the discriminator never saw. When the
-validation chooses it, the metric is refitted on the whole (bounded) target set against the same pool
-rows and returned with the choice (:attr:`Validation.metric`).
+along a target-vs-pool discriminant direction (:mod:`gotd.server.selection.metric`, ``metric_strength >
+0``; in the grid when the server enables it). It competes like any other: in each fold the metric is
+fitted on that fold's training targets only, against pool rows *outside* the ranked sample (the next
+``fit_sample`` smallest id hashes), so the held-out recall is measured on members and pool rows the
+discriminator never saw. When the validation chooses it, the metric is refitted on the whole (bounded)
+target set against the same pool rows and returned with the choice (:attr:`Validation.metric`).
 
 Everything is deterministic: folds from a seed the caller derives from the target set's content, the
 pool sample is the rows with the smallest id hashes (independent of row order), ties in the recall go
