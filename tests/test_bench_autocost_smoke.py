@@ -13,7 +13,7 @@ def test_quick_autocost_bench_writes_report(tmp_path: Path) -> None:
     for grid in report["grids"].values():
         cold, cached = grid["cold"], grid["cached"]
         assert cold["auto"]["status"] == "validated"
-        assert cold["explicit"]["status"] == "bypassed"
+        assert cold["explicit"]["status"] == cold["default"]["status"] == "bypassed"
         assert cold["auto"]["w"] == cold["explicit"]["w"]
         if cold["auto"]["metric"] == 0:  # a learned column changes the cost's median, hence the epsilon
             assert cold["auto"]["eps"] == cold["explicit"]["eps"]
@@ -26,7 +26,14 @@ def test_quick_autocost_bench_writes_report(tmp_path: Path) -> None:
             assert steady["auto"]["eps"] == steady["explicit"]["eps"]
         for runs in grid["cold_rounds"].values():
             assert [r["cache_hit"] for r in runs] == [False, False]
-        assert set(grid["ratios"]) == {"cold", "cold_auto_first", "cold_explicit_first", "steady", "cached"}
+        assert set(grid["ratios"]) == {
+            "cold",
+            "cold_default",
+            "cold_auto_first",
+            "cold_explicit_first",
+            "steady",
+            "cached",
+        }
     text = (tmp_path / "autocost-smoke.md").read_text()
     assert "auto / explicit" in text
     assert "## Grid `fixed`" in text

@@ -23,6 +23,7 @@ from gotd.client.client import Client
 from gotd.lab.bench.costs import TARGET_TOPICS, Synthetic
 from gotd.lab.bench.costs import text_records as records
 from gotd.lab.bench.util import bench_server, machine, report_header
+from gotd.server.selection.grid import FALLBACK
 
 __all__ = ["run"]
 
@@ -59,10 +60,11 @@ def _explicit(client: Client, pool: str, targets: str, k: int) -> tuple[dict[str
 
 
 def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> dict[str, Any]:
-    """Cold pairs in alternating order (auto first, then explicit first), each on pools of its own."""
+    """Cold runs in mirrored order (auto, explicit, default, then default, explicit, auto), each on a pool of
+    its own."""
     k = max(1, n // 20)
     x, texts = data.make(n, seed=11)
-    pools = ("auto-a", "explicit-a", "explicit-b", "auto-b")
+    pools = ("auto-a", "explicit-a", "default-a", "default-b", "explicit-b", "auto-b")
     for pool in pools:
         client.ingest(pool, records(x, texts, "c"), batch_size=2000)
     for i, topics in enumerate(TARGET_TOPICS):
@@ -72,6 +74,7 @@ def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> d
     cold_auto = [_select(client, "auto-a", "targets0", k)]
     chosen, label = _explicit(client, "auto-a", "targets0", k)  # a cache hit: the same validation
     cold_explicit = [_select(client, "explicit-a", "targets0", k, **chosen)]
+    cold_default = [_select(client, f"default-{x}", "targets0", k, **DEFAULT) for x in "ab"]
     cold_explicit.append(_select(client, "explicit-b", "targets0", k, **chosen))
     cold_auto.append(_select(client, "auto-b", "targets0", k))
     auto_steady = _select(client, "auto-a", "targets1", k)
@@ -86,18 +89,20 @@ def _scenario(client: Client, data: Synthetic, n: int, m: int, rounds: int) -> d
     for pool in pools:
         client.delete_pool(pool)
     cold_ratio = sum(r["s"] for r in cold_auto) / sum(r["s"] for r in cold_explicit)
+    default_ratio = sum(r["s"] for r in cold_auto) / sum(r["s"] for r in cold_default)
     return {
         "n": n,
         "m": m,
         "k": k,
         "chosen": label,
         "chosen_steady": label1,
-        "cold": {"auto": _mean(cold_auto), "explicit": _mean(cold_explicit)},
-        "cold_rounds": {"auto": cold_auto, "explicit": cold_explicit},
+        "cold": {"auto": _mean(cold_auto), "explicit": _mean(cold_explicit), "default": _mean(cold_default)},
+        "cold_rounds": {"auto": cold_auto, "explicit": cold_explicit, "default": cold_default},
         "steady": steady,
         "cached": {"auto": cached_auto, "explicit": cached_explicit},
         "ratios": {
             "cold": cold_ratio,
+            "cold_default": default_ratio,
             "cold_auto_first": cold_auto[0]["s"] / cold_explicit[0]["s"],
             "cold_explicit_first": cold_auto[1]["s"] / cold_explicit[1]["s"],
             "steady": steady["auto"]["s"] / steady["explicit"]["s"],
@@ -124,6 +129,14 @@ def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "validate_ms": sum(r["validate_ms"] for r in runs) / len(runs),
     }
 
+
+#: The Select without validation: the fixed default setting named in the request (what ``cost auto``
+#: falls back to), so it reads the same sketch rows and factors as the validated Select.
+DEFAULT = {
+    "cost": "fused",
+    "embedding_weight": FALLBACK.embedding_weight,
+    "relative_eps": FALLBACK.relative_eps,
+}
 
 #: The grids measured, each on a server of its own: the ``validation_learned_metric`` setting.
 GRIDS = {"learned": True, "fixed": False}
@@ -152,19 +165,25 @@ def _write(out_dir: Path, r: dict[str, Any], quick: bool) -> None:
         *report_header("Validated cost: what the validation adds to a Select", "autocost", r, quick),
         f"Pool {r['n']:,} synthetic text + embedding records, {r['m']:,} targets, k = {first['k']:,}, mode "
         "auto (global), in-process dual cache. `auto`: cost auto (validated); `explicit`: the chosen "
-        "setting named in the request (validation bypassed), on other pools with the same records. Two "
+        "setting named in the request (validation bypassed); `default`: the fixed default setting "
+        f"(w = {FALLBACK.embedding_weight:g}, ε = {FALLBACK.relative_eps:g} × median cost) named in the "
+        "request, the Select a server without the validation runs (it reads the same sketch rows and "
+        "factors; `explicit` does not when the chosen setting is w = 1, the embedding cost). All on "
+        "other pools with the same records. Two "
         "servers in turn, one per grid: `learned` (server setting `validation_learned_metric` on: the "
         "fixed settings and the learned ones), `fixed` (off: the fixed settings only). Baseline of every "
         "ratio: `explicit` on the same server, same run.",
         "",
-        "| grid | cold auto / explicit | cold auto s (validate ms) | cold explicit s | cached ratio | load |",
-        "|---|---|---|---|---|---|",
+        "| grid | cold auto / default | cold auto / explicit | cold auto s (validate ms) | cold default s "
+        "| cold explicit s | cached ratio | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for grid, g in r["grids"].items():
-        a, e = g["cold"]["auto"], g["cold"]["explicit"]
+        a, e, d = g["cold"]["auto"], g["cold"]["explicit"], g["cold"]["default"]
         lines.append(
-            f"| {grid} | **{g['ratios']['cold']:.2f}×** | {a['s']:.3f} ({a['validate_ms']:.0f}) "
-            f"| {e['s']:.3f} | {g['ratios']['cached']:.2f}× | {g['load_start']:.1f} |"
+            f"| {grid} | **{g['ratios']['cold_default']:.2f}×** | {g['ratios']['cold']:.2f}× "
+            f"| {a['s']:.3f} ({a['validate_ms']:.0f}) | {d['s']:.3f} | {e['s']:.3f} "
+            f"| {g['ratios']['cached']:.2f}× | {g['load_start']:.1f} |"
         )
     for grid, g in r["grids"].items():
         lines += ["", f"## Grid `{grid}`", "", *_section(g)]
@@ -182,11 +201,12 @@ def _section(r: dict[str, Any]) -> list[str]:
         "",
         f"Chosen for the second target set (the explicit `steady` request names it): {r['chosen_steady']}",
         "",
-        "Cold Selects run twice on fresh pools, once with the validated request first and once with the "
-        "explicit one first, after a warm-up Select on a small pool (the process's one-time start-up "
-        "falls on neither); the cold row is the mean of the two, the ratio the sum of the validated over "
-        f"the sum of the explicit (auto first: {r['ratios']['cold_auto_first']:.2f}×, explicit first: "
-        f"{r['ratios']['cold_explicit_first']:.2f}×).",
+        "Cold Selects run twice each on fresh pools in mirrored order (auto, explicit, default, default, "
+        "explicit, auto), after a warm-up Select on a small pool (the process's one-time start-up falls "
+        "on none); the cold row is the mean of the two, the ratio the sum of the validated over the sum "
+        f"of the baseline (vs explicit: auto first {r['ratios']['cold_auto_first']:.2f}×, explicit first "
+        f"{r['ratios']['cold_explicit_first']:.2f}×; vs default: {r['ratios']['cold_default']:.2f}×, "
+        f"default {r['cold']['default']['s']:.3f} s).",
         "",
         "| Select | auto s (validate ms) | explicit s | auto / explicit |",
         "|---|---|---|---|",
@@ -208,8 +228,8 @@ def _section(r: dict[str, Any]) -> list[str]:
         "| run | request | s | load ms | validate ms | solve ms | score ms | other ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for i, order in enumerate(("auto first", "explicit first")):
-        for kind in ("auto", "explicit"):
+    for i, order in enumerate(("first", "second")):
+        for kind in ("auto", "explicit", "default"):
             c = r["cold_rounds"][kind][i]
             other = c["total_ms"] - sum(c[f"{p}_ms"] for p in ("load", "validate", "solve", "score"))
             lines.append(
