@@ -14,7 +14,14 @@ import redis
 from gotd.client.client import Client
 from gotd.client.types import CostValidation, SelectSummary
 from gotd.lab.corpora.wiki import load_wiki
-from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK, Setting, SettingScore, Validation
+from gotd.server.selection.validation import (
+    DEFAULT_GRID,
+    FALLBACK,
+    FIXED_GRID,
+    Setting,
+    SettingScore,
+    Validation,
+)
 from gotd.server.service import autocost
 from gotd.server.service.autocost import _detail
 from tests.conftest import BackgroundServer
@@ -48,10 +55,16 @@ def _validation(summary: SelectSummary) -> CostValidation:
     return summary.validation
 
 
-def _best(v: CostValidation) -> tuple[float, float | None]:
+def _setting(v: CostValidation) -> tuple[float, float | None, float]:
+    """The chosen setting: weight, relative epsilon and learned metric strength."""
+    return v.embedding_weight, v.relative_eps, v.metric_strength
+
+
+def _best(v: CostValidation) -> tuple[float, float | None, float]:
     """The setting with the best recall, ties to the higher MRR, then to the earlier one."""
     best = max(range(len(v.settings)), key=lambda i: (v.settings[i].recall, v.settings[i].mrr, -i))
-    return v.settings[best].embedding_weight, v.settings[best].relative_eps
+    s = v.settings[best]
+    return s.embedding_weight, s.relative_eps, s.metric_strength
 
 
 def test_auto_validates_on_the_target_set_and_reuses_the_cache(
@@ -63,14 +76,17 @@ def test_auto_validates_on_the_target_set_and_reuses_the_cache(
     v = _validation(summary)
     assert v.status == "validated"
     assert not v.cache_hit
-    assert [(s.embedding_weight, s.relative_eps) for s in v.settings] == [
-        (s.embedding_weight, s.relative_eps) for s in DEFAULT_GRID
+    # the default grid: the fixed settings and the learned ones (server setting validation_learned_metric)
+    assert [(s.embedding_weight, s.relative_eps, s.metric_strength) for s in v.settings] == [
+        (s.embedding_weight, s.relative_eps, s.metric_strength) for s in DEFAULT_GRID
     ]
+    assert any(s.metric_strength > 0 for s in v.settings)
+    fallback = (FALLBACK.embedding_weight, FALLBACK.relative_eps, FALLBACK.metric_strength)
     if v.detail.startswith("default kept"):  # the best did not clear one standard error of its gain
-        assert (v.embedding_weight, v.relative_eps) == (FALLBACK.embedding_weight, FALLBACK.relative_eps)
-        assert _best(v) != (FALLBACK.embedding_weight, FALLBACK.relative_eps)
+        assert _setting(v) == fallback
+        assert _best(v) != fallback
     else:
-        assert (v.embedding_weight, v.relative_eps) == _best(v)
+        assert _setting(v) == _best(v)
     assert v.fraction == pytest.approx(K / len(pool), rel=0.05)
     assert (v.held_out, v.pool_sample) == (36, len(pool))
     assert summary.embedding_weight == pytest.approx(v.embedding_weight)
@@ -82,10 +98,7 @@ def test_auto_validates_on_the_target_set_and_reuses_the_cache(
     assert second.cache_hit, "the potential of the chosen setting is cached too"
     assert second.validation.settings == v.settings
     assert second.validation.detail == v.detail, "whether the default was kept is cached with the result"
-    assert (second.validation.embedding_weight, second.validation.relative_eps) == (
-        v.embedding_weight,
-        v.relative_eps,
-    )
+    assert _setting(second.validation) == _setting(v)
     assert [(r.id, r.score) for r in again] == [(r.id, r.score) for r in ranked]
     r = redis.Redis.from_url(redis_url)
     try:
@@ -172,7 +185,7 @@ def test_same_choice_cold_cached_and_after_a_redis_failure(
             down_ranked, down = client.select("wiki", targets, k=K)
     runs = [cold, cached, poisoned, down]
     assert [_validation(s).cache_hit for s in runs[:3]] == [False, True, False]
-    assert len({(_validation(s).embedding_weight, _validation(s).relative_eps) for s in runs}) == 1
+    assert len({_setting(_validation(s)) for s in runs}) == 1
     assert len({_validation(s).settings for s in runs}) == 1
     rankings = [[(c.id, c.score) for c in ranked] for ranked in (cold_ranked, cached_ranked, poisoned_ranked)]
     assert rankings[0] == rankings[1] == rankings[2] == [(c.id, c.score) for c in down_ranked]
@@ -182,11 +195,14 @@ def test_kept_default_detail_names_the_margin() -> None:
     scores = tuple(SettingScore(s, 0.5, 0.5, 0.5) for s in DEFAULT_GRID)
     kept = Validation(FALLBACK, scores, 0.1, 36, 120, kept_default=True)
     assert _detail(kept, 0.1, 1.0) == (
-        "default kept: no setting of 12 beat it by one standard error of held-out recall at 0.1 of the pool"
+        f"default kept: no setting of {len(DEFAULT_GRID)} beat it by one standard error of held-out recall "
+        "at 0.1 of the pool"
     )
     assert "by 2 standard errors of held-out recall" in _detail(kept, 0.1, 2.0)
     best = Validation(DEFAULT_GRID[3], scores, 0.1, 36, 120)
-    assert _detail(best, 0.1, 2.0) == "best of 12 settings by held-out recall at 0.1 of the pool"
+    assert _detail(best, 0.1, 2.0) == (
+        f"best of {len(DEFAULT_GRID)} settings by held-out recall at 0.1 of the pool"
+    )
 
 
 def test_learned_metric_chosen_and_reproduced_from_the_cache(
@@ -233,3 +249,26 @@ def test_learned_metric_chosen_and_reproduced_from_the_cache(
     assert explicit.status == "bypassed"
     assert explicit.metric_strength == 0.0
     assert bypassed.embedding_weight == 0.5
+
+
+def test_learned_settings_can_be_turned_off(
+    make_server: Any, redis_url: str, redis_prefix: str, corpus: tuple[list[dict[str, Any]], list[str]]
+) -> None:
+    """Server setting ``validation_learned_metric`` off: the fixed settings of the grid only."""
+    pool, targets = corpus
+    srv: BackgroundServer = make_server(
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        validation_min_targets=MIN_TARGETS,
+        validation_learned_metric=False,
+    )
+    with Client(srv.address, timeout=120) as client:
+        client.ingest("wiki", pool)
+        _, summary = client.select("wiki", targets, k=K)
+    v = _validation(summary)
+    assert v.status == "validated"
+    assert [(s.embedding_weight, s.relative_eps) for s in v.settings] == [
+        (s.embedding_weight, s.relative_eps) for s in FIXED_GRID
+    ]
+    assert all(s.metric_strength == 0 for s in v.settings)
+    assert v.metric_strength == 0

@@ -59,8 +59,9 @@ FIXED_GRID: tuple[Setting, ...] = tuple(
 )
 #: Settings with a metric learned from the target set (docs/evaluation.md, "Learned metric").
 LEARNED_SETTINGS: tuple[Setting, ...] = tuple(Setting(0.5, 0.05, c) for c in (0.03, 0.01))
-#: The grid searched by default.
-DEFAULT_GRID: tuple[Setting, ...] = FIXED_GRID
+#: The grid searched by default: the fixed settings and the learned ones (docs/evaluation.md, "Learned cost";
+#: the server's ``validation_learned_metric`` setting turns the learned ones off).
+DEFAULT_GRID: tuple[Setting, ...] = FIXED_GRID + LEARNED_SETTINGS
 #: The grid's default: kept unless the best setting beats it by ``ValidationConfig.margin`` standard
 #: errors, and used when the target set is too small to validate (docs/evaluation.md).
 FALLBACK = Setting(0.5, 0.05)

@@ -128,7 +128,7 @@ class Settings(BaseSettings):
         description="cost auto: fewer targets than this use the fixed default setting without validating",
     )
     validation_learned_metric: bool = Field(
-        False,
+        True,
         description="cost auto: the validation also tries the fused cost stretched along a target-vs-pool "
         "discriminant direction learned from the target set",
     )
