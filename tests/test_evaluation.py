@@ -311,6 +311,7 @@ def test_learned_cost_methods_run_and_report(tmp_path: Path) -> None:
     methods = [
         "gotd-auto-fixed",
         "gotd-auto-learned",
+        "gotd-auto-learned-s512",
         "gotd-fused-w0.5-rel0.05",
         "gotd-fused-w0.5-rel0.05-metric0.03",
         "gotd-fused-w0.5-rel0.05-diag4",
