@@ -1,14 +1,17 @@
 """``gotd bench autocost``: what validating the cost on the target set adds to a Select.
 
 Pools and targets are the synthetic text + embedding records of :mod:`gotd.lab.bench.costs` (no
-encoder runs; the server stores each text's sketch). Four pools hold the same records. On two, Select
-runs with ``cost auto`` (the validation runs, then the selection at the chosen setting); on the others,
+encoder runs; the server stores each text's sketch). Six pools hold the same records. On two, Select
+runs with ``cost auto`` (the validation runs, then the selection at the chosen setting); on two others,
 the same request names that setting explicitly (``cost fused``, its weight and relative epsilon: the
-validation is bypassed), so both build the same fused rows and solve the same problem and the ratio
-is the price of the validation alone. Per pool: the cold Select (pool load, fused rows built,
-validation, solve, score), a second target set on the same pool version (fused rows cached: steady
-state) and repeats of the first (dual-cache hits, the validation read from the cache). The baseline of
-every ratio is the explicit Select measured in the same run. Written to docs/benchmarks/autocost.md.
+validation is bypassed), so both solve the same problem and the ratio is the price of the validation
+(with the sketch rows and factors the validation reads, which a chosen ``w = 1`` does not need); on the
+last two, the request names the fixed default setting (what a server without the validation selects
+with). Per pool: the cold Select (pool load, fused rows built, validation, solve, score); on the first
+two, a second target set on the same pool version (fused rows cached: steady state) and repeats of the
+first (dual-cache hits, the validation read from the cache). All of it twice, on a server with the
+learned settings in the grid and on one with the fixed settings only. The baseline of every ratio is
+measured on the same server in the same run. Written to docs/benchmarks/autocost.md.
 """
 
 from __future__ import annotations
