@@ -3,13 +3,14 @@
 The validation's products are small (a few thousand rows by at most 1,409 columns): split over
 OpenBLAS's threads they spend more time waiting for each other than computing, and on a loaded
 machine much more. Measured at the ``gotd bench autocost`` sizes (1,000 targets, 1,024 pool rows per
-fit, load average about 6): one discriminator fit 0.17 s on one thread against 0.16-0.86 s on
+fit, load average about 5): one discriminator fit 0.17-0.20 s on one thread against 0.16-0.86 s on
 OpenBLAS's default two; the validation's folds already run on their own threads
 (docs/benchmarks/autocost-learned.md).
 
 The limit is process-wide (OpenBLAS has no per-thread setting), so overlapping validations share it:
-the first to enter sets it, the last to leave restores the library's own setting. Results do not
-depend on it (the same products, summed in the same order per row).
+the first to enter sets it, the last to leave restores the library's own setting. The validation always
+runs its products on one thread, so its sums (hence its choice) do not depend on the machine's thread
+settings.
 """
 
 from __future__ import annotations
