@@ -1,12 +1,13 @@
-"""Tables of docs/evaluation.md's "Learned metric" section, from ``gotd eval`` results.
+"""Tables of docs/evaluation.md's "Learned cost" sections, from ``gotd eval`` results.
 
-Reads the ``results.json`` of runs with ``gotd-auto-fixed`` (the validation over the fixed grid: what
-the server does by default), ``gotd-auto-learned`` (the same grid plus the learned-metric settings),
-the fixed settings of the grid and the learned settings without validation
-(:mod:`gotd.lab.evaluation.autocost`) and DSIR, and prints per corpus, at one k: precision, perplexity
-and equal-token perplexity of each, mean ± standard error across seeds, the hindsight-best fixed and
-learned settings, the paired precision gain of ``gotd-auto-learned`` over ``gotd-auto-fixed`` and how
-many tasks the validation chose a learned setting on.
+Reads the ``results.json`` of runs with ``gotd-auto-learned`` (the server's default grid: the fixed
+settings and the learned ones), ``gotd-auto-fixed`` (the fixed settings only), their smaller
+validations (``-f2``, ``-s512``), the learned settings without validation, the fixed settings of the grid
+and the baselines (:mod:`gotd.lab.evaluation.autocost`; a merged report carries them all), and prints
+per corpus, at one k: precision, perplexity and equal-token perplexity of each, mean ± standard error
+across seeds, the hindsight-best fixed setting, and per validated variant its paired precision gain over
+``gotd-auto-fixed``, the hindsight-best fixed setting and ``gotd-auto-learned``, how often it chose a
+learned setting, the hindsight-best fixed setting and a per-task best, and its median validation time.
 
 Run: ``python -m gotd.lab.evaluation.learned_report RESULTS.json [...]`` (one file per corpus).
 """
