@@ -37,7 +37,7 @@ def _clustered(n: int, m: int, d: int, seed: int, dtype: torch.dtype) -> tuple[t
     return torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
 
 
-def test_the_products_are_formed_only_for_a_dense_problem_that_fits() -> None:
+def test_the_products_are_formed_only_for_a_problem_that_fits() -> None:
     x, y = _clustered(50, 20, 8, seed=1, dtype=torch.float32)
     geo = Geometry.of(x, y, None)
     assert geo.with_cross(50 * 20 * 4).cross is not None
@@ -45,8 +45,12 @@ def test_the_products_are_formed_only_for_a_dense_problem_that_fits() -> None:
     formed = geo.with_cross(1 << 20).cross
     assert formed is not None
     assert torch.equal(formed, x @ y.T)
-    compact = StackedRows((Part(x.half()),))
-    assert Geometry.of(compact, y, None).with_cross(1 << 20).cross is None  # read per block, never formed
+    # compact rows are formed too, with the same GEMMs as their float32 values: the same bits
+    compact = Geometry.of(StackedRows((Part(x.half()),)), y, 16).with_cross(1 << 20).cross
+    rounded = Geometry.of(x.half().float(), y, 16).with_cross(1 << 20).cross
+    assert compact is not None
+    assert rounded is not None
+    assert torch.equal(compact, rounded)
 
 
 @pytest.mark.parametrize("formed", [True, False], ids=["formed", "per-pass-gemm"])

@@ -49,12 +49,17 @@ class Geometry:
         return Geometry(x=x, y=y, xn=sq_norms(x), yn=yn, rows=rows, ys=target_parts(x, y))
 
     def with_cross(self, max_bytes: int) -> Geometry:
-        """This geometry with ``x @ y.T`` formed once, when ``x`` is a dense tensor and the
-        ``(n, m)`` products take at most ``max_bytes``; else itself."""
+        """This geometry with ``x @ y.T`` formed once, when the ``(n, m)`` products take at most
+        ``max_bytes``; else itself. Formed block by block with the GEMMs of a pass (:func:`addmm_rows`),
+        so dense and compact rows of the same values give the same bits, as they do without it."""
         n, m = self.x.shape[0], self.y.shape[0]
-        if not isinstance(self.x, torch.Tensor) or n * m * self.x.element_size() > max_bytes:
+        if n * m * self.y.element_size() > max_bytes:
             return self
-        return replace(self, cross=torch.mm(self.x, self.y.T))
+        cross = torch.empty((n, m), dtype=self.y.dtype, device=self.y.device)
+        zero = torch.zeros((), dtype=self.y.dtype, device=self.y.device)
+        for start, stop in self.blocks():
+            addmm_rows(zero, self.x, start, stop, self.ys, alpha=1.0, out=cross[start:stop])
+        return replace(self, cross=cross)
 
     def scaled_cross(
         self,
