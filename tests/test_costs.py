@@ -209,6 +209,28 @@ def test_complete_sketches() -> None:
     assert not complete_sketches(np.vstack([tf, tf_rows([None])]))
 
 
+_SPECIAL16 = np.array([0.0, -0.0, 1.0, -1.0, 6e-8, -6e-8, np.inf, np.nan, 65504.0], dtype=np.float16)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(1, 9),
+    width=st.sampled_from([1, 3, 4, 8, 12]),
+    picks=st.lists(st.integers(0, len(_SPECIAL16) - 1), min_size=1, max_size=108),
+    zero_rows=st.lists(st.integers(0, 8), max_size=3),
+)
+def test_complete_sketches_reads_float16_bits_like_floats(
+    rows: int, width: int, picks: list[int], zero_rows: list[int]
+) -> None:
+    """The packed float16 test (uint64 words, sign bit ignored) answers as the float comparison does:
+    signed zeros, subnormals, inf and NaN, widths that do and do not pack."""
+    values = _SPECIAL16[np.resize(np.asarray(picks), rows * width)].reshape(rows, width)
+    values[[r for r in zero_rows if r < rows]] = np.float16(-0.0)
+    expected = bool(np.any(values.astype(np.float32) != 0, axis=1).all())
+    assert complete_sketches(np.ascontiguousarray(values)) is expected
+    assert complete_sketches(values.astype(np.float32)) is expected
+
+
 def test_near_duplicates_against_brute_force() -> None:
     rng = np.random.default_rng(5)
     x, y = _units(rng, 500, 6), _units(rng, 4, 6)
