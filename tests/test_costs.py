@@ -14,6 +14,7 @@ from gotd.server.ot.geometry import median_cost, project_to_targets, worth_proje
 from gotd.server.selection.costs import (
     Cost,
     CostConfig,
+    SketchFactors,
     complete_sketches,
     near_duplicates,
     pool_features,
@@ -207,6 +208,22 @@ def test_complete_sketches() -> None:
     assert not complete_sketches(None)
     assert not complete_sketches(tf[:0])
     assert not complete_sketches(np.vstack([tf, tf_rows([None])]))
+
+
+def test_the_idf_alone_is_the_factors_idf_and_serves_them() -> None:
+    """The cost validation computes only the IDF weights; the factors computed later from them are the
+    factors computed from scratch, bit for bit (deleted rows left out of both)."""
+    tf = tf_rows(TEXTS * 3)
+    deleted = np.zeros(len(tf), dtype=bool)
+    deleted[[1, 4]] = True
+    for gone in (None, deleted):
+        idf = SketchFactors.pool_idf(tf, gone)
+        whole = SketchFactors.of(tf, gone)
+        assert idf.tobytes() == whole.idf.tobytes()
+        later = SketchFactors.of(tf, gone, idf)
+        assert later.idf is idf
+        assert later.inverse_norms.tobytes() == whole.inverse_norms.tobytes()
+    assert SketchFactors.pool_idf(tf, deleted).tobytes() != SketchFactors.pool_idf(tf).tobytes()
 
 
 _SPECIAL16 = np.array([0.0, -0.0, 1.0, -1.0, 6e-8, -6e-8, np.inf, np.nan, 65504.0], dtype=np.float16)

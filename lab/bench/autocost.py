@@ -225,8 +225,8 @@ def _section(r: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "Every cold run (ms of the server's own timings; `validate` includes the pool version's sketch "
-        "factors (IDF, row norms), which the explicit request computes between its phases, in `other`):",
+        "Every cold run (ms of the server's own timings; `validate` includes the pool version's IDF "
+        "weights, which the explicit request computes with the row norms between its phases, in `other`):",
         "",
         "| run | request | s | load ms | validate ms | solve ms | score ms | other ms |",
         "|---|---|---|---|---|---|---|---|",

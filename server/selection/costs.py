@@ -214,15 +214,22 @@ class SketchFactors:
     inverse_norms: np.ndarray
 
     @staticmethod
-    def of(tf: np.ndarray, deleted: np.ndarray | None = None) -> SketchFactors:
+    def of(tf: np.ndarray, deleted: np.ndarray | None = None, idf: np.ndarray | None = None) -> SketchFactors:
         """The factors of the pool rows ``tf``; rows marked in ``deleted`` (bool mask) do not count
-        in the document frequencies (their inverse norms are computed all the same)."""
+        in the document frequencies (their inverse norms are computed all the same). ``idf``: the
+        rows' :meth:`pool_idf` when already known."""
+        idf = SketchFactors.pool_idf(tf, deleted) if idf is None else idf
+        return SketchFactors(idf, inverse_norms(tf, idf))
+
+    @staticmethod
+    def pool_idf(tf: np.ndarray, deleted: np.ndarray | None = None) -> np.ndarray:
+        """IDF weights of the pool rows ``tf`` (rows marked in ``deleted`` left out): the part of the
+        factors the cost validation needs."""
         df, n = document_frequency(tf), tf.shape[0]
         if deleted is not None and deleted.any():
             df -= document_frequency(tf[deleted])
             n -= int(deleted.sum())
-        idf = idf_from_df(df, n)
-        return SketchFactors(idf, inverse_norms(tf, idf))
+        return idf_from_df(df, n)
 
     @staticmethod
     def under(tf: np.ndarray, idf: np.ndarray) -> SketchFactors:

@@ -43,7 +43,7 @@ from gotd.cache.store.core import PoolArrays
 from gotd.client.types import CostValidation
 from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
-from gotd.server.selection.costs import Cost, SketchFactors, complete_sketches, sketch_hash
+from gotd.server.selection.costs import Cost, complete_sketches, sketch_hash
 from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.validation import (
     FALLBACK,
@@ -101,7 +101,7 @@ class CostChooser:
         *,
         k: int | None,
         sketched: Callable[[], bool],
-        factors: Callable[[], SketchFactors | None],
+        idf: Callable[[], np.ndarray | None],
         max_staleness: float = 0.0,
     ) -> tuple[SolverParams, CostValidation]:
         """The request's solver options with the chosen setting filled in, and the report.
@@ -120,8 +120,8 @@ class CostChooser:
             Candidates the request keeps (None for Score: :data:`SCORE_FRACTION` of the rows).
         sketched : callable
             Whether every row of the pool version has a sketch (kept per version, cheap).
-        factors : callable
-            The pool version's sketch factors, None when some row has no sketch (called only when the
+        idf : callable
+            The pool version's IDF weights, None when some row has no sketch (called only when the
             validation runs: whole-pool work).
         max_staleness : float
             Share of the pool's rows that may have been written since a validation of an earlier
@@ -148,10 +148,10 @@ class CostChooser:
         key = cache_key(**parts, version=arrays.version, fraction=q)
         found = self._reuse(family, key, arrays, q, max_staleness)
         if found is None:  # reported as read back, so every path reports the same float32 scores
-            known = factors()
-            if known is None:  # not after sketched() said yes
+            weights = idf()
+            if weights is None:  # not after sketched() said yes
                 return self._no_sketches(solver)
-            validation = self._validate(arrays, rows, target, q, pool_tf, target_tf, known.idf)
+            validation = self._validate(arrays, rows, target, q, pool_tf, target_tf, weights)
             entry = self._store(key, validation, arrays.version)
             self._newest.put(family, (key, entry))
             self._duals.set_latest(family, key)

@@ -267,7 +267,7 @@ class SelectionEngine:
                 solver,
                 k=k,
                 sketched=lambda: self._sketches.sketched(arrays),
-                factors=lambda: self._sketches.factors(arrays),
+                idf=lambda: self._sketches.idf(arrays),
                 max_staleness=self.max_staleness(solver, Cost.FUSED),
             )
         config = self.config(solver)
