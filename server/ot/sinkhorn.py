@@ -295,7 +295,7 @@ def c_transform(
         buf = geo.buffer()
         for start, stop in geo.blocks():
             size = stop - start
-            whole = max(MIN_GEMM_ROWS, -(-size // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM)
+            whole = _whole_rows(size)
             if size == whole:
                 lse[start:stop] = softmax_rows(geo, start, h, eps, buf[:size])[0]
             elif whole <= min(stop, len(buf)):  # ragged: whole quanta ending with it, earlier rows redone
@@ -330,15 +330,20 @@ def c_transform_span(
     if not 0 <= start < stop <= x.shape[0]:
         raise ValueError(f"need 0 <= start < stop <= {x.shape[0]}, got {start}, {stop}")
     size = stop - start
-    lead = min(start, max(MIN_GEMM_ROWS, -(-size // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM) - size)
+    lead = min(start, _whole_rows(size) - size)
     return c_transform(x[start - lead : stop], y, g, eps=eps)[lead:]
+
+
+def _whole_rows(size: int) -> int:
+    """Rows of the block a ragged ``size`` rows are computed in: whole quanta, at least ``MIN_GEMM_ROWS``."""
+    return max(MIN_GEMM_ROWS, -(-size // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM)
 
 
 def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor, eps: float) -> torch.Tensor:
     """``LSE_j(h_j + (2/eps) x_i.y_j)`` of the ragged block ``start:stop``, computed inside a block of
     whole quanta (padded with copies of its first row, whose values are dropped)."""
     n = stop - start
-    rows = max(MIN_GEMM_ROWS, -(-n // GEMM_ROW_QUANTUM) * GEMM_ROW_QUANTUM)
+    rows = _whole_rows(n)
     index = torch.full((rows,), start, dtype=torch.long, device=y.device)
     index[:n] = torch.arange(start, stop, device=y.device)
     geo = Geometry.of(take(x, index), y, rows)
