@@ -189,6 +189,7 @@ class Validation:
     metric: LearnedMetric | None = None
 
 
+@single_threaded_blas()  # small products: BLAS threads only wait for each other
 def validate(
     pool_vectors: np.ndarray,
     pool_tf: np.ndarray,
@@ -236,25 +237,6 @@ def validate(
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if m < config.min_targets or n < 1:
         return Validation(FALLBACK, (), fraction, 0, 0, fallback=True)
-    with single_threaded_blas():  # small products: BLAS threads only wait for each other
-        return _validate(
-            pool_vectors, pool_tf, pool_keys, idf, target_vectors, target_tf, seed, fraction, config
-        )
-
-
-def _validate(
-    pool_vectors: np.ndarray,
-    pool_tf: np.ndarray,
-    pool_keys: np.ndarray,
-    idf: np.ndarray,
-    target_vectors: np.ndarray,
-    target_tf: np.ndarray,
-    seed: int,
-    fraction: float,
-    config: ValidationConfig,
-) -> Validation:
-    """:func:`validate` after its checks."""
-    m = target_vectors.shape[0]
     keys = np.asarray(pool_keys, dtype=np.uint64)
     sample = summary_rows(keys, config.pool_sample)
     learned = any(s.learned for s in config.grid)
