@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gotd.server.ot import sinkhorn as sinkhorn_module
 from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.sinkhorn import (
     SinkhornResult,
@@ -70,7 +71,14 @@ def _marginal_error(x: torch.Tensor, y: torch.Tensor, res: SinkhornResult) -> fl
         pytest.param(_clustered, 600, 300, 32, 0.05, id="clustered-eps0.05"),
     ],
 )
-def test_matches_pot_sinkhorn_log(data, n: int, m: int, d: int, eps: float) -> None:
+@pytest.mark.parametrize("formed", [True, False], ids=["formed", "per-pass-gemm"])
+def test_matches_pot_sinkhorn_log(
+    monkeypatch: pytest.MonkeyPatch, data, n: int, m: int, d: int, eps: float, formed: bool
+) -> None:
+    """Both ways a pass gets its cross products: formed once per solve (every problem here fits in
+    ``FORMED_COST_BYTES``) and one GEMM per block per pass."""
+    if not formed:
+        monkeypatch.setattr(sinkhorn_module, "FORMED_COST_BYTES", 0)
     x, y = data(n, m, d, seed=n + m)
     res = sinkhorn(x, y, eps=eps, tol=1e-11, max_iter=20000, block_size=97)
     assert res.converged
