@@ -23,17 +23,9 @@ from gotd.server.selection.costs import Cost, pool_features, target_features
 from gotd.server.selection.kmeans import id_keys, stratified_weights
 from gotd.server.selection.modes import Mode, SelectionConfig, score, solve
 from gotd.server.selection.sketches import fused_matrix, tf_rows
+from tests.test_ot import _clustered
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _clustered(n: int, m: int, d: int, seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(8, d, generator=gen, dtype=dtype), dim=1)
-    lx, ly = torch.randint(8, (n,), generator=gen), torch.randint(3, (m,), generator=gen)
-    x = centres[lx] + 0.8 * torch.randn(n, d, generator=gen, dtype=dtype) / math.sqrt(d)
-    y = centres[ly] + 0.8 * torch.randn(m, d, generator=gen, dtype=dtype) / math.sqrt(d)
-    return torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(y, dim=1)
 
 
 def test_the_products_are_formed_only_for_a_problem_that_fits() -> None:
