@@ -1,9 +1,11 @@
 """``gotd bench scale``: pools of millions of precomputed embeddings on one machine (issue 15).
 
 A real ``gotd serve`` process (float16 pools, in-process dual cache) on 127.0.0.1 and the Python
-client for the Selects; the pools are written into the same LMDB store by this process through the
-server's own ingest path (:class:`~gotd.server.ingest.pipeline.Ingestor`, validation, sketching
-of texts and one transaction per batch; the gRPC transport of millions of embeddings as protobuf
+client for the Selects (started with ``GOTD_MODEL_PRELOAD=false``: every record and target
+carries its embedding, so the encoder is never loaded; the idle RSS is reported); the pools are
+written into the same LMDB store by this process through the server's own ingest path
+(:class:`~gotd.server.ingest.pipeline.Ingestor`, validation, sketching of texts and one transaction
+per batch; the gRPC transport of millions of embeddings as protobuf
 floats is not what is measured). Pools of clustered synthetic unit vectors grow 1M -> 3M (-> 10M
 when the free memory and the per-process budget allow, checked with psutil first); a 1M pool with
 texts made of word spans of the wiki corpus (sketches like real ones, one topic per cluster)
@@ -107,6 +109,7 @@ class Server:
 
     def __init__(self, data_dir: Path) -> None:
         env = {"GOTD_VECTOR_DTYPE": "float16", "GOTD_LOG_LEVEL": "WARNING", "PATH": "/usr/bin:/bin"}
+        env["GOTD_MODEL_PRELOAD"] = "false"  # every record and target carries its embedding
         cmd = [sys.executable, "-m", "gotd.client.cli", "serve", "--listen", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [*cmd, "--data-dir", str(data_dir)], stdout=subprocess.PIPE, text=True, env=env

@@ -33,7 +33,8 @@ NOTES = [
     "page cache, out of the server's RSS). The anonymous part is what the server itself holds: the "
     "snapshot (stored rows, ids, keys), one block of the pass and O(n) float32/float64 vectors; the "
     "server fixes glibc's mmap threshold (1 MiB), so freed blocks leave it instead of staying in "
-    "its heap. The process's fixed part (Python, torch, the encoder model: the idle RSS, "
+    "its heap. The process's fixed part (Python, torch, gRPC; the encoder model is not loaded, "
+    "`GOTD_MODEL_PRELOAD=false`, 0.28 GiB less: the idle RSS, "
     "in the JSON as `rss_idle`) is in both and weighs most on the smallest pools.",
     "- **Ingest.** Measured through the server's `Ingestor.ingest_batch` (validation, one LMDB "
     "transaction per 10,000 records, sketching of texts) into the growing pool, beside the running "

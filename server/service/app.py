@@ -61,6 +61,7 @@ class RunningServer:
     duals: DualCache
     executor: ThreadPoolExecutor
     metrics: Metrics
+    embedder: Embedder
     metrics_port: int | None = None
     watcher: asyncio.Task[None] | None = None
     _stopped: bool = field(default=False, repr=False)
@@ -113,7 +114,10 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         )
     health = HealthServicer()
     embedder = embedder or Embedder(
-        settings.model_path, device=settings.device, batch_size=settings.embed_batch_size
+        settings.model_path,
+        device=settings.device,
+        batch_size=settings.embed_batch_size,
+        preload=settings.model_preload,
     )
     store = Store(settings.data_dir, sketcher=tf_rows, vector_dtype=settings.vector_dtype)
     embcache = EmbeddingCache(store, max_entries=settings.embedding_cache_entries)
@@ -197,6 +201,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         duals,
         executor,
         metrics,
+        embedder,
         metrics_port,
         watcher,
     )

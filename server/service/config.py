@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     model_path: str | None = Field(None, description="local sentence-transformers model directory")
     device: str | None = None
     embed_batch_size: int = Field(64, ge=1)
+    model_preload: bool = Field(
+        True,
+        description="load the encoder at start; false: at the first text to embed (a server sent only "
+        "precomputed embeddings never loads it, about 0.26 GiB less resident memory)",
+    )
     max_concurrent_rpcs: int = Field(32, ge=1)
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_inline_targets: int = Field(20_000, ge=1)
