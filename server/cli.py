@@ -97,10 +97,10 @@ def ingest_ray(file: Path, pool: str, data_dir: Path | None, batch_size: int, ad
         raise typer.Exit(2)
     from gotd.cache.store.core import Store
     from gotd.server.ray.ingest import ray_ingest
-    from gotd.server.selection.sketches import tf_rows
+    from gotd.server.selection.sketches import tf_sparse
 
     try:
-        with Store(data_dir, sketcher=tf_rows) as store:
+        with Store(data_dir, sketcher=tf_sparse) as store:
             s = ray_ingest(file, store, pool=pool, batch_size=batch_size, ray_address=address)
             info = store.get_pool(pool)
     except GotdError as err:
@@ -151,12 +151,12 @@ def sketch_backfill(
     from gotd.cache.errors import NotFound
     from gotd.cache.store.core import Store
     from gotd.cache.store.env import ENV_DIRNAME
-    from gotd.server.selection.sketches import tf_rows
+    from gotd.server.selection.sketches import tf_sparse
 
     try:
         if not (data_dir / ENV_DIRNAME / "data.mdb").is_file():
             raise NotFound(f"no store at {data_dir / ENV_DIRNAME}")
-        with Store(data_dir, sketcher=tf_rows) as store:
+        with Store(data_dir, sketcher=tf_sparse) as store:
             for name in pool or [p.name for p in store.list_pools()]:
                 with tqdm(desc=f"sketch {name}", unit="row", file=sys.stderr, disable=None) as bar:
 

@@ -26,7 +26,7 @@ from gotd.cache.store.sketch import backfill_marker
 from gotd.client.cli import app
 from gotd.client.client import Client
 from gotd.server.ingest.embedder import Embedder
-from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
+from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows, tf_sparse
 from tests._store_helpers import unit_vectors
 
 DIM = 16
@@ -76,7 +76,7 @@ def old(tmp_path: Path) -> tuple[Path, int]:
 
 def test_backfill_sketches_the_stored_texts_and_bumps_the_version_once(old: tuple[Path, int]) -> None:
     path, version = old
-    with Store(path, sketcher=tf_rows) as store:
+    with Store(path, sketcher=tf_sparse) as store:
         before = store.load_vectors("p")
         seen: list[tuple[int, int]] = []
         result = store.backfill_sketches("p", batch_rows=256, progress=lambda d, t: seen.append((d, t)))
@@ -110,7 +110,7 @@ def test_a_store_without_a_sketch_function_is_refused(old: tuple[Path, int]) -> 
         with pytest.raises(FailedPrecondition, match="sketch function"):
             store.backfill_sketches("p")
         assert store.get_pool("p").version == version
-    with Store(path, sketcher=tf_rows) as store:
+    with Store(path, sketcher=tf_sparse) as store:
         with pytest.raises(NotFound):
             store.backfill_sketches("nope")
         with pytest.raises(InvalidArgument):
@@ -119,7 +119,7 @@ def test_a_store_without_a_sketch_function_is_refused(old: tuple[Path, int]) -> 
 
 def test_a_pool_without_any_text_is_left_as_it_is(tmp_path: Path) -> None:
     version = _old_pool(tmp_path, [None, None, None])
-    with Store(tmp_path, sketcher=tf_rows) as store:
+    with Store(tmp_path, sketcher=tf_sparse) as store:
         assert store.backfill_sketches("p") == BackfillResult(0, 3, version)
         assert store.load_vectors("p").sketches is None
         assert _pool_record(store).sketch_buckets == 0
@@ -145,10 +145,10 @@ def test_an_interrupted_backfill_finishes_on_the_rerun_as_a_clean_run(tmp_path: 
     clean_dir, broken_dir = tmp_path / "clean", tmp_path / "broken"
     version = _old_pool(clean_dir)
     assert _old_pool(broken_dir) == version
-    with Store(clean_dir, sketcher=tf_rows) as store:
+    with Store(clean_dir, sketcher=tf_sparse) as store:
         clean = store.backfill_sketches("p", batch_rows=256)
         clean_arrays = store.load_vectors("p")
-    with Store(broken_dir, sketcher=tf_rows) as store:
+    with Store(broken_dir, sketcher=tf_sparse) as store:
         with pytest.raises(StopBackfillError):
             store.backfill_sketches("p", batch_rows=256, progress=_stop_after(calls))
         assert store.get_pool("p").version == version, "no bump before every row is done"
@@ -172,11 +172,11 @@ def test_an_interrupted_backfill_finishes_on_the_rerun_as_a_clean_run(tmp_path: 
 
 def test_rows_written_by_a_store_without_sketches_into_a_sketched_pool_are_filled(tmp_path: Path) -> None:
     records = _records(TEXTS[:20])
-    with Store(tmp_path, sketcher=tf_rows) as store:
+    with Store(tmp_path, sketcher=tf_sparse) as store:
         store.upsert("p", records[:10], model="m", dim=DIM)
     with Store(tmp_path) as store:  # an older writer: zero rows
         version = store.upsert("p", records[10:], model="m", dim=DIM).version
-    with Store(tmp_path, sketcher=tf_rows) as store:
+    with Store(tmp_path, sketcher=tf_sparse) as store:
         missing = sum(1 for t in TEXTS[10:20] if t)
         result = store.backfill_sketches("p")
         assert result == BackfillResult(missing, sum(1 for t in TEXTS[:20] if not t), version + 1)
@@ -186,15 +186,15 @@ def test_rows_written_by_a_store_without_sketches_into_a_sketched_pool_are_fille
 
 
 def test_a_pool_of_another_sketch_width_is_refused(tmp_path: Path) -> None:
-    with Store(tmp_path, sketcher=functools.partial(tf_rows, buckets=64)) as store:
+    with Store(tmp_path, sketcher=functools.partial(tf_sparse, buckets=64)) as store:
         store.upsert("p", _records(["x y z"]), model="m", dim=DIM)
-    with Store(tmp_path, sketcher=tf_rows) as store, pytest.raises(FailedPrecondition, match="64 buckets"):
+    with Store(tmp_path, sketcher=tf_sparse) as store, pytest.raises(FailedPrecondition, match="64 buckets"):
         store.backfill_sketches("p")
 
 
 def test_rows_rewritten_during_the_backfill_get_the_sketch_of_their_new_text(old: tuple[Path, int]) -> None:
     path, _ = old
-    with Store(path, sketcher=tf_rows) as store:
+    with Store(path, sketcher=tf_sparse) as store:
         calls = [0]
 
         def racing(texts: Sequence[str | None]) -> np.ndarray:
@@ -223,7 +223,7 @@ def test_rows_rewritten_during_the_backfill_get_the_sketch_of_their_new_text(old
 
 def test_delete_pool_removes_an_unfinished_backfill_marker(old: tuple[Path, int]) -> None:
     path, _ = old
-    with Store(path, sketcher=tf_rows) as store:
+    with Store(path, sketcher=tf_sparse) as store:
         with pytest.raises(StopBackfillError):
             store.backfill_sketches("p", batch_rows=256, progress=_stop_after(1))
         prefix = _pool_record(store).prefix

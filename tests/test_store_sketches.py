@@ -17,7 +17,7 @@ from gotd.cache.store.core import Store
 from gotd.cache.store.layout import PoolRecord
 from gotd.cache.store.sketch import SKETCH_DB
 from gotd.cache.store.vectors import content_hash
-from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows
+from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows, tf_sparse
 from tests._store_helpers import unit_vectors
 
 DIM = 16
@@ -44,9 +44,9 @@ def _chunk_keys(store: Store, pool: str) -> list[bytes]:
         return [bytes(k) for k, _ in cur if bytes(k)[:8] == prefix.prefix]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path, sketcher=tf_rows)
+@pytest.fixture(params=[tf_rows, tf_sparse], ids=["dense-sketcher", "sparse-sketcher"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    s = Store(tmp_path, sketcher=request.param)
     yield s  # type: ignore[misc]
     s.close()
 

@@ -33,6 +33,7 @@ import lmdb
 import numpy as np
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
+from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.env import Abort, Env
 from gotd.cache.store.layout import PoolRecord, chunk_rows_for, decode_content, u64_key, u64_keys
 from gotd.cache.store.read import require_pool
@@ -41,9 +42,10 @@ from gotd.cache.store.sketch import (
     SKETCH_DTYPE,
     Sketcher,
     backfill_marker,
-    sketch_matrix,
+    sketch_rows,
     write_sketch_rows,
 )
+from gotd.cache.store.sketch_codec import decode_chunk
 
 __all__ = ["BackfillResult", "backfill_sketches"]
 
@@ -115,14 +117,14 @@ def backfill_sketches(
     if sketcher is None:
         raise FailedPrecondition(
             f"pool {pool!r}: a sketch backfill needs a store opened with a sketch function "
-            "(Store(path, sketcher=gotd.server.selection.sketches.tf_rows))"
+            "(Store(path, sketcher=gotd.server.selection.sketches.tf_sparse))"
         )
     if batch_rows < 1:
         raise InvalidArgument(f"batch_rows must be >= 1, got {batch_rows}")
     dbs = env.dbs
     if SKETCH_DB not in dbs:
         raise FailedPrecondition(f"store {env.path} has no sketches database (open it read-write)")
-    width = sketch_matrix(sketcher, [None]).shape[1]
+    width = sketch_rows(sketcher, [None]).width
     first = env.read(lambda txn: require_pool(txn, dbs, pool))
     if first.sketch_buckets not in (0, width):
         raise FailedPrecondition(
@@ -137,15 +139,19 @@ def backfill_sketches(
         )
         if start >= plan.count:
             break
-        values = sketch_matrix(sketcher, plan.texts) if plan.texts else np.zeros((0, width), SKETCH_DTYPE)
-        if values.shape[1] != width:
+        values = sketch_rows(sketcher, plan.texts) if plan.texts else SparseRows.zeros(0, width)
+        if values.width != width:
             raise FailedPrecondition(
-                f"the sketch function gave {width} buckets, then {values.shape[1]} for pool {pool!r}"
+                f"the sketch function gave {width} buckets, then {values.width} for pool {pool!r}"
             )
-        found = values.any(axis=1)
+        found = values.row_any()
         skipped = 0
         if found.any():
-            rows, versions, values = plan.rows[found], plan.versions[found], values[found]
+            rows, versions, values = (
+                plan.rows[found],
+                plan.versions[found],
+                values.take(np.flatnonzero(found)),
+            )
             written, skipped = env.write(
                 functools.partial(
                     _write,
@@ -220,7 +226,7 @@ def _sketch_rows(
         raw = txn.get(u64_key(rec.prefix, chunk), db=db)
         if raw is None:
             continue
-        block = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)
+        block = decode_chunk(raw, width)
         lo, hi = max(start, chunk * size), min(stop, chunk * size + len(block))
         if lo < hi:
             out[lo - start : hi - start] = block[lo - chunk * size : hi - chunk * size]
@@ -255,7 +261,7 @@ def _write(
     width: int,
     rows: np.ndarray,
     versions: np.ndarray,
-    values: np.ndarray,
+    values: SparseRows,
 ) -> tuple[int, int]:
     """Write the sketches of the rows whose version is still the one read; ``(written, skipped)``."""
     rec = _pool(txn, dbs, pool, uid)
@@ -270,7 +276,7 @@ def _write(
     if not rec.sketch_buckets:
         rec = replace(rec, sketch_buckets=width, sketch_rows=chunk_rows_for(width, SKETCH_DTYPE.name))
         txn.put(pool.encode("utf-8"), rec.encode(), db=dbs["pools"])
-    write_sketch_rows(txn, dbs[SKETCH_DB], rec, rows[keep], values[keep])
+    write_sketch_rows(txn, dbs[SKETCH_DB], rec, rows[keep], values.take(np.flatnonzero(keep)))
     txn.put(backfill_marker(rec.prefix), b"", db=dbs["meta"])
     return written, skipped
 

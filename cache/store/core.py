@@ -82,8 +82,8 @@ class Store:
     vector_dtype : {"float32", "float16"}
         Storage dtype of new pools' vectors (reads always return float32).
     sketcher : callable, optional
-        Texts -> sketch rows ``(len(texts), buckets)`` (the server passes
-        ``gotd.server.selection.sketches.tf_rows``;
+        Texts -> sketch rows ``(len(texts), buckets)``, dense or sparse (the server passes
+        ``gotd.server.selection.sketches.tf_sparse``;
         ``gotd.cache`` never imports ``gotd.server``). Without it no
         sketches are computed: new pools and target sets keep none, and rows written into a pool that
         keeps sketches get zero rows.

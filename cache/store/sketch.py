@@ -2,12 +2,13 @@
 
 A *sketch* is one dense row of ``buckets`` float16 values per candidate or target (the hashed n-gram
 term frequencies of its text), computed once when the record is written by a function the caller hands
-to the store (the server passes ``gotd.server.selection.sketches.tf_rows``; ``gotd.cache`` never imports
+to the store (the server passes ``gotd.server.selection.sketches.tf_sparse``; ``gotd.cache`` never imports
 ``gotd.server``). A zero row means "no sketch" (no text, or written without a sketch function).
 
 Layout (``P`` is the pool's number, as in :mod:`gotd.cache.store.layout`)::
 
-    sketches  P + u64 chunk -> up to sketch_rows x sketch_buckets float16 (little-endian), row-major
+    sketches  P + u64 chunk -> up to sketch_rows rows of sketch_buckets float16 values, dense or sparse
+                              (:mod:`gotd.cache.store.sketch_codec`)
     targets   target-set name -> u32 len(header) + JSON header + u32 len(ids) + JSON ids
               + float32 vectors [+ float16 sketches when the header has "sketch_buckets"]
 
@@ -16,7 +17,10 @@ older gotd) and ``sketch_rows``, its own rows per chunk (``chunk_rows_for(sketch
 256 rows of 1024 buckets, 512 KiB), independent of the vector chunking so that a low-dimensional pool
 does not rewrite multi-megabyte sketch chunks on every small upsert. Chunks are sparse: an absent chunk,
 or the rows past the end of a short one, are zero rows, so a vector-only pool stores no sketch bytes.
-Sketch chunks are written in the same write transaction as the vectors.
+Sketch chunks are written in the same write transaction as the vectors, sparse (a chunk of a dense
+store is re-encoded when an upsert rewrites it); a snapshot decodes them to the dense float16 rows.
+A sketch function may return the rows dense or as :class:`~gotd.cache.sketch_rows.SparseRows`, which
+the store then encodes without ever building the dense rows.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows
 from gotd.cache.store.buffers import grown_rows, spare_rows
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
-from gotd.cache.store.pages import release
+from gotd.cache.store.sketch_codec import chunk_length, decode_chunk, decode_into, decode_sparse, encode_chunk
 
 __all__ = [
     "SKETCH_DB",
@@ -46,23 +51,40 @@ __all__ = [
     "grown_sketches",
     "load_sketches",
     "sketch_matrix",
+    "sketch_rows",
     "write_sketch_rows",
 ]
 
 LOG = logging.getLogger(__name__)
 
 SKETCH_DB: Final = "sketches"
-SKETCH_DTYPE: Final = np.dtype("<f2")
 _U32 = struct.Struct("<I")
 
-Sketcher = Callable[[Sequence[str | None]], np.ndarray]
-"""Texts -> sketch rows, shape ``(len(texts), buckets)``; a zero row for a None or empty text."""
+Sketcher = Callable[[Sequence[str | None]], np.ndarray | SparseRows]
+"""Texts -> sketch rows, shape ``(len(texts), buckets)``, dense or sparse; a zero row for a None or
+empty text."""
 
 
 def backfill_marker(prefix: bytes) -> bytes:
     """``meta`` key present while a sketch backfill of the pool ``prefix`` has written rows without
     bumping the pool version yet (:mod:`gotd.cache.store.backfill`)."""
     return b"sketch_backfill/" + prefix
+
+
+def sketch_rows(sketcher: Sketcher, texts: Sequence[str | None]) -> SparseRows:
+    """``sketcher(texts)`` checked, as :class:`SparseRows` (dense rows are converted).
+
+    Raises
+    ------
+    ValueError
+        When the sketch function returns another shape or non-finite values (a programming error).
+    """
+    got = sketcher(texts)
+    rows = got if isinstance(got, SparseRows) else SparseRows.from_dense(_dense_rows(got))
+    if len(rows) != len(texts) or rows.width < 1:
+        raise ValueError(f"the sketch function returned shape {rows.shape} for {len(texts)} texts")
+    _check_finite(rows.values)
+    return rows
 
 
 def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray:
@@ -73,23 +95,35 @@ def sketch_matrix(sketcher: Sketcher, texts: Sequence[str | None]) -> np.ndarray
     ValueError
         When the sketch function returns another shape or non-finite values (a programming error).
     """
-    rows = np.ascontiguousarray(sketcher(texts), dtype=SKETCH_DTYPE)
-    if rows.ndim != 2 or rows.shape[0] != len(texts) or rows.shape[1] < 1:
+    got = sketcher(texts)
+    rows = got.dense() if isinstance(got, SparseRows) else _dense_rows(got)
+    if rows.shape[0] != len(texts) or rows.shape[1] < 1:
         raise ValueError(f"the sketch function returned shape {rows.shape} for {len(texts)} texts")
-    if rows.size and int((rows.view("<u2") & np.uint16(0x7FFF)).max()) >= 0x7C00:  # all-ones exponent
-        raise ValueError("the sketch function returned non-finite values")
+    _check_finite(rows)
     return rows
 
 
-def batch_sketches(sketcher: Sketcher | None, texts: Sequence[str | None]) -> tuple[np.ndarray | None, int]:
-    """``(rows, width)`` of an upsert batch: :func:`sketch_matrix` of its texts and their width; rows
+def _dense_rows(rows: np.ndarray) -> np.ndarray:
+    out = np.ascontiguousarray(rows, dtype=SKETCH_DTYPE)
+    if out.ndim != 2:
+        raise ValueError(f"the sketch function returned shape {out.shape}")
+    return out
+
+
+def _check_finite(values: np.ndarray) -> None:
+    if values.size and int((values.view("<u2") & np.uint16(0x7FFF)).max()) >= 0x7C00:  # all-ones exponent
+        raise ValueError("the sketch function returned non-finite values")
+
+
+def batch_sketches(sketcher: Sketcher | None, texts: Sequence[str | None]) -> tuple[SparseRows | None, int]:
+    """``(rows, width)`` of an upsert batch: :func:`sketch_rows` of its texts and their width; rows
     None (all zero rows) when no record has a text or there is no sketch function (width 0)."""
     if sketcher is None:
         return None, 0
     if any(texts):
-        rows = sketch_matrix(sketcher, texts)
-        return rows, rows.shape[1]
-    return None, sketch_matrix(sketcher, [None]).shape[1]  # the function is still checked
+        rows = sketch_rows(sketcher, texts)
+        return rows, rows.width
+    return None, sketch_rows(sketcher, [None]).width  # the function is still checked
 
 
 # -- pool chunks -----------------------------------------------------------------------------------
@@ -100,7 +134,7 @@ def write_sketch_rows(
     db: lmdb._Database,
     pool: PoolRecord,
     rows: np.ndarray,
-    values: np.ndarray | None,
+    values: SparseRows | None,
 ) -> None:
     """Set the sketches of pool rows ``rows`` (sorted ascending) to ``values`` (None: zero rows).
 
@@ -114,28 +148,26 @@ def write_sketch_rows(
         The pool, with ``sketch_buckets > 0``.
     rows : numpy.ndarray
         Pool rows, int64, sorted ascending.
-    values : numpy.ndarray or None
-        Shape ``(len(rows), pool.sketch_buckets)``, float16.
+    values : SparseRows or None
+        ``len(rows)`` rows of ``pool.sketch_buckets``.
     """
     size, width = pool.sketch_rows, pool.sketch_buckets
     for chunk, part, local in chunk_parts(rows, size):
-        new = None if values is None else values[part[0] : part[-1] + 1]  # part: a run of positions
+        new = None if values is None else values.rows(int(part[0]), int(part[-1]) + 1)  # a run of positions
         key = u64_key(pool.prefix, chunk)
         raw = txn.get(key, db=db)
         if raw is None and (new is None or not new.any()):
             continue  # an absent chunk already reads as zero rows
         if raw is None and new is not None and local[-1] == len(local) - 1:  # a new chunk's first rows
-            txn.put(key, np.ascontiguousarray(new).tobytes(), db=db)
+            txn.put(key, encode_chunk(new), db=db)
             continue
-        old = np.zeros((0, width), SKETCH_DTYPE) if raw is None else _rows(raw, width)
-        block = np.zeros((max(len(old), int(local.max()) + 1), width), dtype=SKETCH_DTYPE)
-        block[: len(old)] = old
-        block[local] = 0 if new is None else new
-        txn.put(key, block.tobytes(), db=db)
-
-
-def _rows(raw: bytes | memoryview, width: int) -> np.ndarray:
-    return np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)
+        old = SparseRows.zeros(0, width) if raw is None else decode_sparse(raw, width)
+        new = SparseRows.zeros(len(local), width) if new is None else new
+        both = SparseRows.concat([old, new, SparseRows.zeros(1, width)], width)
+        source = np.full(max(len(old), int(local.max()) + 1), len(old) + len(new), dtype=np.int64)
+        source[: len(old)] = np.arange(len(old))  # the old rows, the new rows at local, zero rows between
+        source[local] = len(old) + np.arange(len(new))
+        txn.put(key, encode_chunk(both.take(source)), db=db)
 
 
 def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRecord) -> np.ndarray | None:
@@ -153,16 +185,17 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
     out: np.ndarray | None = None
     for chunk, value in pool_chunks(txn, db, pool.prefix):
         start = chunk * size
-        if len(value) % (width * SKETCH_DTYPE.itemsize):
-            LOG.warning("pool %r: a sketch chunk has a partial row; loading without sketches", pool.name)
+        try:
+            length = chunk_length(value, width)
+        except ValueError as err:
+            LOG.warning("pool %r: %s; loading without sketches", pool.name, err)
             return None
-        part = _rows(value, width)
-        if len(part) > size or start + len(part) > n:
+        if length > size or start + length > n:
             LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
             return None
         if out is None:
             out = _zero_rows(n, width)
-        out[start : start + len(part)] = part
+        decode_into(value, width, out[start : start + length])
     return out
 
 
@@ -186,10 +219,9 @@ def grown_sketches(
         raw = txn.get(u64_key(pool.prefix, chunk), db=db)
         if raw is None and out is None:
             continue  # an absent chunk: zero rows, and so are all the rows of a pool without sketches
-        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else _rows(raw, width)
+        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else decode_chunk(raw, width)
         inside = local < len(block)
-        values = block[local[inside]]  # a copy: the chunk's pages can go
-        release(block)
+        values = block[local[inside]]
         if out is None:
             if not values.any():
                 continue

@@ -24,6 +24,7 @@ import numpy as np
 import xxhash
 
 from gotd.cache.errors import FailedPrecondition
+from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.changes import log_change
 from gotd.cache.store.env import Abort
 from gotd.cache.store.idindex import CLASH, ORDERED, index_keys, index_values, lookup_rows
@@ -182,12 +183,12 @@ def upsert_txn(
     model: str,
     dim: int,
     dtype: str,
-    sketches: np.ndarray | None = None,
+    sketches: SparseRows | None = None,
     sketch_width: int = 0,
 ) -> UpsertResult:
     """Upsert ``ids`` with unit ``vectors`` (n, dim) float32 and ``contents`` into pool ``name``.
 
-    ``sketches`` (n, buckets) float16 are the records' sketch rows (None: zero rows, e.g. no record
+    ``sketches`` (n rows of ``buckets``) are the records' sketch rows (None: zero rows, e.g. no record
     has a text); ``sketch_width`` is their width (a pool created by the batch keeps sketches when > 0).
 
     Raises
@@ -293,8 +294,8 @@ def upsert_txn(
 
 
 def _sketch_values(
-    pool: PoolRecord, sketches: np.ndarray | None, width: int, picked: np.ndarray | None
-) -> np.ndarray | None:
+    pool: PoolRecord, sketches: SparseRows | None, width: int, picked: np.ndarray | None
+) -> SparseRows | None:
     """The batch's sketch rows ``picked`` (None: all, in order) for ``pool``; None (zero rows) when it
     has none of the pool's width."""
     if width and width != pool.sketch_buckets:
@@ -307,5 +308,4 @@ def _sketch_values(
         return None
     if sketches is None or picked is None:
         return sketches
-    picked_rows: np.ndarray = sketches[picked]
-    return picked_rows
+    return sketches.take(picked)

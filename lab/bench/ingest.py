@@ -31,7 +31,7 @@ from gotd.lab.bench.util import best_seconds, machine
 from gotd.lab.corpora.wiki import load_wiki
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
-from gotd.server.selection.sketches import tf_rows
+from gotd.server.selection.sketches import tf_sparse
 
 NAME = "ingest"
 TEXT_BATCH = 256
@@ -92,7 +92,7 @@ def bench_text(embedder: Embedder, work: Path, n: int) -> dict[str, float]:
     texts = [t for _, t in docs]
     _encode(embedder, texts[:8])  # warm-up
     bare, ingest, again = _Clock(), _Clock(), _Clock()
-    with Store(work / "text", sketcher=tf_rows) as store:
+    with Store(work / "text", sketcher=tf_sparse) as store:
         ingestor = Ingestor(store, embedder, EmbeddingCache(store))
         records = [Record.create(i, text=t) for i, t in docs]
         starts = range(0, len(records), PAIR_BATCH)
@@ -129,7 +129,7 @@ def bench_text_file(embedder: Embedder, work: Path, n: int, parts: int) -> dict[
         part = docs[k * size : (k + 1) * size]
         path = work / f"wiki{k}.jsonl"
         path.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in part) + "\n", encoding="utf-8")
-        with Store(work / f"file{k}", sketcher=tf_rows) as store:
+        with Store(work / f"file{k}", sketcher=tf_sparse) as store:
             ingestor = Ingestor(store, embedder, EmbeddingCache(store))
             _alternate(
                 k,

@@ -38,7 +38,7 @@ from gotd.lab.bench import scale_report
 from gotd.lab.bench.util import machine
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
-from gotd.server.selection.sketches import tf_rows
+from gotd.server.selection.sketches import tf_sparse
 
 DIM = 384
 CENTERS = 16
@@ -271,7 +271,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
     texts = Texts()
     with tempfile.TemporaryDirectory(prefix="gotd-scale-") as tmp:
         data = Path(tmp) / "data"
-        with Store(data, sketcher=tf_rows, vector_dtype="float16") as store:
+        with Store(data, sketcher=tf_sparse, vector_dtype="float16") as store:
             ingestor = Ingestor(store, cast(Embedder, _NoEncoder()), None)
             with Server(data) as server, Client(server.address, timeout=3600) as client:
                 results["rss_idle"] = server.rss.reset()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import xxhash
 
+from gotd.cache.sketch_rows import SparseRows
 from gotd.server.selection.ngram_hash import batch_ngram_hashes
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "inverse_norms",
     "ngrams",
     "tf_rows",
+    "tf_sparse",
     "unit_sketches",
 ]
 
@@ -175,21 +177,56 @@ def tf_rows(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> np
     -------
     numpy.ndarray, shape (len(texts), buckets), float16
     """
+    return tf_sparse(texts, buckets=buckets).dense()
+
+
+def tf_sparse(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> SparseRows:
+    """The rows of :func:`tf_rows` in sparse form, built without the dense rows (the store's sketch
+    function: it writes the rows sparse, :mod:`gotd.cache.store.sketch_codec`).
+
+    Returns
+    -------
+    SparseRows
+        ``len(texts)`` rows of ``buckets``: the non-zero values, buckets ascending per row.
+    """
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
-    out = np.zeros((len(texts), buckets), dtype=np.float16)
-    flat = out.reshape(-1)
     rows = np.array([i for i, text in enumerate(texts) if text], dtype=np.int64)
+    owners, slots, values = [], [], []
     for start in range(0, len(rows), _TF_BLOCK):
         part = rows[start : start + _TF_BLOCK]
-        owner, hashes = batch_ngram_hashes([str(texts[i]) for i in part.tolist()])
-        slots = _slots(hashes, buckets)
-        signs = np.where(hashes.view(np.int64) < 0, -1.0, 1.0)  # the top bit set: -1
-        key = owner * buckets + slots
-        sums = np.bincount(key, weights=signs)
-        # each touched bucket written once per n-gram in it, always with the same value
-        flat[part[owner] * buckets + slots] = _sublinear(sums[key])
-    return out
+        owner, slot, value = _tf_block([str(texts[i]) for i in part.tolist()], buckets)
+        owners.append(part[owner])
+        slots.append(slot)
+        values.append(value)
+    owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
+    indptr = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=len(texts)), out=indptr[1:])
+    return SparseRows(
+        buckets,
+        indptr,
+        np.concatenate(slots) if slots else np.zeros(0, dtype=np.int64),
+        np.concatenate(values) if values else np.zeros(0, dtype=np.float16),
+    )
+
+
+def _tf_block(texts: list[str], buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(text, bucket, value)`` of every non-zero term frequency of a block of texts, ordered by text
+    then bucket: one sort of the n-grams' ``(text, bucket, sign)`` keys, whose runs are the counts."""
+    owner, hashes = batch_ngram_hashes(texts)
+    negative = hashes.view(np.int64) < 0  # the top bit set: -1
+    key = (owner * buckets + _slots(hashes, buckets)) * 2 + negative
+    ordered = np.sort(key.astype(np.int32) if len(texts) * buckets < 1 << 30 else key)
+    runs = np.flatnonzero(np.diff(ordered, prepend=-1))
+    found = ordered[runs].astype(np.int64)
+    lengths = np.diff(np.append(runs, len(ordered)))
+    signed = np.where(found & 1, -lengths, lengths)
+    cells = np.flatnonzero(np.diff(found >> 1, prepend=-1))  # a bucket has one or two runs (+ and -)
+    sums = np.add.reduceat(signed, cells) if len(cells) else signed
+    cell = found[cells] >> 1
+    value = _sublinear(sums.astype(np.float64))
+    keep = sums != 0  # a bucket whose signs cancel stays a zero
+    return cell[keep] // buckets, cell[keep] % buckets, value[keep]
 
 
 def _slots(hashes: np.ndarray, buckets: int) -> np.ndarray:

@@ -29,7 +29,7 @@ from gotd.cache.store.embeddings import EmbeddingCache
 from gotd.cache.store.idsets import IdSets
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
-from gotd.server.selection.sketches import tf_rows
+from gotd.server.selection.sketches import tf_sparse
 from gotd.server.service.allocator import bound_heap
 from gotd.server.service.config import Settings
 from gotd.server.service.engine import SelectionEngine
@@ -119,7 +119,7 @@ async def start_server(settings: Settings, *, embedder: Embedder | None = None) 
         batch_size=settings.embed_batch_size,
         preload=settings.model_preload,
     )
-    store = Store(settings.data_dir, sketcher=tf_rows, vector_dtype=settings.vector_dtype)
+    store = Store(settings.data_dir, sketcher=tf_sparse, vector_dtype=settings.vector_dtype)
     embcache = EmbeddingCache(store, max_entries=settings.embedding_cache_entries)
     metrics.watch_embedding_cache(embcache)
 

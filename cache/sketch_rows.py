@@ -1,0 +1,132 @@
+"""Sketch rows in compressed sparse row form: what the store writes and a sketch function may return.
+
+A stored sketch row (:mod:`gotd.cache.store.sketch`) is ``width`` float16 values of which a text
+touches only a few (about 100 of 1,024 buckets for a 40-word text). :class:`SparseRows` holds a batch
+of such rows as CSR arrays: row ``i``'s non-zero values are ``values[indptr[i]:indptr[i + 1]]`` at the
+buckets ``indices[indptr[i]:indptr[i + 1]]`` (ascending). "Non-zero" means a non-zero float16 bit
+pattern, so :meth:`SparseRows.from_dense` and :meth:`SparseRows.dense` are exact inverses, bit for
+bit, on any float16 rows (a ``-0.0`` is kept as a value).
+
+It lives outside :mod:`gotd.cache.store` so that the sketch function of the server
+(:func:`gotd.server.selection.sketches.tf_sparse`) can build it without importing the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SKETCH_DTYPE", "SparseRows", "ranges"]
+
+SKETCH_DTYPE = np.dtype("<f2")
+
+
+def ranges(start: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """The indices ``start[i] + j`` for ``0 <= j < size[i]``, concatenated (int64)."""
+    offset = np.zeros(len(size), dtype=np.int64)
+    np.cumsum(size[:-1], out=offset[1:])
+    out: np.ndarray = np.arange(int(size.sum()), dtype=np.int64) + np.repeat(start - offset, size)
+    return out
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """``len(indptr) - 1`` sketch rows of ``width`` float16 values, in CSR form.
+
+    Attributes
+    ----------
+    width : int
+        Buckets per row.
+    indptr : numpy.ndarray, shape (n + 1,), int64
+        Row ``i``'s entries are ``indptr[i]:indptr[i + 1]``; ``indptr[0] == 0``.
+    indices : numpy.ndarray, shape (nnz,), int64
+        Bucket of each entry, ascending within a row, each in ``[0, width)``.
+    values : numpy.ndarray, shape (nnz,), float16
+        Value of each entry (a non-zero bit pattern).
+    """
+
+    width: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, width)``, as of the dense array."""
+        return len(self), self.width
+
+    @classmethod
+    def zeros(cls, n: int, width: int) -> SparseRows:
+        """``n`` zero rows."""
+        empty = np.zeros(0, dtype=np.int64)
+        return cls(width, np.zeros(n + 1, dtype=np.int64), empty, np.zeros(0, dtype=SKETCH_DTYPE))
+
+    @classmethod
+    def from_dense(cls, rows: np.ndarray) -> SparseRows:
+        """The entries of a 2-d float16 array with a non-zero bit pattern."""
+        bits = np.ascontiguousarray(rows, dtype=SKETCH_DTYPE).view("<u2")
+        row, col = np.nonzero(bits)
+        indptr = np.zeros(bits.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(row, minlength=bits.shape[0]), out=indptr[1:])
+        return cls(int(bits.shape[1]), indptr, col.astype(np.int64), bits[row, col].view(SKETCH_DTYPE))
+
+    @classmethod
+    def concat(cls, parts: list[SparseRows], width: int) -> SparseRows:
+        """The rows of ``parts``, one after the other (all of ``width`` buckets)."""
+        if not parts:
+            return cls.zeros(0, width)
+        counts = np.concatenate([np.diff(p.indptr) for p in parts])
+        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.concatenate([p.indices for p in parts])
+        return cls(width, indptr, indices, np.concatenate([p.values for p in parts]).astype(SKETCH_DTYPE))
+
+    def counts(self) -> np.ndarray:
+        """Entries per row (int64)."""
+        out: np.ndarray = np.diff(self.indptr)
+        return out
+
+    def row_any(self) -> np.ndarray:
+        """Per row, whether it has a non-zero value (``dense().any(axis=1)``; a ``-0.0`` is zero)."""
+        nonzero = (self.values.view("<u2") & np.uint16(0x7FFF)) != 0
+        owner = np.repeat(np.arange(len(self), dtype=np.int64), self.counts())
+        out = np.zeros(len(self), dtype=bool)
+        out[owner[nonzero]] = True
+        return out
+
+    def any(self) -> bool:
+        """Whether any row has a non-zero value."""
+        return bool(((self.values.view("<u2") & np.uint16(0x7FFF)) != 0).any())
+
+    def rows(self, start: int, stop: int) -> SparseRows:
+        """Rows ``start:stop`` (views of the arrays but for the shifted ``indptr``)."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return SparseRows(
+            self.width, self.indptr[start : stop + 1] - lo, self.indices[lo:hi], self.values[lo:hi]
+        )
+
+    def take(self, positions: np.ndarray) -> SparseRows:
+        """Rows ``positions`` (any order, repeats allowed)."""
+        counts = self.counts()[positions]
+        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        picked = ranges(self.indptr[:-1][positions], counts)
+        return SparseRows(self.width, indptr, self.indices[picked], self.values[picked])
+
+    def dense(self) -> np.ndarray:
+        """The rows as a C-contiguous ``(n, width)`` float16 array."""
+        out = np.zeros((len(self), self.width), dtype=SKETCH_DTYPE)
+        self.fill(out)
+        return out
+
+    def fill(self, out: np.ndarray) -> None:
+        """Write the entries into ``out``, a C-contiguous ``(n, width)`` float16 array of zeros."""
+        if not out.flags.c_contiguous:
+            raise ValueError("sketch rows fill a C-contiguous array only")
+        flat = out.reshape(-1)  # a view: out is C-contiguous
+        owner = np.repeat(np.arange(len(self), dtype=np.int64) * self.width, self.counts())
+        flat[owner + self.indices] = self.values
