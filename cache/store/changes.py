@@ -111,9 +111,7 @@ def grow_snapshot(
         vectors[target] = block[local]
         keys[target] = meta.keys[local]
         versions[target] = meta.versions[local]
-        for r, j in zip(target.tolist(), local.tolist(), strict=True):
-            ids[r] = meta.ids[j]
-            domains[r] = meta.domains[j]
+        _copy_names(ids, domains, target, meta.ids, meta.domains, local)
         release(block)
     sketches = (
         grown_sketches(txn, dbs.get(SKETCH_DB), pool, base.sketches, rows, appended)
@@ -130,6 +128,26 @@ def grow_snapshot(
                 return None
             versions[deleted[part]] = RowChunk.decode(meta_raw).versions[local]
     return snapshot(pool, vectors, ids, keys, domains, versions, sketches, mask)
+
+
+def _copy_names(
+    ids: list[str],
+    domains: list[str],
+    target: np.ndarray,
+    chunk_ids: list[str],
+    chunk_domains: list[str],
+    local: np.ndarray,
+) -> None:
+    """``ids[target[i]] = chunk_ids[local[i]]`` (and the domains): one slice when both are runs of rows
+    (rows appended in order), else row by row."""
+    t0, j0, m = int(target[0]), int(local[0]), len(target)
+    if int(target[-1]) - t0 == m - 1 and int(local[-1]) - j0 == m - 1:
+        ids[t0 : t0 + m] = chunk_ids[j0 : j0 + m]
+        domains[t0 : t0 + m] = chunk_domains[j0 : j0 + m]
+        return
+    for r, j in zip(target.tolist(), local.tolist(), strict=True):
+        ids[r] = chunk_ids[j]
+        domains[r] = chunk_domains[j]
 
 
 def _grown_mask(

@@ -159,6 +159,8 @@ def complete_sketches(tf: np.ndarray | None) -> bool:
     if tf is None or tf.ndim != 2 or tf.shape[0] == 0:
         return False
     packed = tf.dtype == np.float16 and tf.shape[1] % 4 == 0 and tf.flags.c_contiguous
+    if not _nonzero_rows(tf[:1], packed):  # rows sent as vectors are zero: answered by the first
+        return False
     return all(
         _nonzero_rows(tf[start : start + _BLOCK_ROWS], packed) for start in range(0, tf.shape[0], _BLOCK_ROWS)
     )

@@ -50,6 +50,7 @@ def top_k(
         eligible = np.asarray(eligible)
         if eligible.shape != (n,) or eligible.dtype != np.bool_:
             raise ValueError(f"eligible must be a bool array of shape ({n},)")
+    if eligible is not None and not eligible.all():  # (every row eligible: no index, no copy of the scores)
         rows = np.flatnonzero(eligible)
         values = scores[rows]
     else:

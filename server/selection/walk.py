@@ -166,9 +166,15 @@ class Walk:
             new[: self.position] = old[: self.position]
             setattr(self, name, new)
 
-    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.vectors[rows if self.vector_rows is None else self.vector_rows[rows]]
-        return out
+    def _fill(self, start: int, rows: np.ndarray) -> None:
+        """Put the embeddings of ``rows`` at walk positions ``start:``, gathered straight into the buffer
+        (``clip``: no bounds check, so no staging copy; ranked rows are rows of ``vectors``)."""
+        at = rows if self.vector_rows is None else self.vector_rows[rows]
+        out = self.buf[start : start + len(rows)]
+        if self.vectors.dtype == np.float32:
+            np.take(self.vectors, at, axis=0, out=out, mode="clip")
+        else:
+            out[:] = self.vectors[at]
 
     def look_ahead(self, ranked: list[tuple[int, float]]) -> None:
         """With a known graph, before the blocks of ``ranked`` not walked yet: their pairs that the
@@ -193,7 +199,7 @@ class Walk:
         end = start + cover
         is_new = np.concatenate([self.ahead_new, part_new])
         self._grow(end)
-        self.buf[start:end] = self._vectors_of(rows)
+        self._fill(start, rows)
         new = start + np.flatnonzero(is_new[start:])
         i, x = self._candidates(new, np.arange(end))
         ok = (x != i) & ~(is_new[x] & (x >= start) & (x > i))  # a pair of two new rows: once
@@ -217,7 +223,7 @@ class Walk:
         if p0 + b > _GRAPH_RATIO * self.k + _GRAPH_SLACK:
             self.keeps_graph = False
         if p0 + b > self.ahead_end:  # inside, the look-ahead put the rows' vectors in place
-            self.buf[p0 : p0 + b] = self._vectors_of(rows)
+            self._fill(p0, rows)
         self.node_rows[p0 : p0 + b] = rows
         is_known = self._mark_known(rows, p0)
         self.unknown[p0 : p0 + b] = ~is_known

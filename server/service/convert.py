@@ -137,15 +137,14 @@ def select_event(event: SelectEvent) -> pb.SelectResponse:
 
 def ranked_batch(batch: RankedBatch) -> pb.RankedBatch:
     """A batch of ranked candidates, built from its columns (domain and metadata set when it has them)."""
-    ranks = range(batch.first_rank, batch.first_rank + len(batch.ids))
-    make = pb.RankedCandidate
     if batch.domains or batch.meta_json:
         return pb.RankedBatch(candidates=[c.to_pb() for c in batch.candidates])
-    return pb.RankedBatch(
-        candidates=[
-            make(id=i, score=s, rank=r) for i, s, r in zip(batch.ids, batch.scores, ranks, strict=True)
-        ]
-    )
+    out = pb.RankedBatch()
+    add = out.candidates.add  # built in place: no message built apart and copied in
+    ranks = range(batch.first_rank, batch.first_rank + len(batch.ids))
+    for i, s, r in zip(batch.ids, batch.scores, ranks, strict=True):
+        add(id=i, score=s, rank=r)
+    return out
 
 
 def score_result(result: ScoreResult) -> pb.ScoreResponse:
