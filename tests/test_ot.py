@@ -21,6 +21,7 @@ from gotd.server.ot.sinkhorn import (
     epsilon_schedule,
     sinkhorn,
 )
+from gotd.server.selection.scoring import run_block_rows, score_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -190,8 +191,26 @@ def test_a_row_has_the_bits_of_the_full_pass_in_any_run_of_rows() -> None:
     for start, stop in [(0, 3000), (2990, 3000), (2500, 3000), (100, 700), (1, 1000), (0, 5), (1234, 2001)]:
         assert torch.equal(c_transform_span(x, start, stop, y, g, eps=0.1), full[start:stop])
         assert torch.equal(c_transform(x[start:stop].clone(), y, g, eps=0.1), full[start:stop])
+        for block in (512, 576, 1024):  # smaller blocks of whole quanta (a run's blocks): the same bits
+            assert torch.equal(
+                c_transform_span(x, start, stop, y, g, eps=0.1, block_size=block), full[start:stop]
+            )
     with pytest.raises(ValueError, match="start < stop"):
         c_transform_span(x, 5, 5, y, g, eps=0.1)
+
+
+def test_score_rows_in_run_blocks_has_the_bits_of_the_full_pass() -> None:
+    """:func:`score_rows` scores the rows written since an epoch in blocks of ``RUN_BLOCK_BYTES`` of
+    cost (1,024 rows at m = 1,000), a run in place or gathered rows: each row keeps the full pass's
+    bits (one block of 16,384 rows)."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(5000, 16, generator=gen), dim=1)
+    y = torch.nn.functional.normalize(torch.randn(1000, 16, generator=gen), dim=1)
+    g = torch.randn(1000, generator=gen) * 0.05
+    assert run_block_rows(y) == 1024
+    full = c_transform(x, y, g, eps=0.1).numpy()
+    for rows in (np.arange(1500, 5000), np.arange(0, 3333), np.arange(7, 5000, 3)):
+        assert np.array_equal(score_rows(x, rows, y, g, eps=0.1), full[rows])
 
 
 def test_underflowing_columns_are_recomputed_exactly() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from gotd.server.ot.rows import Rows, take
-from gotd.server.ot.sinkhorn import c_transform, c_transform_span
+from gotd.server.ot.sinkhorn import RUN_BLOCK_BYTES, block_rows, c_transform, c_transform_span
 
 __all__ = [
     "ScorePass",
@@ -24,6 +24,7 @@ __all__ = [
     "ShardedScorer",
     "local_scorer",
     "row_span",
+    "run_block_rows",
     "score_rows",
 ]
 
@@ -58,14 +59,21 @@ def local_scorer(work: ScorePass, /) -> torch.Tensor:
 
 def score_rows(x: Rows, rows: np.ndarray, y: torch.Tensor, g: torch.Tensor, *, eps: float) -> np.ndarray:
     """The c-transform of ``g`` for the rows ``rows`` of ``x`` (float32, the bits of a full pass): a
-    run of consecutive rows (those appended to a pool since an epoch) read in place, others gathered."""
+    run of consecutive rows (those appended to a pool since an epoch) read in place, others gathered;
+    in blocks of ``RUN_BLOCK_BYTES`` of cost (one small buffer for them all)."""
     span = row_span(rows)
+    block = run_block_rows(y)
     if span is not None and isinstance(x, torch.Tensor):
-        out = c_transform_span(x, span.start, span.stop, y, g, eps=eps)
+        out = c_transform_span(x, span.start, span.stop, y, g, eps=eps, block_size=block)
     else:
-        out = c_transform(take(x, torch.from_numpy(rows)), y, g, eps=eps)
+        out = c_transform(take(x, torch.from_numpy(rows)), y, g, eps=eps, block_size=block)
     values: np.ndarray = out.numpy()
     return values
+
+
+def run_block_rows(y: torch.Tensor) -> int:
+    """Rows per block of a c-transform over the rows written since an epoch (``RUN_BLOCK_BYTES``)."""
+    return block_rows(y.shape[0], y.element_size(), RUN_BLOCK_BYTES)
 
 
 def row_span(rows: np.ndarray) -> slice | None:

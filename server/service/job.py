@@ -30,7 +30,14 @@ from gotd.server.selection.costs import (
     target_features,
 )
 from gotd.server.selection.modes import Mode, Potential, SelectionConfig, domain_labels, solve
-from gotd.server.selection.scoring import ScorePass, Scorer, ShardedScorer, row_span, score_rows
+from gotd.server.selection.scoring import (
+    ScorePass,
+    Scorer,
+    ShardedScorer,
+    row_span,
+    run_block_rows,
+    score_rows,
+)
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.requests import Progress, SelectEvent, Stage
@@ -317,7 +324,10 @@ class Job:
                 if self._frozen is None:  # the pool version's own rows: a run is read in place
                     fresh = score_rows(self.features.x, rows, self.y, g, eps=self.potential.eps)
                 else:
-                    fresh = c_transform(self._x(rows), self.y, g, eps=self.potential.eps).numpy()
+                    block = run_block_rows(self.y)
+                    fresh = c_transform(
+                        self._x(rows), self.y, g, eps=self.potential.eps, block_size=block
+                    ).numpy()
                 values[rows] = fresh
                 total = total + ExactSum.of(fresh)
                 emit(Progress(Stage.SCORE, len(rows), len(rows)))
