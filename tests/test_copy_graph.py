@@ -1,13 +1,17 @@
 """The near-copy walk with an earlier walk's graph: the same ranking, skip records and graph as a walk
 without one, whatever changed between the two walks (new rows, changed rows, another ranking, other
-exclusions, other block sizes); the graph holds every near-copy pair among the rows walked."""
+exclusions, other block sizes, GEMMs over narrower column blocks); the graph holds every near-copy pair
+among the rows walked."""
 
 from __future__ import annotations
+
+from unittest.mock import patch
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gotd.server.selection import walk as walk_module
 from gotd.server.selection.nearcopy import CopyGraph, DistinctRanking, distinct_walk_graph
 from gotd.server.selection.topk import top_k
 
@@ -69,10 +73,20 @@ def _pairs(g: CopyGraph) -> dict[tuple[int, int], float]:
     reorder=st.booleans(),
     cosine=st.sampled_from([0.9, 0.95, 0.99, 1.0]),
     blocks=st.tuples(st.sampled_from([1, 3, 16, 64, 1024]), st.sampled_from([1, 3, 16, 64, 1024])),
+    narrow=st.booleans(),
 )
 def test_a_walk_with_the_earlier_graph_equals_one_without(
-    seed: int, n: int, grow: float, changed: float, reorder: bool, cosine: float, blocks: tuple[int, int]
+    seed: int,
+    n: int,
+    grow: float,
+    changed: float,
+    reorder: bool,
+    cosine: float,
+    blocks: tuple[int, int],
+    narrow: bool,
 ) -> None:
+    """``narrow``: the walk with the graph multiplies 64 columns per GEMM (its pairs come in another
+    order than the walk without's)."""
     rng = np.random.default_rng(seed)
     n_new = int(n * grow)
     vectors = _pool(rng, n + n_new)
@@ -95,7 +109,10 @@ def test_a_walk_with_the_earlier_graph_equals_one_without(
     eligible = rng.random(n + n_new) > 0.2
     k2 = int(rng.integers(1, n + n_new + 5))
     fresh, fresh_graph = _walk(scores, vectors, k2, cosine, eligible=eligible, block=blocks[1])
-    again, again_graph = _walk(scores, vectors, k2, cosine, eligible=eligible, block=blocks[0], known=known)
+    with patch.object(walk_module, "_PRODUCT_BYTES", 256 if narrow else walk_module._PRODUCT_BYTES):
+        again, again_graph = _walk(
+            scores, vectors, k2, cosine, eligible=eligible, block=blocks[0], known=known
+        )
     _same(again, fresh)
     assert fresh_graph is not None
     assert again_graph is not None
