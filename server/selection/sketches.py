@@ -212,21 +212,23 @@ def tf_sparse(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> 
 
 def _tf_block(texts: list[str], buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(text, bucket, value)`` of every non-zero term frequency of a block of texts, ordered by text
-    then bucket: one sort of the n-grams' ``(text, bucket, sign)`` keys, whose runs are the counts."""
+    then bucket: one sort of the n-grams' ``(text, bucket, sign)`` keys; a cell's sum is its n-grams
+    less twice its negative ones."""
     owner, hashes = batch_ngram_hashes(texts)
-    negative = hashes.view(np.int64) < 0  # the top bit set: -1
-    key = (owner * buckets + _slots(hashes, buckets)) * 2 + negative
-    ordered = np.sort(key.astype(np.int32) if len(texts) * buckets < 1 << 30 else key)
-    runs = np.flatnonzero(np.diff(ordered, prepend=-1))
-    found = ordered[runs].astype(np.int64)
-    lengths = np.diff(np.append(runs, len(ordered)))
-    signed = np.where(found & 1, -lengths, lengths)
-    cells = np.flatnonzero(np.diff(found >> 1, prepend=-1))  # a bucket has one or two runs (+ and -)
-    sums = np.add.reduceat(signed, cells) if len(cells) else signed
-    cell = found[cells] >> 1
-    value = _sublinear(sums.astype(np.float64))
+    narrow = len(texts) * buckets < 1 << 30  # the keys fit an int32 (faster to sort)
+    key = (owner * buckets + _slots(hashes, buckets)).astype(np.int32 if narrow else np.int64)
+    key <<= 1
+    key |= hashes.view(np.int64) < 0  # the top bit set: -1
+    ordered = np.sort(key)
+    cells = ordered >> 1
+    first = np.ones(len(ordered), dtype=bool)
+    np.not_equal(cells[1:], cells[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    negative = np.add.reduceat(ordered & 1, starts) if len(starts) else np.zeros(0, dtype=ordered.dtype)
+    sums = np.diff(starts, append=len(ordered)) - 2 * negative
     keep = sums != 0  # a bucket whose signs cancel stays a zero
-    return cell[keep] // buckets, cell[keep] % buckets, value[keep]
+    cell = cells[starts][keep].astype(np.int64)
+    return cell // buckets, cell % buckets, _sublinear(sums[keep].astype(np.float64))
 
 
 def _slots(hashes: np.ndarray, buckets: int) -> np.ndarray:
