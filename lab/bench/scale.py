@@ -218,7 +218,8 @@ def _select(server: Server, client: Client, pool: str, targets: str, cost: str) 
 
 
 def _stored_bytes(n: int, texts: bool) -> int:
-    """Bytes of the pool's rows as stored: float16 vectors, float16 sketches when it has texts."""
+    """Bytes of the pool's rows in a snapshot: float16 vectors, dense float16 sketch rows when it has
+    texts (on disk the sketches are sparse, ~0.3 KiB a row here)."""
     return n * (DIM * 2 + (1024 * 2 if texts else 0))
 
 
