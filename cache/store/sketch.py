@@ -37,6 +37,7 @@ import numpy as np
 from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows
 from gotd.cache.store.buffers import grown_rows, spare_rows
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
+from gotd.cache.store.pages import release
 from gotd.cache.store.sketch_codec import chunk_length, decode_chunk, decode_into, decode_sparse, encode_chunk
 
 __all__ = [
@@ -220,6 +221,8 @@ def grown_sketches(
         if raw is None and out is None:
             continue  # an absent chunk: zero rows, and so are all the rows of a pool without sketches
         block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else decode_chunk(raw, width)
+        if raw is not None:
+            release(raw)  # decoded into a copy: the chunk's pages can go
         inside = local < len(block)
         values = block[local[inside]]
         if out is None:
