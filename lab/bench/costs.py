@@ -12,7 +12,7 @@ either cost is the first on its pool version. Per cost: the cold Select (pool lo
 built, solve, score), the cached Select (dual-cache hit; named target set and inline records), and
 a second cold Select with the other target set on the same pool version (fused rows already built:
 the steady-state solve + score). Also the ingest cost of sketching: the same records upserted into
-a :class:`~gotd.cache.store.core.Store` opened with and without ``sketcher=tf_rows``.
+a :class:`~gotd.cache.store.core.Store` opened with and without ``sketcher=tf_sparse``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gotd.cache.store.core import Store
 from gotd.client.client import Client
 from gotd.lab.bench.util import rss_mb
 from gotd.lab.corpora.wiki import load_wiki
-from gotd.server.selection.sketches import tf_rows
+from gotd.server.selection.sketches import tf_sparse
 
 COSTS = ("embedding", "fused")
 DIM = 384
@@ -175,7 +175,7 @@ def scenario(client: Client, data: Synthetic, name: str, n: int, m: int, rounds:
 
 
 def store_ingest(data: Synthetic, n: int, rounds: int) -> dict[str, float]:
-    """``Store.upsert`` of the same text + embedding records without and with ``sketcher=tf_rows``.
+    """``Store.upsert`` of the same text + embedding records without and with ``sketcher=tf_sparse``.
 
     Batches of ``STORE_BATCH`` records (one durable transaction each) into a fresh pool per round,
     the two stores in alternating order; best round of each.
@@ -186,7 +186,7 @@ def store_ingest(data: Synthetic, n: int, rounds: int) -> dict[str, float]:
     with (
         tempfile.TemporaryDirectory(prefix="gotd-bench-costs-") as tmp,
         Store(Path(tmp) / "plain") as plain,
-        Store(Path(tmp) / "sketched", sketcher=tf_rows) as sketched,
+        Store(Path(tmp) / "sketched", sketcher=tf_sparse) as sketched,
     ):
         stores = [("plain", plain), ("sketched", sketched)]
         for r in range(rounds):
@@ -196,7 +196,7 @@ def store_ingest(data: Synthetic, n: int, rounds: int) -> dict[str, float]:
                     store.upsert(f"round{r}", records[s : s + STORE_BATCH], model="bench", dim=DIM)
                 best[key] = min(best[key], time.perf_counter() - started)
     started = time.perf_counter()
-    tf_rows(texts)
+    tf_sparse(texts)
     sketch_only = time.perf_counter() - started
     return {
         "records": float(n),
@@ -205,7 +205,7 @@ def store_ingest(data: Synthetic, n: int, rounds: int) -> dict[str, float]:
         "plain_per_s": n / best["plain"],
         "sketched_per_s": n / best["sketched"],
         "slowdown": best["sketched"] / best["plain"],
-        "tf_rows_per_s": n / sketch_only,
+        "tf_sparse_per_s": n / sketch_only,
     }
 
 

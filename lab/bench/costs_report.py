@@ -112,15 +112,15 @@ def section(costs: dict[str, Any], name: str) -> list[str]:
         "",
         f"`Store.upsert` of the same {int(store['records']):,} text + embedding records (median "
         f"{store['median_words']:.0f} words) in batches of {STORE_BATCH:,} (one durable LMDB "
-        "transaction each), into a Store opened without and with `sketcher=tf_rows`, best of "
+        "transaction each), into a Store opened without and with `sketcher=tf_sparse`, best of "
         f"{int(store['rounds'])} rounds in alternating order:",
         "",
         "| Store | records/s |",
         "|---|---:|",
         f"| without sketcher (embedding only) | {store['plain_per_s']:,.0f} |",
-        f"| with `sketcher=tf_rows` (the server's) | {store['sketched_per_s']:,.0f} |",
+        f"| with `sketcher=tf_sparse` (the server's) | {store['sketched_per_s']:,.0f} |",
         f"| **time with / without** | **{store['slowdown']:.1f}×** |",
-        f"| `tf_rows` alone over the same texts | {store['tf_rows_per_s']:,.0f} |",
+        f"| `tf_sparse` alone over the same texts | {store['tf_sparse_per_s']:,.0f} |",
         "",
         f"Through the server (Ingest RPC, batches of {STORE_BATCH:,}, sketching on), records/s of the "
         f"two identical pools of each scenario: {ingest}.",
