@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lmdb
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gotd.cache.sketch_rows import SparseRows
+from gotd.cache.store.layout import PoolRecord
+from gotd.cache.store.sketch import load_sketches, write_sketch_rows
 from gotd.cache.store.sketch_codec import chunk_length, decode_chunk, decode_into, decode_sparse, encode_chunk
 from gotd.server.selection.sketches import tf_rows, tf_sparse
 
@@ -126,3 +129,64 @@ def test_tf_sparse_is_tf_rows_without_the_dense_rows(texts: list[str | None], bu
     np.testing.assert_array_equal(sparse.indptr, from_dense.indptr)
     np.testing.assert_array_equal(sparse.indices, from_dense.indices)
     np.testing.assert_array_equal(sparse.values.view(np.uint16), from_dense.values.view(np.uint16))
+
+
+@st.composite
+def writes(draw: st.DrawFn) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Upserts into a pool of at most 14 rows: sorted rows, and their rows (None: zero rows)."""
+    out: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for _ in range(draw(st.integers(1, 6))):
+        rows = np.array(sorted(draw(st.sets(st.integers(0, 13), min_size=1, max_size=8))), dtype=np.int64)
+        if draw(st.booleans()):
+            bits = draw(
+                arrays(np.uint16, (len(rows), 6), elements=st.sampled_from([0, 0, 0, 0x3C00, 0xB800, 0x3555]))
+            )
+            out.append((rows, bits.view(np.float16)))
+        else:
+            out.append((rows, None))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(writes())
+def test_chunk_rewrites_match_a_dense_model(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[np.ndarray, np.ndarray | None]]
+) -> None:
+    """``write_sketch_rows`` over chunks of 4 rows (new chunks, rows past a chunk's end, gaps, zero
+    rows, first-format chunks read back) against the same writes into one dense array."""
+    pool = PoolRecord(
+        name="p",
+        num=1,
+        uid="u",
+        count=14,
+        version=1,
+        model="m",
+        dim=2,
+        dtype="float32",
+        chunk_rows=4,
+        created=0.0,
+        updated=0.0,
+        sketch_buckets=6,
+        sketch_rows=4,
+    )
+    model = np.zeros((14, 6), dtype=np.float16)
+    env = lmdb.open(str(tmp_path_factory.mktemp("lmdb")), max_dbs=1, map_size=1 << 24)
+    db = env.open_db(b"sketches")
+    try:
+        for k, (rows, values) in enumerate(ops):
+            with env.begin(write=True) as txn:
+                if k == 1:  # the chunks so far as the first format wrote them
+                    for key, raw in list(txn.cursor(db=db)):
+                        txn.put(key, decode_chunk(raw, 6).tobytes(), db=db)
+                write_sketch_rows(
+                    txn, db, pool, rows, None if values is None else SparseRows.from_dense(values)
+                )
+            model[rows] = 0 if values is None else values
+            with env.begin(buffers=True) as txn:
+                got = load_sketches(txn, db, pool)
+            if got is None:
+                assert not model.view(np.uint16).any()
+            else:
+                _same_bits(np.asarray(got), model)
+    finally:
+        env.close()
