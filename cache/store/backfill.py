@@ -46,6 +46,8 @@ from gotd.cache.store.sketch import (
     write_sketch_rows,
 )
 from gotd.cache.store.sketch_codec import decode_chunk
+from gotd.cache.store.sketchstats import SketchStats, keep_stats, zero_count
+from gotd.cache.store.tombstones import deleted_of
 
 __all__ = ["BackfillResult", "backfill_sketches"]
 
@@ -273,10 +275,25 @@ def _write(
         raise FailedPrecondition(
             f"pool {pool!r} now keeps sketches of {rec.sketch_buckets} buckets, not {width}"
         )
-    if not rec.sketch_buckets:
+    start = None
+    if not rec.sketch_buckets:  # every row a zero row so far: the statistics start here
         rec = replace(rec, sketch_buckets=width, sketch_rows=chunk_rows_for(width, SKETCH_DTYPE.name))
         txn.put(pool.encode("utf-8"), rec.encode(), db=dbs["pools"])
-    write_sketch_rows(txn, dbs[SKETCH_DB], rec, rows[keep], values.take(np.flatnonzero(keep)))
+        start = SketchStats.empty(rec.version, rec.count, width)
+    rows, values = rows[keep], values.take(np.flatnonzero(keep))
+    old = write_sketch_rows(txn, dbs[SKETCH_DB], rec, rows, values)
+    live = np.flatnonzero(~deleted_of(txn, dbs, rec, rows))
+    zeros = zero_count(values) - zero_count(old)
+    keep_stats(
+        txn,
+        dbs["meta"],
+        rec,
+        rec.version,
+        start=start,
+        removed=old.take(live),
+        added=values.take(live),
+        zeros=zeros,
+    )
     txn.put(backfill_marker(rec.prefix), b"", db=dbs["meta"])
     return written, skipped
 
@@ -287,6 +304,7 @@ def _finish(txn: lmdb.Transaction, dbs: Dbs, pool: str, uid: str) -> int:
     marker = backfill_marker(rec.prefix)
     if txn.get(marker, db=dbs["meta"]) is None:
         raise Abort(rec.version)
+    keep_stats(txn, dbs["meta"], rec, rec.version + 1)
     rec = replace(rec, version=rec.version + 1, updated=time.time())
     txn.put(pool.encode("utf-8"), rec.encode(), db=dbs["pools"])
     txn.delete(marker, db=dbs["meta"])

@@ -39,6 +39,7 @@ from gotd.cache.store.layout import (
     UpsertResult,
 )
 from gotd.cache.store.sketch import (
+    SKETCH_DB,
     Sketcher,
     batch_sketches,
     decode_target_set,
@@ -46,6 +47,7 @@ from gotd.cache.store.sketch import (
     encode_target_set,
     sketch_matrix,
 )
+from gotd.cache.store.sketchstats import SketchStats, read_rows, stats_at
 from gotd.cache.store.upsert import upsert_txn
 from gotd.cache.store.vectors import batch_matrix, content_hash, unit_rows
 
@@ -253,6 +255,27 @@ class Store:
         self.env.release_pages()  # the chunks' pages left as they were read; this takes the rest
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays
+
+    def sketch_stats(self, pool: str, uid: str, version: int) -> SketchStats | None:
+        """The sketch statistics of ``pool`` at incarnation ``uid`` and ``version`` (None when the pool
+        has moved on or they are not kept: :mod:`gotd.cache.store.sketchstats`)."""
+        return self.env.read(lambda txn: stats_at(txn, self._dbs, self._record(txn, pool), uid, version))
+
+    def sketch_rows(self, pool: str, uid: str, version: int, rows: np.ndarray) -> np.ndarray | None:
+        """The stored sketch rows ``rows`` (sorted) of ``pool`` while it is at incarnation ``uid`` and
+        ``version`` with its statistics kept (the rows they describe), else None."""
+
+        def read(txn: lmdb.Transaction) -> np.ndarray | None:
+            record = self._record(txn, pool)
+            if record is None or stats_at(txn, self._dbs, record, uid, version) is None:
+                return None
+            return read_rows(txn, self._dbs[SKETCH_DB], record, np.asarray(rows, dtype=np.int64))
+
+        return self.env.read(read)
+
+    def _record(self, txn: lmdb.Transaction, pool: str) -> PoolRecord | None:
+        raw = txn.get(pool.encode("utf-8"), db=self._dbs["pools"])
+        return None if raw is None else PoolRecord.decode(pool, raw)
 
     def delete_records(self, pool: str, ids: Sequence[str]) -> DeleteResult:
         """Mark the rows of ``ids`` deleted in one write transaction (tombstones: see

@@ -33,6 +33,8 @@ from gotd.cache.store.layout import (
     u64_key,
     u64_keys,
 )
+from gotd.cache.store.sketch import SKETCH_DB
+from gotd.cache.store.sketchstats import keep_stats, read_rows
 from gotd.cache.store.tombstones import DELETED_DB, deleted_of
 
 __all__ = ["DeleteResult", "delete_txn"]
@@ -74,6 +76,9 @@ def delete_txn(txn: lmdb.Transaction, dbs: Dbs, pool: PoolRecord, ids: Sequence[
         meta.versions[local] = version
         txn.put(key, meta.encode(), db=dbs["rows"])
     log_change(txn, dbs, pool, version, live, deleted=True)
+    if pool.sketch_buckets and SKETCH_DB in dbs:  # the deleted rows leave the document frequency
+        removed = read_rows(txn, dbs[SKETCH_DB], pool, live)
+        keep_stats(txn, dbs["meta"], pool, version, removed=removed)
     record = replace(pool, version=version, updated=time.time(), deleted=pool.deleted + len(live))
     txn.put(pool.name.encode("utf-8"), record.encode(), db=dbs["pools"])
     return DeleteResult(len(live), len(unique) - len(live), version)

@@ -30,6 +30,7 @@ from gotd.cache.store.layout import (
     u64_key,
 )
 from gotd.cache.store.sketch import SKETCH_DB, backfill_marker, load_sketches
+from gotd.cache.store.sketchstats import stats_key
 from gotd.cache.store.tombstones import DELETED_DB, deleted_mask
 from gotd.cache.store.upsert import read_pool
 
@@ -208,4 +209,5 @@ def delete_pool(txn: lmdb.Transaction, dbs: Dbs, pool: str) -> None:
                 if not cur.delete():
                     break
     txn.delete(backfill_marker(prefix), db=dbs["meta"])
+    txn.delete(stats_key(prefix), db=dbs["meta"])
     txn.delete(pool.encode("utf-8"), db=dbs["pools"])

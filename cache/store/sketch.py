@@ -136,8 +136,9 @@ def write_sketch_rows(
     pool: PoolRecord,
     rows: np.ndarray,
     values: SparseRows | None,
-) -> None:
-    """Set the sketches of pool rows ``rows`` (sorted ascending) to ``values`` (None: zero rows).
+) -> SparseRows:
+    """Set the sketches of pool rows ``rows`` (sorted ascending) to ``values`` (None: zero rows); the
+    rows' previous sketches (zero rows where there were none), for the pool's sketch statistics.
 
     Parameters
     ----------
@@ -153,22 +154,25 @@ def write_sketch_rows(
         ``len(rows)`` rows of ``pool.sketch_buckets``.
     """
     size, width = pool.sketch_rows, pool.sketch_buckets
+    before: list[SparseRows] = []  # per chunk part, in the order of rows
     for chunk, part, local in chunk_parts(rows, size):
         new = None if values is None else values.rows(int(part[0]), int(part[-1]) + 1)  # a run of positions
         key = u64_key(pool.prefix, chunk)
         raw = txn.get(key, db=db)
-        if raw is None and (new is None or not new.any()):
-            continue  # an absent chunk already reads as zero rows
-        if raw is None and new is not None and local[-1] == len(local) - 1:  # a new chunk's first rows
-            txn.put(key, encode_chunk(new), db=db)
-            continue
+        if raw is None and (new is None or not new.any() or local[-1] == len(local) - 1):
+            before.append(SparseRows.zeros(len(local), width))
+            if new is not None and new.any():  # a new chunk's first rows
+                txn.put(key, encode_chunk(new), db=db)
+            continue  # else an absent chunk already reads as zero rows
         old = SparseRows.zeros(0, width) if raw is None else decode_sparse(raw, width)
         new = SparseRows.zeros(len(local), width) if new is None else new
         both = SparseRows.concat([old, new, SparseRows.zeros(1, width)], width)
+        before.append(both.take(np.where(local < len(old), local, len(old) + len(new))))
         source = np.full(max(len(old), int(local.max()) + 1), len(old) + len(new), dtype=np.int64)
         source[: len(old)] = np.arange(len(old))  # the old rows, the new rows at local, zero rows between
         source[local] = len(old) + np.arange(len(new))
         txn.put(key, encode_chunk(both.take(source)), db=db)
+    return SparseRows.concat(before, width)
 
 
 def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRecord) -> np.ndarray | None:

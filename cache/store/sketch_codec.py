@@ -22,9 +22,9 @@ from typing import Final
 
 import numpy as np
 
-from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, ranges
 
-__all__ = ["chunk_length", "decode_chunk", "decode_into", "decode_sparse", "encode_chunk"]
+__all__ = ["chunk_length", "decode_chunk", "decode_into", "decode_rows", "decode_sparse", "encode_chunk"]
 
 SPARSE_V1: Final = 1
 _U32 = struct.Struct("<I")
@@ -109,3 +109,20 @@ def decode_sparse(raw: bytes | memoryview, width: int) -> SparseRows:
     indptr = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     return SparseRows(width, indptr, buckets.astype(np.int64), values.copy())
+
+
+def decode_rows(raw: bytes | memoryview, width: int, local: np.ndarray) -> np.ndarray:
+    """The ``(len(local), width)`` float16 rows ``local`` of a chunk value (each below its length),
+    decoding those rows alone."""
+    if len(raw) % 2 == 0:
+        picked: np.ndarray = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)[local]
+        return picked
+    counts, buckets, values = _sparse_parts(raw, width)
+    start = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=start[1:])
+    sizes = counts[local].astype(np.int64)
+    entries = ranges(start[local], sizes)
+    out = np.zeros((len(local), width), dtype=SKETCH_DTYPE)
+    owner = np.repeat(np.arange(len(local), dtype=np.int64) * width, sizes)
+    out.reshape(-1)[owner + buckets[entries]] = values[entries]
+    return out

@@ -42,6 +42,7 @@ from gotd.cache.store.layout import (
     u64_keys,
 )
 from gotd.cache.store.sketch import SKETCH_DB, SKETCH_DTYPE, write_sketch_rows
+from gotd.cache.store.sketchstats import SketchStats, keep_stats, zero_count
 from gotd.cache.store.tombstones import deleted_of, undelete
 
 LOG = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ def upsert_txn(
     encoded = _encode_contents(contents)
     changed_idx: list[int] = []
     changed_rows: list[int] = []
+    dead_rows: list[int] = []  # deleted rows written again (revived)
     if old_idx:
         content_keys = u64_keys(prefix, np.asarray(old_rows, dtype=np.uint64))
         old_content = dict(txn.cursor(db=dbs["content"]).getmulti(content_keys))
@@ -243,6 +245,8 @@ def upsert_txn(
             if not same:
                 changed_idx.append(i)
                 changed_rows.append(row)
+                if gone:
+                    dead_rows.append(row)
     if not new_idx and not changed_idx:
         raise Abort(UpsertResult(inserted=0, updated=0, unchanged=len(ids), version=pool.version))
     version = pool.version + 1
@@ -265,7 +269,8 @@ def upsert_txn(
     )
     if pool.sketch_buckets:
         values = _sketch_values(pool, sketches, sketch_width, None if everyone else write_idx)
-        write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, values)
+        old = write_sketch_rows(txn, dbs[SKETCH_DB], pool, write_rows, values)
+        _keep_stats(txn, dbs["meta"], pool, version, created, write_rows, old, values, dead_rows)
     log_change(txn, dbs, pool, version, write_rows)
     revived = undelete(txn, dbs, pool, np.asarray(changed_rows, dtype=np.int64))
     content_keys = u64_keys(prefix, write_rows.astype(np.uint64))
@@ -290,6 +295,34 @@ def upsert_txn(
         updated=len(changed_idx) - revived,
         unchanged=len(ids) - len(new_idx) - len(changed_idx),
         version=version,
+    )
+
+
+def _keep_stats(
+    txn: lmdb.Transaction,
+    meta: lmdb._Database,
+    pool: PoolRecord,
+    version: int,
+    created: bool,
+    rows: np.ndarray,
+    old: SparseRows,
+    values: SparseRows | None,
+    dead: list[int],
+) -> None:
+    """The pool's sketch statistics after writing ``values`` (None: zero rows) to ``rows`` (their
+    sketches were ``old``; the rows in ``dead`` were deleted, so not in the document frequency)."""
+    existing = rows < pool.count
+    live = existing & ~np.isin(rows, np.asarray(dead, dtype=np.int64)) if dead else existing
+    written = len(rows) if values is None else zero_count(values)
+    keep_stats(
+        txn,
+        meta,
+        pool,
+        version,
+        start=SketchStats.empty(pool.version, 0, pool.sketch_buckets) if created else None,
+        removed=old.take(np.flatnonzero(live)),
+        added=values,
+        zeros=written - zero_count(old.take(np.flatnonzero(existing))),
     )
 
 
