@@ -27,7 +27,9 @@ def _records(texts: Sequence[str | None], *, start: int = 0, seed: int = 0) -> l
 
 
 def _texts(n: int, *, start: int = 0, tag: str = "doc") -> list[str | None]:
-    return [None if (start + i) % 5 == 2 else f"{tag} {start + i} on topic {(start + i) % 9}" for i in range(n)]
+    return [
+        None if (start + i) % 5 == 2 else f"{tag} {start + i} on topic {(start + i) % 9}" for i in range(n)
+    ]
 
 
 def _check(store: Store, pool: str = "p") -> None:

@@ -43,6 +43,7 @@ from gotd.cache.store.core import PoolArrays
 from gotd.client.types import CostValidation
 from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
+from gotd.server.selection.config import summary_rows
 from gotd.server.selection.costs import Cost, complete_sketches, sketch_hash
 from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.validation import (
@@ -63,7 +64,7 @@ from gotd.server.service.targets import Target
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["SCORE_FRACTION", "CostChooser"]
+__all__ = ["SCORE_FRACTION", "CostChooser", "validation_rows"]
 
 #: Fraction of the pool the validation measures at for Score, which has no k.
 SCORE_FRACTION = 0.05
@@ -92,6 +93,10 @@ class CostChooser:
         sizes = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "threads"}  # not in results
         self._grid_tag = xxhash.xxh3_64_hexdigest(json.dumps(sizes).encode())
 
+    def validates(self, solver: SolverParams) -> bool:
+        """Whether the request's cost is chosen by the validation (not bypassed)."""
+        return self._settings.cost == "auto" and not _fixed_by_request(solver)
+
     def choose(
         self,
         arrays: PoolArrays,
@@ -102,6 +107,7 @@ class CostChooser:
         k: int | None,
         sketched: Callable[[], bool],
         idf: Callable[[], np.ndarray | None],
+        sketch_rows: Callable[[np.ndarray], np.ndarray],
         max_staleness: float = 0.0,
     ) -> tuple[SolverParams, CostValidation]:
         """The request's solver options with the chosen setting filled in, and the report.
@@ -109,7 +115,7 @@ class CostChooser:
         Parameters
         ----------
         arrays : PoolArrays
-            The pool snapshot (with sketches when it keeps them).
+            The pool snapshot (its sketch rows are read through ``sketch_rows``: it need not hold them).
         rows : numpy.ndarray of int64
             Sorted eligible rows (the domain filter); the pool sample is drawn from them.
         target : Target
@@ -122,7 +128,9 @@ class CostChooser:
             Whether every row of the pool version has a sketch (kept per version, cheap).
         idf : callable
             The pool version's IDF weights, None when some row has no sketch (called only when the
-            validation runs: whole-pool work).
+            validation runs).
+        sketch_rows : callable
+            The snapshot's sketch rows of given sorted rows (the validation's sample only).
         max_staleness : float
             Share of the pool's rows that may have been written since a validation of an earlier
             pool version for it to serve this request (0: validate every version).
@@ -132,8 +140,8 @@ class CostChooser:
         if fixed:
             self._on_outcome("bypassed")
             return solver, self._report(ValidationStatus.BYPASSED, fixed, solver)
-        pool_tf, target_tf = arrays.sketches, target.sketches
-        if pool_tf is None or target_tf is None or not complete_sketches(target_tf) or not sketched():
+        target_tf = target.sketches
+        if target_tf is None or not complete_sketches(target_tf) or not sketched():
             return self._no_sketches(solver)
         if target.count < self.config.min_targets:
             self._on_outcome("fallback")
@@ -151,7 +159,7 @@ class CostChooser:
             weights = idf()
             if weights is None:  # not after sketched() said yes
                 return self._no_sketches(solver)
-            validation = self._validate(arrays, rows, target, q, pool_tf, target_tf, weights)
+            validation = self._validate(arrays, rows, target, q, sketch_rows, target_tf, weights)
             entry = self._store(key, validation, arrays.version)
             self._newest.put(family, (key, entry))
             self._duals.set_latest(family, key)
@@ -209,17 +217,16 @@ class CostChooser:
         rows: np.ndarray,
         target: Target,
         q: float,
-        tf: np.ndarray,
+        sketch_rows: Callable[[np.ndarray], np.ndarray],
         target_tf: np.ndarray,
         idf: np.ndarray,
     ) -> Validation:
-        every = len(rows) == len(arrays.ids)
-        vectors = arrays.vectors if every else arrays.vectors[rows]
         started = time.perf_counter()
+        picked = validation_rows(self.config, np.asarray(arrays.keys), rows)
         result = validate(
-            vectors,
-            tf if every else tf[rows],
-            np.asarray(arrays.keys) if every else np.asarray(arrays.keys)[rows],
+            arrays.vectors[picked],
+            sketch_rows(picked),
+            np.asarray(arrays.keys)[picked],
             idf,
             target.vectors.numpy(),
             target_tf,
@@ -313,6 +320,16 @@ class CostChooser:
         entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta, factors)
         self._duals.put(key, entry)
         return entry
+
+
+def validation_rows(config: ValidationConfig, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` (sorted) that :func:`validate` reads: its ranked sample and, with learned
+    settings, the rows their metric is fitted against, the smallest id hashes. Validating on these
+    alone is validating on all of ``rows``, bit for bit (the sample and the fit rows are the smallest
+    hashes of any set that holds them), and no other row's sketch is read."""
+    size = config.pool_sample + (config.fit_sample if any(s.learned for s in config.grid) else 0)
+    picked: np.ndarray = rows[summary_rows(keys[rows], size)]
+    return picked
 
 
 def _since(since: int, arrays: PoolArrays, max_staleness: float) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
+import numpy as np
 import psutil
 import xxhash
 
@@ -40,12 +41,18 @@ from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.idsets import SelectIdSets
 from gotd.server.service.job import Emit, Job, StopCheck
 from gotd.server.service.metrics import Metrics
-from gotd.server.service.pools import PoolSnapshots, in_snapshot, job_positions, live_rows, select_bytes
-from gotd.server.service.ranking import Ranker
+from gotd.server.service.pools import (
+    PoolSnapshots,
+    SnapshotMovedError,
+    in_snapshot,
+    job_positions,
+    live_rows,
+    select_bytes,
+)
+from gotd.server.service.ranking import Ranker, emit_ranking
 from gotd.server.service.requests import (
     Epoch,
     Progress,
-    RankedBatch,
     ScoreParams,
     ScoreResult,
     SelectParams,
@@ -86,7 +93,7 @@ class SelectionEngine:
             duals, max_bytes=settings.score_cache_bytes, redis_max_bytes=settings.epoch_values_redis_bytes
         )
         # per pool version: whether every row has a sketch, the fused rows' factors (4 bytes a row)
-        self._sketches = PoolSketches(max(1 << 20, settings.pool_cache_bytes // 16))
+        self._sketches = PoolSketches(max(1 << 20, settings.pool_cache_bytes // 16), store)
         self._ranker = Ranker(
             settings.near_copy_cosine, on_walk=lambda kind: metrics.near_copy_walks.labels(kind).inc()
         )
@@ -166,7 +173,7 @@ class SelectionEngine:
         with self._timed("rank", timings):
             ranking = self._ranker.rank(params, job, scores, id_set)
         order = ranking.order
-        self._emit_ranking(params, job, order, emit)
+        emit_ranking(self._store.metadata, params, job, order, emit)
         timings["total"] = (time.perf_counter() - started) * 1e3
         p, t = job.potential, timings
         summary = SelectSummary(
@@ -249,30 +256,26 @@ class SelectionEngine:
             stop()
             with self._timed("load", timings):
                 emit(Progress(Stage.LOAD, 0, info.count))
-                arrays = self._pools.get(pool, sketches=not self.cost_config(solver).embedding_only)
+                arrays = self._snapshot(pool, solver, lean=attempt == 0)
                 self._metrics.pool_snapshot_bytes.set(self._pools.size_bytes)
                 emit(Progress(Stage.LOAD, len(arrays.ids), len(arrays.ids)))
-            if (arrays.uid, arrays.model, arrays.dim) == (info.uid, info.model, info.dim):
-                break  # the target was resolved against the snapshot's pool incarnation
-            self._metrics.snapshot_retries.labels("prepare").inc()
-            LOG.info("pool %s was replaced during the request (attempt %d)", pool, attempt + 1)
+            if (arrays.uid, arrays.model, arrays.dim) != (info.uid, info.model, info.dim):
+                self._metrics.snapshot_retries.labels("prepare").inc()
+                LOG.info("pool %s was replaced during the request (attempt %d)", pool, attempt + 1)
+                continue  # the target is resolved against the snapshot's pool incarnation
+            rows = live_rows(arrays, domains)
+            try:
+                arrays, chosen, validation, cost = self._choose(arrays, rows, target, solver, k, timings)
+            except SnapshotMovedError:
+                self._metrics.snapshot_retries.labels("prepare").inc()
+                LOG.info("pool %s changed during the cost validation (attempt %d)", pool, attempt + 1)
+                continue
+            break
         else:
             raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
-        rows = live_rows(arrays, domains)
-        with self._timed("validate", timings):
-            solver, validation = self._costs.choose(
-                arrays,
-                rows,
-                target,
-                solver,
-                k=k,
-                sketched=lambda: self._sketches.sketched(arrays),
-                idf=lambda: self._sketches.idf(arrays),
-                max_staleness=self.max_staleness(solver, Cost.FUSED),
-            )
+        solver = chosen
         config = self.config(solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
-        cost = self._resolve(arrays, target, self.cost_config(solver))
         family = cache_key(
             pool=pool,
             pool_uid=arrays.uid,
@@ -297,6 +300,45 @@ class SelectionEngine:
             job.potential_for(emit, stop, max_staleness=self.max_staleness(solver, cost.cost))
         return job, validation
 
+    def _choose(
+        self,
+        arrays: PoolArrays,
+        rows: np.ndarray,
+        target: Target,
+        solver: SolverParams,
+        k: int | None,
+        timings: dict[str, float],
+    ) -> tuple[PoolArrays, SolverParams, CostValidation, ResolvedCost]:
+        """Snapshot (with the sketch rows its cost needs), options, validation report and cost."""
+        with self._timed("validate", timings):
+            chosen, validation = self._costs.choose(
+                arrays,
+                rows,
+                target,
+                solver,
+                k=k,
+                sketched=lambda: self._sketches.sketched(arrays),
+                idf=lambda: self._sketches.idf(arrays),
+                sketch_rows=lambda picked: self._sketches.rows(arrays, picked),
+                max_staleness=self.max_staleness(solver, Cost.FUSED),
+            )
+        cost = self._resolve(arrays, target, self.cost_config(chosen))
+        if cost.cost is not Cost.EMBEDDING and arrays.sketches is None:
+            with self._timed("load", timings):  # a fused setting chosen: its rows, same version
+                arrays = self._pools.with_sketches(arrays)
+        return arrays, chosen, validation, cost
+
+    def _snapshot(self, pool: str, solver: SolverParams, *, lean: bool) -> PoolArrays:
+        """The pool's snapshot: without sketch rows for the embedding cost, and when ``lean`` for a
+        validated cost whose version's sketch facts the store keeps (the validation reads its sample's
+        rows alone; :meth:`_choose` adds the rest if it chooses a fused setting)."""
+        need = not self.cost_config(solver).embedding_only
+        if need and lean and self._costs.validates(solver):
+            arrays = self._pools.get(pool, sketches=False)
+            if arrays.sketches is not None or self._sketches.from_store(arrays):
+                return arrays
+        return self._pools.get(pool, sketches=need)
+
     def _resolve(self, arrays: PoolArrays, target: Target, cost: CostConfig) -> ResolvedCost:
         """The request's cost: embedding, or fused when the pool and the target have sketches."""
         embedding = ResolvedCost(Cost.EMBEDDING, 1.0)
@@ -318,20 +360,6 @@ class SelectionEngine:
         factors = self._sketches.factors(arrays)
         w = cost.embedding_weight
         return pool_features(arrays.vectors, arrays.sketches, cost.cost, w, factors, cost.metric)
-
-    def _emit_ranking(
-        self, params: SelectParams, job: Job, order: list[tuple[int, float]], emit: Emit
-    ) -> None:
-        size, ids = params.batch_size or 1000, job.ids
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            batch = RankedBatch(
-                tuple(str(ids[i]) for i, _ in chunk), tuple(float(v) for _, v in chunk), start + 1
-            )
-            if params.include_metadata:
-                meta = self._store.metadata(params.pool, [int(job.rows[i]) for i, _ in chunk])
-                batch = replace(batch, domains=tuple(m[0] for m in meta), meta_json=tuple(m[1] for m in meta))
-            emit(batch)
 
     @contextmanager
     def _timed(self, stage: str, timings: dict[str, float]) -> Iterator[None]:

@@ -25,6 +25,7 @@ from gotd.server.service.lru import Lru
 
 __all__ = [
     "PoolSnapshots",
+    "SnapshotMovedError",
     "in_snapshot",
     "job_positions",
     "live_rows",
@@ -66,6 +67,11 @@ def select_bytes(info: PoolInfo, k: int, *, sketches: bool, loaded: bool) -> int
         itemsize = 2 if info.dtype == "float16" else 4
         need += n * (info.dim * itemsize + _ROW_BYTES + (2 * SKETCH_BUCKETS if sketches else 0))
     return need
+
+
+class SnapshotMovedError(Exception):
+    """The pool was written since a snapshot loaded without sketch rows, which can no longer be read
+    for it (the request starts again on a new snapshot)."""
 
 
 class PoolSnapshots:
@@ -130,6 +136,13 @@ class PoolSnapshots:
             with self._guard:
                 del self._loading[key]
         return arrays
+
+    def with_sketches(self, arrays: PoolArrays) -> PoolArrays:
+        """The snapshot ``arrays`` with its sketch rows (SnapshotMovedError when the pool moved on)."""
+        full = self.get(arrays.name, sketches=True)
+        if (full.uid, full.version) != (arrays.uid, arrays.version):
+            raise SnapshotMovedError(f"pool {arrays.name!r} moved on from version {arrays.version}")
+        return full
 
     def _base(self, info: PoolInfo, sketches: bool) -> PoolArrays | None:
         """The snapshot held that the new one is made from, without a second copy of the pool's rows:

@@ -12,7 +12,7 @@ the same with or without the graph (tests/test_copy_graph.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,12 +26,12 @@ from gotd.server.selection.nearcopy import (
     check_near_copy_cosine,
     distinct_walk_graph,
 )
-from gotd.server.service.job import Job
+from gotd.server.service.job import Emit, Job
 from gotd.server.service.lru import Lru
-from gotd.server.service.requests import SelectParams
+from gotd.server.service.requests import RankedBatch, SelectParams
 from gotd.server.service.scores import RowScores
 
-__all__ = ["Ranker", "Ranking"]
+__all__ = ["Ranker", "Ranking", "emit_ranking"]
 
 #: Bytes of near-copy graphs kept (a graph is ~40 bytes per row walked plus 24 per pair).
 GRAPH_BYTES = 64 << 20
@@ -156,3 +156,24 @@ class Ranker:
         """Drop every kept walk and graph (a pool was deleted)."""
         self._walks.discard_where(lambda _key: True)
         self._graphs.discard_where(lambda _key: True)
+
+
+def emit_ranking(
+    metadata: Callable[[str, list[int]], Sequence[tuple[str, str, str | None]]],
+    params: SelectParams,
+    job: Job,
+    order: list[tuple[int, float]],
+    emit: Emit,
+) -> None:
+    """Stream the ranking ``order`` (job positions, scores) in batches, with each row's domain and
+    metadata (``metadata(pool, rows)``, the store's) when the request asks for them."""
+    size, ids = params.batch_size or 1000, job.ids
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        batch = RankedBatch(
+            tuple(str(ids[i]) for i, _ in chunk), tuple(float(v) for _, v in chunk), start + 1
+        )
+        if params.include_metadata:
+            meta = metadata(params.pool, [int(job.rows[i]) for i, _ in chunk])
+            batch = replace(batch, domains=tuple(m[0] for m in meta), meta_json=tuple(m[1] for m in meta))
+        emit(batch)

@@ -7,17 +7,26 @@ written since (the change). The factors are computed only when asked for (a solv
 IDF): a potential epoch of the fused cost brings its own IDF and never needs them. The cost validation
 needs only the IDF weights (:meth:`PoolSketches.idf`, a fifth of the work): the inverse norms follow
 only if the chosen setting is a fused one, reusing those weights.
+
+A store that keeps a pool's sketch statistics (:mod:`gotd.cache.store.sketchstats`: the document
+frequency over the live rows and the zero rows, maintained at every write) answers both the check and
+the IDF weights without a pass over the rows, the same values bit for bit; and :meth:`PoolSketches.rows`
+reads a few sketch rows of a snapshot loaded without them (the cost validation's sample), so a
+validated request need not load the pool's sketch rows unless it chooses a fused setting.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from gotd.cache.store.core import PoolArrays
+from gotd.cache.store.core import PoolArrays, Store
 from gotd.server.selection.costs import SketchFactors, complete_sketches
+from gotd.server.selection.sketches import idf_from_df
 from gotd.server.service.lru import Lru
+from gotd.server.service.pools import SnapshotMovedError
 
 __all__ = ["PoolSketches"]
+
 
 _Key = tuple[str, str, int]  # pool name, uid, version
 
@@ -25,22 +34,28 @@ _Key = tuple[str, str, int]  # pool name, uid, version
 class PoolSketches:
     """Per pool version: sketched or not, and the sketch factors (thread-safe: locked LRUs)."""
 
-    def __init__(self, factor_bytes: int) -> None:
+    def __init__(self, factor_bytes: int, store: Store | None = None) -> None:
+        self._store = store
         self._factors: Lru[_Key, SketchFactors] = Lru(factor_bytes, sizeof=lambda f: f.nbytes)
         self._idf: Lru[_Key, np.ndarray] = Lru(256)  # a few KiB each: the IDF before the factors
         self._sketched: Lru[_Key, bool] = Lru(256)
         self._complete_at: Lru[tuple[str, str], int] = Lru(256)  # newest version known complete
 
     def sketched(self, arrays: PoolArrays) -> bool:
-        """Whether every row of the snapshot has a non-zero sketch (checked once per version, over the
-        rows written since the newest version known complete when there is one)."""
+        """Whether every row of the snapshot has a non-zero sketch (checked once per version: from the
+        store's statistics, else over the rows written since the newest version known complete when
+        there is one, else over all)."""
         key = (arrays.name, arrays.uid, arrays.version)
         known = self._sketched.get(key)
+        if known is None:
+            known = self._from_stats(arrays)
         if known is not None:
             return known
         tf = arrays.sketches
+        if tf is None:  # not kept: a snapshot loaded without its sketch rows would say nothing
+            return False
         since = self._complete_at.get(key[:2])
-        if tf is None or tf.ndim != 2 or tf.shape[0] != len(arrays.row_versions) or tf.shape[0] == 0:
+        if tf.ndim != 2 or tf.shape[0] != len(arrays.row_versions) or tf.shape[0] == 0:
             known = False
         elif since is not None and since <= arrays.version:
             changed = np.flatnonzero(arrays.row_versions > np.uint64(since))
@@ -69,10 +84,53 @@ class PoolSketches:
         if found is not None:
             return found.idf
         known = self._idf.get(key)
+        if known is None and self._sketched.get(key) is None and self._from_stats(arrays):
+            known = self._idf.get(key)
         if known is None and arrays.sketches is not None and self.sketched(arrays):
             known = SketchFactors.pool_idf(arrays.sketches, arrays.deleted)
             self._idf.put(key, known)
         return known
+
+    def from_store(self, arrays: PoolArrays) -> bool:
+        """Whether the version's check, and its IDF weights when every row has a sketch, are known
+        without the snapshot's sketch rows (held, or read from the store's statistics)."""
+        key = (arrays.name, arrays.uid, arrays.version)
+        known = self._sketched.get(key)
+        if known is not None and (not known or self._idf.get(key) is not None or self._factors.get(key)):
+            return True
+        return self._from_stats(arrays) is not None
+
+    def _from_stats(self, arrays: PoolArrays) -> bool | None:
+        """The check from the store's statistics of the version (its IDF weights kept when complete:
+        what :meth:`SketchFactors.pool_idf` computes from the rows), None when it keeps none."""
+        key = (arrays.name, arrays.uid, arrays.version)
+        stats = None if self._store is None else self._store.sketch_stats(*key)
+        if stats is None:
+            return None
+        n = len(arrays.ids)
+        complete = n > 0 and stats.zero_rows == 0
+        if complete:
+            live = n if arrays.deleted is None else n - int(arrays.deleted.sum())
+            self._idf.put(key, idf_from_df(stats.df, live))
+            if (self._complete_at.get(key[:2]) or -1) < arrays.version:
+                self._complete_at.put(key[:2], arrays.version)
+        self._sketched.put(key, complete)
+        return complete
+
+    def rows(self, arrays: PoolArrays, rows: np.ndarray) -> np.ndarray:
+        """The sketch rows ``rows`` (sorted) of the snapshot: from its array, else from the store while
+        the pool is still at the snapshot's version (SnapshotMovedError once it is not)."""
+        if arrays.sketches is not None:
+            held: np.ndarray = arrays.sketches[rows]
+            return held
+        found = (
+            None
+            if self._store is None
+            else self._store.sketch_rows(arrays.name, arrays.uid, arrays.version, rows)
+        )
+        if found is None:
+            raise SnapshotMovedError(f"pool {arrays.name!r} moved on from version {arrays.version}")
+        return found
 
     def held(self) -> list[tuple[str, str, int]]:
         """(pool, uid, version) of every version whose factors are held."""
