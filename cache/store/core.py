@@ -271,11 +271,11 @@ class Store:
                 return None
             return read_rows(txn, self._dbs[SKETCH_DB], record, np.asarray(rows, dtype=np.int64))
 
-        return self.env.read(read)
+        return self.env.read(read, buffers=True)  # the rows are copied out, never their chunks
 
     def _record(self, txn: lmdb.Transaction, pool: str) -> PoolRecord | None:
         raw = txn.get(pool.encode("utf-8"), db=self._dbs["pools"])
-        return None if raw is None else PoolRecord.decode(pool, raw)
+        return None if raw is None else PoolRecord.decode(pool, bytes(raw))
 
     def delete_records(self, pool: str, ids: Sequence[str]) -> DeleteResult:
         """Mark the rows of ``ids`` deleted in one write transaction (tombstones: see

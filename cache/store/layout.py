@@ -3,7 +3,8 @@
 One LMDB environment holds these named databases (all integers big-endian in keys so that a cursor
 walks a pool's chunks in order, little-endian in values)::
 
-    meta      b"format" -> u32 FORMAT_VERSION; b"next_pool" -> u64 next pool number
+    meta      b"format" -> u32 FORMAT_VERSION; b"next_pool" -> u64 next pool number;
+              b"sketch_df/" + P -> a pool's sketch statistics (see :mod:`gotd.cache.store.sketchstats`)
     pools     pool name (UTF-8) -> JSON pool record (num, uid, count, version, model, dim, dtype, ...)
     ids       P + id, or P + xxh3_128(id) in older pools -> u64 row [+ id] (see :mod:`.idindex`)
     vectors   P + u64 chunk -> rows x dim vector bytes (float32 or float16, little-endian)
