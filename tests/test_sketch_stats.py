@@ -120,3 +120,16 @@ def test_stats_of_an_older_store_stay_absent_and_a_moved_pool_reads_none(store: 
     assert store.sketch_rows("p", info.uid, info.version, np.arange(3)) is None
     store.delete_pool("p")
     assert store.env.read(lambda txn: txn.get(stats_key(prefix), db=store.env.dbs["meta"])) is None
+
+
+def test_stats_follow_writes_into_first_format_chunks(tmp_path: Path) -> None:
+    from tests.test_sketch_formats import to_first_format
+
+    with Store(tmp_path, sketcher=tf_rows) as store:
+        store.upsert("p", _records(_texts(600)), model="m", dim=DIM)
+    assert to_first_format(tmp_path) == 3  # dense chunks, as gotd wrote them before the sparse encoding
+    with Store(tmp_path, sketcher=tf_rows) as store:
+        _check(store)  # the rows read from dense chunks
+        store.upsert("p", _records(_texts(30, start=290, tag="new"), start=290, seed=5), model="m", dim=DIM)
+        store.delete_records("p", [f"r{i}" for i in range(500, 600, 9)])
+        _check(store)

@@ -97,8 +97,8 @@ class SketchStats:
         self,
         version: int,
         *,
-        removed: np.ndarray | None = None,
-        added: np.ndarray | None = None,
+        removed: SparseRows | np.ndarray | None = None,
+        added: SparseRows | None = None,
         zeros: int = 0,
     ) -> SketchStats:
         """These statistics at ``version``: the sketch rows ``removed`` left the live rows, ``added``
