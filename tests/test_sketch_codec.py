@@ -13,6 +13,7 @@ from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.layout import PoolRecord
 from gotd.cache.store.sketch import load_sketches, write_sketch_rows
 from gotd.cache.store.sketch_codec import chunk_length, decode_chunk, decode_into, decode_sparse, encode_chunk
+from gotd.cache.store.sketchstats import read_rows
 from gotd.server.selection.sketches import tf_rows, tf_sparse
 
 
@@ -153,7 +154,8 @@ def test_chunk_rewrites_match_a_dense_model(
     tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[np.ndarray, np.ndarray | None]]
 ) -> None:
     """``write_sketch_rows`` over chunks of 4 rows (new chunks, rows past a chunk's end, gaps, zero
-    rows, first-format chunks read back) against the same writes into one dense array."""
+    rows, first-format chunks read back) against the same writes into one dense array, and the rows'
+    previous sketches it returns against the model's."""
     pool = PoolRecord(
         name="p",
         num=1,
@@ -178,12 +180,15 @@ def test_chunk_rewrites_match_a_dense_model(
                 if k == 1:  # the chunks so far as the first format wrote them
                     for key, raw in list(txn.cursor(db=db)):
                         txn.put(key, decode_chunk(raw, 6).tobytes(), db=db)
-                write_sketch_rows(
+                before = write_sketch_rows(
                     txn, db, pool, rows, None if values is None else SparseRows.from_dense(values)
                 )
+            _same_bits(before.dense(), model[rows])  # the rows' previous sketches, returned
             model[rows] = 0 if values is None else values
             with env.begin(buffers=True) as txn:
                 got = load_sketches(txn, db, pool)
+                some = np.flatnonzero(np.arange(14) % (k + 2) != 1)
+                _same_bits(read_rows(txn, db, pool, some), model[some])  # rows decoded alone
             if got is None:
                 assert not model.view(np.uint16).any()
             else:
