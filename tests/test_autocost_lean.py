@@ -136,3 +136,21 @@ def test_a_lean_load_chooses_and_ranks_as_a_whole_load(
         assert again.validation is not None
         assert again.validation.cache_hit == (targets_used >= MIN_TARGETS)
         assert again_ranked == kept_ranked
+
+
+def test_score_on_a_lean_load_scores_as_on_a_whole_load(
+    make_server: Any,
+    redis_url: str,
+    redis_prefix: str,
+    corpus: tuple[list[dict[str, Any]], list[str]],  # noqa: F811
+) -> None:
+    pool, targets = corpus
+    ids = [r["id"] for r in pool[::7]]
+    srv = make_server(redis_url=redis_url, redis_prefix=redis_prefix, validation_min_targets=MIN_TARGETS)
+    with Client(srv.address, timeout=120) as client:
+        client.ingest("kept", pool)
+        client.ingest("older", pool)
+        _forget_stats(srv.running.store, "older")
+        kept = client.score("kept", targets, ids)
+        older = client.score("older", targets, ids)
+    assert [(c.id, c.score) for c in kept] == [(c.id, c.score) for c in older]
