@@ -30,11 +30,31 @@ import torch
 
 from gotd.server.ot.sinkhorn import SinkhornResult
 
-__all__ = ["sinkhorn_dense"]
+__all__ = ["DenseWork", "sinkhorn_dense"]
+
+
+class DenseWork:
+    """Buffers of :func:`sinkhorn_dense` kept for its next solve of the same shape and dtype.
+
+    Every pass writes two ``(n, m)`` matrices; above the server's mmap threshold
+    (:mod:`gotd.server.service.allocator`) each fresh one is mapped and faulted in anew, which cost more
+    than the arithmetic (docs/benchmarks/autocost-lean.md). One per thread: not shareable.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...], np.dtype[np.generic]], np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype[np.generic]) -> np.ndarray:
+        """An uninitialised buffer of ``shape`` and ``dtype`` (the same one as last time for ``name``)."""
+        key = (name, shape, dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = np.empty(shape, dtype=dtype)
+        return buffer
 
 
 def sinkhorn_dense(
-    cost: torch.Tensor, *, eps: float, tol: float = 1e-4, max_iter: int = 1000
+    cost: torch.Tensor, *, eps: float, tol: float = 1e-4, max_iter: int = 1000, work: DenseWork | None = None
 ) -> SinkhornResult:
     """Entropic OT between uniform weights on the rows and columns of ``cost``.
 
@@ -48,6 +68,8 @@ def sinkhorn_dense(
         L1 marginal error (rows plus columns) at which to stop.
     max_iter : int
         Passes at most.
+    work : DenseWork, optional
+        Buffers to reuse (the result is the same with or without).
 
     Returns
     -------
@@ -62,15 +84,19 @@ def sinkhorn_dense(
     # numpy, single-threaded: torch's intra-op threads cost more than they save on matrices this
     # small, and far more on a loaded machine (measured: 63 ms vs about 1 ms per logsumexp)
     c = cost.detach().cpu().numpy()
-    scaled_rows = np.ascontiguousarray(c / eps)  # reductions over j: rows contiguous
-    scaled_cols = np.ascontiguousarray(scaled_rows.T)  # reductions over i
+    work = work or DenseWork()
+    scaled_rows = work.get("rows", (n, m), c.dtype)  # reductions over j: rows contiguous
+    np.divide(c, eps, out=scaled_rows)
+    scaled_cols = work.get("cols", (m, n), c.dtype)  # reductions over i
+    np.copyto(scaled_cols, scaled_rows.T)
+    z_rows, z_cols = work.get("z_rows", (n, m), c.dtype), work.get("z_cols", (m, n), c.dtype)
     log_a, log_b = -math.log(n), -math.log(m)
     g = np.zeros(m, dtype=c.dtype)
-    f = -eps * _lse(g / eps + log_b - scaled_rows)
+    f = -eps * _lse(np.subtract(g / eps + log_b, scaled_rows, out=z_rows))
     error, passes = math.inf, 0
     while passes < max_iter:
-        g = -eps * _lse((f / eps + log_a) - scaled_cols)
-        f_next = -eps * _lse((g / eps + log_b) - scaled_rows)
+        g = -eps * _lse(np.subtract(f / eps + log_a, scaled_cols, out=z_cols))
+        f_next = -eps * _lse(np.subtract(g / eps + log_b, scaled_rows, out=z_rows))
         passes += 1
         error = float(np.abs(np.expm1((f - f_next).astype(np.float64) / eps)).sum()) / n
         f = f_next

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gotd.server.ot.dense import sinkhorn_dense
+from gotd.server.ot.dense import DenseWork, sinkhorn_dense
 from gotd.server.selection.grid import Setting
 from gotd.server.selection.metric import Discriminant, discriminant
 
@@ -54,19 +54,25 @@ def rank_fold(
     c_emb, c_sketch = _cost(task.x[0], task.y[0]), _cost(task.x[1], task.y[1])
     fitted: list[Discriminant] = []
     medians: dict[tuple[float, float], float] = {}
+    work = DenseWork()  # every buffer of this fold's solves, allocated once (see DenseWork)
+    cost, part = work.get("cost", c_emb.shape, c_emb.dtype), work.get("part", c_emb.shape, c_emb.dtype)
+    ranked = work.get("ranked", (sample * c_emb.shape[1],), c_emb.dtype)
     out = []
     for setting in grid:
         strength, w = setting.metric_strength, setting.embedding_weight
-        cost = c_emb * np.float32(w) + c_sketch * np.float32(1.0 - w)
+        np.multiply(c_emb, np.float32(w), out=cost)
+        cost += np.multiply(c_sketch, np.float32(1.0 - w), out=part)
         if strength > 0:
             if not fitted:
                 fitted.append(discriminant(task.y, task.negatives))
             metric = fitted[0].metric(w, strength)
-            cost += np.square(metric.project(task.x)[:, None] - metric.project(task.y)[None, :])
+            np.subtract(metric.project(task.x)[:, None], metric.project(task.y)[None, :], out=part)
+            cost += np.square(part, out=part)
         if (w, strength) not in medians:
-            medians[w, strength] = float(np.median(cost[:sample]))
+            np.copyto(ranked, cost[:sample].reshape(-1))
+            medians[w, strength] = float(np.median(ranked, overwrite_input=True))
         eps = setting.relative_eps * medians[w, strength]
-        solved = sinkhorn_dense(torch.from_numpy(cost), eps=eps, tol=tol, max_iter=max_iter)
+        solved = sinkhorn_dense(torch.from_numpy(cost), eps=eps, tol=tol, max_iter=max_iter, work=work)
         f = solved.f.double().numpy()
         out.append(rows_ahead(f[:sample], f[sample:]))
     return out

@@ -94,8 +94,8 @@ class LearnedMetric:
 
     def project(self, rows: Halves) -> np.ndarray:
         """``v . x`` of rows given as (embeddings, unit sketches): the learned column, float32."""
-        out: np.ndarray = (rows[0].astype(np.float32) @ self.embedding) + (
-            rows[1].astype(np.float32) @ self.sketch
+        out: np.ndarray = (rows[0].astype(np.float32, copy=False) @ self.embedding) + (
+            rows[1].astype(np.float32, copy=False) @ self.sketch
         )
         return out
 
@@ -146,17 +146,24 @@ def discriminant(positives: Halves, negatives: Halves, *, l2: float = 0.05) -> D
     Columns are standardised over the fitted rows (constant columns get coefficient 0); the classes
     weigh the same; ridge penalty ``l2`` on the standardised coefficients (the loss is a weighted mean).
     """
-    x = np.concatenate([np.concatenate(positives, axis=1), np.concatenate(negatives, axis=1)], axis=0).astype(
-        np.float32
-    )
     p, q, d = positives[0].shape[0], negatives[0].shape[0], positives[0].shape[1]
-    variance = x.var(axis=0, dtype=np.float64)
     if p < 1 or q < 1:
-        return Discriminant(np.zeros(x.shape[1]), d, 0.0, 0.0, 0.0)
+        return Discriminant(np.zeros(d + positives[1].shape[1]), d, 0.0, 0.0, 0.0)
+    x = np.empty((p + q, d + positives[1].shape[1]), dtype=np.float32)
+    for at, rows in ((0, positives), (p, negatives)):
+        x[at : at + rows[0].shape[0], :d], x[at : at + rows[0].shape[0], d:] = rows
+    # np.var's own steps (the mean, the centred rows in float64), kept: the standardised columns are
+    # the centred ones divided by their deviation, so the same numbers without a second pass
+    mean = np.add.reduce(x, axis=0, dtype=np.float64) / x.shape[0]
+    centred = np.subtract(x, mean)
+    variance = np.add.reduce(np.square(centred), axis=0) / x.shape[0]
     sd = np.sqrt(variance)
     live = sd > 1e-8
     z = np.zeros((x.shape[0], x.shape[1] + 1), dtype=np.float32)  # the last column: the intercept's
-    z[:, :-1][:, live] = (x[:, live] - x[:, live].mean(axis=0, dtype=np.float64)) / sd[live]
+    if live.all():
+        np.divide(centred, sd, out=z[:, :-1], casting="same_kind")
+    else:
+        z[:, :-1][:, live] = centred[:, live] / sd[live]
     z[:, -1] = 1.0
     t = np.concatenate([np.ones(p), np.zeros(q)]).astype(np.float32)
     s = np.concatenate([np.full(p, 0.5 / p), np.full(q, 0.5 / q)]).astype(np.float32)
