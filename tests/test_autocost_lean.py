@@ -28,6 +28,7 @@ from gotd.server.service.sketched import PoolSketches
 from tests._store_helpers import unit_vectors
 from tests.conftest import BackgroundServer
 from tests.test_service_autocost import MIN_TARGETS, K, corpus  # noqa: F401  (the module's fixture)
+from tests.test_sketch_stats import _check
 
 
 def _pool(n: int, m: int, seed: int) -> tuple[np.ndarray, ...]:
@@ -126,6 +127,7 @@ def test_a_lean_load_chooses_and_ranks_as_a_whole_load(
         assert kept.validation == older.validation  # status, detail, setting, every score
         assert kept_ranked == older_ranked
         assert _with_sketch_rows(srv, "older") == [True]  # no statistics: the sketch rows loaded
+        _check(srv.running.store, "older")  # built from them and kept: a pass over the rows
         assert _with_sketch_rows(srv, "kept") == [kept.cost == "fused"]  # only for a fused setting
         if targets_used < MIN_TARGETS:
             assert kept.validation.status == "fallback"

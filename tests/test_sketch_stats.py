@@ -12,7 +12,7 @@ import pytest
 from gotd.cache.records import Record
 from gotd.cache.store.core import Store
 from gotd.cache.store.layout import PoolRecord
-from gotd.cache.store.sketchstats import stats_key
+from gotd.cache.store.sketchstats import put_stats, stats_key, stats_of
 from gotd.server.selection.costs import SketchFactors, complete_sketches
 from gotd.server.selection.sketches import document_frequency, idf_from_df, tf_rows
 from tests._store_helpers import unit_vectors
@@ -133,3 +133,65 @@ def test_stats_follow_writes_into_first_format_chunks(tmp_path: Path) -> None:
         store.upsert("p", _records(_texts(30, start=290, tag="new"), start=290, seed=5), model="m", dim=DIM)
         store.delete_records("p", [f"r{i}" for i in range(500, 600, 9)])
         _check(store)
+
+
+def _forget(store: Store, pool: str = "p") -> bytes:
+    """Drop the statistics of ``pool`` (as an older gotd left it); its key prefix."""
+    raw = store.env.read(lambda txn: txn.get(pool.encode(), db=store.env.dbs["pools"]))
+    prefix = PoolRecord.decode(pool, raw).prefix
+    store.env.write(lambda txn: txn.delete(stats_key(prefix), db=store.env.dbs["meta"]))
+    return prefix
+
+
+def test_stats_built_from_the_rows_of_an_older_pool_are_those_the_writes_keep(store: Store) -> None:
+    store.upsert("p", _records(_texts(700)), model="m", dim=DIM)
+    store.delete_records("p", [f"r{i}" for i in range(0, 700, 11)])
+    info = store.get_pool("p")
+    kept = store.sketch_stats("p", info.uid, info.version)
+    assert kept is not None
+    _forget(store)
+    assert store.sketch_stats("p", info.uid, info.version) is None
+    arrays = store.load_vectors("p")
+    assert arrays.sketches is not None
+    built = stats_of(arrays.version, arrays.sketches, arrays.deleted)
+    assert (built.version, built.zero_rows) == (kept.version, kept.zero_rows)
+    np.testing.assert_array_equal(built.df, kept.df)
+    assert not store.put_sketch_stats("p", "another-uid", built)
+    assert store.put_sketch_stats("p", arrays.uid, built)
+    assert not store.put_sketch_stats("p", arrays.uid, built)  # kept already: left as they are
+    _check(store)  # a pass over the rows
+    store.upsert("p", _records(_texts(40, start=690, tag="new"), start=690, seed=3), model="m", dim=DIM)
+    _check(store)  # from now on the writes keep them
+
+
+def test_a_write_racing_with_the_build_leaves_the_stats_absent_never_wrong(store: Store) -> None:
+    store.upsert("p", _records(_texts(300)), model="m", dim=DIM)
+    prefix = _forget(store)
+    arrays = store.load_vectors("p")
+    assert arrays.sketches is not None
+    built = stats_of(arrays.version, arrays.sketches, arrays.deleted)  # the rows of this version...
+    store.upsert("p", _records(_texts(50, start=280, tag="raced"), start=280, seed=9), model="m", dim=DIM)
+    store.delete_records("p", ["r3"])  # ...which a write changes before they are stored
+    assert not store.put_sketch_stats("p", arrays.uid, built)
+    info = store.get_pool("p")
+    assert store.sketch_stats("p", info.uid, info.version) is None
+    assert store.env.read(lambda txn: txn.get(stats_key(prefix), db=store.env.dbs["meta"])) is None
+    meta = store.env.dbs["meta"]
+    assert not store.env.write(lambda txn: put_stats(txn, meta, None, arrays.uid, built))  # pool gone
+    fresh = store.load_vectors("p")
+    assert fresh.sketches is not None
+    assert store.put_sketch_stats("p", fresh.uid, stats_of(fresh.version, fresh.sketches, fresh.deleted))
+    _check(store)
+
+
+def test_no_stats_are_stored_while_a_backfill_is_under_way(tmp_path: Path) -> None:
+    _old_pool(tmp_path)
+    with Store(tmp_path, sketcher=tf_rows) as store:
+        with pytest.raises(StopBackfillError):
+            store.backfill_sketches("p", batch_rows=256, progress=_stop_after(1))
+        arrays = store.load_vectors("p")
+        assert arrays.sketches is not None
+        assert not store.put_sketch_stats(
+            "p", arrays.uid, stats_of(arrays.version, arrays.sketches, arrays.deleted)
+        )
+        assert store.sketch_stats("p", arrays.uid, arrays.version) is None

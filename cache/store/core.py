@@ -47,7 +47,7 @@ from gotd.cache.store.sketch import (
     encode_target_set,
     sketch_matrix,
 )
-from gotd.cache.store.sketchstats import SketchStats, read_rows, stats_at
+from gotd.cache.store.sketchstats import SketchStats, put_stats, read_rows, stats_at
 from gotd.cache.store.upsert import upsert_txn
 from gotd.cache.store.vectors import batch_matrix, content_hash, unit_rows
 
@@ -260,6 +260,13 @@ class Store:
         """The sketch statistics of ``pool`` at incarnation ``uid`` and ``version`` (None when the pool
         has moved on or they are not kept: :mod:`gotd.cache.store.sketchstats`)."""
         return self.env.read(lambda txn: stats_at(txn, self._dbs, self._record(txn, pool), uid, version))
+
+    def put_sketch_stats(self, pool: str, uid: str, stats: SketchStats) -> bool:
+        """Keep ``stats``, computed from the rows of ``pool`` at ``uid`` and ``stats.version``, if it is
+        still there and keeps none (:func:`~gotd.cache.store.sketchstats.put_stats`); whether it did."""
+        return self.env.write(
+            lambda txn: put_stats(txn, self._dbs["meta"], self._record(txn, pool), uid, stats)
+        )
 
     def sketch_rows(self, pool: str, uid: str, version: int, rows: np.ndarray) -> np.ndarray | None:
         """The stored sketch rows ``rows`` (sorted) of ``pool`` while it is at incarnation ``uid`` and

@@ -16,7 +16,11 @@ delete and sketch backfill batch::
 The value names the pool version it describes. A write that finds it at the pool's version before the
 write moves it to the new version; one that does not (a pool written by an older gotd) leaves it out
 of date, and a reader then computes from the rows as before (:func:`read_stats` gives None). A pool
-created by this gotd, or backfilled from no sketches at all, has it from its first write.
+created by this gotd, or backfilled from no sketches at all, has it from its first write. A pool
+without it gets it from the first reader that passes over its rows (:func:`stats_of`, the server's
+fused or validated request on a whole load): :func:`put_stats` stores them in a write transaction only
+while the pool is still at the version they were computed at, so a write in between (which found
+none to move on) leaves them absent, never wrong.
 """
 
 from __future__ import annotations
@@ -36,15 +40,18 @@ __all__ = [
     "SketchStats",
     "bucket_counts",
     "keep_stats",
+    "put_stats",
     "read_rows",
     "read_stats",
     "stats_at",
     "stats_key",
+    "stats_of",
     "zero_count",
 ]
 
 _HEAD = struct.Struct("<QQ")
 _MAGNITUDES = np.uint16(0x7FFF)
+_BLOCK_ROWS = 4096  # a pass over the rows: temporaries of a few MiB at 1,024 buckets
 
 
 def stats_key(prefix: bytes) -> bytes:
@@ -109,6 +116,33 @@ class SketchStats:
         if added is not None and len(added):
             df += bucket_counts(added)
         return SketchStats(version, self.zero_rows + zeros, df)
+
+
+def stats_of(version: int, rows: np.ndarray, deleted: np.ndarray | None = None) -> SketchStats:
+    """The statistics of pool version ``version`` from a pass over all its dense float16 sketch ``rows``
+    (``deleted`` marks the rows deleted): what the writes would have kept."""
+    df = np.zeros(rows.shape[1], dtype=np.int64)
+    zero_rows = 0
+    for start in range(0, rows.shape[0], _BLOCK_ROWS):
+        block = rows[start : start + _BLOCK_ROWS]
+        zero_rows += zero_count(block)
+        df += bucket_counts(block if deleted is None else block[~deleted[start : start + _BLOCK_ROWS]])
+    return SketchStats(version, zero_rows, df)
+
+
+def put_stats(
+    txn: lmdb.Transaction, meta: lmdb._Database, pool: PoolRecord | None, uid: str, stats: SketchStats
+) -> bool:
+    """Store ``stats`` (:func:`stats_of` the rows of incarnation ``uid`` at ``stats.version``) when the pool
+    is still there and at that version, keeps none, and no sketch backfill is under way; else nothing."""
+    if pool is None or (pool.uid, pool.version) != (uid, stats.version):
+        return False
+    if stats.df.shape != (pool.sketch_buckets,) or txn.get(backfill_marker(pool.prefix), db=meta) is not None:
+        return False
+    if _stored(txn, meta, pool) is not None:
+        return False
+    txn.put(stats_key(pool.prefix), stats.encode(), db=meta)
+    return True
 
 
 def read_stats(txn: lmdb.Transaction, meta: lmdb._Database, pool: PoolRecord) -> SketchStats | None:

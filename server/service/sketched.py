@@ -12,14 +12,21 @@ A store that keeps a pool's sketch statistics (:mod:`gotd.cache.store.sketchstat
 frequency over the live rows and the zero rows, maintained at every write) answers both the check and
 the IDF weights without a pass over the rows, the same values bit for bit; and :meth:`PoolSketches.rows`
 reads a few sketch rows of a snapshot loaded without them (the cost validation's sample), so a
-validated request need not load the pool's sketch rows unless it chooses a fused setting.
+validated request need not load the pool's sketch rows unless it chooses a fused setting. A pool written
+by an older gotd keeps none: the first check of one of its versions on the rows builds them (one pass,
+which also gives the IDF weights) and stores them while the pool is still at that version
+(:meth:`Store.put_sketch_stats`), so its next writes keep them and its next requests load lean.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from gotd.cache.errors import FailedPrecondition
 from gotd.cache.store.core import PoolArrays, Store
+from gotd.cache.store.sketchstats import SketchStats, stats_of
 from gotd.server.selection.costs import SketchFactors, complete_sketches
 from gotd.server.selection.sketches import idf_from_df
 from gotd.server.service.lru import Lru
@@ -28,6 +35,7 @@ from gotd.server.service.pools import SnapshotMovedError
 __all__ = ["PoolSketches"]
 
 
+LOG = logging.getLogger(__name__)
 _Key = tuple[str, str, int]  # pool name, uid, version
 
 
@@ -54,6 +62,9 @@ class PoolSketches:
         tf = arrays.sketches
         if tf is None:  # not kept: a snapshot loaded without its sketch rows would say nothing
             return False
+        built = self._build_stats(arrays, tf)
+        if built is not None:
+            return built
         since = self._complete_at.get(key[:2])
         if tf.ndim != 2 or tf.shape[0] != len(arrays.row_versions) or tf.shape[0] == 0:
             known = False
@@ -87,8 +98,10 @@ class PoolSketches:
         if known is None and self._sketched.get(key) is None and self._from_stats(arrays):
             known = self._idf.get(key)
         if known is None and arrays.sketches is not None and self.sketched(arrays):
-            known = SketchFactors.pool_idf(arrays.sketches, arrays.deleted)
-            self._idf.put(key, known)
+            known = self._idf.get(key)  # from the statistics the check built
+            if known is None:
+                known = SketchFactors.pool_idf(arrays.sketches, arrays.deleted)
+                self._idf.put(key, known)
         return known
 
     def from_store(self, arrays: PoolArrays) -> bool:
@@ -105,8 +118,29 @@ class PoolSketches:
         what :meth:`SketchFactors.pool_idf` computes from the rows), None when it keeps none."""
         key = (arrays.name, arrays.uid, arrays.version)
         stats = None if self._store is None else self._store.sketch_stats(*key)
-        if stats is None:
+        return None if stats is None else self._known(arrays, stats)
+
+    def _build_stats(self, arrays: PoolArrays, tf: np.ndarray) -> bool | None:
+        """The check from statistics built from the snapshot's rows, stored for the version when the
+        store keeps none (an older gotd's pool); None when there is no store to keep them for or the
+        rows are not the stored float16 rows of every row."""
+        if self._store is None or tf.dtype != np.float16 or tf.ndim != 2 or tf.shape[0] != len(arrays.ids):
             return None
+        stats = stats_of(arrays.version, tf, arrays.deleted)
+        try:
+            kept = self._store.put_sketch_stats(arrays.name, arrays.uid, stats)
+        except FailedPrecondition:  # a read-only store: built for this version only
+            kept = False
+        LOG.info(
+            "sketch statistics of %s v%d built from its rows (%s)",
+            arrays.name,
+            arrays.version,
+            "kept" if kept else "the pool moved on, or the store keeps its own: not kept",
+        )
+        return self._known(arrays, stats)
+
+    def _known(self, arrays: PoolArrays, stats: SketchStats) -> bool:
+        key = (arrays.name, arrays.uid, arrays.version)
         n = len(arrays.ids)
         complete = n > 0 and stats.zero_rows == 0
         if complete:
