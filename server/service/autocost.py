@@ -31,7 +31,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -45,13 +45,10 @@ from gotd.client.types import SettingScore as ClientScore
 from gotd.server.selection.algorithm import code_version
 from gotd.server.selection.config import summary_rows
 from gotd.server.selection.costs import Cost, complete_sketches, sketch_hash
-from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.validation import (
     FALLBACK,
     FIXED_GRID,
     LEARNED_SETTINGS,
-    Setting,
-    SettingScore,
     Validation,
     ValidationConfig,
     validate,
@@ -61,6 +58,7 @@ from gotd.server.service.epochs import stale_rows
 from gotd.server.service.lru import Lru
 from gotd.server.service.requests import SolverParams, ValidationStatus
 from gotd.server.service.targets import Target
+from gotd.server.service.validation_codec import decode_validation, encode_validation
 
 LOG = logging.getLogger(__name__)
 
@@ -68,7 +66,6 @@ __all__ = ["SCORE_FRACTION", "CostChooser", "validation_rows"]
 
 #: Fraction of the pool the validation measures at for Score, which has no k.
 SCORE_FRACTION = 0.05
-_FIELDS = ("recall", "mrr", "auc")
 
 #: Outcomes counted by ``on_outcome`` (``gotd_cost_validations{outcome}``).
 OUTCOMES = ("validated", "cached", "epoch", "fallback", "bypassed", "no_sketches")
@@ -163,7 +160,7 @@ class CostChooser:
             entry = self._store(key, validation, arrays.version)
             self._newest.put(family, (key, entry))
             self._duals.set_latest(family, key)
-            result, since = _decode(entry, self.config.grid), arrays.version
+            result, since = decode_validation(entry, self.config.grid), arrays.version
             outcome = "validated"
         else:
             result, since = found
@@ -296,28 +293,13 @@ class CostChooser:
         if entry is None:
             return None
         try:
-            return _decode(entry, self.config.grid), int(entry.meta["pool_version"]), entry
+            return decode_validation(entry, self.config.grid), int(entry.meta["pool_version"]), entry
         except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             LOG.warning("dual cache: unusable cost validation under %s; validating again", key)
             return None
 
     def _store(self, key: str, result: Validation, version: int) -> PotentialEntry:
-        values = [getattr(s, name) for s in result.scores for name in _FIELDS]
-        chosen = [s.setting for s in result.scores].index(result.chosen)
-        metric = result.metric
-        meta = {
-            "kind": "cost_validation",
-            "grid": [list(_triple(s)) for s in self.config.grid],
-            "metric_dim": 0 if metric is None else int(metric.embedding.shape[0]),
-            "chosen": chosen,
-            "fraction": result.fraction,
-            "held_out": result.held_out,
-            "pool_sample": result.pool_sample,
-            "kept_default": result.kept_default,
-            "pool_version": version,
-        }
-        factors = None if metric is None else metric.factors  # the learned metric, stored: no refit
-        entry = PotentialEntry(np.asarray(values, dtype=np.float32), None, meta, factors)
+        entry = encode_validation(result, self.config.grid, version)
         self._duals.put(key, entry)
         return entry
 
@@ -374,37 +356,3 @@ def _fixed_by_request(solver: SolverParams) -> str:
         if value is not None
     ]
     return f"the request sets {' and '.join(named)}" if named else ""
-
-
-def _decode(entry: PotentialEntry, grid: Sequence[Setting]) -> Validation:
-    """A cached validation, checked against this server's grid (anything else raises)."""
-    meta = entry.meta
-    if meta["kind"] != "cost_validation" or [tuple(map(float, s)) for s in meta["grid"]] != [
-        _triple(s) for s in grid
-    ]:
-        raise ValueError("another grid")
-    values = np.asarray(entry.g, dtype=np.float64).reshape(len(grid), len(_FIELDS))
-    if not np.isfinite(values).all():
-        raise ValueError("non-finite scores")
-    scores = tuple(
-        SettingScore(setting, *(float(v) for v in row)) for setting, row in zip(grid, values, strict=True)
-    )
-    chosen = grid[int(meta["chosen"])]
-    metric = None
-    if chosen.learned:
-        if entry.f is None:
-            raise ValueError("a learned setting without its metric")
-        metric = LearnedMetric.split(entry.f, int(meta["metric_dim"]))
-    return Validation(
-        chosen,
-        scores,
-        float(meta["fraction"]),
-        int(meta["held_out"]),
-        int(meta["pool_sample"]),
-        kept_default=bool(meta.get("kept_default", False)),
-        metric=metric,
-    )
-
-
-def _triple(s: Setting) -> tuple[float, float, float]:
-    return (s.embedding_weight, s.relative_eps, s.metric_strength)

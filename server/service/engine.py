@@ -33,7 +33,7 @@ from gotd.server.selection.costs import (
     resolve_cost,
     sketch_hash,
 )
-from gotd.server.selection.modes import Mode, SelectionConfig, resolve_mode
+from gotd.server.selection.modes import Mode, resolve_mode
 from gotd.server.selection.scoring import Scorer, local_scorer
 from gotd.server.service.autocost import CostChooser
 from gotd.server.service.config import Settings
@@ -41,6 +41,7 @@ from gotd.server.service.epochs import EpochValueCache
 from gotd.server.service.idsets import SelectIdSets
 from gotd.server.service.job import Emit, Job, StopCheck
 from gotd.server.service.metrics import Metrics
+from gotd.server.service.options import cost_config, max_staleness, solver_config
 from gotd.server.service.pools import (
     PoolSnapshots,
     SnapshotMovedError,
@@ -100,56 +101,6 @@ class SelectionEngine:
         self._costs = CostChooser(
             settings, duals, on_outcome=lambda outcome: metrics.cost_validations.labels(outcome).inc()
         )
-
-    # -- configuration -------------------------------------------------------------------------
-    def config(self, params: SolverParams) -> SelectionConfig:
-        """The solver configuration of a request: its options over the server defaults.
-
-        Epsilon: the request's absolute or relative epsilon (not both), else the server's
-        ``relative_eps`` when set, else its ``eps``.
-        """
-        s = self._settings
-        if params.eps is not None and params.relative_eps is not None:
-            raise InvalidArgument("set at most one of epsilon and relative_epsilon")
-        relative = params.relative_eps if params.eps is None else None
-        if params.eps is None and relative is None:
-            relative = s.relative_eps
-        try:
-            return SelectionConfig(
-                mode=params.mode or Mode(s.default_mode),
-                eps=params.eps if params.eps is not None else s.eps,
-                tol=params.tol if params.tol is not None else s.tol,
-                max_iter=params.max_iter if params.max_iter is not None else s.max_iter,
-                exact_max_pool=s.exact_max_pool,
-                summary_size=params.summary_size if params.summary_size is not None else s.summary_size,
-                paper_domains=params.paper_domains if params.paper_domains is not None else s.paper_domains,
-                relative_eps=relative,
-            )
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from None
-
-    def max_staleness(self, params: SolverParams, cost: Cost = Cost.EMBEDDING) -> float:
-        """The request's staleness bound (share of the pool's rows), else the server's for ``cost``."""
-        s = self._settings
-        default = s.max_staleness_fused if cost is Cost.FUSED else s.max_staleness
-        value = params.max_staleness if params.max_staleness is not None else default
-        if not 0.0 <= value <= 1.0:  # NaN fails too
-            raise InvalidArgument(f"max_staleness must be in [0, 1], got {value}")
-        return value
-
-    def cost_config(self, params: SolverParams) -> CostConfig:
-        """The cost of a request: its options over the server defaults."""
-        s = self._settings
-        try:
-            return CostConfig(
-                cost=params.cost or Cost(s.cost),
-                embedding_weight=(
-                    params.embedding_weight if params.embedding_weight is not None else s.embedding_weight
-                ),
-                metric=params.metric,
-            )
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from None
 
     # -- selection -----------------------------------------------------------------------------
     def select(self, params: SelectParams, emit: Emit, stop: StopCheck) -> None:
@@ -222,7 +173,10 @@ class SelectionEngine:
         """The pool's live candidates (deleted rows left out); RESOURCE_EXHAUSTED when the Select's
         estimated peak memory (over all its rows) exceeds what is available."""
         info = self._store.get_pool(params.pool)
-        sketches = not self.cost_config(params.solver).embedding_only
+        sketches = not cost_config(self._settings, params.solver).embedding_only
+        if sketches:  # none read when the store says no live row has one
+            stats = self._store.sketch_stats(info.name, info.uid, info.version)
+            sketches = stats is None or stats.zero_rows < info.count  # zero rows count deleted ones
         need = select_bytes(
             info, params.k, sketches=sketches, loaded=self._pools.cached(info, sketches=sketches)
         )
@@ -248,7 +202,7 @@ class SelectionEngine:
         *,
         k: int | None = None,
     ) -> tuple[Job, CostValidation]:
-        self.max_staleness(solver)  # a bad value fails before any work
+        max_staleness(self._settings, solver)  # a bad value fails before any work
         for attempt in range(SNAPSHOT_ATTEMPTS):
             info = self._store.get_pool(pool)
             with self._timed("embed", timings):
@@ -274,7 +228,7 @@ class SelectionEngine:
         else:
             raise Unavailable(f"pool {pool!r} kept being replaced during the request; retry")
         solver = chosen
-        config = self.config(solver)
+        config = solver_config(self._settings, solver)
         config = replace(config, mode=resolve_mode(config.mode, len(rows), config))
         family = cache_key(
             pool=pool,
@@ -297,7 +251,7 @@ class SelectionEngine:
         features = lambda: self._features(arrays, cost)  # noqa: E731  (built only when the job needs them)
         job = Job(self, arrays, cost, features, rows, target, config, family, timings)
         with self._timed("solve", timings):
-            job.potential_for(emit, stop, max_staleness=self.max_staleness(solver, cost.cost))
+            job.potential_for(emit, stop, max_staleness=max_staleness(self._settings, solver, cost.cost))
         return job, validation
 
     def _choose(
@@ -320,9 +274,9 @@ class SelectionEngine:
                 sketched=lambda: self._sketches.sketched(arrays),
                 idf=lambda: self._sketches.idf(arrays),
                 sketch_rows=lambda picked: self._sketches.rows(arrays, picked),
-                max_staleness=self.max_staleness(solver, Cost.FUSED),
+                max_staleness=max_staleness(self._settings, solver, Cost.FUSED),
             )
-        cost = self._resolve(arrays, target, self.cost_config(chosen))
+        cost = self._resolve(arrays, target, cost_config(self._settings, chosen))
         if cost.cost is not Cost.EMBEDDING and arrays.sketches is None:
             with self._timed("load", timings):  # a fused setting chosen: its rows, same version
                 arrays = self._pools.with_sketches(arrays)
@@ -332,7 +286,7 @@ class SelectionEngine:
         """The pool's snapshot: without sketch rows for the embedding cost, and when ``lean`` for a
         validated cost whose version's sketch facts the store keeps (the validation reads its sample's
         rows alone; :meth:`_choose` adds the rest if it chooses a fused setting)."""
-        need = not self.cost_config(solver).embedding_only
+        need = not cost_config(self._settings, solver).embedding_only
         if need and lean and self._costs.validates(solver):
             arrays = self._pools.get(pool, sketches=False)
             if arrays.sketches is not None or self._sketches.from_store(arrays):
