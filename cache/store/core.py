@@ -23,8 +23,8 @@ from typing import Final
 import lmdb
 import numpy as np
 
-from gotd.cache.errors import FailedPrecondition, InvalidArgument, NotFound
-from gotd.cache.records import Record, check_unique_ids, validate_id, validate_name
+from gotd.cache.errors import InvalidArgument, NotFound
+from gotd.cache.records import Record, check_unique_ids, validate_name
 from gotd.cache.store import read as store_read
 from gotd.cache.store.backfill import BackfillResult, backfill_sketches
 from gotd.cache.store.deletes import DeleteResult, delete_txn
@@ -44,12 +44,11 @@ from gotd.cache.store.sketch import (
     batch_sketches,
     decode_target_set,
     decode_target_sketches,
-    encode_target_set,
-    sketch_matrix,
 )
 from gotd.cache.store.sketchstats import SketchStats, put_stats, read_rows, stats_at
+from gotd.cache.store.targetsets import target_set_value
 from gotd.cache.store.upsert import upsert_txn
-from gotd.cache.store.vectors import batch_matrix, content_hash, unit_rows
+from gotd.cache.store.vectors import batch_matrix, unit_rows
 
 __all__ = [
     "BackfillResult",
@@ -340,35 +339,9 @@ class Store:
         TargetSetInfo
             With ``content_hash`` = xxh3_128(model id + float32 vector bytes).
         """
-        validate_name(name, kind="target set")
-        id_list = [validate_id(i) for i in ids]
-        if not id_list:
-            raise InvalidArgument(f"target set {name!r} is empty")
-        if len(set(id_list)) != len(id_list):
-            dup = next(i for k, i in enumerate(id_list) if i in id_list[:k])
-            raise InvalidArgument(f"target set {name!r}: duplicate id {dup!r}")
-        matrix = np.asarray(vectors)
-        if matrix.ndim != 2 or matrix.shape[0] != len(id_list):
-            raise InvalidArgument(f"target set {name!r}: vectors must have shape ({len(id_list)}, {dim})")
-        if matrix.shape[1] != dim:
-            raise FailedPrecondition(
-                f"target set {name!r}: vectors have dimension {matrix.shape[1]}, expected {dim}"
-            )
-        units = unit_rows(matrix, what=f"target set {name!r}", ids=id_list)
-        if texts is not None and len(texts) != len(id_list):
-            raise InvalidArgument(f"target set {name!r}: {len(texts)} texts for {len(id_list)} ids")
-        sketches = None
-        if texts is not None and self.sketcher is not None:
-            sketches = sketch_matrix(self.sketcher, texts)
-        info = TargetSetInfo(
-            name=name,
-            count=len(id_list),
-            model=model,
-            dim=dim,
-            content_hash=content_hash(model, units),
-            created=time.time(),
+        info, value = target_set_value(
+            name, ids, vectors, model=model, dim=dim, texts=texts, sketcher=self.sketcher
         )
-        value = encode_target_set(info, id_list, units, sketches)
         self.env.write(lambda txn: txn.put(name.encode("utf-8"), value, db=self._dbs["targets"]))
         return info
 
