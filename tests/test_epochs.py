@@ -16,7 +16,8 @@ from gotd.cache.duals.codec import PotentialEntry, decode_entry
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.lab.demo import BackgroundServer
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.topk import top_k
 from tests.conftest import clustered, vector_records
 from tests.redis_fixtures import RedisServer

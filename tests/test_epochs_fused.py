@@ -18,7 +18,8 @@ from gotd.cache.duals.codec import PotentialEntry, decode_entry, encode_entry
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.lab.demo import BackgroundServer
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.costs import Cost, SketchFactors, pool_features
 from gotd.server.selection.sketches import fused_matrix, tf_rows
 from gotd.server.selection.topk import top_k

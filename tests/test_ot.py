@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 
 from gotd.server.ot import sinkhorn as sinkhorn_module
 from gotd.server.ot.exact import ExactSum
-from gotd.server.ot.sinkhorn import (
-    SinkhornResult,
-    c_transform,
-    c_transform_span,
-    calibrated_gradient,
-    epsilon_schedule,
-    sinkhorn,
-)
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import SinkhornResult, c_transform, c_transform_span, epsilon_schedule, sinkhorn
 from gotd.server.selection.scoring import run_block_rows, score_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -20,7 +20,8 @@ import torch
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.ingest.pipeline import Ingestor
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.modes import top_k
 from gotd.server.selection.scoring import ScorePass
 from tests.conftest import clustered

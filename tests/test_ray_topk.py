@@ -14,7 +14,8 @@ import torch
 
 from gotd.client.client import Client
 from gotd.lab.demo import BackgroundServer
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.scoring import ScorePass
 from gotd.server.selection.topk import top_k
 from tests.conftest import clustered, vector_records

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gotd.lab.bench.ot import clustered, hashed_keys
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.kmeans import kmeans_labels
 from gotd.server.selection.modes import (
     Mode,

@@ -26,7 +26,8 @@ import torch
 from gotd.lab.bench.ot_report import CLUSTERS, DIM, EPS, load_line, machine_info, plots
 from gotd.lab.bench.ot_report import report as render
 from gotd.lab.bench.util import rss_mb
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient, sinkhorn
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform, sinkhorn
 from gotd.server.selection.kmeans import splitmix64
 from gotd.server.selection.modes import Mode, SelectionConfig, rank, score, solve, top_k
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from gotd.lab.bench.util import best_seconds, clustered_vectors, machine
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.gradient import calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.ray.backend import RayScorer, init_ray, require_ray
 from gotd.server.ray.shard import block_rows, plan_shards
 from gotd.server.selection.modes import top_k

@@ -1,4 +1,4 @@
-"""Entropic optimal transport in the log domain over row blocks: Sinkhorn, c-transform, OT gradient.
+"""Entropic optimal transport in the log domain over row blocks: Sinkhorn and the c-transform.
 
 Pure functions over torch tensors (float32 by default, float64 allowed; CPU or CUDA with the same
 code). The squared Euclidean cost is never materialised as an ``(n, m)`` matrix: every pass walks the
@@ -22,7 +22,6 @@ References
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -49,7 +48,6 @@ __all__ = [
     "block_rows",
     "c_transform",
     "c_transform_span",
-    "calibrated_gradient",
     "epsilon_schedule",
     "sinkhorn",
 ]
@@ -369,40 +367,3 @@ def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor
     geo = Geometry.of(take(x, index), y, rows)
     buf = geo.buffer()
     return softmax_rows(geo, 0, h, eps, buf)[0][:n]
-
-
-def calibrated_gradient(f: torch.Tensor, *, total: float | None = None) -> torch.Tensor:
-    """Calibrated gradient of the OT distance with respect to each candidate's mass (Kang et al., 2024).
-
-    .. math::
-
-        \\mathrm{grad}_i = f_i - \\frac{1}{n-1}\\sum_{k\\ne i} f_k
-
-    The sum is exactly rounded in float64 (``math.fsum``), so it does not depend on the order of
-    the candidates. It is increasing in :math:`f_i`: ranking by it equals ranking by ``f``.
-
-    Parameters
-    ----------
-    f : torch.Tensor, shape (n,)
-        Candidate potential.
-    total : float, optional
-        The exactly rounded sum of ``f`` when the caller keeps it (an epoch's values, kept
-        incrementally by :class:`~gotd.server.ot.exact.ExactSum`); it must equal ``math.fsum(f)``.
-
-    Returns
-    -------
-    torch.Tensor, shape (n,)
-        Same dtype and device as ``f``; for ``n == 1`` the (empty) mean is taken as 0.
-    """
-    if f.ndim != 1:
-        raise ValueError(f"f must be 1-D, got shape {tuple(f.shape)}")
-    n = f.shape[0]
-    with torch.no_grad():
-        if n < 2:
-            return f.detach().clone()
-        f64 = f.detach().to(torch.float64)
-        if total is None:  # exactly rounded, streamed in chunks: no list of n Python floats at once
-            arr, step = f64.cpu().numpy(), 1 << 16
-            chunks = (arr[s : s + step].tolist() for s in range(0, n, step))
-            total = math.fsum(itertools.chain.from_iterable(chunks))
-        return (f64 - (total - f64) / (n - 1)).to(f.dtype)

@@ -8,7 +8,7 @@ changes ``f`` in the last bits for some target counts, because the BLAS picks ke
 The calibrated gradient needs the mean of ``f`` over the whole pool. Each shard returns the exact
 sum of its ``f`` as an integer times a power of two (:class:`ExactSum`); the driver adds them exactly
 and rounds once, which is what :func:`math.fsum` over all of ``f`` gives. Every shard then computes the
-same scores as :func:`gotd.server.ot.sinkhorn.calibrated_gradient` would, and its local top-k.
+same scores as :func:`gotd.server.ot.gradient.calibrated_gradient` would, and its local top-k.
 
 References
 ----------
@@ -61,7 +61,7 @@ def plan_shards(n: int, rows_per_block: int, shards: int) -> list[tuple[int, int
 def scores_from_f(f: torch.Tensor, total: float, n: int) -> np.ndarray:
     """Calibrated gradient of a shard's ``f`` given the exact pool sum ``total`` of ``n`` values.
 
-    The same element-wise float64 formula as :func:`gotd.server.ot.sinkhorn.calibrated_gradient`, so the
+    The same element-wise float64 formula as :func:`gotd.server.ot.gradient.calibrated_gradient`, so the
     scores equal the single-process ones bit for bit.
     """
     if n < 2:

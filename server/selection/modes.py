@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from gotd.server.ot.geometry import median_cost, project_to_targets, worth_projecting
+from gotd.server.ot.gradient import calibrated_gradient
 from gotd.server.ot.rows import Rows, rows_of, take
-from gotd.server.ot.sinkhorn import SinkhornResult, c_transform, calibrated_gradient, sinkhorn
+from gotd.server.ot.sinkhorn import SinkhornResult, c_transform, sinkhorn
 from gotd.server.selection.config import (
     RELATIVE_EPS_ROWS,
     Mode,

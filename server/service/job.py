@@ -7,7 +7,6 @@ ranking rule), whichever way the potential was obtained.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -19,8 +18,9 @@ from gotd.cache.duals.cache import DualCache
 from gotd.cache.duals.codec import PotentialEntry
 from gotd.cache.store.core import PoolArrays
 from gotd.server.ot.exact import ExactSum
+from gotd.server.ot.gradient import calibrated_gradient
 from gotd.server.ot.rows import Rows, take
-from gotd.server.ot.sinkhorn import c_transform, calibrated_gradient
+from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.costs import (
     Cost,
     Features,
@@ -40,6 +40,7 @@ from gotd.server.selection.scoring import (
 )
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
+from gotd.server.service.potential_codec import potential_entry, potential_from_entry
 from gotd.server.service.requests import Progress, SelectEvent, Stage
 from gotd.server.service.scores import DenseScores, RowScores, ShardedScores
 from gotd.server.service.targets import Target
@@ -215,7 +216,7 @@ class Job:
         checksum cannot catch: wrong shape, NaN, foreign or malformed metadata; for the fused cost a
         missing or malformed IDF) is a miss."""
         try:
-            p = _potential_from_entry(entry)
+            p = potential_from_entry(entry)
             version = int(entry.meta["pool_version"])
         except (KeyError, TypeError, ValueError, OverflowError):
             p, version = None, -1
@@ -247,7 +248,7 @@ class Job:
 
     def _use_entry(self, entry: PotentialEntry) -> None:
         self.cache_hit = True
-        self.potential = _potential_from_entry(entry)
+        self.potential = potential_from_entry(entry)
         if entry.idf is not None:  # fused (checked): the cost the potential was solved under
             self.idf = self._frozen = np.array(entry.idf, dtype=np.float32)
         self.engine.epoch_values.remember(self.family, self.key, entry)
@@ -369,42 +370,9 @@ class Job:
         return f"{a.name}:{a.uid}:v{a.version}:{self.cost.tag}{idf}:{rows_hash}"
 
     def _store_potential(self, f_sum: float, n: int) -> None:
-        p = self.potential
-        rows = None
-        if p.rows is not None:
-            rows = np.asarray(p.rows, dtype=np.int64)
-        entry = PotentialEntry(
-            g=p.g.detach().cpu().numpy().astype(np.float32),
-            rows=rows,
-            idf=None if self.idf is None else np.asarray(self.idf, dtype=np.float32),
-            meta={
-                "mode": p.mode.value,
-                "eps": p.eps,
-                "n_iter": p.n_iter,
-                "marginal_error": p.marginal_error,
-                "converged": p.converged,
-                "cost": p.cost,
-                "pool_version": self.arrays.version,
-                "target_hash": self.target.content_hash,
-                "f_sum": f_sum,
-                "n": n,
-                "created_at": time.time(),
-            },
+        entry = potential_entry(
+            self.potential, self.idf, self.arrays.version, self.target.content_hash, f_sum=f_sum, n=n
         )
         self.engine.duals.put(self.key, entry)
         self.engine.duals.set_latest(self.family, self.key)
         self.engine.epoch_values.remember(self.family, self.key, entry)
-
-
-def _potential_from_entry(entry: PotentialEntry) -> Potential:
-    meta = entry.meta
-    return Potential(
-        g=torch.from_numpy(np.array(entry.g, dtype=np.float32)),
-        mode=Mode(str(meta["mode"])),
-        eps=float(meta["eps"]),
-        n_iter=int(meta["n_iter"]),
-        marginal_error=float(meta["marginal_error"]),
-        converged=bool(meta["converged"]),
-        cost=float(meta["cost"]),
-        rows=None if entry.rows is None else np.asarray(entry.rows, dtype=np.int64),
-    )
