@@ -5,13 +5,14 @@ the buffers were kept), so every setting's validation score and the chosen setti
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
 from gotd.server.ot.dense import DenseWork, sinkhorn_dense
 from gotd.server.selection.config import summary_rows
-from gotd.server.selection.foldrank import FoldTask, rank_fold, rows_ahead, unit_rows
+from gotd.server.selection.foldrank import FoldTask, rank_fold, rank_folds, rows_ahead, unit_rows
 from gotd.server.selection.grid import DEFAULT_GRID
 from gotd.server.selection.metric import Discriminant, _logistic, discriminant
 from gotd.server.selection.validation import ValidationConfig, _folds, _negatives, _split, _with
@@ -139,6 +140,7 @@ def test_every_fold_ranks_as_the_fresh_array_reference() -> None:
         target_unit = unit_rows(task["target_tf"], idf)
         x_pool = (task["pool_vectors"][sample], unit_rows(task["pool_tf"][sample], idf))
         folds = _folds(task["target_vectors"].shape[0], config.folds, 7)
+        fold_tasks = []
         for k in range(config.folds):
             held, train = _split(folds, k, config)
             vectors = task["target_vectors"]
@@ -147,8 +149,16 @@ def test_every_fold_ranks_as_the_fresh_array_reference() -> None:
                 (vectors[train], target_unit[train]),
                 negatives,
             )
+            fold_tasks.append(fold)
             got = rank_fold(
                 fold, grid=DEFAULT_GRID, sample=len(sample), tol=config.tol, max_iter=config.max_iter
             )
             for a, b in zip(got, _rank_fold(fold, len(sample), config), strict=True):
+                _same(a, b)
+
+        options: dict[str, Any] = {"grid": DEFAULT_GRID, "sample": len(sample), "tol": config.tol}
+        alone = rank_folds(fold_tasks, **options, max_iter=config.max_iter, threads=1)
+        dealt = rank_folds(fold_tasks, **options, max_iter=config.max_iter, threads=2)  # groups on threads
+        for one, two in zip(alone, dealt, strict=True):
+            for a, b in zip(one, two, strict=True):
                 _same(a, b)

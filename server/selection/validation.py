@@ -44,15 +44,13 @@ References
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
 from gotd.server.selection.blas import single_threaded_blas
 from gotd.server.selection.config import summary_rows
-from gotd.server.selection.foldrank import FoldTask, Halves, rank_fold, spaced, unit_rows
+from gotd.server.selection.foldrank import FoldTask, Halves, rank_folds, spaced, unit_rows
 from gotd.server.selection.grid import DEFAULT_GRID, FALLBACK, FIXED_GRID, LEARNED_SETTINGS, Setting
 from gotd.server.selection.metric import LearnedMetric, fit_metric
 
@@ -252,12 +250,14 @@ def validate(
         )
         for held, train in (_split(folds, k, config) for k in range(config.folds))
     ]
-    solve = partial(rank_fold, grid=config.grid, sample=len(sample), tol=config.tol, max_iter=config.max_iter)
-    if config.threads > 1 and len(tasks) > 1:  # numpy's reductions release the GIL: folds overlap
-        with ThreadPoolExecutor(min(config.threads, len(tasks)), thread_name_prefix="gotd-validate") as pool:
-            per_fold = list(pool.map(solve, tasks))
-    else:
-        per_fold = [solve(task) for task in tasks]
+    per_fold = rank_folds(
+        tasks,
+        grid=config.grid,
+        sample=len(sample),
+        tol=config.tol,
+        max_iter=config.max_iter,
+        threads=config.threads,
+    )
     ahead = {s: np.concatenate([fold[i] for fold in per_fold]) for i, s in enumerate(config.grid)}
     budget = max(1.0, fraction * len(sample))
     scores = tuple(_score(setting, ahead[setting], budget, len(sample)) for setting in config.grid)
