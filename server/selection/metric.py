@@ -17,10 +17,11 @@ computed blockwise from the stored embeddings and term frequencies (4 bytes a ro
 
 The discriminator is an L2-regularised logistic regression (a probabilistic classifier of the density
 ratio between target and pool, [3]_) on standardised columns, the classes weighted equally, fitted by
-a few Newton steps with conjugate-gradient inner solves from zero in float64 numpy: deterministic for
-the same rows. The *strength* ``lambda`` sets the scale of ``v``: the spread of ``v . x`` over the
-fitted pool rows is ``lambda`` times the fused rows' total spread ``w sum var(e_j) + (1 - w) sum
-var(s_j)``. Strength 0 is the plain fused cost.
+a few Newton steps with conjugate-gradient inner solves from zero in float32 numpy (the column
+statistics and the fitted direction in float64): deterministic for the same rows. The *strength*
+``lambda`` sets the scale of ``v``: the spread of ``v . x`` over the fitted pool rows is ``lambda``
+times the fused rows' total spread ``w sum var(e_j) + (1 - w) sum var(s_j)``. Strength 0 is the plain
+fused cost.
 
 A diagonal metric read off the same discriminator (each column scaled by ``1 + lambda |beta_j|``,
 normalised) was measured first and lost precision (docs/evaluation.md, "Learned metric").
