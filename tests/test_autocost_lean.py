@@ -27,7 +27,7 @@ from gotd.server.service.pools import SnapshotMovedError
 from gotd.server.service.sketched import PoolSketches
 from tests._store_helpers import unit_vectors
 from tests.conftest import BackgroundServer
-from tests.test_service_autocost import MIN_TARGETS, K, corpus  # noqa: F401  (the module's fixture)
+from tests.test_service_autocost import MIN_TARGETS, K, _setting, corpus  # noqa: F401  (the module's fixture)
 from tests.test_sketch_stats import _check
 
 
@@ -156,3 +156,48 @@ def test_score_on_a_lean_load_scores_as_on_a_whole_load(
         kept = client.score("kept", targets, ids)
         older = client.score("older", targets, ids)
     assert [(c.id, c.score) for c in kept] == [(c.id, c.score) for c in older]
+
+
+def test_a_write_during_the_validation_starts_the_request_again_on_the_new_version(
+    make_server: Any,
+    redis_url: str,
+    redis_prefix: str,
+    corpus: tuple[list[dict[str, Any]], list[str]],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool, targets = corpus
+    late = {"id": "late", "text": pool[0]["text"] + " Written while the validation read its rows."}
+    racing = make_server(redis_url=redis_url, redis_prefix=redis_prefix, validation_min_targets=MIN_TARGETS)
+    reference = make_server(
+        redis_url=redis_url, redis_prefix=redis_prefix + "ref:", validation_min_targets=MIN_TARGETS
+    )
+    running = racing.running
+    real, raced = running.engine.sketches.rows, []
+
+    def rows_after_a_write(arrays: Any, picked: np.ndarray) -> np.ndarray:
+        if not raced:  # the first read of the sample's rows: a write lands just before it
+            raced.append(arrays.version)
+            vector = running.embedder.encode([late["text"]])[0]
+            record = Record(id=late["id"], text=late["text"], embedding=vector)
+            running.store.upsert("p", [record], model=running.embedder.model_id, dim=running.embedder.dim)
+        return real(arrays, picked)
+
+    monkeypatch.setattr(running.engine.sketches, "rows", rows_after_a_write)
+    retries = running.metrics.snapshot_retries.labels("prepare")
+    with Client(racing.address, timeout=120) as client, Client(reference.address, timeout=120) as other:
+        client.ingest("p", pool)
+        first = running.store.get_pool("p").version
+        before = retries._value.get()
+        ranked, summary = _run(client, "p", targets)
+        assert raced == [first], "the lean load read its sample's rows once, at the version it loaded"
+        assert retries._value.get() == before + 1
+        assert summary.pool_version == running.store.get_pool("p").version > first
+        assert summary.pool_size == len(pool) + 1
+        other.ingest("p", pool)
+        other.ingest("p", [late])
+        expected, at_rest = _run(other, "p", targets)  # the same rows, written without a race
+        assert ranked == expected
+        assert summary.validation is not None
+        assert at_rest.validation is not None
+        assert summary.validation.settings == at_rest.validation.settings
+        assert _setting(summary.validation) == _setting(at_rest.validation)
