@@ -17,15 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SKETCH_DTYPE", "SparseRows", "ranges"]
+__all__ = ["SKETCH_DTYPE", "SparseRows", "indptr_of", "ranges"]
 
 SKETCH_DTYPE = np.dtype("<f2")
 
 
+def indptr_of(counts: np.ndarray) -> np.ndarray:
+    """CSR row pointers of rows holding ``counts`` entries: ``0, c0, c0 + c1, ...`` (int64, n + 1)."""
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
 def ranges(start: np.ndarray, size: np.ndarray) -> np.ndarray:
     """The indices ``start[i] + j`` for ``0 <= j < size[i]``, concatenated (int64)."""
-    offset = np.zeros(len(size), dtype=np.int64)
-    np.cumsum(size[:-1], out=offset[1:])
+    offset = indptr_of(size)[:-1]
     out: np.ndarray = np.arange(int(size.sum()), dtype=np.int64) + np.repeat(start - offset, size)
     return out
 
@@ -70,8 +76,7 @@ class SparseRows:
         """The entries of a 2-d float16 array with a non-zero bit pattern."""
         bits = np.ascontiguousarray(rows, dtype=SKETCH_DTYPE).view("<u2")
         row, col = np.nonzero(bits)
-        indptr = np.zeros(bits.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row, minlength=bits.shape[0]), out=indptr[1:])
+        indptr = indptr_of(np.bincount(row, minlength=bits.shape[0]))
         return cls(int(bits.shape[1]), indptr, col.astype(np.int64), bits[row, col].view(SKETCH_DTYPE))
 
     @classmethod
@@ -79,9 +84,7 @@ class SparseRows:
         """The rows of ``parts``, one after the other (all of ``width`` buckets)."""
         if not parts:
             return cls.zeros(0, width)
-        counts = np.concatenate([np.diff(p.indptr) for p in parts])
-        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        indptr = indptr_of(np.concatenate([np.diff(p.indptr) for p in parts]))
         indices = np.concatenate([p.indices for p in parts])
         return cls(width, indptr, indices, np.concatenate([p.values for p in parts]).astype(SKETCH_DTYPE))
 
@@ -112,10 +115,8 @@ class SparseRows:
     def take(self, positions: np.ndarray) -> SparseRows:
         """Rows ``positions`` (any order, repeats allowed)."""
         counts = self.counts()[positions]
-        indptr = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
         picked = ranges(self.indptr[:-1][positions], counts)
-        return SparseRows(self.width, indptr, self.indices[picked], self.values[picked])
+        return SparseRows(self.width, indptr_of(counts), self.indices[picked], self.values[picked])
 
     def dense(self) -> np.ndarray:
         """The rows as a C-contiguous ``(n, width)`` float16 array."""

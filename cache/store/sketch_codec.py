@@ -22,7 +22,7 @@ from typing import Final
 
 import numpy as np
 
-from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, ranges
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, indptr_of
 
 __all__ = ["chunk_length", "decode_chunk", "decode_into", "decode_rows", "decode_sparse", "encode_chunk"]
 
@@ -86,12 +86,7 @@ def decode_into(raw: bytes | memoryview, width: int, out: np.ndarray) -> None:
     if len(raw) % 2 == 0:
         out[:] = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)
         return
-    counts, buckets, values = _sparse_parts(raw, width)
-    if not out.flags.c_contiguous:
-        raise ValueError("sketch rows decode into a C-contiguous array only")
-    flat = out.reshape(-1)  # a view: out is C-contiguous
-    owner = np.repeat(np.arange(len(counts), dtype=np.int64) * width, counts)
-    flat[owner + buckets] = values
+    _sparse_view(raw, width).fill(out)
 
 
 def decode_chunk(raw: bytes | memoryview, width: int) -> np.ndarray:
@@ -105,10 +100,8 @@ def decode_sparse(raw: bytes | memoryview, width: int) -> SparseRows:
     """The rows of a chunk value as :class:`SparseRows` (copies: the value's pages can go)."""
     if len(raw) % 2 == 0:
         return SparseRows.from_dense(decode_chunk(raw, width))
-    counts, buckets, values = _sparse_parts(raw, width)
-    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    return SparseRows(width, indptr, buckets.astype(np.int64), values.copy())
+    view = _sparse_view(raw, width)
+    return SparseRows(width, view.indptr, view.indices.astype(np.int64), view.values.copy())
 
 
 def decode_rows(raw: bytes | memoryview, width: int, local: np.ndarray) -> np.ndarray:
@@ -117,12 +110,10 @@ def decode_rows(raw: bytes | memoryview, width: int, local: np.ndarray) -> np.nd
     if len(raw) % 2 == 0:
         picked: np.ndarray = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)[local]
         return picked
+    return _sparse_view(raw, width).take(local).dense()
+
+
+def _sparse_view(raw: bytes | memoryview, width: int) -> SparseRows:
+    """The rows of a sparse chunk value, their buckets and values views of ``raw`` (uint16 buckets)."""
     counts, buckets, values = _sparse_parts(raw, width)
-    start = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=start[1:])
-    sizes = counts[local].astype(np.int64)
-    entries = ranges(start[local], sizes)
-    out = np.zeros((len(local), width), dtype=SKETCH_DTYPE)
-    owner = np.repeat(np.arange(len(local), dtype=np.int64) * width, sizes)
-    out.reshape(-1)[owner + buckets[entries]] = values[entries]
-    return out
+    return SparseRows(width, indptr_of(counts), buckets, values)

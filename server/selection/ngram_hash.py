@@ -26,6 +26,8 @@ import threading
 import numpy as np
 import xxhash
 
+from gotd.cache.sketch_rows import ranges
+
 __all__ = ["batch_ngram_hashes", "char_classes", "xxh3_slices"]
 
 _U64 = np.uint64
@@ -287,7 +289,7 @@ def _bigram_bytes(
     source = np.arange(total, dtype=np.int64)
     source += np.repeat(first[copy] - at, step)
     tail = np.repeat(first[copy + 1] - first[copy] - size[copy] - 1, size[copy + 1])
-    source[_ranges(second, size[copy + 1])] += tail
+    source[ranges(second, size[copy + 1])] += tail
     buf = np.zeros(len(raw) + _PAD + total + _PAD, dtype=np.uint8)
     buf[: len(raw)] = raw
     extra = buf[len(raw) + _PAD : len(raw) + _PAD + total]
@@ -296,11 +298,3 @@ def _bigram_bytes(
     pair_at = first[pair]
     pair_at[~spaced] = len(raw) + _PAD + at
     return buf, pair_at
-
-
-def _ranges(start: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """The indices ``start[i] + j`` for ``0 <= j < size[i]``, concatenated."""
-    offset = np.zeros(len(size), dtype=np.int64)
-    np.cumsum(size[:-1], out=offset[1:])
-    out: np.ndarray = np.arange(int(size.sum()), dtype=np.int64) + np.repeat(start - offset, size)
-    return out

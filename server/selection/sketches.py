@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import xxhash
 
-from gotd.cache.sketch_rows import SparseRows
+from gotd.cache.sketch_rows import SparseRows, indptr_of
 from gotd.server.selection.ngram_hash import batch_ngram_hashes
 
 __all__ = [
@@ -200,11 +200,9 @@ def tf_sparse(texts: Sequence[str | None], *, buckets: int = SKETCH_BUCKETS) -> 
         slots.append(slot)
         values.append(value)
     owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64)
-    indptr = np.zeros(len(texts) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=len(texts)), out=indptr[1:])
     return SparseRows(
         buckets,
-        indptr,
+        indptr_of(np.bincount(owner, minlength=len(texts))),
         np.concatenate(slots) if slots else np.zeros(0, dtype=np.int64),
         np.concatenate(values) if values else np.zeros(0, dtype=np.float16),
     )
