@@ -124,15 +124,7 @@ def rank_fold(
 ) -> list[np.ndarray]:
     """Pool rows ranked ahead of each held-out member, for every setting of ``grid`` (grid order): the
     fold's costs (:func:`fold_costs`), then each group of settings sharing a cost (:func:`rank_group`)."""
-    costs, work = fold_costs(task, grid), DenseWork()
-    out: list[np.ndarray] = [np.zeros(0)] * len(grid)
-    for group in cost_groups(grid):
-        ranked = rank_group(
-            costs, [grid[i] for i in group], sample=sample, tol=tol, max_iter=max_iter, work=work
-        )
-        for i, ahead in zip(group, ranked, strict=True):
-            out[i] = ahead
-    return out
+    return rank_folds([task], grid=grid, sample=sample, tol=tol, max_iter=max_iter, threads=1)[0]
 
 
 def rank_folds(
@@ -148,14 +140,15 @@ def rank_folds(
 
     The work is dealt finer than by fold (three folds on two threads left one idle a third of the
     time): each fold's costs, then every fold's groups of settings sharing a cost, the learned ones
-    (the slowest) first. Each thread keeps its own buffers; the results are those of
-    :func:`rank_fold`, bit for bit, whatever ``threads``.
+    (the slowest) first. Each thread keeps its own buffers; the results do not depend on ``threads``,
+    bit for bit.
     """
-    if threads < 2 or len(tasks) < 2:
-        return [rank_fold(task, grid=grid, sample=sample, tol=tol, max_iter=max_iter) for task in tasks]
     groups = sorted(cost_groups(grid), key=lambda g: -grid[g[0]].metric_strength)
     jobs = [(k, group) for group in groups for k in range(len(tasks))]
     local = threading.local()
+
+    def costs_of(task: FoldTask) -> FoldCosts:
+        return fold_costs(task, grid)
 
     def solve(job: tuple[int, list[int]]) -> list[np.ndarray]:
         work = getattr(local, "work", None)
@@ -164,9 +157,13 @@ def rank_folds(
         settings = [grid[i] for i in job[1]]
         return rank_group(costs[job[0]], settings, sample=sample, tol=tol, max_iter=max_iter, work=work)
 
-    with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="gotd-validate") as pool:
-        costs = list(pool.map(lambda task: fold_costs(task, grid), tasks))
-        ranked = list(pool.map(solve, jobs))
+    if threads < 2 or len(tasks) < 2:
+        costs = [costs_of(task) for task in tasks]
+        ranked = [solve(job) for job in jobs]
+    else:
+        with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="gotd-validate") as pool:
+            costs = list(pool.map(costs_of, tasks))
+            ranked = list(pool.map(solve, jobs))
     out: list[list[np.ndarray]] = [[np.zeros(0)] * len(grid) for _ in tasks]
     for (k, group), results in zip(jobs, ranked, strict=True):
         for i, ahead in zip(group, results, strict=True):
