@@ -95,11 +95,9 @@ class PoolSketches:
         if found is not None:
             return found.idf
         known = self._idf.get(key)
-        if known is None and self._sketched.get(key) is None and self._from_stats(arrays):
-            known = self._idf.get(key)
-        if known is None and arrays.sketches is not None and self.sketched(arrays):
-            known = self._idf.get(key)  # from the statistics the check built
-            if known is None:
+        if known is None and self.sketched(arrays):
+            known = self._idf.get(key)  # from the statistics the check read or built
+            if known is None and arrays.sketches is not None:
                 known = SketchFactors.pool_idf(arrays.sketches, arrays.deleted)
                 self._idf.put(key, known)
         return known
