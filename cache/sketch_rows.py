@@ -17,9 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SKETCH_DTYPE", "SparseRows", "indptr_of", "ranges"]
+__all__ = ["SKETCH_DTYPE", "SparseRows", "indptr_of", "magnitudes", "ranges"]
 
 SKETCH_DTYPE = np.dtype("<f2")
+
+
+def magnitudes(values: np.ndarray) -> np.ndarray:
+    """The bits of float16 ``values`` but the sign (uint16): zero for ``0.0`` and ``-0.0``, at least
+    ``0x7C00`` (the all-ones exponent) for infinities and NaN."""
+    out: np.ndarray = np.asarray(values, dtype=SKETCH_DTYPE).view("<u2") & np.uint16(0x7FFF)
+    return out
 
 
 def indptr_of(counts: np.ndarray) -> np.ndarray:
@@ -95,7 +102,7 @@ class SparseRows:
 
     def row_any(self) -> np.ndarray:
         """Per row, whether it has a non-zero value (``dense().any(axis=1)``; a ``-0.0`` is zero)."""
-        nonzero = (self.values.view("<u2") & np.uint16(0x7FFF)) != 0
+        nonzero = magnitudes(self.values) != 0
         owner = np.repeat(np.arange(len(self), dtype=np.int64), self.counts())
         out = np.zeros(len(self), dtype=bool)
         out[owner[nonzero]] = True
@@ -103,7 +110,7 @@ class SparseRows:
 
     def any(self) -> bool:
         """Whether any row has a non-zero value."""
-        return bool(((self.values.view("<u2") & np.uint16(0x7FFF)) != 0).any())
+        return bool(magnitudes(self.values).any())
 
     def rows(self, start: int, stop: int) -> SparseRows:
         """Rows ``start:stop`` (views of the arrays but for the shifted ``indptr``)."""

@@ -34,7 +34,7 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
-from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, magnitudes
 from gotd.cache.store.buffers import grown_rows, spare_rows
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
 from gotd.cache.store.pages import release
@@ -112,7 +112,7 @@ def _dense_rows(rows: np.ndarray) -> np.ndarray:
 
 
 def _check_finite(values: np.ndarray) -> None:
-    if values.size and int((values.view("<u2") & np.uint16(0x7FFF)).max()) >= 0x7C00:  # all-ones exponent
+    if values.size and int(magnitudes(values).max()) >= 0x7C00:  # all-ones exponent
         raise ValueError("the sketch function returned non-finite values")
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import lmdb
 import numpy as np
 
-from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, magnitudes
 from gotd.cache.store.layout import PoolRecord, chunk_parts, u64_key
 from gotd.cache.store.sketch import SKETCH_DB, backfill_marker
 from gotd.cache.store.sketch_codec import chunk_length, decode_rows
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 _HEAD = struct.Struct("<QQ")
-_MAGNITUDES = np.uint16(0x7FFF)
 _BLOCK_ROWS = 4096  # a pass over the rows: temporaries of a few MiB at 1,024 buckets
 
 
@@ -74,8 +73,7 @@ def zero_count(rows: SparseRows | np.ndarray) -> int:
     """Rows with no non-zero value (``-0.0`` is zero) of float16 ``rows`` (dense or sparse)."""
     if isinstance(rows, SparseRows):
         return int(len(rows) - np.count_nonzero(rows.row_any()))
-    bits = np.asarray(rows, dtype=SKETCH_DTYPE).view(np.uint16) & _MAGNITUDES
-    return int(len(bits) - np.count_nonzero(bits.any(axis=1)))
+    return int(len(rows) - np.count_nonzero(magnitudes(rows).any(axis=1)))
 
 
 @dataclass(frozen=True, slots=True)
