@@ -14,6 +14,12 @@ IDF-weighted rows), so no float32 copy of the fused pool is ever built. A cross 
 :math:`X Y^\top` is the sum of one GEMM per part (the column factors and constants folded once into
 the targets, :meth:`StackedRows.against`), accumulated in float32 in one output buffer.
 
+A part whose rows are mostly zeros (the term frequencies: about 100 of 1,024 buckets a row) is a
+:class:`SparsePart`, kept in compressed sparse row form (4 bytes an entry in float16 with int16
+buckets); its share of a cross product block is an ``embedding_bag`` sum of the (folded) target
+columns its entries name, weighted by the entries' values: about a quarter of the time of the dense
+GEMM on 90 entries of 1,024 (the same products, summed in another order: float rounding apart).
+
 Pure torch, no state; tensors in, frozen dataclasses out.
 """
 
@@ -23,9 +29,12 @@ from dataclasses import dataclass
 
 import torch
 
+from gotd.server.ot.parts import AnyPart, Part, SparsePart
+
 __all__ = [
     "Part",
     "Rows",
+    "SparsePart",
     "StackedRows",
     "addmm_rows",
     "block",
@@ -40,76 +49,24 @@ _NORM_ROWS = 1 << 15
 
 
 @dataclass(frozen=True, slots=True)
-class Part:
-    """One column group of :class:`StackedRows`: stored rows and their factors.
-
-    Attributes
-    ----------
-    data : torch.Tensor, shape (n, d)
-        Stored rows (float16, float32 or float64), never modified.
-    weight : float
-        Constant factor ``c``.
-    columns : torch.Tensor, shape (d,), optional
-        Per-column factor ``u`` (float32).
-    rows : torch.Tensor, shape (n,), optional
-        Per-row factor ``r`` (float32).
-    """
-
-    data: torch.Tensor
-    weight: float = 1.0
-    columns: torch.Tensor | None = None
-    rows: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        n, d = self.data.shape
-        if self.columns is not None and tuple(self.columns.shape) != (d,):
-            raise ValueError(f"columns must have shape ({d},), got {tuple(self.columns.shape)}")
-        if self.rows is not None and tuple(self.rows.shape) != (n,):
-            raise ValueError(f"rows must have shape ({n},), got {tuple(self.rows.shape)}")
-
-    def scaled(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` upcast to float32 with the per-row factor applied (a new tensor)."""
-        out = self.data[start:stop].to(_COMPUTE, copy=True)
-        if self.rows is not None:
-            out.mul_(self.rows[start:stop, None])
-        return out
-
-    def dense(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` with every factor applied, float32."""
-        out = self.scaled(start, stop)
-        if self.columns is not None:
-            out.mul_(self.columns)
-        return out if self.weight == 1.0 else out.mul_(self.weight)  # x * 1.0 is x
-
-    def take(self, index: torch.Tensor) -> Part:
-        """The rows ``index`` (a copy in the stored dtype)."""
-        rows = None if self.rows is None else self.rows[index]
-        return Part(self.data[index], self.weight, self.columns, rows)
-
-    def target_side(self, y: torch.Tensor) -> torch.Tensor:
-        """``y`` with this part's constant and column factors folded in: ``X_part . y = scaled . y'``."""
-        out = y.to(_COMPUTE) * self.weight
-        return out if self.columns is None else out.mul_(self.columns)
-
-
-@dataclass(frozen=True, slots=True)
 class StackedRows:
-    """Rows made of :class:`Part` s side by side, float32 when read (see the module docstring)."""
+    """Rows made of parts (:class:`Part`, :class:`SparsePart`) side by side, float32 when read (see
+    the module docstring)."""
 
-    parts: tuple[Part, ...]
+    parts: tuple[AnyPart, ...]
 
     def __post_init__(self) -> None:
         if not self.parts:
             raise ValueError("StackedRows needs at least one part")
-        n = self.parts[0].data.shape[0]
-        if any(p.data.ndim != 2 or p.data.shape[0] != n for p in self.parts):
+        n = self.parts[0].n
+        if any((isinstance(p, Part) and p.data.ndim != 2) or p.n != n for p in self.parts):
             raise ValueError("every part must be 2-D with the same number of rows")
-        if len({p.data.device for p in self.parts}) != 1:
+        if len({p.device for p in self.parts}) != 1:
             raise ValueError("every part must be on one device")
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (int(self.parts[0].data.shape[0]), sum(int(p.data.shape[1]) for p in self.parts))
+        return (self.parts[0].n, sum(p.width for p in self.parts))
 
     @property
     def ndim(self) -> int:
@@ -122,7 +79,7 @@ class StackedRows:
 
     @property
     def device(self) -> torch.device:
-        return self.parts[0].data.device
+        return self.parts[0].device
 
     def element_size(self) -> int:
         """Bytes of one element as read (float32), for block sizing."""
@@ -131,11 +88,7 @@ class StackedRows:
     @property
     def nbytes(self) -> int:
         """Bytes held: the stored rows and the per-row factors."""
-        total = 0
-        for p in self.parts:
-            total += p.data.numel() * p.data.element_size()
-            total += 0 if p.rows is None else p.rows.numel() * p.rows.element_size()
-        return total
+        return sum(p.nbytes for p in self.parts)
 
     def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows ``start:stop`` materialised in float32 (a block, or a small subset)."""
@@ -150,17 +103,7 @@ class StackedRows:
 
     def span(self, start: int, stop: int) -> StackedRows:
         """Rows ``start:stop`` as a compact copy that owns its memory (to ship to another process)."""
-        return StackedRows(
-            tuple(
-                Part(
-                    p.data[start:stop].clone(),
-                    p.weight,
-                    p.columns,
-                    None if p.rows is None else p.rows[start:stop].clone(),
-                )
-                for p in self.parts
-            )
-        )
+        return StackedRows(tuple(p.span(start, stop) for p in self.parts))
 
     def against(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Targets split by part, factors folded in, for :func:`addmm_rows` (done once per geometry)."""
@@ -168,7 +111,7 @@ class StackedRows:
             raise ValueError(f"y must have shape (m, {self.shape[1]}), got {tuple(y.shape)}")
         out, at = [], 0
         for p in self.parts:
-            d = int(p.data.shape[1])
+            d = p.width
             out.append(p.target_side(y[:, at : at + d]))
             at += d
         return tuple(out)
@@ -206,7 +149,7 @@ def sq_norms(x: Rows) -> torch.Tensor:
     out = torch.empty(n, dtype=_COMPUTE, device=x.device)
     for start in range(0, n, _NORM_ROWS):
         stop = min(n, start + _NORM_ROWS)
-        first, *rest = (torch.linalg.vector_norm(p.dense(start, stop), dim=1).square_() for p in x.parts)
+        first, *rest = (p.sq_norms(start, stop) for p in x.parts)
         for part in rest:
             first.add_(part)
         out[start:stop] = first
@@ -228,7 +171,8 @@ def addmm_rows(
     alpha: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``bias + alpha * x[start:stop] @ y.T``: one GEMM per part into one float32 accumulator.
+    """``bias + alpha * x[start:stop] @ y.T``: one product per part (a GEMM, or an ``embedding_bag`` sum
+    for a sparse part) into one float32 accumulator.
 
     ``ys`` comes from :func:`target_parts` of the same ``x``.
     """
@@ -238,10 +182,7 @@ def addmm_rows(
         return torch.addmm(bias, x[start:stop], ys[0].T, alpha=alpha, out=out)
     first, *rest = zip(x.parts, ys, strict=True)
     part, y = first
-    if out is None:
-        acc = torch.addmm(bias, part.scaled(start, stop), y.T, alpha=alpha)
-    else:
-        acc = torch.addmm(bias, part.scaled(start, stop), y.T, alpha=alpha, out=out)
+    acc = part.addmm(bias, start, stop, y, alpha, out)
     for part, y in rest:
-        acc.addmm_(part.scaled(start, stop), y.T, alpha=alpha)
+        part.add_to(acc, start, stop, y, alpha)
     return acc
