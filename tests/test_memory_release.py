@@ -130,7 +130,9 @@ def test_a_new_version_never_holds_the_pool_twice(tmp_path: Path) -> None:
         del first  # only the cache holds it now
         # +50%: past the spare rows, so the older snapshot leaves before the pool is read whole
         grown, peak, size = _grow(store, snapshots, 4000, 2000)
-        assert peak <= size * 1.25, f"{peak} traced for a snapshot of {size} bytes"
+        # + the chunk being read: its ids and domains decoded as Python strings (the snapshot's columns
+        # keep them compact, so they no longer hide in the snapshot's own bytes)
+        assert peak <= size * 1.25 + (384 << 10), f"{peak} traced for a snapshot of {size} bytes"
         assert np.array_equal(grown.vectors[:4000], first_vectors)
         # inside the spare rows: appended in place, so only the new rows are read (the first growth
         # also imports what the change log's reading needs)

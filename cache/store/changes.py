@@ -95,11 +95,10 @@ def grow_snapshot(
     n_old, n = len(base.ids), pool.count
     appended = len(rows) == n - n_old and (len(rows) == 0 or rows[0] == n_old)
     vectors = grown_rows(base.vectors, n, appended)
-    ids, domains = list(base.ids), list(base.domains)
-    ids.extend([""] * (n - n_old))
-    domains.extend([""] * (n - n_old))
     keys = grown_rows(base.keys, n, appended)
     versions = grown_rows(base.row_versions, n, appended)
+    new_ids: list[str] = []  # ids of the rows past ``base`` (a row keeps its id: only these are new)
+    domains: list[str] = []  # the domain of every written row
     for chunk, part, local in chunk_parts(rows, pool.chunk_rows):
         found = read_chunk(txn, dbs, pool, chunk)
         if found is None:
@@ -111,8 +110,12 @@ def grow_snapshot(
         vectors[target] = block[local]
         keys[target] = meta.keys[local]
         versions[target] = meta.versions[local]
-        _copy_names(ids, domains, target, meta.ids, meta.domains, local)
+        if not _same_names(base, target, meta.ids, local, new_ids):
+            return None
+        domains.extend(map(meta.domains.__getitem__, local.tolist()))
         release(block)
+    if len(new_ids) != n - n_old:
+        return None
     sketches = (
         grown_sketches(txn, dbs.get(SKETCH_DB), pool, base.sketches, rows, appended)
         if with_sketches
@@ -127,27 +130,22 @@ def grow_snapshot(
             if meta_raw is None:
                 return None
             versions[deleted[part]] = RowChunk.decode(meta_raw).versions[local]
-    return snapshot(pool, vectors, ids, keys, domains, versions, sketches, mask)
+    ids = base.ids.extended(new_ids)
+    labels = base.domains.patched(n, rows, domains, appended)
+    return snapshot(pool, vectors, ids, keys, labels, versions, sketches, mask)
 
 
-def _copy_names(
-    ids: list[str],
-    domains: list[str],
-    target: np.ndarray,
-    chunk_ids: list[str],
-    chunk_domains: list[str],
-    local: np.ndarray,
-) -> None:
-    """``ids[target[i]] = chunk_ids[local[i]]`` (and the domains): one slice when both are runs of rows
-    (rows appended in order), else row by row."""
-    t0, j0, m = int(target[0]), int(local[0]), len(target)
-    if int(target[-1]) - t0 == m - 1 and int(local[-1]) - j0 == m - 1:
-        ids[t0 : t0 + m] = chunk_ids[j0 : j0 + m]
-        domains[t0 : t0 + m] = chunk_domains[j0 : j0 + m]
-        return
-    for r, j in zip(target.tolist(), local.tolist(), strict=True):
-        ids[r] = chunk_ids[j]
-        domains[r] = chunk_domains[j]
+def _same_names(
+    base: PoolArrays, target: np.ndarray, chunk_ids: list[str], local: np.ndarray, new_ids: list[str]
+) -> bool:
+    """Collect into ``new_ids`` the ids of the ``target`` rows past ``base`` (``chunk_ids[local]``);
+    whether the rows ``base`` has keep their id there (else the pool is not the one ``base`` saw)."""
+    n_old = len(base.ids)
+    old = int(np.searchsorted(target, n_old))
+    if old and base.ids.take(target[:old]) != [chunk_ids[j] for j in local[:old].tolist()]:
+        return False
+    new_ids.extend(map(chunk_ids.__getitem__, local[old:].tolist()))
+    return True
 
 
 def _grown_mask(

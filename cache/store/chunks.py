@@ -9,6 +9,7 @@ from __future__ import annotations
 import lmdb
 import numpy as np
 
+from gotd.cache.store.columns import LabelColumn, TextColumn
 from gotd.cache.store.layout import VECTOR_DTYPES, PoolArrays, PoolRecord, RowChunk, u64_key
 
 __all__ = ["read_chunk", "snapshot"]
@@ -32,9 +33,9 @@ def read_chunk(
 def snapshot(
     pool: PoolRecord,
     vectors: np.ndarray,
-    ids: list[str],
+    ids: TextColumn,
     keys: np.ndarray,
-    domains: list[str],
+    domains: LabelColumn,
     row_versions: np.ndarray,
     sketches: np.ndarray | None,
     deleted: np.ndarray | None = None,

@@ -33,6 +33,7 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
+from gotd.cache.store.columns import LabelColumn, TextColumn
 from gotd.cache.store.pages import release
 
 FORMAT_VERSION: Final = 1
@@ -113,12 +114,12 @@ class PoolArrays:
     vectors : numpy.ndarray
         Unit vectors, shape ``(n, d)``, C-contiguous; float32, or the pool's storage dtype (float16)
         when loaded with ``upcast=False``.
-    ids : list of str
-        Candidate id of each row.
+    ids : TextColumn
+        Candidate id of each row (a compact column: a ``str`` is made only for a row read).
     keys : numpy.ndarray
         ``xxh64(id)`` of each row, shape ``(n,)``, uint64: a stable, order-independent hash.
-    domains : list of str
-        Domain label of each row ("" when none).
+    domains : LabelColumn
+        Domain label of each row ("" when none), as codes into the distinct labels.
     row_versions : numpy.ndarray
         Pool version that last wrote each row, shape ``(n,)``, uint64.
     version : int
@@ -137,9 +138,9 @@ class PoolArrays:
     model: str
     dim: int
     vectors: np.ndarray
-    ids: list[str]
+    ids: TextColumn
     keys: np.ndarray
-    domains: list[str]
+    domains: LabelColumn
     row_versions: np.ndarray
     uid: str = ""
     sketches: np.ndarray | None = None

@@ -17,6 +17,7 @@ from gotd.cache.records import validate_id, validate_name
 from gotd.cache.store.buffers import spare_rows
 from gotd.cache.store.changes import CHANGES_DB, grow_snapshot
 from gotd.cache.store.chunks import read_chunk, snapshot
+from gotd.cache.store.columns import LabelColumnBuilder, TextColumnBuilder
 from gotd.cache.store.idindex import lookup_rows
 from gotd.cache.store.idsets import IDSETS_DB
 from gotd.cache.store.layout import (
@@ -67,26 +68,26 @@ def load_pool(
             break
         flat[start : start + part.size] = part
         seen += part.size
-    versions = np.empty(n, dtype=np.uint64)
-    keys = np.empty(n, dtype=np.uint64)
-    ids: list[str] = []
-    domains: list[str] = []
+    versions = spare_rows(n, dtype=np.uint64)
+    keys = spare_rows(n, dtype=np.uint64)
+    ids, domains = TextColumnBuilder(n), LabelColumnBuilder()
     for chunk, value in pool_chunks(txn, dbs["rows"], rec.prefix):
         rows = RowChunk.decode(value)
         start = chunk * size
-        if start != len(ids) or start + len(rows.ids) > n:
+        if start != ids.count or start + len(rows.ids) > n:
             break
         versions[start : start + len(rows.ids)] = rows.versions
         keys[start : start + len(rows.ids)] = rows.keys
         ids.extend(rows.ids)
         domains.extend(rows.domains)
-    if seen != n * d or len(ids) != n:
+    if seen != n * d or ids.count != n:
         raise FailedPrecondition(
             f"pool {pool!r} is inconsistent: {n} rows recorded, {seen // max(d, 1)} vectors "
-            f"and {len(ids)} ids stored"
+            f"and {ids.count} ids stored"
         )
     tf = load_sketches(txn, dbs.get(SKETCH_DB), rec) if sketches else None
-    return snapshot(rec, vectors, ids, keys, domains, versions, tf, deleted_mask(txn, dbs, rec))
+    mask = deleted_mask(txn, dbs, rec)
+    return snapshot(rec, vectors, ids.build(), keys, domains.build(), versions, tf, mask)
 
 
 def load_grown(

@@ -7,7 +7,7 @@ ranking rule), whichever way the potential was obtained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +16,7 @@ import xxhash
 
 from gotd.cache.duals.cache import DualCache
 from gotd.cache.duals.codec import PotentialEntry
+from gotd.cache.store.columns import Picked, TextColumn
 from gotd.cache.store.core import PoolArrays
 from gotd.server.ot.exact import ExactSum
 from gotd.server.ot.gradient import calibrated_gradient
@@ -113,8 +114,7 @@ class Job:
         self.rows_scored = 0
         self.timings = timings
         self.potential: Potential
-        self.ids: np.ndarray = np.asarray(arrays.ids, dtype=object)  # no copy of it for all rows
-        self.ids = self.ids if self.every_row else self.ids[rows]
+        self.ids: TextColumn | Picked = arrays.ids if self.every_row else Picked(arrays.ids, rows)
         self.idf: np.ndarray | None = None  # fused: the IDF weights of the potential in use
         self._frozen: np.ndarray | None = None  # fused: the IDF of the cached potential in use
 
@@ -188,7 +188,10 @@ class Job:
             emit(Progress(Stage.SOLVE, iteration, max_iter))
 
         keys = np.asarray(self.arrays.keys)[self.rows]
-        domains = domain_labels(self.arrays.domains, self.rows) if self.config.mode is Mode.PAPER else None
+        paper = self.config.mode is Mode.PAPER
+        domains = (
+            domain_labels(self.arrays.domains.take(self.rows), np.arange(len(self.rows))) if paper else None
+        )
         self.idf = self.features.idf  # a new epoch: the cost of this pool version
         self.potential = solve(
             self._x(),
@@ -258,7 +261,7 @@ class Job:
         """PAPER mode ranks only the kept domains' rows."""
         if self.potential.rows is not None:
             self.rows = self.rows[self.potential.rows]
-            self.ids = np.asarray(self.arrays.ids, dtype=object)[self.rows]
+            self.ids = Picked(self.arrays.ids, self.rows)
 
     def scores(self, emit: Emit, stop: StopCheck) -> RowScores:
         """Scores of ``self.rows``: the calibrated gradient of the epoch's row values over the pool as
@@ -276,18 +279,24 @@ class Job:
             work = ScorePass(
                 self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
             )
-            run = scorer.open_pass(work, self._id_list())
+            run = scorer.open_pass(work, self.ids)
             self._count_pass("sharded", len(self.rows))
             if not self.cache_hit:
                 self._store_potential(run.total_value, len(self.rows))
             return ShardedScores(run)
         f, total = self._values(g, known, emit, stop)
         scores = calibrated_gradient(torch.from_numpy(f), total=total.to_float())
-        return DenseScores(scores.numpy(), self._id_list())
+        return DenseScores(scores.numpy(), self.ids)
 
-    def _id_list(self) -> list[str]:
-        """The job's ids as a list (the snapshot's own list for all rows, not a copy)."""
-        return self.arrays.ids if self.every_row else list(self.ids)
+    def ids_at(self, positions: np.ndarray | Sequence[int]) -> list[str]:
+        """The ids of the job's rows at ``positions`` (``self.ids`` is the snapshot's own column for all
+        rows, else the picked rows of it: a ``str`` is made only for a row read)."""
+        return self.ids.take(positions)
+
+    def keys(self) -> np.ndarray:
+        """``xxh64(id)`` of the job's rows (the snapshot's own array for all rows)."""
+        keys: np.ndarray = self.arrays.keys if self.every_row else self.arrays.keys[self.rows]
+        return keys
 
     def _known(self, g_np: np.ndarray) -> EpochValues | None:
         """The epoch's values kept in this process (or Redis) usable at this pool version."""

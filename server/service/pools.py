@@ -10,7 +10,6 @@ upcast one block at a time), its sketch rows, keys, row versions, ids and domain
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -35,28 +34,21 @@ __all__ = [
 ]
 
 #: Working bytes of a Select per candidate: f (float32), its float64 calibrated gradient, the float32
-#: scores and their cached copy, the eligibility mask, top-k's row and partition indices, the id array.
-SELECT_BYTES_PER_ROW = 4 + 8 + 4 + 4 + 1 + 8 + 8 + 8
+#: scores and their cached copy, the eligibility mask, top-k's row and partition indices.
+SELECT_BYTES_PER_ROW = 4 + 8 + 4 + 4 + 1 + 8 + 8
 #: Bytes per returned candidate: its (row, score) pair and its place in the streamed batches.
 RANKED_BYTES_PER_ROW = 160
-#: Bytes per candidate of a snapshot besides its vectors and sketches: key, row version, id and domain.
-_ROW_BYTES = 8 + 8 + 8 + 80
-
-#: Bytes of one short id or domain string in a Python list (object header + pointer), beyond its characters.
-_STR_OVERHEAD = 49 + 8
+#: Bytes per candidate of a snapshot besides its vectors and sketches: key, row version, the id's offset
+#: and UTF-8 bytes (a 16-byte id), the domain's code.
+_ROW_BYTES = 8 + 8 + 8 + 16 + 4
 
 
 def snapshot_bytes(arrays: PoolArrays) -> int:
-    """Bytes a snapshot holds: its arrays plus an estimate of its id and domain strings."""
+    """Bytes a snapshot holds: its arrays and its id and domain columns."""
     total = arrays.vectors.nbytes + arrays.keys.nbytes + arrays.row_versions.nbytes
     if arrays.sketches is not None:
         total += arrays.sketches.nbytes
-    n = len(arrays.ids)
-    if n:
-        sample = arrays.ids[:: max(1, n // 64)]
-        total += n * (_STR_OVERHEAD + sum(len(i) for i in sample) // len(sample))
-        total += n * 8 + sys.getsizeof("") * len(set(arrays.domains[:: max(1, n // 64)]))
-    return int(total)
+    return int(total + arrays.ids.nbytes + arrays.domains.nbytes)
 
 
 def select_bytes(info: PoolInfo, k: int, *, sketches: bool, loaded: bool) -> int:
@@ -199,7 +191,7 @@ def live_rows(arrays: PoolArrays, domains: Sequence[str]) -> np.ndarray:
     """
     keep = np.ones(len(arrays.ids), dtype=bool) if arrays.deleted is None else ~arrays.deleted
     if domains:
-        keep &= np.isin(np.asarray(arrays.domains, dtype=object), list(domains))
+        keep &= arrays.domains.isin(frozenset(domains))
     rows = np.flatnonzero(keep).astype(np.int64)
     if len(rows) == 0:
         where = f" in domains {list(domains)}" if domains else ""

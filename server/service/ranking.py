@@ -80,10 +80,8 @@ class Ranker:
         """
         eligible = np.ones(len(job.rows), dtype=bool)
         if params.exclude_ids:
-            eligible &= ~np.isin(job.ids, np.array(sorted(params.exclude_ids), dtype=object))
-        in_set = (
-            np.isin(job.ids, np.array(sorted(id_set), dtype=object)) if id_set else np.zeros_like(eligible)
-        )
+            eligible &= ~_named(job, params.exclude_ids)
+        in_set = _named(job, id_set) if id_set else np.zeros_like(eligible)
         eligible &= ~in_set
         ranking = self._rank(params, job, scores, eligible)
         return replace(ranking, excluded_by_set=int(in_set.sum()))
@@ -103,7 +101,7 @@ class Ranker:
         copies: tuple[NearCopy, ...] = ()
         if params.report_near_copies:
             ids = job.ids
-            copies = tuple(NearCopy(str(ids[r]), str(ids[of]), c) for r, of, c in walk.skipped)
+            copies = tuple(NearCopy(ids[r], ids[of], c) for r, of, c in walk.skipped)
         short = len(walk.taken) < min(params.k, n_eligible)
         return Ranking(walk.taken, n_eligible, n_dups, cosine, len(walk.skipped), short, copies)
 
@@ -158,6 +156,20 @@ class Ranker:
         self._graphs.discard_where(lambda _key: True)
 
 
+def _named(job: Job, wanted: frozenset[str]) -> np.ndarray:
+    """Bool mask over the job's rows: those whose id is in ``wanted``. The rows' stored id hashes
+    (xxh64) find the candidates; only their ids are read and compared, so no id of the other rows is
+    made."""
+    hashes = np.fromiter(
+        (xxhash.xxh64_intdigest(i.encode("utf-8")) for i in wanted), dtype=np.uint64, count=len(wanted)
+    )
+    hit = np.isin(job.keys(), hashes)
+    found = np.flatnonzero(hit)
+    if len(found):
+        hit[found] = [cid in wanted for cid in job.ids_at(found)]
+    return hit
+
+
 def emit_ranking(
     metadata: Callable[[str, list[int]], Sequence[tuple[str, str, str | None]]],
     params: SelectParams,
@@ -167,12 +179,11 @@ def emit_ranking(
 ) -> None:
     """Stream the ranking ``order`` (job positions, scores) in batches, with each row's domain and
     metadata (``metadata(pool, rows)``, the store's) when the request asks for them."""
-    size, ids = params.batch_size or 1000, job.ids
+    size = params.batch_size or 1000
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
-        batch = RankedBatch(
-            tuple(str(ids[i]) for i, _ in chunk), tuple(float(v) for _, v in chunk), start + 1
-        )
+        ids = job.ids_at([i for i, _ in chunk])
+        batch = RankedBatch(tuple(ids), tuple(float(v) for _, v in chunk), start + 1)
         if params.include_metadata:
             meta = metadata(params.pool, [int(job.rows[i]) for i, _ in chunk])
             batch = replace(batch, domains=tuple(m[0] for m in meta), meta_json=tuple(m[1] for m in meta))
