@@ -38,6 +38,7 @@ from gotd.cache.store.layout import (
     TargetSetInfo,
     UpsertResult,
 )
+from gotd.cache.store.pages import MapReads
 from gotd.cache.store.sketch import (
     SKETCH_DB,
     Sketcher,
@@ -64,6 +65,15 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 INDEX_DIRNAME: Final = "indexes"
+
+
+def _grown_bytes(base: PoolArrays, grown: PoolArrays) -> int:
+    """Bytes of the rows ``grown`` read beyond ``base`` (the rows written since its version)."""
+    rows = int(np.count_nonzero(grown.row_versions > np.uint64(base.version)))
+    per_row = grown.vectors.itemsize * grown.dim
+    if grown.sketches is not None:
+        per_row += grown.sketches.itemsize * grown.sketches.shape[1]
+    return rows * per_row
 
 
 class Store:
@@ -109,6 +119,7 @@ class Store:
         self.sketcher = sketcher
         self.env = Env(self.data_dir, map_size=map_size, max_map_size=max_map_size, readonly=readonly)
         self._dbs = self.env.dbs
+        self._map_reads = MapReads()
         LOG.info("store opened at %s (map %d bytes, readonly=%s)", self.env.path, self.env.map_size, readonly)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -245,13 +256,16 @@ class Store:
         The vectors (and sketches, unless ``sketches=False``) are read with one copy per chunk straight
         from the memory map; float32 unless ``upcast=False``, which keeps the storage dtype. ``base``,
         an earlier load with the same options, grows by the rows written since when it can (changes.py).
+        The map's pages leave the resident set after a whole load, and after grown ones once they have
+        read ``pages.GROWN_BYTES`` of rows (:class:`~gotd.cache.store.pages.MapReads`).
         """
         started = time.perf_counter()
         load = store_read.load_grown
-        arrays = self.env.read(
+        arrays, whole = self.env.read(
             lambda txn: load(txn, self._dbs, pool, base, sketches=sketches, upcast=upcast), buffers=True
         )
-        self.env.release_pages()  # the chunks' pages left as they were read; this takes the rest
+        if self._map_reads.read(0 if whole or base is None else _grown_bytes(base, arrays), whole=whole):
+            self.env.release_pages()  # the chunks' pages left as they were read; this takes the rest
         LOG.debug("loaded pool %s: %d rows in %.3f s", pool, len(arrays.ids), time.perf_counter() - started)
         return arrays
 

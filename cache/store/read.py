@@ -98,18 +98,19 @@ def load_grown(
     *,
     sketches: bool = True,
     upcast: bool = True,
-) -> PoolArrays:
+) -> tuple[PoolArrays, bool]:
     """``base`` grown to the pool's version by its change log, else the whole pool loaded (``base`` must
     be a load with the same ``upcast``, and the same ``sketches`` but for one case: ``base`` without
-    sketch rows at the pool's version, which gets the sketch rows read beside its own arrays)."""
+    sketch rows at the pool's version, which gets the sketch rows read beside its own arrays); and
+    whether it was loaded whole."""
     if base is not None:
         record = require_pool(txn, dbs, pool)
         if sketches and base.sketches is None and (record.uid, record.version) == (base.uid, base.version):
-            return replace(base, sketches=load_sketches(txn, dbs.get(SKETCH_DB), record))
+            return replace(base, sketches=load_sketches(txn, dbs.get(SKETCH_DB), record)), True
         grown = grow_snapshot(txn, dbs, record, base, with_sketches=sketches)
         if grown is not None:
-            return grown
-    return load_pool(txn, dbs, pool, sketches=sketches, upcast=upcast)
+            return grown, False
+    return load_pool(txn, dbs, pool, sketches=sketches, upcast=upcast), True
 
 
 def rows_for_ids(txn: lmdb.Transaction, dbs: Dbs, pool: str, ids: Sequence[str]) -> np.ndarray:
