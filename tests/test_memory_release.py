@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from gotd.cache.records import Record
+from gotd.cache.store import pages
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.cache.store.layout import pool_chunks
-from gotd.cache.store import pages
 from gotd.cache.store.pages import release
 from gotd.cache.store.read import require_pool
 from gotd.server.service.pools import PoolSnapshots, snapshot_bytes

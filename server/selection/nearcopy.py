@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -150,7 +151,17 @@ def distinct_walk_graph(
     if k <= 0:
         empty = DistinctRanking([], [], np.zeros(0, np.int64), np.zeros(0, np.int64), False)
         return empty, None
-    walk = Walk(vectors, k, cosine, known=known, vector_rows=vector_rows)
+    with ExitStack() as scratch:  # the walk's buffers go back to the scratch slots when it ends
+        return _walk(
+            Walk(vectors, k, cosine, scratch, known=known, vector_rows=vector_rows), ranked, n_eligible, block
+        )
+
+
+def _walk(
+    walk: Walk, ranked: Callable[[int], list[tuple[int, float]]], n_eligible: int, block: int
+) -> tuple[DistinctRanking, CopyGraph | None]:
+    """Run ``walk`` over the prefixes of ``ranked`` (see :func:`distinct_walk_graph`)."""
+    k = walk.k
     ranked_rows: list[tuple[int, float]] = []
     want = min(n_eligible, max(k + k // 4, block))
     while True:

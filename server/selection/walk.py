@@ -19,10 +19,13 @@ Imports torch and numpy only (no storage, no wire).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import ExitStack
 
 import numpy as np
 import torch
+
+from gotd.server.selection.scratch import scratch
+from gotd.server.selection.walked import CopyGraph, DistinctRanking
 
 __all__ = ["CopyGraph", "DistinctRanking", "Walk"]
 
@@ -31,84 +34,15 @@ __all__ = ["CopyGraph", "DistinctRanking", "Walk"]
 _SLACK = 1e-3
 #: Walk positions multiplied per GEMM at most.
 _COLUMNS = 1 << 16
-#: Bytes of one block of float32 inner products: under the server's mmap threshold (allocator.py), so
-#: each block's buffer comes from the heap and is reused, where one block of all the columns was
-#: freshly mapped and faulted in page by page. Measured (one thread, CPU time): the look-ahead's 262
-#: new rows x 5,250 walked rows 17 -> 13 ms; a cold walk's block of 1,024 x 5,000 rows 56 -> 49 ms.
-_PRODUCT_BYTES = 960 << 10
+#: Bytes of one block of float32 inner products, in scratch arrays reused from walk to walk
+#: (:mod:`.scratch`: no fresh mapping faulted in per block, and few GEMMs, so few parallel regions):
+#: the look-ahead of an incremental Select (a few hundred new rows x k walked rows) is one GEMM.
+_PRODUCT_BYTES = 8 << 20
 #: A walk keeps its graph while it has walked at most ``_GRAPH_RATIO * k + _GRAPH_SLACK`` rows: beyond,
 #: (a pool where most candidates repeat, or a very low threshold) pairing every walked row would cost
 #: O(walked^2), and the walk tests new rows against the rows taken only, as a walk without a graph.
 _GRAPH_RATIO = 2
 _GRAPH_SLACK = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class DistinctRanking:
-    """The result of a walk: what was taken and what was skipped, in walk order.
-
-    ``taken`` holds ``(row, score)`` in rank order; ``skipped`` holds ``(row, copy_of_row, cosine)``
-    for each skipped candidate (``copy_of_row`` is the taken row it is most similar to, the
-    best-ranked of equals); ``taken_at`` and ``skipped_at`` are their positions in the ranking
-    walked; ``exhausted`` says the walk reached the end of the eligible rows. A walk to ``k``
-    contains the walk to any smaller k.
-    """
-
-    taken: list[tuple[int, float]]
-    skipped: list[tuple[int, int, float]]
-    taken_at: np.ndarray
-    skipped_at: np.ndarray
-    exhausted: bool
-
-    def prefix(self, k: int) -> DistinctRanking:
-        """The walk as it was when ``k`` candidates had been taken (itself when it took fewer)."""
-        if k > len(self.taken) or (k == len(self.taken) and not self.exhausted):
-            return self
-        end = int(self.taken_at[k - 1]) if k > 0 else -1
-        n_skip = int(np.searchsorted(self.skipped_at, end))
-        return DistinctRanking(
-            self.taken[:k], self.skipped[:n_skip], self.taken_at[:k], self.skipped_at[:n_skip], False
-        )
-
-    def serves(self, k: int) -> bool:
-        """Whether this walk answers a request for ``k`` (it took k, or saw every eligible row)."""
-        return self.exhausted or len(self.taken) >= k
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class CopyGraph:
-    """Every near-copy pair among ``rows``: what a walk learned about the rows it walked.
-
-    Attributes
-    ----------
-    rows : numpy.ndarray, shape (r,), int64
-        The rows tested against each other, sorted and unique.
-    pairs : numpy.ndarray, shape (p, 2), int64
-        The pairs of ``rows`` (smaller row first) whose cosine is at least ``cosine``.
-    cosines : numpy.ndarray, shape (p,), float64
-        Their cosines (recomputed exactly, see the module notes).
-    cosine : float
-        The threshold.
-    """
-
-    rows: np.ndarray
-    pairs: np.ndarray
-    cosines: np.ndarray
-    cosine: float
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.rows.nbytes + self.pairs.nbytes + self.cosines.nbytes)
-
-    def relabel(self, keep: np.ndarray, to: np.ndarray) -> CopyGraph:
-        """The graph of the rows where ``keep`` (bool, per row of ``rows``) holds, each renamed
-        ``to[i]`` (``to`` increasing over the kept rows, so the order is kept); pairs touching a
-        dropped row leave."""
-        index = np.full(len(self.rows), -1, dtype=np.int64)
-        index[keep] = to[keep]
-        ends = index[np.searchsorted(self.rows, self.pairs)] if len(self.pairs) else self.pairs
-        ok = (ends >= 0).all(axis=1) if len(ends) else np.zeros(0, dtype=bool)
-        return CopyGraph(index[keep], ends[ok], self.cosines[ok], self.cosine)
 
 
 def _exact_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -122,7 +56,9 @@ class Walk:
     were taken, the near-copy pairs found, and the skip records.
 
     ``vectors[vector_rows[row]]`` (``vectors[row]`` without ``vector_rows``) is a row's unit
-    embedding; ``known``: the graph of an earlier walk over the same vectors.
+    embedding; ``known``: the graph of an earlier walk over the same vectors. The walk's buffers are
+    scratch arrays (:mod:`.scratch`) lent until ``scratch`` is closed; nothing the walk returns
+    (:meth:`result`, :meth:`graph`) is a view of them.
     """
 
     def __init__(
@@ -130,6 +66,7 @@ class Walk:
         vectors: np.ndarray,
         k: int,
         cosine: float,
+        scratch: ExitStack,
         *,
         known: CopyGraph | None = None,
         vector_rows: np.ndarray | None = None,
@@ -137,9 +74,9 @@ class Walk:
         if known is not None and known.cosine != cosine:
             known = None
         self.vectors, self.vector_rows, self.known = vectors, vector_rows, known
-        self.k, self.cosine = k, cosine
+        self.k, self.cosine, self.scratch = k, cosine, scratch
         cap = max(k, 1) + 1024
-        self.buf = np.empty((cap, vectors.shape[1]), dtype=np.float32)
+        self.buf = self._buffer(cap)
         self.node_rows = np.empty(cap, dtype=np.int64)
         self.taken_flag = np.zeros(cap, dtype=bool)
         self.unknown = np.zeros(cap, dtype=bool)
@@ -158,11 +95,15 @@ class Walk:
         self.ahead_end = 0
         self.ahead_new = np.zeros(0, dtype=bool)
 
+    def _buffer(self, rows: int) -> np.ndarray:
+        """A scratch buffer for ``rows`` walked embeddings."""
+        return self.scratch.enter_context(scratch((rows, self.vectors.shape[1]), np.float32))
+
     def _grow(self, need: int) -> None:
         if need <= len(self.node_rows):
             return
         cap = max(need, 2 * len(self.node_rows))
-        buf = np.empty((cap, self.buf.shape[1]), dtype=np.float32)
+        buf = self._buffer(cap)
         buf[: self.position] = self.buf[: self.position]
         self.buf = buf
         for name in ("node_rows", "taken_flag", "unknown"):
@@ -311,21 +252,25 @@ class Walk:
 
     def _candidates(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pairs ``(left[i], right[j])`` of walk positions whose float32 inner product is within the
-        slack of the threshold (one GEMM per block of ``right`` of ``_PRODUCT_BYTES``, so memory stays
-        bounded and off fresh pages)."""
+        slack of the threshold (one GEMM per block of ``right`` of ``_PRODUCT_BYTES``, into scratch
+        arrays, so memory stays bounded and off fresh pages)."""
         if not len(left) or not len(right):  # nothing to multiply: no gather of the other side either
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         lhs = torch.from_numpy(self.buf[left])
         got_l: list[np.ndarray] = []
         got_r: list[np.ndarray] = []
-        width = min(_COLUMNS, max(64, _PRODUCT_BYTES // (4 * len(left))))
-        for start in range(0, len(right), width):
-            cols = right[start : start + width]
-            contiguous = cols[-1] - cols[0] + 1 == len(cols)
-            rhs = self.buf[cols[0] : cols[-1] + 1] if contiguous else self.buf[cols]
-            i, x = np.nonzero((lhs @ torch.from_numpy(rhs).T).numpy() >= self.cosine - _SLACK)
-            got_l.append(left[i])
-            got_r.append(cols[x])
+        width = min(len(right), _COLUMNS, max(64, _PRODUCT_BYTES // (4 * len(left))))
+        with scratch((len(left) * width,), np.float32) as flat, scratch((len(left) * width,), bool) as hit:
+            for start in range(0, len(right), width):
+                cols = right[start : start + width]
+                contiguous = cols[-1] - cols[0] + 1 == len(cols)
+                rhs = self.buf[cols[0] : cols[-1] + 1] if contiguous else self.buf[cols]
+                products = flat[: len(left) * len(cols)].reshape(len(left), len(cols))
+                torch.mm(lhs, torch.from_numpy(rhs).T, out=torch.from_numpy(products))
+                close = hit[: products.size].reshape(products.shape)
+                i, x = np.nonzero(np.greater_equal(products, self.cosine - _SLACK, out=close))
+                got_l.append(left[i])
+                got_r.append(cols[x])
         return np.concatenate(got_l), np.concatenate(got_r)
 
     def _exact(self, a_pos: np.ndarray, b_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
