@@ -204,7 +204,11 @@ class LabelColumn(_StrColumn):
         past its end are written, ``appended``); this column is unchanged."""
         index = {label: c for c, label in enumerate(self.labels)}
         labels = list(self.labels)
-        new = np.fromiter((_code(index, labels, v) for v in values), dtype=np.int32, count=len(values))
+        distinct = set(values)
+        if len(distinct) == 1:  # the common case (no domain, or one): one code, no loop over the rows
+            new = np.full(len(values), _code(index, labels, distinct.pop()), dtype=np.int32)
+        else:
+            new = np.fromiter((_code(index, labels, v) for v in values), dtype=np.int32, count=len(values))
         codes = grown_rows(self.codes, n, appended)
         codes[rows] = new
         return LabelColumn(codes, tuple(labels))
