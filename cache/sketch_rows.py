@@ -13,6 +13,7 @@ It lives outside :mod:`gotd.cache.store` so that the sketch function of the serv
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,8 @@ class SparseRows:
     indptr : numpy.ndarray, shape (n + 1,), int64
         Row ``i``'s entries are ``indptr[i]:indptr[i + 1]``; ``indptr[0] == 0``.
     indices : numpy.ndarray, shape (nnz,), int64
-        Bucket of each entry, ascending within a row, each in ``[0, width)``.
+        Bucket of each entry, ascending within a row, each in ``[0, width)`` (int16 or int32 in a
+        pool snapshot's rows, :meth:`compact`).
     values : numpy.ndarray, shape (nnz,), float16
         Value of each entry (a non-zero bit pattern).
     """
@@ -94,6 +96,74 @@ class SparseRows:
         indptr = indptr_of(np.concatenate([np.diff(p.indptr) for p in parts]))
         indices = np.concatenate([p.indices for p in parts])
         return cls(width, indptr, indices, np.concatenate([p.values for p in parts]).astype(SKETCH_DTYPE))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three arrays."""
+        return int(self.indptr.nbytes + self.indices.nbytes + self.values.nbytes)
+
+    def compact(self) -> SparseRows:
+        """The same rows with the narrowest signed bucket type of the width (int16 up to 32,768 buckets,
+        else int32; signed: what torch indexes with) and float16 values: about 4 bytes an entry."""
+        kind = np.int16 if self.width <= 1 << 15 else np.int32
+        return SparseRows(
+            self.width,
+            self.indptr.astype(np.int64, copy=False),
+            self.indices.astype(kind, copy=False),
+            self.values.astype(SKETCH_DTYPE, copy=False),
+        )
+
+    def blocks(self, size: int) -> Iterator[tuple[int, SparseRows]]:
+        """``(start, rows start:start + size)`` over all rows (views, :meth:`rows`)."""
+        for start in range(0, len(self), size):
+            yield start, self.rows(start, min(len(self), start + size))
+
+    def pick(self, which: slice | np.ndarray) -> SparseRows:
+        """Rows ``which``: a slice of step 1 (views) or positions (a copy)."""
+        if isinstance(which, slice):
+            start, stop, step = which.indices(len(self))
+            if step != 1:
+                raise ValueError("sparse rows are sliced with step 1 only")
+            return self.rows(start, max(start, stop))
+        return self.take(np.asarray(which, dtype=np.int64))
+
+    def replaced(self, positions: np.ndarray, new: SparseRows, n: int) -> SparseRows:
+        """These rows extended with zero rows to ``n`` rows, then rows ``positions`` (sorted, unique,
+        below ``n``) set to ``new``'s: a copy built from runs of unchanged rows (no index per entry)."""
+        if len(new) != len(positions) or new.width != self.width or len(self) > n:
+            raise ValueError("replaced: one new row per position, of the same width, within n rows")
+        counts = np.zeros(n, dtype=np.int64)
+        counts[: len(self)] = self.counts()
+        counts[positions] = new.counts()
+        indices: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        at = 0  # next old row to copy
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1 if len(positions) else np.zeros(0, np.int64)
+        starts = np.concatenate([np.zeros(min(1, len(positions)), np.int64), breaks])
+        ends = np.concatenate([breaks, np.full(min(1, len(positions)), len(positions), np.int64)])
+        for first, last in zip(
+            starts.tolist(), ends.tolist(), strict=True
+        ):  # runs of consecutive positions: their new rows are consecutive too
+            row = int(positions[first])
+            if row > at and at < len(self):
+                kept = self.rows(at, min(row, len(self)))
+                indices.append(kept.indices)
+                values.append(kept.values)
+            lo, hi = int(new.indptr[first]), int(new.indptr[last])
+            indices.append(new.indices[lo:hi])
+            values.append(new.values[lo:hi])
+            at = int(positions[last - 1]) + 1
+        if at < len(self):
+            kept = self.rows(at, len(self))
+            indices.append(kept.indices)
+            values.append(kept.values)
+        kind = np.result_type(self.indices, new.indices)
+        return SparseRows(
+            self.width,
+            indptr_of(counts),
+            np.concatenate(indices).astype(kind, copy=False) if indices else np.zeros(0, kind),
+            np.concatenate(values).astype(SKETCH_DTYPE, copy=False) if values else np.zeros(0, SKETCH_DTYPE),
+        )
 
     def counts(self) -> np.ndarray:
         """Entries per row (int64)."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gotd.cache.records import Record
-from gotd.cache.store.core import Store
+from gotd.cache.store.core import PoolArrays, Store
 from gotd.server.ingest.embedder import Embedder
 
 
@@ -44,7 +44,7 @@ import sys
 import numpy as np
 from pathlib import Path
 from gotd.cache.records import Record
-from gotd.cache.store.core import Store
+from gotd.cache.store.core import PoolArrays, Store
 
 data_dir = sys.argv[1]
 batches, batch, dim, map_size = (int(a) for a in sys.argv[2:6])
@@ -78,3 +78,8 @@ def model(request: pytest.FixtureRequest) -> Embedder:
     except pytest.FixtureLookupError:
         return shared_embedder()
     return found
+
+
+def dense_sketches(arrays: PoolArrays) -> np.ndarray | None:
+    """A snapshot's sketch rows as the dense float16 array (it keeps them sparse), None without them."""
+    return None if arrays.sketches is None else arrays.sketches.dense()

@@ -25,7 +25,7 @@ from gotd.server.selection.validation import DEFAULT_GRID, FALLBACK, FIXED_GRID,
 from gotd.server.service.autocost import validation_rows
 from gotd.server.service.pools import SnapshotMovedError
 from gotd.server.service.sketched import PoolSketches
-from tests._store_helpers import unit_vectors
+from tests._store_helpers import dense_sketches, unit_vectors
 from tests.conftest import BackgroundServer
 from tests.test_service_autocost import MIN_TARGETS, K, _setting, corpus  # noqa: F401  (the module's fixture)
 from tests.test_sketch_stats import _check
@@ -81,11 +81,11 @@ def test_rows_of_a_snapshot_without_them_come_from_the_store_until_the_pool_move
         assert idf is not None
         np.testing.assert_array_equal(idf, PoolSketches(1 << 20).idf(full))  # from the rows
         rows = np.array([0, 7, 29])
-        np.testing.assert_array_equal(sketches.rows(lean, rows), full.sketches[rows])
+        np.testing.assert_array_equal(sketches.rows(lean, rows), dense_sketches(full)[rows])
         store.upsert("p", records[30:], model="m", dim=16)
         with pytest.raises(SnapshotMovedError):
             sketches.rows(lean, rows)
-        np.testing.assert_array_equal(sketches.rows(full, rows), full.sketches[rows])  # held: no read
+        np.testing.assert_array_equal(sketches.rows(full, rows), dense_sketches(full)[rows])  # held: no read
 
 
 def _forget_stats(store: Store, pool: str) -> None:

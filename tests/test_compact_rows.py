@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from gotd.cache.sketch_rows import SparseRows
 from gotd.server.ot.blocks import Geometry
 from gotd.server.ot.geometry import project_to_targets
-from gotd.server.ot.rows import Part, StackedRows, addmm_rows, rows_of, sq_norms, take
+from gotd.server.ot.rows import Part, SparsePart, StackedRows, addmm_rows, rows_of, sq_norms, take
 from gotd.server.ot.sinkhorn import c_transform, sinkhorn
 from gotd.server.selection import kmeans
 from gotd.server.selection.costs import Cost, pool_features, target_features
@@ -54,29 +55,41 @@ def _overlap(a: np.ndarray, b: np.ndarray, frac: float) -> float:
     return len(set(np.argsort(a, kind="stable")[:k]) & set(np.argsort(b, kind="stable")[:k])) / k
 
 
-def _both(w: float = 0.5, n: int = 3000, m: int = 40) -> tuple[StackedRows, torch.Tensor, torch.Tensor]:
+def _both(
+    w: float = 0.5, n: int = 3000, m: int = 40, *, sparse: bool = False
+) -> tuple[StackedRows, torch.Tensor, torch.Tensor]:
+    """Compact fused rows (from dense stored rows, or ``sparse`` as a snapshot keeps them), the
+    materialised float32 fused rows, and the targets."""
     e, tf, ye, ytf = _pool(n, m)
-    feats = pool_features(e, tf, Cost.FUSED, w)
+    stored = SparseRows.from_dense(tf).compact() if sparse else tf
+    feats = pool_features(e, stored, Cost.FUSED, w)
     assert isinstance(feats.x, StackedRows)
     y = target_features(feats, torch.from_numpy(ye), ytf)
     assert feats.idf is not None
     return feats.x, torch.from_numpy(fused_matrix(e, tf, feats.idf, w)), y
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("w", [0.0, 0.3, 0.5, 1.0])
-def test_stacked_rows_read_as_the_materialised_fused_rows(w: float) -> None:
-    x, dense, _y = _both(w)
+def test_stacked_rows_read_as_the_materialised_fused_rows(w: float, sparse: bool) -> None:
+    x, dense, _y = _both(w, sparse=sparse)
     assert x.shape == tuple(dense.shape)
     assert x.dtype == torch.float32
     torch.testing.assert_close(x.dense(), dense, rtol=0, atol=1e-6)
     idx = torch.tensor([5, 0, 2999, 17])
     torch.testing.assert_close(rows_of(x, idx), dense[idx], rtol=0, atol=1e-6)
     assert isinstance(take(x, idx), StackedRows)
-    assert x.nbytes == 3000 * (16 * 4 + 256 * 2 + 4)  # float32 embeddings, float16 sketches, one factor
+    if sparse:  # float32 embeddings, row pointers, 4 bytes an entry, one factor
+        part = x.parts[1]
+        assert isinstance(part, SparsePart)
+        assert x.nbytes == 3000 * (16 * 4 + 8 + 4) + 8 + 4 * len(part.values)
+    else:  # float32 embeddings, float16 sketches, one factor
+        assert x.nbytes == 3000 * (16 * 4 + 256 * 2 + 4)
 
 
-def test_per_block_cost_equals_the_materialised_one() -> None:
-    x, dense, y = _both()
+@pytest.mark.parametrize("sparse", [False, True])
+def test_per_block_cost_equals_the_materialised_one(sparse: bool) -> None:
+    x, dense, y = _both(sparse=sparse)
     geo_c, geo_d = Geometry.of(x, y, 700), Geometry.of(dense, y, 700)
     torch.testing.assert_close(geo_c.xn, geo_d.xn, rtol=0, atol=2e-6)
     h = torch.linspace(-1, 1, y.shape[0])
@@ -91,8 +104,9 @@ def test_per_block_cost_equals_the_materialised_one() -> None:
         torch.testing.assert_close(cost.double(), ref, rtol=0, atol=1e-5)
 
 
-def test_passes_on_compact_rows_equal_the_dense_passes() -> None:
-    x, dense, y = _both()
+@pytest.mark.parametrize("sparse", [False, True])
+def test_passes_on_compact_rows_equal_the_dense_passes(sparse: bool) -> None:
+    x, dense, y = _both(sparse=sparse)
     g = torch.linspace(-0.2, 0.3, y.shape[0])
     torch.testing.assert_close(
         c_transform(x, y, g, eps=0.05), c_transform(dense, y, g, eps=0.05), rtol=0, atol=1e-5
@@ -109,9 +123,10 @@ def test_passes_on_compact_rows_equal_the_dense_passes() -> None:
     torch.testing.assert_close(yq_c, yq_d)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("mode", [Mode.EXACT, Mode.GLOBAL, Mode.PAPER])
-def test_rankings_match_the_materialised_fused_rankings(mode: Mode) -> None:
-    x, dense, y = _both(n=6000)
+def test_rankings_match_the_materialised_fused_rankings(mode: Mode, sparse: bool) -> None:
+    x, dense, y = _both(n=6000, sparse=sparse)
     keys = id_keys([f"c{i}" for i in range(x.shape[0])])
     config = SelectionConfig(mode=mode, eps=0.05, summary_size=1500, summary_cells=32, paper_domains=2)
     got_p, want_p = solve(x, y, config, keys=keys), solve(dense, y, config, keys=keys)

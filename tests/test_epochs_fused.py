@@ -15,6 +15,7 @@ import redis
 import torch
 
 from gotd.cache.duals.codec import PotentialEntry, decode_entry, encode_entry
+from gotd.cache.sketch_rows import SparseRows
 from gotd.client.client import Client
 from gotd.client.types import RankedCandidate, SelectSummary
 from gotd.lab.demo import BackgroundServer
@@ -23,6 +24,7 @@ from gotd.server.ot.sinkhorn import c_transform
 from gotd.server.selection.costs import Cost, SketchFactors, pool_features
 from gotd.server.selection.sketches import fused_matrix, tf_rows
 from gotd.server.selection.topk import top_k
+from tests._store_helpers import dense_sketches
 from tests.conftest import clustered
 from tests.redis_fixtures import RedisServer
 
@@ -82,9 +84,10 @@ def _y(idf: np.ndarray) -> torch.Tensor:
 
 
 def _c_transform(
-    vectors: np.ndarray, tf: np.ndarray, idf: np.ndarray, g: np.ndarray, eps: float
+    vectors: np.ndarray, tf: np.ndarray | SparseRows, idf: np.ndarray, g: np.ndarray, eps: float
 ) -> np.ndarray:
-    """The reference: fused rows under ``idf`` through the c-transform of ``g`` (float32)."""
+    """The reference: fused rows under ``idf`` through the c-transform of ``g`` (float32), from the rows
+    in the form given (a snapshot's sparse rows: the server's sums, bit for bit)."""
     x = pool_features(vectors, tf, Cost.FUSED, W, SketchFactors.under(tf, idf)).x
     return c_transform(x, _y(idf), torch.from_numpy(g.copy()), eps=eps).numpy()
 
@@ -118,10 +121,14 @@ def test_fused_epoch_scores_changed_rows_under_its_idf_and_g(
     changed = now.row_versions > np.uint64(cold.pool_version)
     assert int(changed.sum()) == 35
     g = opened["p"].g
-    expected_changed = _c_transform(now.vectors[changed], now.sketches[changed], idf_v, g, s.eps)
+    expected_changed = _c_transform(
+        now.vectors[changed], now.sketches.take(np.flatnonzero(changed)), idf_v, g, s.eps
+    )
     assert np.array_equal(entry.f[changed], expected_changed)
     assert np.array_equal(entry.f[~changed], opened["f"].f[~changed[:N]])  # kept from the epoch's pass
     f_full = _c_transform(now.vectors, now.sketches, idf_v, g, s.eps)
+    dense = _c_transform(now.vectors, dense_sketches(now), idf_v, g, s.eps)  # the dense rows' sums
+    np.testing.assert_allclose(f_full, dense, rtol=0, atol=1e-5)  # float32 rounding apart
     assert np.array_equal(entry.f, f_full)  # merged == a full pass with the same g and IDF
     scores = calibrated_gradient(torch.from_numpy(f_full)).numpy()
     expected = [(now.ids[i], float(v)) for i, v in top_k(scores, N + 100, ids=now.ids)]

@@ -192,6 +192,6 @@ def test_chunk_rewrites_match_a_dense_model(
             if got is None:
                 assert not model.view(np.uint16).any()
             else:
-                _same_bits(np.asarray(got), model)
+                _same_bits(got.dense(), model)
     finally:
         env.close()

@@ -18,7 +18,7 @@ from gotd.lab.corpora.wiki import load_wiki
 from gotd.lab.demo import BackgroundServer
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows, tf_sparse
-from tests._store_helpers import unit_vectors
+from tests._store_helpers import dense_sketches, unit_vectors
 
 DIM = 16
 
@@ -61,8 +61,10 @@ def test_a_first_format_store_reads_upserts_and_grows_like_a_sparse_one(tmp_path
     with Store(sparse, sketcher=tf_sparse) as a, Store(first, sketcher=tf_sparse) as b:
         base_a, base_b = a.load_vectors("p"), b.load_vectors("p")
         assert base_b.sketches is not None
-        np.testing.assert_array_equal(base_b.sketches.view(np.uint16), base_a.sketches.view(np.uint16))  # type: ignore[union-attr]
-        np.testing.assert_array_equal(base_b.sketches, tf_rows(_texts(b, "p")))
+        np.testing.assert_array_equal(
+            dense_sketches(base_b).view(np.uint16), dense_sketches(base_a).view(np.uint16)
+        )  # type: ignore[union-attr]
+        np.testing.assert_array_equal(dense_sketches(base_b), tf_rows(_texts(b, "p")))
         changed = _records(range(10, 12), seed=1) + _records(range(300, 301), seed=2)
         cleared = _records(range(500, 503), seed=3, texts=False)
         grown = _records(range(700, 800), seed=4)
@@ -74,7 +76,9 @@ def test_a_first_format_store_reads_upserts_and_grows_like_a_sparse_one(tmp_path
             assert not expected[500:503].any()
             for arrays in (store.load_vectors("p"), store.load_vectors("p", base=base)):
                 assert arrays.sketches is not None
-                np.testing.assert_array_equal(arrays.sketches.view(np.uint16), expected.view(np.uint16))
+                np.testing.assert_array_equal(
+                    dense_sketches(arrays).view(np.uint16), expected.view(np.uint16)
+                )
     after_a, after_b = _chunks(sparse), _chunks(first)
     assert after_a == after_b  # every chunk rewritten, so now in the same (sparse) encoding
     assert len(after_b) == 4
@@ -87,7 +91,7 @@ def test_a_chunk_no_upsert_touches_stays_in_the_first_format(tmp_path: Path) -> 
     to_first_format(tmp_path)
     with Store(tmp_path, sketcher=tf_sparse) as store:
         store.upsert("p", _records(range(590, 610), seed=5), model="m", dim=DIM)  # chunk 2 only
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         np.testing.assert_array_equal(got.view(np.uint16), tf_rows(_texts(store, "p")).view(np.uint16))
     sizes = [len(v) % 2 for v in _chunks(tmp_path).values()]
@@ -105,7 +109,7 @@ def test_a_backfill_completes_a_first_format_pool(tmp_path: Path) -> None:
     with Store(tmp_path, sketcher=tf_sparse) as store:
         done = store.backfill_sketches("p", batch_rows=128)
         assert done.rows_sketched == 240
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         expected = tf_rows(_texts(store, "p"))
         assert expected.any(axis=1).all()

@@ -36,8 +36,11 @@ def _check(store: Store, pool: str = "p") -> None:
     """The stored statistics are those of the loaded rows: document frequency and IDF over the live
     rows, zero rows over all, and ``sketch_rows`` reads what the snapshot holds."""
     arrays = store.load_vectors(pool)
-    tf = arrays.sketches
-    assert tf is not None
+    sparse = arrays.sketches
+    assert sparse is not None
+    tf = sparse.dense()
+    assert complete_sketches(sparse) == complete_sketches(tf)
+    np.testing.assert_array_equal(document_frequency(sparse), document_frequency(tf))
     stats = store.sketch_stats(pool, arrays.uid, arrays.version)
     assert stats is not None
     live = np.ones(len(tf), dtype=bool) if arrays.deleted is None else ~arrays.deleted
@@ -45,7 +48,7 @@ def _check(store: Store, pool: str = "p") -> None:
     zero = [not complete_sketches(tf[i : i + 1]) for i in range(len(tf))]
     assert stats.zero_rows == sum(zero)
     assert (stats.zero_rows == 0) == complete_sketches(tf)
-    expected = SketchFactors.pool_idf(tf, arrays.deleted)
+    expected = SketchFactors.pool_idf(sparse, arrays.deleted)
     np.testing.assert_array_equal(idf_from_df(stats.df, int(live.sum())), expected)  # bit for bit
     rows = np.arange(0, len(tf), 3, dtype=np.int64)
     got = store.sketch_rows(pool, arrays.uid, arrays.version, rows)

@@ -14,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gotd.cache.sketch_rows import SparseRows
 from gotd.server.ot.rows import (
     Part,
     SparsePart,
@@ -144,3 +145,41 @@ def test_sparse_parts_are_checked() -> None:
         SparsePart(ptr, idx, val, 4, rows=torch.ones(3))
     with pytest.raises(ValueError, match="same number of rows"):
         StackedRows((SparsePart(ptr, idx, val, 4), Part(torch.zeros(3, 2))))
+
+
+def _stored(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    dense = rng.standard_normal((n, width)).astype(np.float16)
+    dense[rng.random((n, width)) >= 0.3] = 0
+    return dense
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    n_old=st.integers(0, 40),
+    grow=st.integers(0, 20),
+    width=st.integers(1, 40),
+    frac=st.floats(0.0, 1.0),
+)
+def test_sparse_rows_replaced_equal_the_dense_model(
+    seed: int, n_old: int, grow: int, width: int, frac: float
+) -> None:
+    """What a grown snapshot does to its sparse rows: extend with zero rows, then set some rows."""
+    rng = np.random.default_rng(seed)
+    n = n_old + grow
+    old = _stored(rng, n_old, width)
+    positions = np.flatnonzero(rng.random(n) < frac).astype(np.int64)
+    new = _stored(rng, len(positions), width)
+    model = np.zeros((n, width), dtype=np.float16)
+    model[:n_old] = old
+    model[positions] = new
+    got = SparseRows.from_dense(old).compact().replaced(positions, SparseRows.from_dense(new).compact(), n)
+    assert got.indices.dtype == np.int16
+    np.testing.assert_array_equal(got.dense().view(np.uint16), model.view(np.uint16))
+    np.testing.assert_array_equal(got.indptr, SparseRows.from_dense(model).indptr)
+    # and the other ways a snapshot's rows are read
+    assert np.array_equal(got.pick(slice(2, 7)).dense(), model[2:7])
+    assert np.array_equal(got.pick(positions).dense(), model[positions])
+    assert [start for start, _ in got.blocks(7)] == list(range(0, n, 7))
+    assert np.array_equal(np.concatenate([b.dense() for _, b in got.blocks(7)] or [model[:0]]), model)
+    assert got.nbytes == 8 * (n + 1) + 4 * len(got.values)

@@ -27,7 +27,7 @@ from gotd.client.cli import app
 from gotd.client.client import Client
 from gotd.server.ingest.embedder import Embedder
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows, tf_sparse
-from tests._store_helpers import unit_vectors
+from tests._store_helpers import dense_sketches, unit_vectors
 
 DIM = 16
 N = 700  # three sketch chunks of 256 rows
@@ -85,9 +85,9 @@ def test_backfill_sketches_the_stored_texts_and_bumps_the_version_once(old: tupl
         after = store.load_vectors("p")
         assert after.version == version + 1
         assert after.sketches is not None
-        assert after.sketches.shape == (N, SKETCH_BUCKETS)
-        np.testing.assert_array_equal(after.sketches, tf_rows(TEXTS))
-        assert not after.sketches[[i for i, t in enumerate(TEXTS) if not t]].any()
+        assert dense_sketches(after).shape == (N, SKETCH_BUCKETS)
+        np.testing.assert_array_equal(dense_sketches(after), tf_rows(TEXTS))
+        assert not dense_sketches(after)[[i for i, t in enumerate(TEXTS) if not t]].any()
         # row versions (the records' writes) stay; vectors and ids too
         np.testing.assert_array_equal(after.row_versions, before.row_versions)
         np.testing.assert_array_equal(after.vectors, before.vectors)
@@ -99,7 +99,7 @@ def test_backfill_sketches_the_stored_texts_and_bumps_the_version_once(old: tupl
         assert again == BackfillResult(0, WITHOUT, version + 1), "a second run is a no-op"
         # from now on upserts keep the pool's sketches themselves
         store.upsert("p", _records(["a later text"], start=N, seed=9), model="m", dim=DIM)
-        later = store.load_vectors("p").sketches
+        later = dense_sketches(store.load_vectors("p"))
         assert later is not None
         np.testing.assert_array_equal(later[N], tf_rows(["a later text"])[0])
 
@@ -153,7 +153,7 @@ def test_an_interrupted_backfill_finishes_on_the_rerun_as_a_clean_run(tmp_path: 
             store.backfill_sketches("p", batch_rows=256, progress=_stop_after(calls))
         assert store.get_pool("p").version == version, "no bump before every row is done"
         assert _has_marker(store, _pool_record(store).prefix)
-        partial = store.load_vectors("p").sketches
+        partial = dense_sketches(store.load_vectors("p"))
         assert partial is not None
         done = min(256 * calls, N)
         np.testing.assert_array_equal(partial[:done], tf_rows(TEXTS[:done]))
@@ -166,7 +166,7 @@ def test_an_interrupted_backfill_finishes_on_the_rerun_as_a_clean_run(tmp_path: 
     assert arrays.version == clean_arrays.version == version + 1
     assert arrays.sketches is not None
     assert clean_arrays.sketches is not None
-    np.testing.assert_array_equal(arrays.sketches, clean_arrays.sketches)
+    np.testing.assert_array_equal(dense_sketches(arrays), dense_sketches(clean_arrays))
     np.testing.assert_array_equal(arrays.row_versions, clean_arrays.row_versions)
 
 
@@ -180,7 +180,7 @@ def test_rows_written_by_a_store_without_sketches_into_a_sketched_pool_are_fille
         missing = sum(1 for t in TEXTS[10:20] if t)
         result = store.backfill_sketches("p")
         assert result == BackfillResult(missing, sum(1 for t in TEXTS[:20] if not t), version + 1)
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         np.testing.assert_array_equal(got, tf_rows(TEXTS[:20]))
 
@@ -214,7 +214,7 @@ def test_rows_rewritten_during_the_backfill_get_the_sketch_of_their_new_text(old
         expected = list(TEXTS)
         expected[0], expected[3] = "rewritten meanwhile", "now with a text"
         expected[600] = "a later batch changed"
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         np.testing.assert_array_equal(got, tf_rows(expected))
         assert result.rows_without_text == WITHOUT - 1

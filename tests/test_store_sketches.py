@@ -18,7 +18,7 @@ from gotd.cache.store.layout import PoolRecord
 from gotd.cache.store.sketch import SKETCH_DB
 from gotd.cache.store.vectors import content_hash
 from gotd.server.selection.sketches import SKETCH_BUCKETS, tf_rows, tf_sparse
-from tests._store_helpers import unit_vectors
+from tests._store_helpers import dense_sketches, unit_vectors
 
 DIM = 16
 
@@ -58,11 +58,11 @@ def test_text_rows_are_tf_rows_and_vector_only_rows_are_zero(store: Store) -> No
     store.upsert("p", mixed, model="m", dim=DIM)
     arrays = store.load_vectors("p")
     assert arrays.sketches is not None
-    assert arrays.sketches.shape == (8, SKETCH_BUCKETS)
-    assert arrays.sketches.dtype == np.float16
-    np.testing.assert_array_equal(arrays.sketches, tf_rows([r.text for r in mixed]))
-    assert not arrays.sketches[[1, 4, 6]].any()
-    assert arrays.sketches[[0, 2, 3, 5, 7]].any(axis=1).all()
+    assert dense_sketches(arrays).shape == (8, SKETCH_BUCKETS)
+    assert dense_sketches(arrays).dtype == np.float16
+    np.testing.assert_array_equal(dense_sketches(arrays), tf_rows([r.text for r in mixed]))
+    assert not dense_sketches(arrays)[[1, 4, 6]].any()
+    assert dense_sketches(arrays)[[0, 2, 3, 5, 7]].any(axis=1).all()
     assert store.load_vectors("p", sketches=False).sketches is None
 
 
@@ -74,7 +74,7 @@ def test_vector_only_pool_stores_no_sketch_bytes(store: Store) -> None:
     store.upsert(
         "v", [Record(id="r599", text="late text", embedding=arrays.vectors[599])], model="m", dim=DIM
     )
-    got = store.load_vectors("v").sketches
+    got = dense_sketches(store.load_vectors("v"))
     assert got is not None
     assert got.shape == (600, SKETCH_BUCKETS)
     np.testing.assert_array_equal(got[599], tf_rows(["late text"])[0])
@@ -92,9 +92,9 @@ def test_a_vector_only_batch_zeroes_the_rows_it_rewrites_in_any_order(store: Sto
     arrays = store.load_vectors("p")
     assert arrays.ids == [f"r{i}" for i in range(7)]
     assert arrays.sketches is not None
-    assert not arrays.sketches[[1, 4, 6]].any()
+    assert not dense_sketches(arrays)[[1, 4, 6]].any()
     np.testing.assert_array_equal(
-        arrays.sketches[[0, 2, 3, 5]], tf_rows([texts[i].text for i in (0, 2, 3, 5)])
+        dense_sketches(arrays)[[0, 2, 3, 5]], tf_rows([texts[i].text for i in (0, 2, 3, 5)])
     )
     for i, record in zip((6, 4, 1), bare, strict=True):
         np.testing.assert_array_equal(arrays.vectors[i], record.embedding)
@@ -107,7 +107,7 @@ def test_updates_replace_rows_and_unchanged_rows_stay(store: Store) -> None:
         store.upsert("p", records[start : start + 300], model="m", dim=DIM)
     before = store.load_vectors("p")
     assert before.sketches is not None
-    np.testing.assert_array_equal(before.sketches, tf_rows([r.text for r in records]))
+    np.testing.assert_array_equal(dense_sketches(before), tf_rows([r.text for r in records]))
     assert len(_chunk_keys(store, "p")) == 3
     changed = [
         Record(id="r3", text="a brand new text", embedding=records[3].embedding),
@@ -120,18 +120,18 @@ def test_updates_replace_rows_and_unchanged_rows_stay(store: Store) -> None:
     assert (result.inserted, result.updated, result.unchanged) == (1, 3, 1)
     after = store.load_vectors("p")
     assert after.sketches is not None
-    assert after.sketches.shape == (701, SKETCH_BUCKETS)
-    np.testing.assert_array_equal(after.sketches[3], tf_rows(["a brand new text"])[0])
-    assert not after.sketches[300].any()
-    np.testing.assert_array_equal(after.sketches[699], tf_rows(["the last one changed"])[0])
-    np.testing.assert_array_equal(after.sketches[700], tf_rows(["a new record"])[0])
+    assert dense_sketches(after).shape == (701, SKETCH_BUCKETS)
+    np.testing.assert_array_equal(dense_sketches(after)[3], tf_rows(["a brand new text"])[0])
+    assert not dense_sketches(after)[300].any()
+    np.testing.assert_array_equal(dense_sketches(after)[699], tf_rows(["the last one changed"])[0])
+    np.testing.assert_array_equal(dense_sketches(after)[700], tf_rows(["a new record"])[0])
     untouched = np.setdiff1d(np.arange(700), [3, 300, 699])
-    np.testing.assert_array_equal(after.sketches[untouched], before.sketches[untouched])
+    np.testing.assert_array_equal(dense_sketches(after)[untouched], dense_sketches(before)[untouched])
     again = store.upsert("p", changed, model="m", dim=DIM)
     assert again.unchanged == 5
-    reloaded = store.load_vectors("p").sketches
+    reloaded = dense_sketches(store.load_vectors("p"))
     assert reloaded is not None
-    np.testing.assert_array_equal(reloaded, after.sketches)
+    np.testing.assert_array_equal(reloaded, dense_sketches(after))
 
 
 def test_sketches_survive_reopening_even_without_a_sketch_function(tmp_path: Path) -> None:
@@ -139,14 +139,14 @@ def test_sketches_survive_reopening_even_without_a_sketch_function(tmp_path: Pat
     with Store(tmp_path, sketcher=tf_rows) as store:
         store.upsert("p", records, model="m", dim=DIM)
     with Store(tmp_path) as store:
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         np.testing.assert_array_equal(got, tf_rows([r.text for r in records]))
         # a store without a sketch function writes zero rows into a pool that keeps sketches
         store.upsert(
             "p", [Record(id="r7", text="changed", embedding=records[7].embedding)], model="m", dim=DIM
         )
-        later = store.load_vectors("p").sketches
+        later = dense_sketches(store.load_vectors("p"))
         assert later is not None
         assert not later[7].any()
         np.testing.assert_array_equal(np.delete(later, 7, axis=0), np.delete(got, 7, axis=0))
@@ -161,12 +161,12 @@ def test_a_batch_of_another_width_is_stored_as_zero_rows(tmp_path: Path) -> None
     records = _records(4)
     with Store(tmp_path, sketcher=functools.partial(tf_rows, buckets=64)) as store:
         store.upsert("p", records, model="m", dim=DIM)
-        got = store.load_vectors("p").sketches
+        got = dense_sketches(store.load_vectors("p"))
         assert got is not None
         assert got.shape == (4, 64)
     with Store(tmp_path, sketcher=tf_rows) as store:
         store.upsert("p", [Record(id="r1", text="other", embedding=records[1].embedding)], model="m", dim=DIM)
-        later = store.load_vectors("p").sketches
+        later = dense_sketches(store.load_vectors("p"))
         assert later is not None
         assert later.shape == (4, 64)
         assert not later[1].any()
@@ -289,6 +289,6 @@ def test_the_largest_finite_float16_sketch_values_are_stored(tmp_path: Path) -> 
     rows = np.array([[65504.0, -65504.0, 0.0, -0.0], [6e-8, -6e-8, 1.0, -1.0]], dtype=np.float16)
     with Store(tmp_path, sketcher=lambda texts: rows[: len(texts)]) as s:
         s.upsert("p", _records(2), model="m", dim=DIM)
-        got = s.load_vectors("p").sketches
+        got = dense_sketches(s.load_vectors("p"))
     assert got is not None
     assert np.array_equal(got.view(np.uint16), rows.view(np.uint16))

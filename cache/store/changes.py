@@ -116,11 +116,7 @@ def grow_snapshot(
         release(block)
     if len(new_ids) != n - n_old:
         return None
-    sketches = (
-        grown_sketches(txn, dbs.get(SKETCH_DB), pool, base.sketches, rows, appended)
-        if with_sketches
-        else None
-    )
+    sketches = grown_sketches(txn, dbs.get(SKETCH_DB), pool, base.sketches, rows) if with_sketches else None
     touched = np.union1d(rows, deleted)
     mask = _grown_mask(txn, dbs, pool, base, touched)
     if len(deleted):  # their row versions changed; ``versions`` may share the older snapshot's buffer

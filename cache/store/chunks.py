@@ -9,6 +9,7 @@ from __future__ import annotations
 import lmdb
 import numpy as np
 
+from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.columns import LabelColumn, TextColumn
 from gotd.cache.store.layout import VECTOR_DTYPES, PoolArrays, PoolRecord, RowChunk, u64_key
 
@@ -37,7 +38,7 @@ def snapshot(
     keys: np.ndarray,
     domains: LabelColumn,
     row_versions: np.ndarray,
-    sketches: np.ndarray | None,
+    sketches: SparseRows | None,
     deleted: np.ndarray | None = None,
 ) -> PoolArrays:
     """The row-aligned arrays as a snapshot of ``pool`` at its version."""

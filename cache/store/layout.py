@@ -33,6 +33,7 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
+from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.columns import LabelColumn, TextColumn
 from gotd.cache.store.pages import release
 
@@ -124,9 +125,10 @@ class PoolArrays:
         Pool version that last wrote each row, shape ``(n,)``, uint64.
     version : int
         Pool version of the snapshot.
-    sketches : numpy.ndarray or None
-        Hashed n-gram sketch rows aligned with ``vectors``, shape ``(n, buckets)``, float16; a zero row
-        is "no sketch". None when no row has a sketch (the pool keeps none: written by an older gotd or
+    sketches : SparseRows or None
+        Hashed n-gram sketch rows aligned with ``vectors``, ``n`` rows of ``buckets`` float16 values in
+        compact sparse form (:meth:`~gotd.cache.sketch_rows.SparseRows.compact`); a zero row is "no
+        sketch". None when no row has a sketch (the pool keeps none: written by an older gotd or
         by a store without a sketch function; or it stores no sketch row: records without text) or when
         the load did not ask for them.
     deleted : numpy.ndarray or None
@@ -143,7 +145,7 @@ class PoolArrays:
     domains: LabelColumn
     row_versions: np.ndarray
     uid: str = ""
-    sketches: np.ndarray | None = None
+    sketches: SparseRows | None = None
     deleted: np.ndarray | None = None
 
     @property

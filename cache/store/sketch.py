@@ -18,7 +18,8 @@ older gotd) and ``sketch_rows``, its own rows per chunk (``chunk_rows_for(sketch
 does not rewrite multi-megabyte sketch chunks on every small upsert. Chunks are sparse: an absent chunk,
 or the rows past the end of a short one, are zero rows, so a vector-only pool stores no sketch bytes.
 Sketch chunks are written in the same write transaction as the vectors, sparse (a chunk of a dense
-store is re-encoded when an upsert rewrites it); a snapshot decodes them to the dense float16 rows.
+store is re-encoded when an upsert rewrites it); a snapshot keeps them sparse
+(:meth:`~gotd.cache.sketch_rows.SparseRows.compact`: about 4 bytes per non-zero value in memory).
 A sketch function may return the rows dense or as :class:`~gotd.cache.sketch_rows.SparseRows`, which
 the store then encodes without ever building the dense rows.
 """
@@ -34,11 +35,17 @@ from typing import Any, Final
 import lmdb
 import numpy as np
 
-from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, magnitudes
-from gotd.cache.store.buffers import grown_rows, spare_rows
+from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, indptr_of, magnitudes
 from gotd.cache.store.layout import PoolRecord, TargetSetInfo, chunk_parts, pool_chunks, u64_key
 from gotd.cache.store.pages import release
-from gotd.cache.store.sketch_codec import chunk_length, decode_chunk, decode_into, decode_sparse, encode_chunk
+from gotd.cache.store.sketch_codec import (
+    chunk_length,
+    decode_sparse,
+    encode_chunk,
+    entry_counts,
+    fill_entries,
+    sparse_rows_of,
+)
 
 __all__ = [
     "SKETCH_DB",
@@ -175,20 +182,23 @@ def write_sketch_rows(
     return SparseRows.concat(before, width)
 
 
-def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRecord) -> np.ndarray | None:
-    """The ``(count, sketch_buckets)`` float16 sketches of ``pool``, or None when it keeps none.
+def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRecord) -> SparseRows | None:
+    """The ``count`` sketch rows of ``pool`` (compact sparse rows), or None when it keeps none.
 
-    One copy per chunk from the memory map. A pool without sketches (``sketch_buckets == 0``, or a
-    store opened read-only that has no ``sketches`` database) gives None, and so does a pool that
-    stores no sketch chunk (every row a zero row: records sent as embeddings without text), which
-    then costs no array, no zero fill and no growth work (:func:`grown_sketches`), and a chunk that
-    does not fit the pool (logged: the sketches are an optional input, never a reason to fail a load).
+    Two passes over the chunks of the memory map: the entries per row (from the sparse chunks'
+    headers), then the entries copied straight into arrays of their final size (no second copy).
+    A pool without sketches (``sketch_buckets == 0``, or a store opened read-only that has no
+    ``sketches`` database) gives None, and so does a pool that stores no sketch chunk (every row a
+    zero row: records sent as embeddings without text), which then costs no array and no growth work
+    (:func:`grown_sketches`), and a chunk that does not fit the pool (logged: the sketches are an
+    optional input, never a reason to fail a load).
     """
     n, width, size = pool.count, pool.sketch_buckets, pool.sketch_rows
     if db is None or width < 1 or size < 1:
         return None
-    out: np.ndarray | None = None
-    for chunk, value in pool_chunks(txn, db, pool.prefix):
+    counts = np.zeros(n, dtype=np.int64)
+    found = False
+    for chunk, value in pool_chunks(txn, db, pool.prefix):  # the entries per row first (chunk headers)
         start = chunk * size
         try:
             length = chunk_length(value, width)
@@ -198,50 +208,50 @@ def load_sketches(txn: lmdb.Transaction, db: lmdb._Database | None, pool: PoolRe
         if length > size or start + length > n:
             LOG.warning("pool %r: a sketch chunk lies past the pool's rows; loading without", pool.name)
             return None
-        if out is None:
-            out = _zero_rows(n, width)
-        decode_into(value, width, out[start : start + length])
-    return out
+        counts[start : start + length] = entry_counts(value, width)
+        found = True
+    if not found:
+        return None
+    empty = SparseRows.zeros(0, width).compact()  # the compact types
+    indptr = indptr_of(counts)
+    indices = np.empty(int(indptr[-1]), dtype=empty.indices.dtype)
+    values = np.empty(int(indptr[-1]), dtype=SKETCH_DTYPE)
+    for chunk, value in pool_chunks(txn, db, pool.prefix):  # then the entries, straight into place
+        start = chunk * size
+        stop = min(n, start + size)
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        fill_entries(value, width, indices[lo:hi], values[lo:hi])
+    return SparseRows(width, indptr, indices, values)
 
 
 def grown_sketches(
     txn: lmdb.Transaction,
     db: lmdb._Database | None,
     pool: PoolRecord,
-    base: np.ndarray | None,
+    base: SparseRows | None,
     rows: np.ndarray,
-    appended: bool,
-) -> np.ndarray | None:
+) -> SparseRows | None:
     """The sketches of ``pool`` from ``base``, those of an earlier version of it (None: it had no
     sketch row), with the sorted ``rows`` written since read again; None when the pool keeps no
-    sketches or still has no sketch row. ``appended``: only rows past ``base``'s end were written
-    (they go into its buffer's spare rows, :func:`gotd.cache.store.buffers.grown_rows`)."""
+    sketches or still has no sketch row. A copy of ``base``'s entries with those rows replaced
+    (:meth:`SparseRows.replaced`)."""
     width, size = pool.sketch_buckets, pool.sketch_rows
-    if db is None or width < 1 or size < 1 or (base is not None and base.shape[1] != width):
+    if db is None or width < 1 or size < 1 or (base is not None and base.width != width):
         return None
-    out = None if base is None else grown_rows(base, pool.count, appended)
-    for chunk, part, local in chunk_parts(rows, size):
+    parts: list[SparseRows] = []
+    for chunk, _part, local in chunk_parts(rows, size):
         raw = txn.get(u64_key(pool.prefix, chunk), db=db)
-        if raw is None and out is None:
-            continue  # an absent chunk: zero rows, and so are all the rows of a pool without sketches
-        block = np.zeros((0, width), SKETCH_DTYPE) if raw is None else decode_chunk(raw, width)
-        if raw is not None:
-            release(raw)  # decoded into a copy: the chunk's pages can go
-        inside = local < len(block)
-        values = block[local[inside]]
-        if out is None:
-            if not values.any():
-                continue
-            out = _zero_rows(pool.count, width)  # the pool's first sketch rows
-        out[rows[part]] = 0
-        out[rows[part][inside]] = values
-    return out
-
-
-def _zero_rows(n: int, width: int) -> np.ndarray:
-    out = spare_rows(n, width, dtype=SKETCH_DTYPE)  # the next versions' snapshots grow in place
-    out[:] = 0
-    return out
+        if raw is None:  # an absent chunk: zero rows
+            parts.append(SparseRows.zeros(len(local), width).compact())
+            continue
+        parts.append(sparse_rows_of(raw, width, local))
+        release(raw)  # decoded into a copy: the chunk's pages can go
+    new = SparseRows.concat(parts, width).compact()
+    if base is None:
+        if not new.any():
+            return None
+        base = SparseRows.zeros(0, width).compact()
+    return base.replaced(np.asarray(rows, dtype=np.int64), new, pool.count)
 
 
 # -- target sets -----------------------------------------------------------------------------------

@@ -24,7 +24,17 @@ import numpy as np
 
 from gotd.cache.sketch_rows import SKETCH_DTYPE, SparseRows, indptr_of
 
-__all__ = ["chunk_length", "decode_chunk", "decode_into", "decode_rows", "decode_sparse", "encode_chunk"]
+__all__ = [
+    "chunk_length",
+    "decode_chunk",
+    "decode_into",
+    "decode_rows",
+    "decode_sparse",
+    "encode_chunk",
+    "entry_counts",
+    "fill_entries",
+    "sparse_rows_of",
+]
 
 SPARSE_V1: Final = 1
 _U32 = struct.Struct("<I")
@@ -111,6 +121,46 @@ def decode_rows(raw: bytes | memoryview, width: int, local: np.ndarray) -> np.nd
         picked: np.ndarray = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)[local]
         return picked
     return _sparse_view(raw, width).take(local).dense()
+
+
+def entry_counts(raw: bytes | memoryview, width: int) -> np.ndarray:
+    """Entries (non-zero bit patterns) per row of a chunk value (int64), without decoding its entries
+    when it is sparse (the count header)."""
+    if len(raw) % 2 == 0:
+        bits = np.frombuffer(raw, dtype="<u2").reshape(-1, width)
+        dense: np.ndarray = np.count_nonzero(bits, axis=1).astype(np.int64)
+        return dense
+    return _sparse_parts(raw, width)[0].astype(np.int64)
+
+
+def fill_entries(raw: bytes | memoryview, width: int, indices: np.ndarray, values: np.ndarray) -> None:
+    """Write the entries of a chunk value, row by row, into ``indices`` and ``values`` (each of
+    ``entry_counts(raw).sum()`` items; the buckets cast to ``indices``' type)."""
+    if len(raw) % 2 == 0:
+        rows = SparseRows.from_dense(np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width))
+        buckets, found = rows.indices, rows.values
+    else:
+        _counts, buckets, found = _sparse_parts(raw, width)
+    indices[:] = buckets
+    values[:] = found
+
+
+def sparse_rows_of(raw: bytes | memoryview, width: int, local: np.ndarray | None = None) -> SparseRows:
+    """The rows of a chunk value (``local``: those rows, sorted, zero rows for those past its length)
+    as compact :class:`SparseRows` (:meth:`SparseRows.compact`; copies, the value's pages can go)."""
+    if len(raw) % 2 == 0:
+        dense = np.frombuffer(raw, dtype=SKETCH_DTYPE).reshape(-1, width)
+        rows = SparseRows.from_dense(dense if local is None else dense[local[local < len(dense)]])
+    else:
+        view = _sparse_view(raw, width)
+        rows = view if local is None else view.take(local[local < len(view)])
+    missing = 0 if local is None else len(local) - len(rows)
+    if missing:
+        rows = SparseRows.concat([rows, SparseRows.zeros(missing, width)], width)
+    compact = rows.compact()
+    if compact.values.base is not None or compact.indices.base is not None:  # views of raw: copy them
+        return SparseRows(width, compact.indptr.copy(), compact.indices.copy(), compact.values.copy())
+    return compact
 
 
 def _sparse_view(raw: bytes | memoryview, width: int) -> SparseRows:

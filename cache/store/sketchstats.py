@@ -116,15 +116,20 @@ class SketchStats:
         return SketchStats(version, self.zero_rows + zeros, df)
 
 
-def stats_of(version: int, rows: np.ndarray, deleted: np.ndarray | None = None) -> SketchStats:
-    """The statistics of pool version ``version`` from a pass over all its dense float16 sketch ``rows``
-    (``deleted`` marks the rows deleted): what the writes would have kept."""
+def stats_of(version: int, rows: SparseRows | np.ndarray, deleted: np.ndarray | None = None) -> SketchStats:
+    """The statistics of pool version ``version`` from a pass over all its float16 sketch ``rows`` (dense,
+    or sparse as a snapshot keeps them; ``deleted`` marks the rows deleted): what the writes would
+    have kept."""
     df = np.zeros(rows.shape[1], dtype=np.int64)
     zero_rows = 0
     for start in range(0, rows.shape[0], _BLOCK_ROWS):
-        block = rows[start : start + _BLOCK_ROWS]
+        stop = min(rows.shape[0], start + _BLOCK_ROWS)
+        block = rows.rows(start, stop) if isinstance(rows, SparseRows) else rows[start:stop]
         zero_rows += zero_count(block)
-        df += bucket_counts(block if deleted is None else block[~deleted[start : start + _BLOCK_ROWS]])
+        if deleted is not None:
+            live = np.flatnonzero(~deleted[start:stop])
+            block = block.take(live) if isinstance(block, SparseRows) else block[live]
+        df += bucket_counts(block)
     return SketchStats(version, zero_rows, df)
 
 

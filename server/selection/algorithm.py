@@ -27,13 +27,16 @@ from gotd.server.selection.config import SelectionConfig
 
 __all__ = ["ALGORITHM_VERSION", "code_version", "result_rules"]
 
-ALGORITHM_VERSION: Final = 3
+ALGORITHM_VERSION: Final = 4
 """Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when).
 
 2: a dense solve forms its cross products once (``FORMED_COST_BYTES``) and the summary's cells are
 assigned part by part from compact rows (float rounding: top-5% overlap >= 0.999 held by a test).
 3: the squared norms of compact rows are summed part by part (the fused cost's scores change by float
-rounding; the fingerprint's small dense inputs do not see it, so its pair is version 2's)."""
+rounding; the fingerprint's small dense inputs do not see it, so its pair is version 2's).
+4: a snapshot keeps its sketch rows sparse and the fused cost sums their products, squared norms and
+inverse norms entry by entry (``embedding_bag``): the fused cost's potentials and scores change by
+float rounding (the fingerprint's dense inputs do not see it)."""
 
 #: SelectionConfig fields a request never sets: they reach the key only through :func:`code_version`.
 _FIXED_FIELDS: Final = ("paper_clusters", "seed", "project", "eps_scaling", "block_size")

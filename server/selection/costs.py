@@ -28,6 +28,8 @@ import torch
 import xxhash
 
 from gotd.cache.errors import FailedPrecondition, InvalidArgument
+from gotd.cache.sketch_rows import SparseRows
+from gotd.server.ot.parts import AnyPart
 from gotd.server.ot.rows import Part, Rows, StackedRows
 from gotd.server.selection.metric import LearnedMetric
 from gotd.server.selection.sketches import (
@@ -37,6 +39,7 @@ from gotd.server.selection.sketches import (
     inverse_norms,
     unit_sketches,
 )
+from gotd.server.selection.sparse_tf import row_dots, sparse_part
 
 __all__ = [
     "DEFAULT_EMBEDDING_WEIGHT",
@@ -53,6 +56,9 @@ __all__ = [
     "resolve_cost",
     "target_features",
 ]
+
+Sketches = np.ndarray | SparseRows
+"""Stored sketch rows: dense float16 ``(n, buckets)``, or sparse as a pool snapshot keeps them."""
 
 #: Weight of the embedding cost in the fused cost (docs/evaluation.md, "Choosing the defaults").
 DEFAULT_EMBEDDING_WEIGHT = 0.5
@@ -149,13 +155,17 @@ class Features:
         return ResolvedCost(self.cost, self.embedding_weight, self.metric).tag
 
 
-def complete_sketches(tf: np.ndarray | None) -> bool:
+def complete_sketches(tf: Sketches | None) -> bool:
     """Whether ``tf`` holds a non-zero sketch for every row (a zero row means "no text").
+
+    Sparse rows (a snapshot's): block by block, each row's entries tested (:meth:`SparseRows.row_any`).
 
     Stored float16 rows of a width divisible by 4 are read as uint64 words of four values, a value
     being zero when its bits other than the sign are (so ``-0.0`` is zero, NaN is not): a quarter of
     the comparisons of reading them as floats, the same answer.
     """
+    if isinstance(tf, SparseRows):
+        return len(tf) > 0 and all(block.row_any().all() for _start, block in tf.blocks(_BLOCK_ROWS))
     if tf is None or tf.ndim != 2 or tf.shape[0] == 0:
         return False
     packed = tf.dtype == np.float16 and tf.shape[1] % 4 == 0 and tf.flags.c_contiguous
@@ -216,7 +226,7 @@ class SketchFactors:
     inverse_norms: np.ndarray
 
     @staticmethod
-    def of(tf: np.ndarray, deleted: np.ndarray | None = None, idf: np.ndarray | None = None) -> SketchFactors:
+    def of(tf: Sketches, deleted: np.ndarray | None = None, idf: np.ndarray | None = None) -> SketchFactors:
         """The factors of the pool rows ``tf``; rows marked in ``deleted`` (bool mask) do not count
         in the document frequencies (their inverse norms are computed all the same). ``idf``: the
         rows' :meth:`pool_idf` when already known."""
@@ -224,17 +234,18 @@ class SketchFactors:
         return SketchFactors(idf, inverse_norms(tf, idf))
 
     @staticmethod
-    def pool_idf(tf: np.ndarray, deleted: np.ndarray | None = None) -> np.ndarray:
+    def pool_idf(tf: Sketches, deleted: np.ndarray | None = None) -> np.ndarray:
         """IDF weights of the pool rows ``tf`` (rows marked in ``deleted`` left out): the part of the
         factors the cost validation needs."""
         df, n = document_frequency(tf), tf.shape[0]
         if deleted is not None and deleted.any():
-            df -= document_frequency(tf[deleted])
+            gone = tf.take(np.flatnonzero(deleted)) if isinstance(tf, SparseRows) else tf[deleted]
+            df -= document_frequency(gone)
             n -= int(deleted.sum())
         return idf_from_df(df, n)
 
     @staticmethod
-    def under(tf: np.ndarray, idf: np.ndarray) -> SketchFactors:
+    def under(tf: Sketches, idf: np.ndarray) -> SketchFactors:
         """The factors of the rows ``tf`` under given IDF weights (a potential epoch's, frozen at the
         pool version that opened it): only the inverse norms are computed, row by row, so the factors of
         some rows are those rows' factors among all rows, bit for bit."""
@@ -247,7 +258,7 @@ class SketchFactors:
 
 def pool_features(
     vectors: np.ndarray,
-    tf: np.ndarray | None,
+    tf: Sketches | None,
     cost: Cost,
     weight: float,
     factors: SketchFactors | None = None,
@@ -269,33 +280,39 @@ def pool_features(
         raise FailedPrecondition("the pool has no n-gram sketches")
     factors = factors or SketchFactors.of(tf)
     embeddings = Part(torch.from_numpy(vectors), math.sqrt(weight))
-    sketches = Part(
-        torch.from_numpy(tf),
-        math.sqrt(1.0 - weight),
-        columns=torch.from_numpy(factors.idf),
-        rows=torch.from_numpy(factors.inverse_norms),
+    sketches: AnyPart = (
+        sparse_part(tf, math.sqrt(1.0 - weight), factors.idf, factors.inverse_norms)
+        if isinstance(tf, SparseRows)
+        else Part(
+            torch.from_numpy(tf),
+            math.sqrt(1.0 - weight),
+            columns=torch.from_numpy(factors.idf),
+            rows=torch.from_numpy(factors.inverse_norms),
+        )
     )
-    parts: tuple[Part, ...] = (embeddings, sketches)
+    parts: tuple[AnyPart, ...] = (embeddings, sketches)
     if metric is not None:
         parts += (Part(torch.from_numpy(_learned_column(vectors, tf, factors, metric)[:, None])),)
     return Features(StackedRows(parts), Cost.FUSED, weight, factors.idf, metric)
 
 
 def _learned_column(
-    vectors: np.ndarray, tf: np.ndarray, factors: SketchFactors, metric: LearnedMetric
+    vectors: np.ndarray, tf: Sketches, factors: SketchFactors, metric: LearnedMetric
 ) -> np.ndarray:
     """``v . (e, s)`` of every pool row, blockwise from the stored rows (``s`` the unit TF-IDF sketch)."""
     out = np.empty(vectors.shape[0], dtype=np.float32)
     along = factors.idf.astype(np.float32) * metric.sketch  # the IDF weights folded into v once
+    rows = tf if isinstance(tf, SparseRows) else SparseRows.from_dense(tf)
+    dots = row_dots(rows, along, factors.inverse_norms)
     for start in range(0, vectors.shape[0], _BLOCK_ROWS):
         stop = min(vectors.shape[0], start + _BLOCK_ROWS)
-        sketch = (tf[start:stop].astype(np.float32) @ along) * factors.inverse_norms[start:stop]
+        sketch = dots[start:stop]
         out[start:stop] = vectors[start:stop].astype(np.float32) @ metric.embedding + sketch
     return out
 
 
 def fused_rows(
-    vectors: np.ndarray, tf: np.ndarray, weight: float, idf: np.ndarray, metric: LearnedMetric | None = None
+    vectors: np.ndarray, tf: Sketches, weight: float, idf: np.ndarray, metric: LearnedMetric | None = None
 ) -> Rows:
     """Compact fused rows at ``weight`` under the IDF weights ``idf`` (a potential epoch's), the rows'
     inverse norms under it computed for these rows only (the same bits as among all rows); with the

@@ -32,6 +32,7 @@ import torch
 import xxhash
 
 from gotd.cache.sketch_rows import SparseRows, indptr_of
+from gotd.server.selection import sparse_tf
 from gotd.server.selection.ngram_hash import batch_ngram_hashes
 
 __all__ = [
@@ -249,18 +250,20 @@ def _sublinear(sums: np.ndarray) -> np.ndarray:
     return found
 
 
-def document_frequency(tf: np.ndarray) -> np.ndarray:
+def document_frequency(tf: np.ndarray | SparseRows) -> np.ndarray:
     """Rows with a non-zero value, per bucket, of stored sketches (blockwise; no float copy of ``tf``).
 
     Parameters
     ----------
-    tf : numpy.ndarray, shape (n, buckets)
-        Rows of :func:`tf_rows`.
+    tf : numpy.ndarray, shape (n, buckets), or SparseRows
+        Rows of :func:`tf_rows` (or :func:`tf_sparse`, as a pool snapshot keeps them).
 
     Returns
     -------
     numpy.ndarray, shape (buckets,), int64
     """
+    if isinstance(tf, SparseRows):
+        return sparse_tf.document_frequency(tf)
     df = np.zeros(tf.shape[1], dtype=np.int64)
     for start in range(0, tf.shape[0], _BLOCK_ROWS):
         # float16 bits: tf_rows never stores -0.0, so a non-zero bit pattern is a non-zero value
@@ -296,14 +299,17 @@ def unit_sketches(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
-def inverse_norms(tf: np.ndarray, idf: np.ndarray) -> np.ndarray:
+def inverse_norms(tf: np.ndarray | SparseRows, idf: np.ndarray) -> np.ndarray:
     """``1 / ||tf_i * idf||`` per row, float32 (1 for a zero row), blockwise: with the IDF weights, all
     :func:`unit_sketches` needs besides the stored rows, so compact rows can be normalised per block.
+    Sparse rows: from their entries (the same sums in another order: float rounding apart).
 
     Returns
     -------
     numpy.ndarray, shape (n,), float32
     """
+    if isinstance(tf, SparseRows):
+        return sparse_tf.inverse_norms(tf, idf)
     if idf.shape != (tf.shape[1],):
         raise ValueError(f"idf must have shape ({tf.shape[1]},), got {idf.shape}")
     out = np.empty(tf.shape[0], dtype=np.float32)

@@ -149,7 +149,7 @@ class Job:
         pick = slice(None) if rows is None else row_span(rows) or rows  # a run of rows: views
         if idf is not None and a.sketches is not None:
             w, metric = self.cost.embedding_weight, self.cost.metric
-            return fused_rows(a.vectors[pick], a.sketches[pick], w, idf, metric)
+            return fused_rows(a.vectors[pick], a.sketches.pick(pick), w, idf, metric)
         x = self.features.x
         return x if rows is None else take(x, torch.from_numpy(rows))
 

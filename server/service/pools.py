@@ -42,6 +42,11 @@ RANKED_BYTES_PER_ROW = 160
 #: and UTF-8 bytes (a 16-byte id), the domain's code.
 _ROW_BYTES = 8 + 8 + 8 + 16 + 4
 
+#: Bytes per candidate of a snapshot's sketch rows, kept sparse (8 bytes of row pointer, 4 an entry), for
+#: the admission estimate: a quarter of the buckets set on average (texts of a few hundred words; wiki
+#: extracts set about 90 of 1,024), half the dense float16 row.
+_SKETCH_ROW_BYTES = 8 + 4 * SKETCH_BUCKETS // 4
+
 
 def snapshot_bytes(arrays: PoolArrays) -> int:
     """Bytes a snapshot holds: its arrays and its id and domain columns."""
@@ -57,7 +62,7 @@ def select_bytes(info: PoolInfo, k: int, *, sketches: bool, loaded: bool) -> int
     need = n * SELECT_BYTES_PER_ROW + min(k, n) * RANKED_BYTES_PER_ROW
     if not loaded:
         itemsize = 2 if info.dtype == "float16" else 4
-        need += n * (info.dim * itemsize + _ROW_BYTES + (2 * SKETCH_BUCKETS if sketches else 0))
+        need += n * (info.dim * itemsize + _ROW_BYTES + (_SKETCH_ROW_BYTES if sketches else 0))
     return need
 
 
@@ -158,7 +163,7 @@ class PoolSnapshots:
         base = self._items.get(max(older, key=lambda key: key[2])) if older else None
         if base is None or not has_room(base.vectors, info.count):
             return None
-        return base if base.sketches is None or has_room(base.sketches, info.count) else None
+        return base  # sparse sketch rows grow by a copy (SparseRows.replaced)
 
     @property
     def size_bytes(self) -> int:

@@ -25,6 +25,7 @@ import logging
 import numpy as np
 
 from gotd.cache.errors import FailedPrecondition
+from gotd.cache.sketch_rows import SparseRows
 from gotd.cache.store.core import PoolArrays, Store
 from gotd.cache.store.sketchstats import SketchStats, stats_of
 from gotd.server.selection.costs import SketchFactors, complete_sketches
@@ -66,11 +67,11 @@ class PoolSketches:
         if built is not None:
             return built
         since = self._complete_at.get(key[:2])
-        if tf.ndim != 2 or tf.shape[0] != len(arrays.row_versions) or tf.shape[0] == 0:
+        if len(tf) != len(arrays.row_versions) or len(tf) == 0:
             known = False
         elif since is not None and since <= arrays.version:
             changed = np.flatnonzero(arrays.row_versions > np.uint64(since))
-            known = not len(changed) or complete_sketches(tf[changed])
+            known = not len(changed) or complete_sketches(tf.take(changed))
         else:
             known = complete_sketches(tf)
         self._sketched.put(key, known)
@@ -118,11 +119,11 @@ class PoolSketches:
         stats = None if self._store is None else self._store.sketch_stats(*key)
         return None if stats is None else self._known(arrays, stats)
 
-    def _build_stats(self, arrays: PoolArrays, tf: np.ndarray) -> bool | None:
+    def _build_stats(self, arrays: PoolArrays, tf: SparseRows) -> bool | None:
         """The check from statistics built from the snapshot's rows, stored for the version when the
         store keeps none (an older gotd's pool); None when there is no store to keep them for or the
         rows are not the stored float16 rows of every row."""
-        if self._store is None or tf.dtype != np.float16 or tf.ndim != 2 or tf.shape[0] != len(arrays.ids):
+        if self._store is None or tf.values.dtype != np.float16 or len(tf) != len(arrays.ids):
             return None
         stats = stats_of(arrays.version, tf, arrays.deleted)
         try:
@@ -153,8 +154,7 @@ class PoolSketches:
         """The sketch rows ``rows`` (sorted) of the snapshot: from its array, else from the store while
         the pool is still at the snapshot's version (SnapshotMovedError once it is not)."""
         if arrays.sketches is not None:
-            held: np.ndarray = arrays.sketches[rows]
-            return held
+            return arrays.sketches.take(np.asarray(rows, dtype=np.int64)).dense()
         found = (
             None
             if self._store is None
