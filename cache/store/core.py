@@ -71,8 +71,9 @@ def _grown_bytes(base: PoolArrays, grown: PoolArrays) -> int:
     """Bytes of the rows ``grown`` read beyond ``base`` (the rows written since its version)."""
     rows = int(np.count_nonzero(grown.row_versions > np.uint64(base.version)))
     per_row = grown.vectors.itemsize * grown.dim
-    if grown.sketches is not None:
-        per_row += grown.sketches.itemsize * grown.sketches.shape[1]
+    sketches = grown.sketches
+    if sketches is not None and len(sketches):  # stored sparse: a u16 count, 4 bytes an entry (on average)
+        per_row += 2 + 4 * len(sketches.values) // len(sketches)
     return rows * per_row
 
 
