@@ -32,6 +32,9 @@ import psutil
 
 from gotd.cache.records import Record
 from gotd.cache.store.core import Store
+from gotd.cache.store.layout import pool_chunks
+from gotd.cache.store.read import require_pool
+from gotd.cache.store.sketch_codec import entry_counts
 from gotd.client.client import Client
 from gotd.client.types import SelectSummary
 from gotd.lab.bench import scale_report
@@ -217,16 +220,43 @@ def _select(server: Server, client: Client, pool: str, targets: str, cost: str) 
     }
 
 
-def _stored_bytes(n: int, texts: bool) -> int:
-    """Bytes of the pool's rows in a snapshot: float16 vectors, dense float16 sketch rows when it has
-    texts (on disk the sketches are sparse, ~0.3 KiB a row here)."""
-    return n * (DIM * 2 + (1024 * 2 if texts else 0))
+def _estimated_bytes(n: int, texts: bool) -> int:
+    """Bytes of a pool's rows before it is written (for :func:`_fits`): float16 vectors, and for texts
+    at most a quarter of the sketch buckets set (~0.1 here) at 4 bytes an entry."""
+    return n * (DIM * 2 + (8 + 1024 if texts else 0))
+
+
+def _pool_bytes(store: Store, pool: str) -> dict[str, int]:
+    """The pool's rows as stored (the vector and sketch chunks in LMDB, sparse sketches as written) and
+    as a snapshot holds them (float16 vectors; sketches in compact sparse form: an 8-byte row pointer,
+    4 bytes an entry), and the dense float16 sketch rows snapshots held before (for comparison)."""
+
+    def read(txn: Any) -> dict[str, int]:
+        dbs = store.env.dbs
+        record = require_pool(txn, dbs, pool)
+        vectors = sum(len(v) for _c, v in pool_chunks(txn, dbs["vectors"], record.prefix))
+        sketch_bytes = entries = 0
+        if record.sketch_buckets and dbs.get("sketches") is not None:
+            for _c, value in pool_chunks(txn, dbs["sketches"], record.prefix):
+                sketch_bytes += len(value)
+                entries += int(entry_counts(value, record.sketch_buckets).sum())
+        snapshot = vectors + (8 * record.count + 4 * entries if sketch_bytes else 0)
+        dense = vectors + (2 * record.sketch_buckets * record.count if sketch_bytes else 0)
+        return {
+            "stored_bytes": vectors + sketch_bytes,
+            "snapshot_bytes": snapshot,
+            "dense_snapshot_bytes": dense,
+            "sketch_entries": entries,
+        }
+
+    found: dict[str, int] = store.env.read(read, buffers=True)
+    return found
 
 
 def _measure(
-    server: Server, client: Client, pool: str, n: int, texts: bool, costs: tuple[str, ...]
+    server: Server, client: Client, store: Store, pool: str, n: int, texts: bool, costs: tuple[str, ...]
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"pool": pool, "n": n, "texts": texts, "stored_bytes": _stored_bytes(n, texts)}
+    out: dict[str, Any] = {"pool": pool, "n": n, "texts": texts, **_pool_bytes(store, pool)}
     targets = f"{pool}-targets"
     for cost in costs:
         cold = _select(server, client, pool, targets, cost)
@@ -252,7 +282,7 @@ def _fits(n: int, texts: bool) -> tuple[bool, float, float]:
     Need: the snapshot (stored rows, ids, keys) plus a Select's working set; allowed: the smaller of
     the per-process budget and the machine's available memory less 2 GiB for everyone else.
     """
-    need = _stored_bytes(n, texts) + n * 150 + (1 << 30)  # + ids, keys, scores; + the process itself
+    need = _estimated_bytes(n, texts) + n * 150 + (1 << 30)  # + ids, keys, scores; + the process itself
     budget = float(os.environ.get("GOTD_BENCH_SCALE_BUDGET_GIB", PROCESS_BUDGET / 2**30)) * 2**30
     allowed = min(budget, float(psutil.virtual_memory().available) - (2 << 30))
     return need <= allowed, need / 2**30, allowed / 2**30
@@ -286,7 +316,7 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
                         continue
                     results["ingest"].append({"kind": "vectors", **_ingest(ingestor, "emb", done, n, None)})
                     done = n
-                    results["sizes"].append(_measure(server, client, "emb", n, False, ("embedding",)))
+                    results["sizes"].append(_measure(server, client, store, "emb", n, False, ("embedding",)))
                 client.delete_pool("emb")
             fits, need, allowed = _fits(fused_n, texts=True)
             if not fits:
@@ -298,7 +328,9 @@ def run(out_dir: Path, *, quick: bool = False) -> dict[str, Any]:
                 with Server(data) as server, Client(server.address, timeout=3600) as client:
                     results["rss_idle_fused"] = server.rss.reset()
                     client.put_target_set("txt-targets", _targets(m, texts))
-                    results["fused"] = _measure(server, client, "txt", fused_n, True, ("embedding", "fused"))
+                    results["fused"] = _measure(
+                        server, client, store, "txt", fused_n, True, ("embedding", "fused")
+                    )
     results["load_end"] = psutil.getloadavg()[0]
     scale_report.write(out_dir, results, quick=quick)
     return results

@@ -46,6 +46,10 @@ NOTES = [
     "benchmark's sequential ids cost a batch the same pages at any pool size, where random ids "
     "(UUIDs) would dirty about one index page per id. "
     "The idle-machine figure for float32 vectors is in [ingest.md](ingest.md).",
+    "- **Stored bytes.** The pool's vector and sketch chunks as LMDB holds them (sketches sparse); "
+    "the snapshot holds the same rows with the sketches in compact sparse form too (an 8-byte row "
+    "pointer and 4 bytes an entry: `snapshot rows`), and multiplies them as such "
+    "(`server/ot/parts.py`, `SparsePart`).",
     "",
 ]
 
@@ -63,7 +67,8 @@ def _row(r: dict[str, Any], cost: str, idle: float) -> str:
         f"{t.get('solve', 0) / 1e3:.1f} | {t.get('score', 0) / 1e3:.1f} | {cached['seconds']:.2f} | "
         f"{per:.0f} | {cold['seconds'] * 1e9 / r['n']:.0f} | {_gib(r['stored_bytes'])} | "
         f"{_gib(cold['rss_peak'])} | {cold['rss_peak'] / r['stored_bytes']:.2f} | "
-        f"{_gib(cold['anon_peak'])} | {(cold['rss_peak'] - idle) / r['stored_bytes']:.2f} |"
+        f"{_gib(cold['anon_peak'])} | {(cold['rss_peak'] - idle) / r['stored_bytes']:.2f} | "
+        f"{_gib(r.get('snapshot_bytes', r['stored_bytes']))} |"
     )
 
 
@@ -182,8 +187,9 @@ def write(out_dir: Path, results: dict[str, Any], *, quick: bool) -> None:
         "## Select",
         "",
         "| n | cost | cold Select s | load s | solve s | score s | cached Select s | score ns/cand. | "
-        "cold ns/cand. | stored GiB | peak RSS GiB | RSS / stored | peak anon. GiB | (RSS - idle) / stored |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "cold ns/cand. | stored GiB | peak RSS GiB | RSS / stored | peak anon. GiB | (RSS - idle) / stored | "
+        "snapshot rows GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(r, "embedding", results["rss_idle"]) for r in results["sizes"]]
     if "fused" in results:
