@@ -17,15 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final, Literal, TypeVar
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from gotd.cache.duals.codec import CorruptEntry, PotentialEntry, decode_entry, encode_entry
 from gotd.cache.duals.keys import cache_key, glob_escape, render_part
 from gotd.cache.duals.lru import TtlLru
+
+if TYPE_CHECKING:  # redis is imported when a URL is given: the embedded default never loads it
+    import redis
 
 __all__ = ["EVENTS", "DualCache", "cache_key", "render_part"]
 
@@ -101,8 +100,14 @@ class DualCache:
         self._healthy = True
         self._retry_at = 0.0
         self._client: redis.Redis | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError,)  # what a failed Redis call raises
         self._backend: Literal["redis", "memory"] = "memory" if redis_url is None else "redis"
         if redis_url is not None:
+            import redis  # only with a URL: ~7 MiB and 0.2 s of a server's start
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            self._errors = (redis.RedisError, OSError)
             try:
                 self._client = redis.Redis.from_url(
                     redis_url,
@@ -133,7 +138,7 @@ class DualCache:
             return True
         try:
             client.ping()
-        except (redis.RedisError, OSError) as err:
+        except self._errors as err:
             self._failed("ping", err)
         else:
             self._succeeded()
@@ -269,7 +274,7 @@ class DualCache:
                         batch.clear()
             if batch:
                 removed += int(client.unlink(*batch))
-        except (redis.RedisError, OSError) as err:
+        except self._errors as err:
             self._failed("delete_prefix", err)
         else:
             self._succeeded()
@@ -296,7 +301,7 @@ class DualCache:
             return False
         try:
             client.set(rkey, value, ex=self._ttl)
-        except (redis.RedisError, OSError) as err:
+        except self._errors as err:
             self._failed(op, err)
             return False
         self._succeeded()
@@ -312,7 +317,7 @@ class DualCache:
             return False, None
         try:
             raw = client.get(rkey)
-        except (redis.RedisError, OSError) as err:
+        except self._errors as err:
             if not _wrong_type(err):
                 self._failed(op, err)
                 return False, None
@@ -342,7 +347,7 @@ class DualCache:
         LOG.warning("dual cache: corrupt value under %s (%s); treated as a miss and deleted", rkey, err)
         try:
             client.delete(rkey)
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             self._failed("delete", exc)
 
     def _failed(self, op: str, err: BaseException) -> None:
@@ -395,4 +400,6 @@ def _checked(key: str) -> str:
 
 def _wrong_type(err: BaseException) -> bool:
     """A WRONGTYPE reply: the key holds a non-string value, i.e. garbage, while Redis is fine."""
+    import redis  # loaded already: only a Redis call raises here
+
     return isinstance(err, redis.ResponseError) and str(err).startswith("WRONGTYPE")

@@ -187,7 +187,7 @@ class Job:
             stop()
             emit(Progress(Stage.SOLVE, iteration, max_iter))
 
-        keys = np.asarray(self.arrays.keys)[self.rows]
+        keys = self.keys()  # the snapshot's own array for all rows
         paper = self.config.mode is Mode.PAPER
         domains = (
             domain_labels(self.arrays.domains.take(self.rows), np.arange(len(self.rows))) if paper else None
