@@ -20,10 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 from gotd.cache.duals.codec import CorruptEntry, PotentialEntry, decode_entry, encode_entry
+from gotd.cache.duals.connect import connect, wrong_type
 from gotd.cache.duals.keys import cache_key, glob_escape, render_part
 from gotd.cache.duals.lru import TtlLru
 
-if TYPE_CHECKING:  # redis is imported when a URL is given: the embedded default never loads it
+if TYPE_CHECKING:  # redis is imported when a URL is given (.connect)
     import redis
 
 __all__ = ["EVENTS", "DualCache", "cache_key", "render_part"]
@@ -103,21 +104,7 @@ class DualCache:
         self._errors: tuple[type[BaseException], ...] = (OSError,)  # what a failed Redis call raises
         self._backend: Literal["redis", "memory"] = "memory" if redis_url is None else "redis"
         if redis_url is not None:
-            import redis  # only with a URL: ~7 MiB and 0.2 s of a server's start
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            self._errors = (redis.RedisError, OSError)
-            try:
-                self._client = redis.Redis.from_url(
-                    redis_url,
-                    socket_timeout=timeout_seconds,
-                    socket_connect_timeout=timeout_seconds,
-                    retry=Retry(NoBackoff(), 0),
-                    driver_info=None,
-                )
-            except ValueError as err:
-                raise ValueError(f"invalid Redis URL: {err}") from None
+            self._client, self._errors = connect(redis_url, timeout_seconds)
             self.check()
 
     # ----------------------------------------------------------------- state
@@ -318,7 +305,7 @@ class DualCache:
         try:
             raw = client.get(rkey)
         except self._errors as err:
-            if not _wrong_type(err):
+            if not wrong_type(err):
                 self._failed(op, err)
                 return False, None
             self._succeeded()
@@ -396,10 +383,3 @@ def _checked(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY or not key.isprintable():
         raise ValueError(f"cache keys must be printable non-empty str of at most {_MAX_KEY} chars")
     return key
-
-
-def _wrong_type(err: BaseException) -> bool:
-    """A WRONGTYPE reply: the key holds a non-string value, i.e. garbage, while Redis is fine."""
-    import redis  # loaded already: only a Redis call raises here
-
-    return isinstance(err, redis.ResponseError) and str(err).startswith("WRONGTYPE")
