@@ -41,7 +41,7 @@ class _StrColumn(Sequence[str]):
     def __getitem__(self, at: int | slice) -> str | list[str]:
         n = len(self)
         if isinstance(at, slice):
-            return self.take(np.arange(n, dtype=np.int64)[at])
+            return self.take(np.arange(*at.indices(n), dtype=np.int64))
         i = int(at)
         if not -n <= i < n:
             raise IndexError(f"row {at} out of range for {n} rows")
