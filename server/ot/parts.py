@@ -241,13 +241,35 @@ class SparsePart:
             out.mul_(self.columns)
         return out.T.contiguous().T
 
-    def _products(self, start: int, stop: int, y: torch.Tensor) -> torch.Tensor:
-        """``rows[start:stop] @ y.T`` (float32): per row, the entries' target columns summed."""
+    def _products(
+        self, start: int, stop: int, y: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``rows[start:stop] @ y.T`` (float32): per row, the entries' target columns summed (written
+        into ``out`` when given: no block-sized temporary)."""
         cols, values, offsets = self._entries(start, stop)
         table = y.T.contiguous()  # a no-op for target_side's layout
-        return torch.nn.functional.embedding_bag(
-            cols, table, offsets, mode="sum", per_sample_weights=values, include_last_offset=True
+        if out is None or not out.is_contiguous():
+            return torch.nn.functional.embedding_bag(
+                cols, table, offsets, mode="sum", per_sample_weights=values, include_last_offset=True
+            )
+        scratch = [torch.empty(0, dtype=torch.int64, device=out.device) for _ in range(3)]
+        # the out= form of what embedding_bag runs without autograd (sum mode: 0)
+        torch.ops.aten._embedding_bag_forward_only.out(
+            table,
+            cols,
+            offsets,
+            False,
+            0,
+            False,
+            values,
+            True,
+            -1,
+            out0=out,
+            out1=scratch[0],
+            out2=scratch[1],
+            out3=scratch[2],
         )
+        return out
 
     def addmm(
         self,
@@ -259,10 +281,11 @@ class SparsePart:
         out: torch.Tensor | None,
     ) -> torch.Tensor:
         """``bias + alpha * rows[start:stop] @ y.T`` (into ``out`` when given)."""
-        products = self._products(start, stop, y)
-        if out is None:
-            return torch.add(bias, products, alpha=alpha)
-        return torch.add(bias, products, alpha=alpha, out=out)
+        products = self._products(start, stop, y, out)  # a new tensor unless written into ``out``
+        if out is not None and products.data_ptr() != out.data_ptr():
+            out.copy_(products)
+            products = out
+        return products.mul_(alpha).add_(bias)  # the same operations on every path
 
     def add_to(self, acc: torch.Tensor, start: int, stop: int, y: torch.Tensor, alpha: float) -> None:
         """``acc += alpha * rows[start:stop] @ y.T``."""

@@ -180,7 +180,9 @@ def addmm_rows(
         if out is None:
             return torch.addmm(bias, x[start:stop], ys[0].T, alpha=alpha)
         return torch.addmm(bias, x[start:stop], ys[0].T, alpha=alpha, out=out)
-    first, *rest = zip(x.parts, ys, strict=True)
+    # sparse parts first: the first part opens the accumulator, and a sparse part writes its sums
+    # straight into it (a dense part's GEMM adds into it in place whatever its turn)
+    first, *rest = sorted(zip(x.parts, ys, strict=True), key=lambda pair: not isinstance(pair[0], SparsePart))
     part, y = first
     acc = part.addmm(bias, start, stop, y, alpha, out)
     for part, y in rest:
