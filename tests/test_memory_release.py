@@ -197,3 +197,32 @@ def test_freed_large_blocks_leave_the_process() -> None:
         [sys.executable, "-c", _FREED_BLOCKS], capture_output=True, text=True, check=True, timeout=120
     )
     assert int(out.stdout) < 4 << 20, "freed blocks of the server stayed in its heap"
+
+
+_FREED_SMALL_BLOCKS = """
+import numpy as np
+from gotd.server.service.allocator import bound_heap, trim_heap
+
+def anonymous():
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
+
+assert bound_heap()
+before = anonymous()
+blocks = [np.ones(512 << 10, dtype=np.uint8) for _ in range(64)]  # under the threshold: on the heap
+kept = blocks[::16]  # live blocks amid the freed ones: the heap's top cannot shrink past them
+del blocks
+freed = anonymous() - before
+assert trim_heap()
+print(freed, anonymous() - before)
+"""
+
+
+@linux
+def test_trimming_hands_back_free_heap_pages_amid_live_ones() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_SMALL_BLOCKS], capture_output=True, text=True, check=True, timeout=120
+    )
+    held, trimmed = map(int, out.stdout.split())
+    assert held > 16 << 20, "the freed blocks were handed back without a trim: nothing to measure"
+    assert trimmed < 4 << 20, "free heap pages stayed resident after trim_heap"

@@ -39,6 +39,7 @@ from gotd.server.selection.scoring import (
     run_block_rows,
     score_rows,
 )
+from gotd.server.service.allocator import trim_heap
 from gotd.server.service.epochs import EpochValueCache, EpochValues, stale_rows
 from gotd.server.service.metrics import Metrics
 from gotd.server.service.potential_codec import potential_entry, potential_from_entry
@@ -346,6 +347,7 @@ class Job:
             work = ScorePass(
                 self._x(), self.y, g, self.potential.eps, self._snapshot(), self._on_block(emit, stop)
             )
+            trim_heap()  # the pass's blocks come on top of the pool, not of freed heap pages too
             full = self.engine.scorer(work).to(torch.float32).numpy()
             values[self.rows] = full
             total = ExactSum.of(full)
