@@ -129,7 +129,7 @@ class SparsePart:
     indptr : torch.Tensor, shape (n + 1,), int64
         Row pointers, ``indptr[0] == 0``, non-decreasing.
     indices : torch.Tensor, shape (nnz,), int16, int32 or int64
-        Column of each entry, in ``[0, width)``.
+        Column of each entry, in ``[0, width)``; no column twice in a row.
     values : torch.Tensor, shape (nnz,)
         Value of each entry (float16, float32 or float64), never modified.
     width : int
@@ -175,13 +175,15 @@ class SparsePart:
         """Bytes held: the CSR arrays and the per-row factors."""
         return _nbytes(self.indptr, self.rows) + _nbytes(self.indices, self.values)
 
-    def _entries(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(columns int64, values float32 with the per-row factor applied, offsets (stop - start + 1))``
-        of the entries of rows ``start:stop``."""
+    def _entries(
+        self, start: int, stop: int, *, row_factor: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(columns int64, values float32 with the per-row factor applied unless not ``row_factor``,
+        offsets (stop - start + 1))`` of the entries of rows ``start:stop``."""
         ptr = self.indptr[start : stop + 1]
         lo, hi = int(ptr[0]), int(ptr[-1])
         values = self.values[lo:hi].to(_COMPUTE, copy=True)
-        if self.rows is not None:
+        if row_factor and self.rows is not None:
             values.mul_(torch.repeat_interleave(self.rows[start:stop], ptr.diff()))
         return self.indices[lo:hi].to(torch.int64), values, ptr - lo
 
@@ -193,7 +195,8 @@ class SparsePart:
         """Rows ``start:stop`` densified in float32 with the per-row factor applied (a new tensor)."""
         cols, values, offsets = self._entries(start, stop)
         out = torch.zeros((stop - start, self.width), dtype=_COMPUTE, device=self.device)
-        out.index_put_((self._row_of_entries(offsets), cols), values, accumulate=True)
+        flat = self._row_of_entries(offsets).mul_(self.width).add_(cols)  # a row names a column once
+        out.view(-1).index_copy_(0, flat, values)
         return out
 
     def dense(self, start: int, stop: int) -> torch.Tensor:
@@ -292,14 +295,18 @@ class SparsePart:
         acc.add_(self._products(start, stop, y), alpha=alpha)
 
     def sq_norms(self, start: int, stop: int) -> torch.Tensor:
-        """Squared L2 norms of rows ``start:stop`` with every factor applied, float32."""
-        cols, values, offsets = self._entries(start, stop)
+        """Squared L2 norms of rows ``start:stop`` with every factor applied, float32: per row, the sum
+        of its squared entries weighted by the squared column factors (an ``embedding_bag`` sum over a
+        one-column table), times the squared per-row factor."""
+        cols, values, offsets = self._entries(start, stop, row_factor=False)  # applied to the sums
+        table = torch.full((self.width, 1), self.weight * self.weight, dtype=_COMPUTE, device=self.device)
         if self.columns is not None:
-            values.mul_(self.columns[cols])
-        if self.weight != 1.0:
-            values.mul_(self.weight)
-        out = torch.zeros(stop - start, dtype=_COMPUTE, device=self.device)
-        return out.index_add_(0, self._row_of_entries(offsets), values.square_())
+            table.mul_(self.columns.to(_COMPUTE).square()[:, None])
+        sums = torch.nn.functional.embedding_bag(
+            cols, table, offsets, mode="sum", per_sample_weights=values.square_(), include_last_offset=True
+        )
+        out = sums[:, 0]
+        return out if self.rows is None else out.mul_(self.rows[start:stop].to(_COMPUTE).square())
 
 
 AnyPart = Part | SparsePart

@@ -27,7 +27,7 @@ from gotd.server.selection.config import SelectionConfig
 
 __all__ = ["ALGORITHM_VERSION", "code_version", "result_rules"]
 
-ALGORITHM_VERSION: Final = 4
+ALGORITHM_VERSION: Final = 5
 """Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when).
 
 2: a dense solve forms its cross products once (``FORMED_COST_BYTES``) and the summary's cells are
@@ -36,7 +36,9 @@ assigned part by part from compact rows (float rounding: top-5% overlap >= 0.999
 rounding; the fingerprint's small dense inputs do not see it, so its pair is version 2's).
 4: a snapshot keeps its sketch rows sparse and the fused cost sums their products, squared norms and
 inverse norms entry by entry (``embedding_bag``): the fused cost's potentials and scores change by
-float rounding (the fingerprint's dense inputs do not see it)."""
+float rounding (the fingerprint's dense inputs do not see it).
+5: a sparse part opens a block's accumulator (its sums first, then the embedding GEMM) and sums its
+squared norms as squared entries times squared column factors: float rounding of the fused cost."""
 
 #: SelectionConfig fields a request never sets: they reach the key only through :func:`code_version`.
 _FIXED_FIELDS: Final = ("paper_clusters", "seed", "project", "eps_scaling", "block_size")
