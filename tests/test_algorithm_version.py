@@ -38,6 +38,7 @@ FINGERPRINTS = {
     3: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # compact rows' norms: not in the dense fixed inputs
     4: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # sparse sketch rows: not in the dense fixed inputs
     5: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # sparse sums' order and norms: not in them either
+    6: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # compact rows' cell blocks: not in them either
 }
 
 

@@ -27,7 +27,7 @@ from gotd.server.selection.config import SelectionConfig
 
 __all__ = ["ALGORITHM_VERSION", "code_version", "result_rules"]
 
-ALGORITHM_VERSION: Final = 5
+ALGORITHM_VERSION: Final = 6
 """Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when).
 
 2: a dense solve forms its cross products once (``FORMED_COST_BYTES``) and the summary's cells are
@@ -38,7 +38,9 @@ rounding; the fingerprint's small dense inputs do not see it, so its pair is ver
 inverse norms entry by entry (``embedding_bag``): the fused cost's potentials and scores change by
 float rounding (the fingerprint's dense inputs do not see it).
 5: a sparse part opens a block's accumulator (its sums first, then the embedding GEMM) and sums its
-squared norms as squared entries times squared column factors: float rounding of the fused cost."""
+squared norms as squared entries times squared column factors: float rounding of the fused cost.
+6: the summary's cells are assigned over compact rows in blocks sized by their dense columns alone
+(larger blocks for the fused cost: its GEMMs' rounding, so a tie may fall otherwise)."""
 
 #: SelectionConfig fields a request never sets: they reach the key only through :func:`code_version`.
 _FIXED_FIELDS: Final = ("paper_clusters", "seed", "project", "eps_scaling", "block_size")

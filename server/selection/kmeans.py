@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gotd.server.ot.rows import Rows, addmm_rows, block, rows_of, sq_norms, target_parts
+from gotd.server.ot.rows import Part, Rows, addmm_rows, block, rows_of, sq_norms, target_parts
 
 __all__ = ["id_keys", "key_order", "key_uniforms", "kmeans_labels", "splitmix64", "stratified_weights"]
 
@@ -149,7 +149,7 @@ def stratified_weights(
     """
     if cells < 1:
         raise ValueError(f"cells must be >= 1, got {cells!r}")
-    block_size = _block_rows(x, block_size)
+    block_size = _block_rows(x, block_size, multiplied=True)
     centre_rows = rows[key_order(keys[rows])[:cells]]
     n = x.shape[0]
     with torch.no_grad():
@@ -170,12 +170,16 @@ def stratified_weights(
     return out
 
 
-def _block_rows(x: Rows, block_size: int) -> int:
+def _block_rows(x: Rows, block_size: int, *, multiplied: bool = False) -> int:
     """``block_size``, or fewer rows for compact rows: a block read from them is a new float32 copy
-    (float64 for the centroid sums), kept to about 32 MB."""
+    (float64 for the centroid sums), kept to about 32 MB. ``multiplied``: the blocks are only
+    multiplied (:func:`addmm_rows`), which copies the dense parts' columns alone (a sparse part's
+    entries are summed where they are): fewer, larger blocks, whose per-block work on a sparse part's
+    entries costs far less per entry."""
     if isinstance(x, torch.Tensor):
         return block_size
-    return max(1, min(block_size, _COMPACT_BLOCK_BYTES // (8 * x.shape[1])))
+    width = sum(p.width for p in x.parts if isinstance(p, Part)) if multiplied else x.shape[1]
+    return max(1, min(block_size, _COMPACT_BLOCK_BYTES // (8 * max(1, width))))
 
 
 def _row(x: Rows, i: int) -> torch.Tensor:
