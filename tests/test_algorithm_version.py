@@ -39,6 +39,7 @@ FINGERPRINTS = {
     4: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # sparse sketch rows: not in the dense fixed inputs
     5: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # sparse sums' order and norms: not in them either
     6: ("c3a70908b5359cd4", "468ac172a096e7e8"),  # compact rows' cell blocks: not in them either
+    7: ("c823de8961941805", "468ac172a096e7e8"),  # 32 MiB pass blocks, 8 MiB blocks over formed products
 }
 
 

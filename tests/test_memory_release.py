@@ -178,7 +178,11 @@ def anonymous():
     with open("/proc/self/smaps_rollup") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
 
+from numpy._core.multiarray import _get_madvise_hugepage
+
+assert _get_madvise_hugepage()  # numpy's default: large arrays ask for huge pages
 assert bound_heap()
+assert not _get_madvise_hugepage()  # no more: no compaction stalls on a fresh block's first touch
 big = np.ones(24 << 20, dtype=np.uint8)  # by default, freeing it raises the threshold to 24 MiB
 del big
 before = anonymous()

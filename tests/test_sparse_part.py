@@ -183,3 +183,30 @@ def test_sparse_rows_replaced_equal_the_dense_model(
     assert [start for start, _ in got.blocks(7)] == list(range(0, n, 7))
     assert np.array_equal(np.concatenate([b.dense() for _, b in got.blocks(7)] or [model[:0]]), model)
     assert got.nbytes == 8 * (n + 1) + 4 * len(got.values)
+
+
+@pytest.mark.parametrize("rows", [4096, 4607, 4608, 9000, 12_345])
+@pytest.mark.parametrize("per_row_bias", [False, True])
+def test_dense_part_upcasts_in_slices_with_the_bits_of_one_gemm(rows: int, per_row_bias: bool) -> None:
+    """A block longer than ``UPCAST_ROWS`` is multiplied slice by slice (a rest under
+    ``MIN_SLICE_ROWS`` joins the last slice): every entry has the bits of one GEMM over the block."""
+    from gotd.server.ot import parts
+    from gotd.server.ot.sinkhorn import MIN_GEMM_ROWS
+
+    assert parts.MIN_SLICE_ROWS == MIN_GEMM_ROWS
+    assert all(b - a >= MIN_GEMM_ROWS for a, b in parts._slices(3, 3 + rows))
+    rng = np.random.default_rng(rows)
+    data = torch.from_numpy(rng.standard_normal((rows + 7, 48)).astype(np.float16))
+    factor = torch.from_numpy(rng.uniform(0.5, 2.0, rows + 7).astype(np.float32))
+    part = Part(data, 0.7, torch.from_numpy(rng.uniform(0.5, 2.0, 48).astype(np.float32)), factor)
+    y = torch.from_numpy(rng.standard_normal((33, 48)).astype(np.float32))
+    yt = part.target_side(y)
+    bias = torch.from_numpy(rng.standard_normal((rows, 33) if per_row_bias else (33,)).astype(np.float32))
+    whole = (data[3 : 3 + rows].float() * factor[3 : 3 + rows, None]).contiguous()
+    expected = torch.addmm(bias, whole, yt.T, alpha=-2.0)
+    assert torch.equal(part.addmm(bias, 3, 3 + rows, yt, -2.0, None), expected)
+    out = torch.empty(rows, 33)
+    assert torch.equal(part.addmm(bias, 3, 3 + rows, yt, -2.0, out), expected)
+    acc = bias.expand(rows, 33).clone()
+    part.add_to(acc, 3, 3 + rows, yt, -2.0)
+    assert torch.equal(acc, torch.addmm(bias.expand(rows, 33), whole, yt.T, alpha=-2.0))

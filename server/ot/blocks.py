@@ -19,7 +19,7 @@ import torch
 
 from gotd.server.ot.rows import Rows, addmm_rows, sq_norms, target_parts
 
-BLOCK_BYTES = 64 << 20  # one block of scaled cost; 16k rows for m = 1k in float32
+BLOCK_BYTES = 32 << 20  # one block of scaled cost; 8k rows for m = 1k in float32
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +48,12 @@ class Geometry:
         yn = torch.linalg.vector_norm(y, dim=1).square_()
         return Geometry(x=x, y=y, xn=sq_norms(x), yn=yn, rows=rows, ys=target_parts(x, y))
 
-    def with_cross(self, max_bytes: int) -> Geometry:
+    def with_cross(self, max_bytes: int, pass_rows: int | None = None) -> Geometry:
         """This geometry with ``x @ y.T`` formed once, when the ``(n, m)`` products take at most
         ``max_bytes``; else itself. Formed block by block with the GEMMs of a pass (:func:`addmm_rows`),
-        so dense and compact rows of the same values give the same bits, as they do without it."""
+        so dense and compact rows of the same values give the same bits, as they do without it.
+        ``pass_rows``: the passes over the formed products then walk blocks of at most that many rows
+        (no GEMM left to feed: a smaller buffer beside the products)."""
         n, m = self.x.shape[0], self.y.shape[0]
         if n * m * self.y.element_size() > max_bytes:
             return self
@@ -59,7 +61,8 @@ class Geometry:
         zero = torch.zeros((), dtype=self.y.dtype, device=self.y.device)
         for start, stop in self.blocks():
             addmm_rows(zero, self.x, start, stop, self.ys, alpha=1.0, out=cross[start:stop])
-        return replace(self, cross=cross)
+        rows = self.rows if pass_rows is None else max(1, min(self.rows, pass_rows))
+        return replace(self, cross=cross, rows=rows)
 
     def scaled_cross(
         self,

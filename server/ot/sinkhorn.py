@@ -61,6 +61,11 @@ EPS_SCALING_START = 16.0
 #: against 1k targets: 32 MB; one GEMM per solve instead of one per pass).
 FORMED_COST_BYTES = 64 << 20
 
+#: Bytes of the buffer a pass over formed cross products fills per block: 2,048 rows at m = 1k, in
+#: whole chunks of ``col_sum``. The summary's solve held the 32 MB of products and a 32 MB buffer
+#: beside them, the peak of a cold global Select on a 1M-row pool (+78 MB over its scoring pass).
+FORMED_BLOCK_BYTES = 8 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class SinkhornResult:
@@ -157,7 +162,7 @@ def sinkhorn(
     init_g : torch.Tensor, shape (m,), optional
         Warm-start target potential (any dtype; cast to ``x.dtype``).
     block_size : int, optional
-        Rows per block; default: a block of cost is about 64 MB.
+        Rows per block; default: a block of cost is about 32 MB.
     eps_scaling : bool
         Anneal epsilon on cold starts.
     check_every : int
@@ -190,7 +195,8 @@ def sinkhorn(
         raise ValueError(f"max_iter and check_every must be >= 1, got {max_iter!r}, {check_every!r}")
     a_w, b_w = weights(a, n, x, "a"), weights(b, m, x, "b")
     with torch.no_grad():
-        geo = Geometry.of(x, y, block_size).with_cross(FORMED_COST_BYTES)
+        pass_rows = None if block_size is not None else _formed_rows(m, x.element_size())
+        geo = Geometry.of(x, y, block_size).with_cross(FORMED_COST_BYTES, pass_rows)
         levels: list[float] = []
         if init_g is not None:
             g = potential(init_g, m, x, "init_g").clone()
@@ -282,7 +288,7 @@ def c_transform(
     b : torch.Tensor, shape (m,), optional
         Positive target weights (normalised); uniform when None.
     block_size : int, optional
-        Rows per block; default: a block of cost is about 64 MB (16,384 rows at m = 1k, float32).
+        Rows per block; default: a block of cost is about 32 MB (8,384 rows at m = 1k, float32).
     callback : callable, optional
         ``callback(rows_done, n)`` after each block; an exception it raises propagates.
 
@@ -367,3 +373,9 @@ def _padded_lse(x: Rows, start: int, stop: int, y: torch.Tensor, h: torch.Tensor
     geo = Geometry.of(take(x, index), y, rows)
     buf = geo.buffer()
     return softmax_rows(geo, 0, h, eps, buf)[0][:n]
+
+
+def _formed_rows(m: int, element_size: int) -> int:
+    """Rows of a pass's block over formed cross products (``FORMED_BLOCK_BYTES``): whole 512-row
+    chunks of :func:`gotd.server.ot.blocks.col_sum`, at least one."""
+    return max(1, FORMED_BLOCK_BYTES // (m * element_size) // 512) * 512

@@ -27,7 +27,7 @@ from gotd.server.selection.config import SelectionConfig
 
 __all__ = ["ALGORITHM_VERSION", "code_version", "result_rules"]
 
-ALGORITHM_VERSION: Final = 6
+ALGORITHM_VERSION: Final = 7
 """Bump whenever a rule that shapes a potential or a score changes (the fingerprint test says when).
 
 2: a dense solve forms its cross products once (``FORMED_COST_BYTES``) and the summary's cells are
@@ -80,6 +80,7 @@ def result_rules(config: SelectionConfig | None = None) -> dict[str, Any]:
         "block_bytes": blocks.BLOCK_BYTES,
         "eps_scaling_start": sinkhorn.EPS_SCALING_START,
         "formed_cost_bytes": sinkhorn.FORMED_COST_BYTES,
+        "formed_block_bytes": sinkhorn.FORMED_BLOCK_BYTES,
         "relative_eps_rows": selection_config.RELATIVE_EPS_ROWS,
         "summary_size": selection_config.DEFAULT_SUMMARY_SIZE,
         "sinkhorn": _defaults(sinkhorn.sinkhorn),

@@ -63,7 +63,7 @@ class SelectionConfig:
     paper_clusters : int
         ``paper`` without domain labels: k of the k-means that stands in for domains.
     block_size : int or None
-        Rows per block of the OT passes (None: a block of cost is about 64 MB).
+        Rows per block of the OT passes (None: a block of cost is about 32 MB).
     seed : int
         Seeds the k-means of ``paper`` mode.
     eps_scaling : bool

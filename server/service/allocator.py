@@ -14,6 +14,13 @@ MiB measured on a 1M-row pool, spread over the main and worker arenas), and a fr
 ones stays resident: :func:`trim_heap` hands every free page back (``malloc_trim``) before a pass
 that allocates its large blocks, so they do not come on top of it.
 
+numpy asks the kernel for transparent huge pages on every array of 4 MiB or more
+(``madvise(MADV_HUGEPAGE)``); where the kernel's ``defrag`` setting is ``madvise`` (a common default)
+the first touch of such an array may compact memory in the faulting thread. Since every large block
+here is a fresh mapping, that is paid again and again: a grown snapshot's spare rows cost 27-30 ms of
+kernel time on their first write, against ~6 ms after. :func:`bound_heap` turns numpy's request off
+(the kernel may still back memory with huge pages where its own policy says so).
+
 Elsewhere than glibc (no ``mallopt``), nothing changes.
 """
 
@@ -34,7 +41,9 @@ _M_MMAP_THRESHOLD: Final = -3
 
 
 def bound_heap(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process; False where it cannot be set."""
+    """Fix glibc's mmap threshold at ``threshold`` bytes for this process and turn off numpy's huge
+    page requests; False where the threshold cannot be set."""
+    _no_numpy_huge_pages()
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -48,6 +57,14 @@ def bound_heap(threshold: int = MMAP_THRESHOLD) -> bool:
     if not ok:
         LOG.warning("could not fix the malloc mmap threshold at %d bytes", threshold)
     return ok
+
+
+def _no_numpy_huge_pages() -> None:
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage  # type: ignore[attr-defined]
+    except ImportError:  # a numpy without the switch: nothing to turn off
+        return
+    _set_madvise_hugepage(False)
 
 
 def trim_heap() -> bool:

@@ -194,6 +194,7 @@ class Job:
             domain_labels(self.arrays.domains.take(self.rows), np.arange(len(self.rows))) if paper else None
         )
         self.idf = self.features.idf  # a new epoch: the cost of this pool version
+        trim_heap()  # the solve's blocks come on top of the pool, not of the load's freed heap pages
         self.potential = solve(
             self._x(),
             self.y,
