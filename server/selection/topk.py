@@ -50,35 +50,42 @@ def top_k(
         eligible = np.asarray(eligible)
         if eligible.shape != (n,) or eligible.dtype != np.bool_:
             raise ValueError(f"eligible must be a bool array of shape ({n},)")
-    if eligible is not None and not eligible.all():  # (every row eligible: no index, no copy of the scores)
+    rows: np.ndarray | None = None  # None: every row eligible, no index (8 bytes a row) and no copy
+    values = scores
+    if eligible is not None and not eligible.all():
         rows = np.flatnonzero(eligible)
         values = scores[rows]
-    else:
-        rows = np.arange(n, dtype=np.int64)
-        values = scores
     if np.isnan(values).any():
         raise ValueError("scores contain NaN")
-    take = len(rows) if k is None else min(k, len(rows))
+    count = len(values)
+    take = count if k is None else min(k, count)
     if take == 0:
         return []
-    if take < len(rows):
+    if take < count:
         part = np.argpartition(values, take - 1)[:take]
         cut = values[part].max()
         below = np.flatnonzero(values < cut)
         at = np.flatnonzero(values == cut)
         if ids is not None and len(at) > take - len(below):
-            at = np.asarray(sorted(at.tolist(), key=lambda i: ids[int(rows[i])]), dtype=np.int64)
+            at = np.asarray(sorted(at.tolist(), key=lambda i: ids[_row(rows, i)]), dtype=np.int64)
         chosen = np.sort(np.concatenate([below, at[: take - len(below)]]))
     else:
-        chosen = np.arange(len(rows), dtype=np.int64)
+        chosen = np.arange(count, dtype=np.int64)
     ordered = chosen[np.argsort(values[chosen], kind="stable")]
     if ids is not None:
         ordered = _ties_by_id(ordered, values, rows, ids)
-    out_rows = rows[ordered]
+    out_rows = ordered if rows is None else rows[ordered]
     return list(zip(out_rows.tolist(), values[ordered].astype(np.float64).tolist(), strict=True))
 
 
-def _ties_by_id(ordered: np.ndarray, values: np.ndarray, rows: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+def _row(rows: np.ndarray | None, i: int) -> int:
+    """Pool row of position ``i`` among the eligible rows (``rows`` None: every row)."""
+    return int(i) if rows is None else int(rows[i])
+
+
+def _ties_by_id(
+    ordered: np.ndarray, values: np.ndarray, rows: np.ndarray | None, ids: Sequence[str]
+) -> np.ndarray:
     """Re-sort each run of equal scores in ``ordered`` by candidate id (runs are rare and short)."""
     v = values[ordered]
     same = np.flatnonzero(v[1:] == v[:-1])
@@ -91,5 +98,5 @@ def _ties_by_id(ordered: np.ndarray, values: np.ndarray, rows: np.ndarray, ids: 
         while stop < len(v) and v[stop] == v[start]:
             stop += 1
         run = ordered[start:stop].tolist()
-        ordered[start:stop] = sorted(run, key=lambda i: ids[int(rows[i])])
+        ordered[start:stop] = sorted(run, key=lambda i: ids[_row(rows, i)])
     return ordered
