@@ -230,3 +230,37 @@ def test_trimming_hands_back_free_heap_pages_amid_live_ones() -> None:
     held, trimmed = map(int, out.stdout.split())
     assert held > 16 << 20, "the freed blocks were handed back without a trim: nothing to measure"
     assert trimmed < 4 << 20, "free heap pages stayed resident after trim_heap"
+
+
+def _vm_flags(array: np.ndarray) -> set[str]:
+    """The ``VmFlags`` of the mapping holding ``array``'s middle byte (/proc/self/smaps; numpy advises
+    from the first whole page on, so the page of the first byte may be a mapping of its own)."""
+    address = array.__array_interface__["data"][0] + array.nbytes // 2
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError("no mapping holds the array")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="smaps is Linux's")
+def test_large_snapshot_buffers_ask_for_huge_pages_and_leave_numpys_switch_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+
+    from gotd.cache.store import buffers
+
+    monkeypatch.setattr(buffers, "HUGE_BUFFER_BYTES", 16 << 20)
+    previous = _set_madvise_hugepage(False)  # as in the server
+    try:
+        large = buffers.spare_rows(5_000, 1024, dtype=np.float32)  # 22.5 MB with the spare rows
+        assert "hg" in _vm_flags(large)
+        assert not _get_madvise_hugepage()  # a smaller buffer is numpy's default: nothing asked
+    finally:
+        _set_madvise_hugepage(previous)
